@@ -1,0 +1,284 @@
+//! The configuration tree shared by every crate.
+//!
+//! Entry points: [`Config`] (deserialised from TOML by the binary, which adds
+//! line/column to syntax errors) and [`Config::validate`], which returns every
+//! semantic problem at once. Every limit Postern enforces is a field here with
+//! a documented default; `Config::default()` is the embedded configuration
+//! `postern run` uses when no file is given.
+
+use crate::units::{ByteSize, HumanDuration};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub relay: RelayConfig,
+    pub queue: QueueConfig,
+    pub delivery: DeliveryConfig,
+    #[serde(rename = "route")]
+    pub routes: Vec<Route>,
+    pub admin: AdminConfig,
+}
+
+/// `[server]`: the SMTP listener and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Name in the greeting, EHLO reply and Received headers.
+    pub hostname: String,
+    /// Addresses to accept SMTP connections on.
+    pub listen: Vec<SocketAddr>,
+    /// Largest message accepted (SIZE and during DATA).
+    pub max_message_size: ByteSize,
+    /// Recipients per transaction; more get 452 4.5.3.
+    pub max_recipients: usize,
+    /// Concurrent sessions; more get 421 4.3.2 at connect.
+    pub max_connections: usize,
+    /// Errors per session before 421 and close.
+    pub max_errors: u32,
+    /// Longest command line, CRLF included (RFC 5321: 512).
+    pub max_command_line: usize,
+    /// Longest DATA text line, CRLF included (RFC 5321: 1000).
+    pub max_text_line: usize,
+    /// Wait for the next command (RFC 5321 4.5.3.2.7: 5 minutes).
+    pub command_timeout: HumanDuration,
+    /// Wait for each chunk of DATA (RFC 5321 4.5.3.2.5: 3 minutes).
+    pub data_timeout: HumanDuration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            hostname: String::new(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            max_message_size: ByteSize(50 * 1024 * 1024),
+            max_recipients: 100,
+            max_connections: 2000,
+            max_errors: 10,
+            max_command_line: 512,
+            max_text_line: 1000,
+            command_timeout: HumanDuration(Duration::from_secs(300)),
+            data_timeout: HumanDuration(Duration::from_secs(180)),
+        }
+    }
+}
+
+/// `[relay]`: whose mail we accept for where.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// Domains anyone may send mail to (inbound).
+    pub accepted_domains: Vec<String>,
+    /// Client networks that may relay to any domain (outbound).
+    pub trusted_networks: Vec<IpNet>,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            accepted_domains: Vec::new(),
+            trusted_networks: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+        }
+    }
+}
+
+/// `[queue]`: the durable queue and retry schedule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Directory of the sled database.
+    pub path: PathBuf,
+    /// Delay before retry n (the last repeats), each with ±10 % jitter.
+    pub retry_intervals: Vec<HumanDuration>,
+    /// After this long undelivered, recipients bounce with a DSN.
+    pub max_age: HumanDuration,
+    /// How long a delivery lease lasts before the message is due again.
+    pub lease: HumanDuration,
+    /// sled page cache size.
+    pub cache_size: ByteSize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        let m = |n: u64| HumanDuration(Duration::from_secs(n * 60));
+        QueueConfig {
+            path: PathBuf::from("data/queue"),
+            retry_intervals: vec![m(1), m(5), m(15), m(60), m(240)],
+            max_age: HumanDuration(Duration::from_secs(5 * 86400)),
+            lease: HumanDuration(Duration::from_secs(15 * 60)),
+            cache_size: ByteSize(64 * 1024 * 1024),
+        }
+    }
+}
+
+/// `[delivery]`: outbound SMTP and DNS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Remote SMTP port for MX and implicit-MX hosts.
+    pub port: u16,
+    /// DNS servers (ip:port); empty means the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+    /// MX hosts tried per destination per attempt.
+    pub max_mx_hosts: usize,
+    /// Addresses tried per MX host.
+    pub max_addresses_per_host: usize,
+    /// Delivery attempts in flight in total.
+    pub max_concurrency: usize,
+    /// Connections in flight per destination (next hop).
+    pub max_per_destination: usize,
+    /// Messages sent over one connection before it is closed.
+    pub max_messages_per_connection: usize,
+    /// How long an idle outbound connection is kept for reuse.
+    pub idle_timeout: HumanDuration,
+    /// TCP connect timeout.
+    pub connect_timeout: HumanDuration,
+    /// Per-command reply timeout (RFC 5321 4.5.3.2: 5 minutes).
+    pub command_timeout: HumanDuration,
+    /// DNS query timeout.
+    pub dns_timeout: HumanDuration,
+    /// Try STARTTLS when offered (opportunistic, unauthenticated).
+    pub starttls: bool,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let s = |n: u64| HumanDuration(Duration::from_secs(n));
+        DeliveryConfig {
+            port: 25,
+            nameservers: Vec::new(),
+            max_mx_hosts: 5,
+            max_addresses_per_host: 2,
+            max_concurrency: 200,
+            max_per_destination: 20,
+            max_messages_per_connection: 100,
+            idle_timeout: s(10),
+            connect_timeout: s(30),
+            command_timeout: s(300),
+            dns_timeout: s(5),
+            starttls: true,
+        }
+    }
+}
+
+/// `[[route]]`: a static next hop, winning over MX.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Recipient domain, or `"*"` for everything without a more exact route.
+    pub domain: String,
+    /// Next hops in order, `host`, `host:port`, `ip:port` or `[ipv6]:port`.
+    pub hosts: Vec<String>,
+}
+
+/// `[admin]`: the HTTP admin endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
+        }
+    }
+}
+
+/// Splits a route host into name and port (default `default_port`).
+pub fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Ok((sa.ip().to_string(), sa.port()));
+    }
+    if let Ok(ip) = s.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>() {
+        return Ok((ip.to_string(), default_port));
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("invalid port in {s:?}"))?),
+        None => (s, default_port),
+    };
+    let ok = !host.is_empty()
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if ok {
+        Ok((host.to_ascii_lowercase(), port))
+    } else {
+        Err(format!("invalid host {s:?}"))
+    }
+}
+
+impl Config {
+    /// Every semantic problem in the configuration, empty when it is usable.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.server.listen.is_empty() {
+            errs.push("server.listen: at least one address is required".to_string());
+        }
+        if self.server.max_command_line < 512 {
+            errs.push("server.max_command_line: RFC 5321 requires at least 512".to_string());
+        }
+        if self.server.max_text_line < 1000 {
+            errs.push("server.max_text_line: RFC 5321 requires at least 1000".to_string());
+        }
+        if self.server.max_recipients == 0 || self.server.max_connections == 0 {
+            errs.push("server.max_recipients and max_connections must be at least 1".to_string());
+        }
+        if self.queue.retry_intervals.is_empty() {
+            errs.push("queue.retry_intervals: at least one interval is required".to_string());
+        }
+        if self.delivery.max_mx_hosts == 0 || self.delivery.max_concurrency == 0 {
+            errs.push("delivery.max_mx_hosts and max_concurrency must be at least 1".to_string());
+        }
+        if self.delivery.max_per_destination == 0 {
+            errs.push("delivery.max_per_destination must be at least 1".to_string());
+        }
+        for d in &self.relay.accepted_domains {
+            if crate::Address::parse(&format!("x@{d}")).is_err() || d.starts_with('[') {
+                errs.push(format!("relay.accepted_domains: {d:?} is not a domain"));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.hosts.is_empty() {
+                errs.push(format!("route[{i}] ({}): hosts must not be empty", r.domain));
+            }
+            for h in &r.hosts {
+                if let Err(e) = split_host_port(h, self.delivery.port) {
+                    errs.push(format!("route[{i}] ({}): {e}", r.domain));
+                }
+            }
+        }
+        errs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_loopback_only() {
+        let c = Config::default();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        let nets: Vec<String> = c.relay.trusted_networks.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, vec!["127.0.0.0/8", "::1/128"]);
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("127.0.0.1:2526", 25), Ok(("127.0.0.1".into(), 2526)));
+        assert_eq!(split_host_port("mx.Example.test", 25), Ok(("mx.example.test".into(), 25)));
+        assert_eq!(split_host_port("[::1]:26", 25), Ok(("::1".into(), 26)));
+        assert!(split_host_port("bad host:x", 25).is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! The envelope a message travels with through the queue.
+//!
+//! [`Envelope`] holds the SMTP transaction (sender, recipients, client) and
+//! per-recipient status, so a partly delivered message retries only the
+//! recipients still pending. It is plain data, serialised by the queue.
+
+use crate::{Address, QueueId, Reason};
+use serde::{Deserialize, Serialize};
+
+/// Where one recipient stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecipientStatus {
+    /// Not yet delivered; `last` is the most recent temporary failure.
+    Pending { last: Option<Reason> },
+    /// Accepted by the next hop.
+    Delivered(Reason),
+    /// Permanently failed; a DSN has been (or will be) generated.
+    Failed(Reason),
+}
+
+/// One envelope recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: Address,
+    pub status: RecipientStatus,
+}
+
+impl Recipient {
+    pub fn new(address: Address) -> Recipient {
+        Recipient {
+            address,
+            status: RecipientStatus::Pending { last: None },
+        }
+    }
+
+    pub fn is_pending(&self) -> bool {
+        matches!(self.status, RecipientStatus::Pending { .. })
+    }
+}
+
+/// The SMTP transaction of one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub id: QueueId,
+    /// Reverse path; `None` is the null sender `<>` (DSNs).
+    pub sender: Option<Address>,
+    pub recipients: Vec<Recipient>,
+    /// Client IP address as text, for logs and DSNs.
+    pub client: String,
+    /// The client's HELO/EHLO argument.
+    pub helo: String,
+    /// When the message was accepted (ms since the epoch).
+    pub received_ms: u64,
+    /// Body size in octets as stored.
+    pub size: u64,
+    /// The client declared BODY=8BITMIME.
+    pub eight_bit: bool,
+}
+
+impl Envelope {
+    /// True when the message is itself a bounce: never bounce a bounce.
+    pub fn is_bounce(&self) -> bool {
+        self.sender.is_none()
+    }
+
+    pub fn pending(&self) -> impl Iterator<Item = (usize, &Recipient)> {
+        self.recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_pending())
+    }
+}

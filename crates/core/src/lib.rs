@@ -1,0 +1,31 @@
+//! Postern's shared domain types.
+//!
+//! Everything the other crates agree on lives here and nothing else: mail
+//! addresses and SMTP paths ([`address`]), queue identifiers ([`id`]), the
+//! envelope a message travels with ([`envelope`]), the typed outcome of a
+//! delivery attempt per recipient ([`outcome`]), relay policy ([`relay`]),
+//! human units for durations and sizes ([`units`]) and the configuration
+//! tree ([`config`]). This crate does no I/O and depends on no other Postern
+//! crate.
+
+pub mod address;
+pub mod config;
+pub mod envelope;
+pub mod id;
+pub mod outcome;
+pub mod relay;
+pub mod units;
+
+pub use address::{Address, AddressError};
+pub use envelope::{Envelope, Recipient, RecipientStatus};
+pub use id::QueueId;
+pub use outcome::{Outcome, Reason};
+pub use relay::RelayPolicy;
+
+/// Milliseconds since the Unix epoch, the one clock unit stored anywhere.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

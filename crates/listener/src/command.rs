@@ -1,0 +1,159 @@
+//! Parsing one SMTP command line (RFC 5321 section 4.1.1).
+//!
+//! [`parse`] turns the text of one line into a [`Command`] or a ready reply
+//! explaining what was wrong with it. Verbs are case-insensitive; MAIL and
+//! RCPT parameters are parsed here so the session sees typed values.
+
+use crate::Reply;
+use postern_core::address::{parse_path, AddressError};
+use postern_core::Address;
+
+/// A parsed command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Ehlo(String),
+    Helo(String),
+    Mail {
+        sender: Option<Address>,
+        size: Option<u64>,
+        eight_bit: bool,
+    },
+    Rcpt(Address),
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Help,
+    /// Known verbs Postern does not offer (yet): answered 502.
+    NotImplemented(String),
+}
+
+fn syntax(text: &str) -> Reply {
+    Reply::new(501, "5.5.4", text)
+}
+
+fn path_error(e: AddressError) -> Reply {
+    match e {
+        AddressError::SourceRoute => Reply::new(501, "5.1.3", "source routes are not accepted"),
+        AddressError::TooLong => Reply::new(501, "5.1.3", "path too long"),
+        e => Reply::new(501, "5.1.3", format!("bad address syntax: {e}")),
+    }
+}
+
+/// Parses one command line (without its line ending).
+pub fn parse(line: &[u8]) -> Result<Command, Reply> {
+    let line = std::str::from_utf8(line)
+        .map_err(|_| Reply::new(500, "5.5.2", "command is not valid UTF-8"))?;
+    let (verb, arg) = match line.find(' ') {
+        Some(i) => (&line[..i], line[i + 1..].trim()),
+        None => (line, ""),
+    };
+    let verb = verb.to_ascii_uppercase();
+    match verb.as_str() {
+        "EHLO" | "HELO" if arg.is_empty() || arg.contains(' ') => {
+            Err(syntax("EHLO/HELO needs one domain or address literal"))
+        }
+        "EHLO" => Ok(Command::Ehlo(arg.to_string())),
+        "HELO" => Ok(Command::Helo(arg.to_string())),
+        "MAIL" => parse_mail(arg),
+        "RCPT" => parse_rcpt(arg),
+        "DATA" | "RSET" | "QUIT" if !arg.is_empty() => Err(syntax("no arguments allowed")),
+        "DATA" => Ok(Command::Data),
+        "RSET" => Ok(Command::Rset),
+        "QUIT" => Ok(Command::Quit),
+        "NOOP" => Ok(Command::Noop),
+        "VRFY" => Ok(Command::Vrfy),
+        "HELP" => Ok(Command::Help),
+        "EXPN" | "STARTTLS" | "AUTH" | "BDAT" | "TURN" | "ETRN" => {
+            Ok(Command::NotImplemented(verb))
+        }
+        _ => Err(Reply::new(500, "5.5.1", "command unrecognized")),
+    }
+}
+
+/// Splits `FROM:<path> PARAMS` after the given keyword.
+fn split_keyword<'a>(arg: &'a str, kw: &str) -> Option<(&'a str, Vec<&'a str>)> {
+    let head = arg.get(..kw.len())?;
+    if !head.eq_ignore_ascii_case(kw) {
+        return None;
+    }
+    let rest = arg[kw.len()..].trim_start();
+    let mut parts = rest.split(' ').filter(|p| !p.is_empty());
+    let path = parts.next()?;
+    Some((path, parts.collect()))
+}
+
+fn parse_mail(arg: &str) -> Result<Command, Reply> {
+    let (path, params) =
+        split_keyword(arg, "FROM:").ok_or_else(|| syntax("syntax: MAIL FROM:<address>"))?;
+    let sender = parse_path(path, true).map_err(path_error)?;
+    let (mut size, mut eight_bit) = (None, false);
+    for p in params {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        match k.to_ascii_uppercase().as_str() {
+            "SIZE" => {
+                size = Some(v.parse().map_err(|_| syntax("SIZE needs a number"))?);
+            }
+            "BODY" => match v.to_ascii_uppercase().as_str() {
+                "7BIT" => eight_bit = false,
+                "8BITMIME" => eight_bit = true,
+                _ => return Err(syntax("BODY must be 7BIT or 8BITMIME")),
+            },
+            _ => return Err(Reply::new(555, "5.5.4", format!("unsupported parameter {k}"))),
+        }
+    }
+    Ok(Command::Mail {
+        sender,
+        size,
+        eight_bit,
+    })
+}
+
+fn parse_rcpt(arg: &str) -> Result<Command, Reply> {
+    let (path, params) =
+        split_keyword(arg, "TO:").ok_or_else(|| syntax("syntax: RCPT TO:<address>"))?;
+    if let Some(p) = params.first() {
+        return Err(Reply::new(555, "5.5.4", format!("unsupported parameter {p}")));
+    }
+    match parse_path(path, false).map_err(path_error)? {
+        Some(a) => Ok(Command::Rcpt(a)),
+        None => Err(syntax("empty recipient")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs() {
+        assert_eq!(parse(b"ehlo client.test"), Ok(Command::Ehlo("client.test".into())));
+        assert!(parse(b"EHLO").is_err());
+        assert_eq!(parse(b"noop"), Ok(Command::Noop));
+        assert_eq!(parse(b"XYZZY").unwrap_err().code, 500);
+        assert_eq!(parse(b"DATA x").unwrap_err().code, 501);
+        assert_eq!(parse(b"\xff\xfe").unwrap_err().code, 500);
+    }
+
+    #[test]
+    fn mail_and_rcpt() {
+        match parse(b"MAIL FROM:<a@b.test> SIZE=1000 BODY=8BITMIME").unwrap() {
+            Command::Mail { sender, size, eight_bit } => {
+                assert_eq!(sender.unwrap().domain, "b.test");
+                assert_eq!(size, Some(1000));
+                assert!(eight_bit);
+            }
+            c => panic!("{c:?}"),
+        }
+        assert_eq!(
+            parse(b"MAIL FROM: <>"),
+            Ok(Command::Mail { sender: None, size: None, eight_bit: false })
+        );
+        assert_eq!(parse(b"MAIL FROM:<a@b.test> FOO=1").unwrap_err().code, 555);
+        assert_eq!(parse(b"MAIL TO:<a@b.test>").unwrap_err().code, 501);
+        assert_eq!(parse(b"RCPT TO:<>").unwrap_err().code, 501);
+        assert_eq!(parse(b"RCPT TO:<@x,@y:a@b.test>").unwrap_err().status, Some("5.1.3"));
+        assert!(matches!(parse(b"rcpt to:<A@B.test>"), Ok(Command::Rcpt(_))));
+    }
+}

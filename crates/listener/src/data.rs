@@ -1,0 +1,243 @@
+//! Sans-IO DATA receiver (RFC 5321 section 4.1.4 and 4.5.2).
+//!
+//! [`DataReceiver::ingest`] consumes bytes, un-stuffs leading dots and appends
+//! the message to its body, until the one sequence that ends DATA:
+//! `<CRLF>.<CRLF>`. Any bare CR or bare LF anywhere is recorded as
+//! [`DataError::BareLineEnding`] and never ends the message, so the
+//! `<LF>.<LF>`, `<LF>.<CR><LF>`, `<CR>.<CR>` and `<CR><LF>.<LF>` smuggling
+//! sequences stay inside the (then rejected) message instead of starting a
+//! second transaction. Over-long lines and over-size bodies are recorded and
+//! the rest discarded, so memory stays bounded; the verdict is given when the
+//! terminator arrives, because only then can the client hear a reply.
+
+/// Why a received message must be refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataError {
+    /// A CR not followed by LF, or an LF not preceded by CR.
+    BareLineEnding,
+    /// A text line longer than the limit (CRLF included).
+    LineTooLong,
+    /// The message exceeded the size limit.
+    TooBig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line.
+    LineStart,
+    /// A line that began with '.'.
+    Dot,
+    /// ".<CR>" at the start of a line.
+    DotCr,
+    /// Inside a line.
+    Text,
+    /// Saw CR inside a line.
+    Cr,
+}
+
+/// Incremental DATA parser. One per transaction.
+#[derive(Debug)]
+pub struct DataReceiver {
+    state: State,
+    /// The un-stuffed message, CRLF line endings.
+    body: Vec<u8>,
+    /// Octets in the current line so far (CRLF included at its end).
+    line_len: usize,
+    /// Body size limit; past it nothing more is stored.
+    max_size: usize,
+    /// Text line limit, CRLF included.
+    max_line: usize,
+    /// First problem seen, if any.
+    error: Option<DataError>,
+}
+
+impl DataReceiver {
+    pub fn new(max_size: usize, max_line: usize) -> DataReceiver {
+        DataReceiver {
+            state: State::LineStart,
+            body: Vec::with_capacity(8192.min(max_size)),
+            line_len: 0,
+            max_size,
+            max_line,
+            error: None,
+        }
+    }
+
+    fn flag(&mut self, e: DataError) {
+        self.error.get_or_insert(e);
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.line_len += bytes.len();
+        if self.line_len > self.max_line {
+            self.flag(DataError::LineTooLong);
+        }
+        if self.error.is_some() {
+            return;
+        }
+        if self.body.len() + bytes.len() > self.max_size {
+            self.flag(DataError::TooBig);
+            self.body = Vec::new();
+            return;
+        }
+        self.body.extend_from_slice(bytes);
+    }
+
+    fn end_line(&mut self) {
+        self.push(b"\r\n");
+        self.line_len = 0;
+        self.state = State::LineStart;
+    }
+
+    /// Consumes bytes from `input`. Returns how many were used and, once the
+    /// terminator has been seen, `true`; bytes after the terminator are left
+    /// for the command phase (pipelining).
+    pub fn ingest(&mut self, input: &[u8]) -> (usize, bool) {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            match self.state {
+                State::Text => {
+                    // Fast path: copy the run of ordinary bytes at once.
+                    let run = input[i..]
+                        .iter()
+                        .position(|c| *c == b'\r' || *c == b'\n')
+                        .unwrap_or(input.len() - i);
+                    if run > 0 {
+                        self.push(&input[i..i + run]);
+                        i += run;
+                        continue;
+                    }
+                    self.text_byte(b);
+                }
+                State::LineStart => match b {
+                    b'.' => self.state = State::Dot,
+                    _ => {
+                        self.state = State::Text;
+                        self.text_byte(b);
+                    }
+                },
+                State::Dot => match b {
+                    b'\r' => self.state = State::DotCr,
+                    _ => {
+                        // Dot-stuffed line: the leading dot is dropped.
+                        self.state = State::Text;
+                        self.text_byte(b);
+                    }
+                },
+                State::DotCr => {
+                    if b == b'\n' {
+                        return (i + 1, true);
+                    }
+                    self.flag(DataError::BareLineEnding);
+                    self.state = State::Text;
+                    self.text_byte(b);
+                }
+                State::Cr => match b {
+                    b'\n' => self.end_line(),
+                    _ => {
+                        self.flag(DataError::BareLineEnding);
+                        self.state = State::Text;
+                        self.text_byte(b);
+                    }
+                },
+            }
+            i += 1;
+        }
+        (i, false)
+    }
+
+    /// One byte in the Text state (also used by the other states).
+    fn text_byte(&mut self, b: u8) {
+        match b {
+            b'\r' => self.state = State::Cr,
+            b'\n' => {
+                self.flag(DataError::BareLineEnding);
+                self.push(b"\n");
+            }
+            _ => self.push(&[b]),
+        }
+    }
+
+    /// The verdict and the body, once `ingest` has returned `true`.
+    pub fn finish(self) -> Result<Vec<u8>, DataError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.body),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8]) -> (usize, bool, Result<Vec<u8>, DataError>) {
+        let mut d = DataReceiver::new(1 << 20, 1000);
+        let (n, done) = d.ingest(input);
+        (n, done, d.finish())
+    }
+
+    #[test]
+    fn plain_message_and_unstuffing() {
+        let (n, done, body) = run(b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
+        assert!(done);
+        assert_eq!(n, 24);
+        assert_eq!(body.unwrap(), b"Subject: x\r\n\r\n.dot\r\n");
+    }
+
+    #[test]
+    fn empty_message() {
+        let (n, done, body) = run(b".\r\n");
+        assert!(done && n == 3);
+        assert_eq!(body.unwrap(), b"");
+    }
+
+    #[test]
+    fn byte_at_a_time_equals_whole() {
+        let input = b"a\r\n..b\r\n.c\r\n\r\n.\r\n";
+        let mut d = DataReceiver::new(1 << 20, 1000);
+        let mut done = false;
+        for (i, b) in input.iter().enumerate() {
+            let (n, d2) = d.ingest(std::slice::from_ref(b));
+            assert_eq!(n, 1);
+            done = d2;
+            if done {
+                assert_eq!(i, input.len() - 1);
+            }
+        }
+        assert!(done);
+        assert_eq!(d.finish().unwrap(), b"a\r\n.b\r\nc\r\n\r\n");
+    }
+
+    #[test]
+    fn smuggling_sequences_never_end_data() {
+        for seq in [
+            &b"x\n.\nMAIL FROM:<a@b.c>\r\n"[..],
+            b"x\n.\r\nMAIL FROM:<a@b.c>\r\n",
+            b"x\r.\rMAIL FROM:<a@b.c>\r\n",
+            b"x\r\n.\nMAIL FROM:<a@b.c>\r\n",
+            b"x\r\n.\rMAIL FROM:<a@b.c>\r\n",
+        ] {
+            let mut d = DataReceiver::new(1 << 20, 1000);
+            let (n, done) = d.ingest(seq);
+            assert!(!done, "{seq:?} ended DATA");
+            assert_eq!(n, seq.len());
+            let (_, done) = d.ingest(b"\r\n.\r\n");
+            assert!(done);
+            assert_eq!(d.finish(), Err(DataError::BareLineEnding), "{seq:?}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        let mut d = DataReceiver::new(10, 1000);
+        let (_, done) = d.ingest(b"0123456789abcdef\r\n.\r\n");
+        assert!(done);
+        assert_eq!(d.finish(), Err(DataError::TooBig));
+        let mut d = DataReceiver::new(1 << 20, 8);
+        let (_, done) = d.ingest(b"0123456\r\n01234567\r\n.\r\n");
+        assert!(done);
+        assert_eq!(d.finish(), Err(DataError::LineTooLong));
+    }
+}

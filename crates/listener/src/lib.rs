@@ -1,0 +1,31 @@
+//! Postern's SMTP server.
+//!
+//! Layers, from the bytes up:
+//! - [`codec`]: sans-IO framing of command lines (`Ok(None)` = need more bytes);
+//! - [`data`]: the sans-IO DATA receiver (dot-unstuffing, strict CRLF, limits);
+//! - [`command`]: parsing one command line into a [`command::Command`];
+//! - [`session`]: the session state enum and per-verb handlers that *return*
+//!   replies; no socket in sight, so every verb is testable without one;
+//! - [`server`]: the accept loop and the one place that reads and writes sockets.
+//!
+//! The listener hands each complete message to a [`MessageSink`] (the queue, in
+//! the gateway) and relays its reply; it never answers 250 by itself.
+
+pub mod codec;
+pub mod command;
+pub mod data;
+pub mod reply;
+pub mod server;
+pub mod session;
+
+pub use reply::Reply;
+pub use server::{serve, ListenerError};
+pub use session::{ReceivedMessage, SessionConfig};
+
+use std::future::Future;
+
+/// Where complete messages go. The reply it returns is sent to the client
+/// verbatim, so `250` must mean the message is durably stored.
+pub trait MessageSink: Send + Sync + 'static {
+    fn accept(&self, msg: ReceivedMessage) -> impl Future<Output = Reply> + Send;
+}

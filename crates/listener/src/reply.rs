@@ -1,0 +1,76 @@
+//! SMTP replies (RFC 5321 section 4.2) with enhanced status codes (RFC 3463).
+//!
+//! A [`Reply`] is data; [`Reply::write_to`] renders it, multi-line when it has
+//! several lines. Handlers build replies; only the server loop writes them.
+
+use std::fmt::Write as _;
+
+/// One SMTP reply: code, optional enhanced status, one or more text lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub status: Option<&'static str>,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            status: Some(status),
+            lines: vec![text.into()],
+        }
+    }
+
+    /// A reply without an enhanced status code (greeting, EHLO).
+    pub fn plain(code: u16, lines: Vec<String>) -> Reply {
+        Reply {
+            code,
+            status: None,
+            lines,
+        }
+    }
+
+    /// 4xx or 5xx.
+    pub fn is_error(&self) -> bool {
+        self.code >= 400
+    }
+
+    /// Appends the wire form to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut s = String::new();
+        let last = self.lines.len().saturating_sub(1);
+        for (i, line) in self.lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            let _ = write!(s, "{}{}", self.code, sep);
+            if let Some(st) = self.status {
+                let _ = write!(s, "{st} ");
+            }
+            // Never let reply text break the framing.
+            s.extend(line.chars().filter(|c| *c != '\r' && *c != '\n'));
+            s.push_str("\r\n");
+        }
+        if self.lines.is_empty() {
+            let _ = write!(s, "{}\r\n", self.code);
+        }
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.write_to(&mut v);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders() {
+        assert_eq!(Reply::new(250, "2.0.0", "OK").to_bytes(), b"250 2.0.0 OK\r\n");
+        let r = Reply::plain(250, vec!["a".into(), "b\r\nX".into()]);
+        assert_eq!(r.to_bytes(), b"250-a\r\n250 bX\r\n");
+    }
+}

@@ -1,0 +1,188 @@
+//! The accept loop and the session loop: the only code here that touches
+//! sockets.
+//!
+//! Entry point: [`serve`] runs until the shutdown signal, spawning one task
+//! per connection. A semaphore bounds concurrent sessions (over the limit a
+//! client gets `421 4.3.2` and is closed). The session loop reads what the
+//! client sent, runs every complete command through the [`Session`] (so
+//! pipelined commands are answered in one write), feeds DATA to the
+//! [`DataReceiver`], hands finished messages to the [`MessageSink`], and
+//! enforces the RFC 5321 4.5.3.2 timeouts. I/O errors end that one session.
+
+use crate::codec::{Frame, LineCodec};
+use crate::data::DataReceiver;
+use crate::session::{Action, Session, SessionConfig};
+use crate::{MessageSink, Reply};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// Failures of the accept loop itself (never of one session).
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("accept failed: {0}")]
+    Accept(#[from] std::io::Error),
+}
+
+/// Serves SMTP on `listener` until `shutdown` turns true.
+pub async fn serve<S: MessageSink>(
+    listener: TcpListener,
+    cfg: Arc<SessionConfig>,
+    sink: Arc<S>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ListenerError> {
+    // Bounds concurrent sessions; a permit lives as long as its session.
+    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) if is_transient(&e) => {
+                    tracing::warn!(error = %e, "accept failed; continuing");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            },
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let _ = stream.set_nodelay(true);
+        let permit = slots.clone().try_acquire_owned();
+        let (cfg, sink) = (cfg.clone(), sink.clone());
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let Ok(_permit) = permit else {
+                let r = Reply::new(421, "4.3.2", "too many connections, try again later");
+                let _ = stream.write_all(&r.to_bytes()).await;
+                return;
+            };
+            if let Err(e) = run_session(&mut stream, peer, cfg, &*sink).await {
+                tracing::debug!(%peer, error = %e, "session ended");
+            }
+        });
+    }
+}
+
+/// Errors that say "this one connection failed", not "the listener is broken".
+fn is_transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    ) || e.raw_os_error().is_some_and(|c| c == 24 || c == 23) // EMFILE, ENFILE
+}
+
+/// What the loop is reading.
+enum Mode {
+    Commands,
+    Data(DataReceiver),
+}
+
+/// Runs one SMTP session on any byte stream.
+pub async fn run_session<T, S>(
+    stream: &mut T,
+    peer: SocketAddr,
+    cfg: Arc<SessionConfig>,
+    sink: &S,
+) -> std::io::Result<()>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: MessageSink,
+{
+    let mut session = Session::new(cfg.clone(), peer.ip());
+    let mut codec = LineCodec::new(cfg.max_command_line);
+    let mut mode = Mode::Commands;
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut out: Vec<u8> = Vec::with_capacity(1024);
+    stream.write_all(&session.greeting().to_bytes()).await?;
+    loop {
+        // Answer every complete command already buffered (pipelining).
+        let mut pos = 0;
+        let mut close = false;
+        while pos < buf.len() && !close {
+            match &mut mode {
+                Mode::Commands => {
+                    let action = match codec.decode(&buf[pos..]) {
+                        Ok(None) => break,
+                        Ok(Some(Frame::Skipped(n))) => {
+                            pos += n;
+                            continue;
+                        }
+                        Ok(Some(Frame::Line { consumed, text_len })) => {
+                            let line = &buf[pos..pos + text_len];
+                            pos += consumed;
+                            session.command(line)
+                        }
+                        Err((_, n)) => {
+                            pos += n;
+                            session.line_too_long()
+                        }
+                    };
+                    match action {
+                        Action::Reply(r) => r.write_to(&mut out),
+                        Action::StartData(r) => {
+                            r.write_to(&mut out);
+                            mode = Mode::Data(DataReceiver::new(
+                                cfg.max_message_size as usize,
+                                cfg.max_text_line,
+                            ));
+                        }
+                        Action::Close(r) => {
+                            r.write_to(&mut out);
+                            close = true;
+                        }
+                    }
+                }
+                Mode::Data(rx) => {
+                    let (n, done) = rx.ingest(&buf[pos..]);
+                    pos += n;
+                    if !done {
+                        continue;
+                    }
+                    let Mode::Data(rx) = std::mem::replace(&mut mode, Mode::Commands) else {
+                        unreachable!("mode checked above")
+                    };
+                    let reply = match session.data_done(rx.finish()) {
+                        Ok(msg) => Action::Reply(sink.accept(msg).await),
+                        Err(action) => action,
+                    };
+                    match reply {
+                        Action::Reply(r) | Action::StartData(r) => r.write_to(&mut out),
+                        Action::Close(r) => {
+                            r.write_to(&mut out);
+                            close = true;
+                        }
+                    }
+                }
+            }
+        }
+        buf.drain(..pos);
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if close {
+            let _ = stream.shutdown().await;
+            return Ok(());
+        }
+        let wait = match mode {
+            Mode::Commands => cfg.command_timeout,
+            Mode::Data(_) => cfg.data_timeout,
+        };
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8192);
+        }
+        match tokio::time::timeout(wait, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                let r = Reply::new(421, "4.4.2", "timeout, closing connection");
+                stream.write_all(&r.to_bytes()).await?;
+                return Ok(());
+            }
+        }
+    }
+}

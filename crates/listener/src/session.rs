@@ -1,0 +1,427 @@
+//! The SMTP session state machine.
+//!
+//! [`Session`] owns a [`State`] enum whose variants own their data; each verb
+//! has a handler that returns an [`Action`] (a reply, and what the loop must
+//! do next). Nothing here touches a socket, so every rule (ordering, relay
+//! control, limits, error counting) is tested directly below. Entry points:
+//! [`Session::greeting`], [`Session::command`], [`Session::data_done`].
+
+use crate::command::{self, Command};
+use crate::data::DataError;
+use crate::Reply;
+use postern_core::{Address, Envelope, QueueId, Recipient, RelayPolicy};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Limits and identity for every session of one listener.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Our name in the greeting, EHLO and Received.
+    pub hostname: String,
+    pub relay: RelayPolicy,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Errors before "421 too many errors" and close.
+    pub max_errors: u32,
+    pub max_command_line: usize,
+    pub max_text_line: usize,
+    pub command_timeout: std::time::Duration,
+    pub data_timeout: std::time::Duration,
+    pub max_connections: usize,
+}
+
+/// A complete message handed to the sink.
+#[derive(Debug)]
+pub struct ReceivedMessage {
+    pub envelope: Envelope,
+    /// The message with our Received header prepended, CRLF line endings.
+    pub body: Vec<u8>,
+}
+
+/// A transaction being built between MAIL and the end of DATA.
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    pub sender: Option<Address>,
+    pub recipients: Vec<Address>,
+    pub eight_bit: bool,
+}
+
+/// Where the session stands; each variant owns what it needs.
+#[derive(Debug, Clone)]
+pub enum State {
+    /// Connected, no EHLO/HELO yet.
+    Fresh,
+    /// Greeted; no transaction.
+    Ready { helo: String, esmtp: bool },
+    /// MAIL accepted; collecting RCPTs.
+    Mail {
+        helo: String,
+        esmtp: bool,
+        tx: Transaction,
+    },
+    /// DATA accepted; the loop is feeding the DATA receiver.
+    Data {
+        helo: String,
+        esmtp: bool,
+        tx: Transaction,
+    },
+}
+
+/// What the loop does after a handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Reply(Reply),
+    /// Send the reply (354) and switch to the DATA receiver.
+    StartData(Reply),
+    /// Send the reply and close the connection.
+    Close(Reply),
+}
+
+/// One client connection's protocol state.
+pub struct Session {
+    cfg: Arc<SessionConfig>,
+    peer: IpAddr,
+    state: State,
+    errors: u32,
+}
+
+impl Session {
+    pub fn new(cfg: Arc<SessionConfig>, peer: IpAddr) -> Session {
+        Session {
+            cfg,
+            peer,
+            state: State::Fresh,
+            errors: 0,
+        }
+    }
+
+    pub fn greeting(&self) -> Reply {
+        Reply::plain(220, vec![format!("{} ESMTP Postern", self.cfg.hostname)])
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Counts an error reply; past the limit the session is closed.
+    fn finish(&mut self, action: Action) -> Action {
+        let reply = match &action {
+            Action::Reply(r) => r,
+            _ => return action,
+        };
+        if reply.is_error() {
+            self.errors += 1;
+            if self.errors >= self.cfg.max_errors {
+                return Action::Close(Reply::new(421, "4.7.0", "too many errors, closing"));
+            }
+        }
+        action
+    }
+
+    /// A command line that was too long to parse.
+    pub fn line_too_long(&mut self) -> Action {
+        self.finish(Action::Reply(Reply::new(500, "5.5.2", "line too long")))
+    }
+
+    /// Handles one command line.
+    pub fn command(&mut self, line: &[u8]) -> Action {
+        let action = match command::parse(line) {
+            Ok(cmd) => self.dispatch(cmd),
+            Err(reply) => Action::Reply(reply),
+        };
+        self.finish(action)
+    }
+
+    fn dispatch(&mut self, cmd: Command) -> Action {
+        match cmd {
+            Command::Ehlo(h) => self.ehlo(h, true),
+            Command::Helo(h) => self.ehlo(h, false),
+            Command::Mail {
+                sender,
+                size,
+                eight_bit,
+            } => self.mail(sender, size, eight_bit),
+            Command::Rcpt(a) => self.rcpt(a),
+            Command::Data => self.data(),
+            Command::Rset => self.rset(),
+            Command::Noop => Action::Reply(Reply::new(250, "2.0.0", "OK")),
+            Command::Quit => Action::Close(Reply::new(221, "2.0.0", "bye")),
+            Command::Vrfy => Action::Reply(Reply::new(
+                252,
+                "2.5.0",
+                "cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Help => Action::Reply(Reply::new(
+                214,
+                "2.0.0",
+                "EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+            )),
+            Command::NotImplemented(v) => {
+                Action::Reply(Reply::new(502, "5.5.1", format!("{v} not implemented")))
+            }
+        }
+    }
+
+    fn ehlo(&mut self, helo: String, esmtp: bool) -> Action {
+        let reply = if esmtp {
+            Reply::plain(
+                250,
+                vec![
+                    format!("{} greets {}", self.cfg.hostname, helo),
+                    "PIPELINING".into(),
+                    format!("SIZE {}", self.cfg.max_message_size),
+                    "8BITMIME".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                    "HELP".into(),
+                ],
+            )
+        } else {
+            Reply::plain(250, vec![self.cfg.hostname.clone()])
+        };
+        self.state = State::Ready { helo, esmtp };
+        Action::Reply(reply)
+    }
+
+    fn mail(&mut self, sender: Option<Address>, size: Option<u64>, eight_bit: bool) -> Action {
+        let (helo, esmtp) = match &self.state {
+            State::Fresh => return Action::Reply(Reply::new(503, "5.5.1", "send EHLO/HELO first")),
+            State::Mail { .. } | State::Data { .. } => {
+                return Action::Reply(Reply::new(503, "5.5.1", "nested MAIL command"))
+            }
+            State::Ready { helo, esmtp } => (helo.clone(), *esmtp),
+        };
+        if size.is_some_and(|s| s > self.cfg.max_message_size) {
+            return Action::Reply(Reply::new(
+                552,
+                "5.3.4",
+                "message size exceeds fixed maximum message size",
+            ));
+        }
+        self.state = State::Mail {
+            helo,
+            esmtp,
+            tx: Transaction {
+                sender,
+                recipients: Vec::new(),
+                eight_bit,
+            },
+        };
+        Action::Reply(Reply::new(250, "2.1.0", "sender OK"))
+    }
+
+    fn rcpt(&mut self, rcpt: Address) -> Action {
+        let State::Mail { tx, .. } = &mut self.state else {
+            return Action::Reply(Reply::new(503, "5.5.1", "need MAIL before RCPT"));
+        };
+        if tx.recipients.len() >= self.cfg.max_recipients {
+            return Action::Reply(Reply::new(452, "4.5.3", "too many recipients"));
+        }
+        if !self.cfg.relay.may_relay(self.peer, &rcpt.domain) {
+            return Action::Reply(Reply::new(554, "5.7.1", "relay denied"));
+        }
+        tx.recipients.push(rcpt);
+        Action::Reply(Reply::new(250, "2.1.5", "recipient OK"))
+    }
+
+    fn data(&mut self) -> Action {
+        let State::Mail { helo, esmtp, tx } = &self.state else {
+            return Action::Reply(Reply::new(503, "5.5.1", "need MAIL and RCPT before DATA"));
+        };
+        if tx.recipients.is_empty() {
+            return Action::Reply(Reply::new(554, "5.5.1", "no valid recipients"));
+        }
+        self.state = State::Data {
+            helo: helo.clone(),
+            esmtp: *esmtp,
+            tx: tx.clone(),
+        };
+        Action::StartData(Reply::plain(354, vec!["end data with <CR><LF>.<CR><LF>".into()]))
+    }
+
+    fn rset(&mut self) -> Action {
+        self.reset();
+        Action::Reply(Reply::new(250, "2.0.0", "reset"))
+    }
+
+    /// Drops any transaction, keeping the greeting.
+    fn reset(&mut self) {
+        self.state = match std::mem::replace(&mut self.state, State::Fresh) {
+            State::Fresh => State::Fresh,
+            State::Ready { helo, esmtp }
+            | State::Mail { helo, esmtp, .. }
+            | State::Data { helo, esmtp, .. } => State::Ready { helo, esmtp },
+        };
+    }
+
+    /// The DATA receiver finished. Returns the message for the sink, or the
+    /// reply refusing it. The session is ready for the next transaction
+    /// either way.
+    pub fn data_done(
+        &mut self,
+        result: Result<Vec<u8>, DataError>,
+    ) -> Result<ReceivedMessage, Action> {
+        let State::Data { helo, esmtp, tx } = std::mem::replace(&mut self.state, State::Fresh)
+        else {
+            return Err(Action::Reply(Reply::new(503, "5.5.1", "no DATA in progress")));
+        };
+        self.state = State::Ready {
+            helo: helo.clone(),
+            esmtp,
+        };
+        let body = match result {
+            Ok(body) => body,
+            Err(e) => {
+                let reply = match e {
+                    DataError::BareLineEnding => Reply::new(
+                        550,
+                        "5.6.0",
+                        "bare CR or LF in message data: lines must end with CRLF",
+                    ),
+                    DataError::LineTooLong => Reply::new(
+                        550,
+                        "5.6.0",
+                        format!("line longer than {} octets", self.cfg.max_text_line),
+                    ),
+                    DataError::TooBig => Reply::new(
+                        552,
+                        "5.3.4",
+                        "message size exceeds fixed maximum message size",
+                    ),
+                };
+                return Err(self.finish(Action::Reply(reply)));
+            }
+        };
+        let id = QueueId::generate();
+        let now = postern_core::now_ms();
+        let mut out = received_header(&self.cfg.hostname, &helo, self.peer, esmtp, id, &tx);
+        out.extend_from_slice(&body);
+        let envelope = Envelope {
+            id,
+            sender: tx.sender,
+            recipients: tx.recipients.into_iter().map(Recipient::new).collect(),
+            client: self.peer.to_string(),
+            helo,
+            received_ms: now,
+            size: out.len() as u64,
+            eight_bit: tx.eight_bit,
+        };
+        Ok(ReceivedMessage {
+            envelope,
+            body: out,
+        })
+    }
+}
+
+/// RFC 5321 section 4.4 trace header, folded after the `by` clause.
+fn received_header(
+    hostname: &str,
+    helo: &str,
+    peer: IpAddr,
+    esmtp: bool,
+    id: QueueId,
+    tx: &Transaction,
+) -> Vec<u8> {
+    let with = if esmtp { "ESMTP" } else { "SMTP" };
+    let helo: String = helo.chars().filter(|c| c.is_ascii_graphic()).collect();
+    let for_clause = match tx.recipients.as_slice() {
+        [one] => format!("\r\n\tfor <{one}>"),
+        _ => String::new(),
+    };
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now()).replace("GMT", "+0000");
+    format!(
+        "Received: from {helo} ([{peer}])\r\n\tby {hostname} (Postern) with {with} id {id}{for_clause};\r\n\t{date}\r\n"
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Arc<SessionConfig> {
+        Arc::new(SessionConfig {
+            hostname: "gw.example.test".into(),
+            relay: RelayPolicy {
+                accepted_domains: vec!["example.test".into()],
+                trusted_networks: vec!["127.0.0.1/32".parse().unwrap()],
+            },
+            max_message_size: 1000,
+            max_recipients: 2,
+            max_errors: 3,
+            max_command_line: 512,
+            max_text_line: 1000,
+            command_timeout: std::time::Duration::from_secs(300),
+            data_timeout: std::time::Duration::from_secs(180),
+            max_connections: 10,
+        })
+    }
+
+    fn code(a: Action) -> u16 {
+        match a {
+            Action::Reply(r) | Action::StartData(r) | Action::Close(r) => r.code,
+        }
+    }
+
+    #[test]
+    fn ordering_is_enforced() {
+        let mut s = Session::new(cfg(), "192.0.2.1".parse().unwrap());
+        assert_eq!(code(s.command(b"MAIL FROM:<a@b.test>")), 503);
+        assert_eq!(code(s.command(b"EHLO c.test")), 250);
+        assert_eq!(code(s.command(b"RCPT TO:<x@example.test>")), 503);
+        assert_eq!(code(s.command(b"MAIL FROM:<a@b.test>")), 250);
+    }
+
+    #[test]
+    fn relay_control() {
+        let mut s = Session::new(cfg(), "192.0.2.1".parse().unwrap());
+        s.command(b"EHLO c.test");
+        s.command(b"MAIL FROM:<a@b.test>");
+        assert_eq!(code(s.command(b"RCPT TO:<x@example.test>")), 250);
+        assert_eq!(code(s.command(b"RCPT TO:<x@elsewhere.test>")), 554);
+        let mut t = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        t.command(b"EHLO c.test");
+        t.command(b"MAIL FROM:<a@b.test>");
+        assert_eq!(code(t.command(b"RCPT TO:<x@elsewhere.test>")), 250);
+    }
+
+    #[test]
+    fn limits_and_error_cap() {
+        let mut s = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        s.command(b"EHLO c.test");
+        assert_eq!(code(s.command(b"MAIL FROM:<a@b.test> SIZE=5000")), 552);
+        s.command(b"MAIL FROM:<a@b.test>");
+        s.command(b"RCPT TO:<1@example.test>");
+        s.command(b"RCPT TO:<2@example.test>");
+        assert_eq!(code(s.command(b"RCPT TO:<3@example.test>")), 452);
+        // The third error closes the session.
+        assert!(matches!(s.command(b"BOGUS"), Action::Close(r) if r.code == 421));
+    }
+
+    #[test]
+    fn data_produces_envelope_with_received() {
+        let mut s = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        s.command(b"EHLO c.test");
+        s.command(b"MAIL FROM:<>");
+        s.command(b"RCPT TO:<x@example.test>");
+        assert_eq!(code(s.command(b"DATA")), 354);
+        let msg = s.data_done(Ok(b"Subject: t\r\n\r\nhi\r\n".to_vec())).unwrap();
+        assert!(msg.envelope.sender.is_none());
+        assert_eq!(msg.envelope.recipients.len(), 1);
+        assert!(msg.body.starts_with(b"Received: from c.test ([127.0.0.1])"));
+        assert!(msg.body.ends_with(b"\r\n\r\nhi\r\n"));
+        // Back to Ready: a new transaction may start.
+        assert_eq!(code(s.command(b"MAIL FROM:<a@b.test>")), 250);
+    }
+
+    #[test]
+    fn bad_data_is_refused_and_session_continues() {
+        let mut s = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        s.command(b"EHLO c.test");
+        s.command(b"MAIL FROM:<a@b.test>");
+        s.command(b"RCPT TO:<x@example.test>");
+        s.command(b"DATA");
+        let err = s.data_done(Err(DataError::BareLineEnding)).unwrap_err();
+        assert_eq!(code(err), 550);
+        assert_eq!(code(s.command(b"MAIL FROM:<a@b.test>")), 250);
+    }
+}
