@@ -200,11 +200,18 @@ pub fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), Stri
     if let Ok(sa) = s.parse::<SocketAddr>() {
         return Ok((sa.ip().to_string(), sa.port()));
     }
-    if let Ok(ip) = s.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>() {
+    if let Ok(ip) = s
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<std::net::IpAddr>()
+    {
         return Ok((ip.to_string(), default_port));
     }
     let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("invalid port in {s:?}"))?),
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("invalid port in {s:?}"))?,
+        ),
         None => (s, default_port),
     };
     let ok = !host.is_empty()
@@ -250,7 +257,10 @@ impl Config {
         }
         for (i, r) in self.routes.iter().enumerate() {
             if r.hosts.is_empty() {
-                errs.push(format!("route[{i}] ({}): hosts must not be empty", r.domain));
+                errs.push(format!(
+                    "route[{i}] ({}): hosts must not be empty",
+                    r.domain
+                ));
             }
             for h in &r.hosts {
                 if let Err(e) = split_host_port(h, self.delivery.port) {
@@ -270,14 +280,25 @@ mod tests {
     fn defaults_are_valid_and_loopback_only() {
         let c = Config::default();
         assert!(c.validate().is_empty(), "{:?}", c.validate());
-        let nets: Vec<String> = c.relay.trusted_networks.iter().map(|n| n.to_string()).collect();
+        let nets: Vec<String> = c
+            .relay
+            .trusted_networks
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
         assert_eq!(nets, vec!["127.0.0.0/8", "::1/128"]);
     }
 
     #[test]
     fn host_port() {
-        assert_eq!(split_host_port("127.0.0.1:2526", 25), Ok(("127.0.0.1".into(), 2526)));
-        assert_eq!(split_host_port("mx.Example.test", 25), Ok(("mx.example.test".into(), 25)));
+        assert_eq!(
+            split_host_port("127.0.0.1:2526", 25),
+            Ok(("127.0.0.1".into(), 2526))
+        );
+        assert_eq!(
+            split_host_port("mx.Example.test", 25),
+            Ok(("mx.example.test".into(), 25))
+        );
         assert_eq!(split_host_port("[::1]:26", 25), Ok(("::1".into(), 26)));
         assert!(split_host_port("bad host:x", 25).is_err());
     }

@@ -57,7 +57,11 @@ impl LineCodec {
         match nl {
             Some(i) if i + 1 > self.max => Err((LineError::TooLong, i + 1)),
             Some(i) => {
-                let text_len = if i > 0 && buf[i - 1] == b'\r' { i - 1 } else { i };
+                let text_len = if i > 0 && buf[i - 1] == b'\r' {
+                    i - 1
+                } else {
+                    i
+                };
                 Ok(Some(Frame::Line {
                     consumed: i + 1,
                     text_len,
@@ -82,19 +86,37 @@ mod tests {
         assert_eq!(c.decode(b"NOOP"), Ok(None));
         assert_eq!(
             c.decode(b"NOOP\r\nQUIT\r\n"),
-            Ok(Some(Frame::Line { consumed: 6, text_len: 4 }))
+            Ok(Some(Frame::Line {
+                consumed: 6,
+                text_len: 4
+            }))
         );
-        assert_eq!(c.decode(b"QUIT\n"), Ok(Some(Frame::Line { consumed: 5, text_len: 4 })));
+        assert_eq!(
+            c.decode(b"QUIT\n"),
+            Ok(Some(Frame::Line {
+                consumed: 5,
+                text_len: 4
+            }))
+        );
     }
 
     #[test]
     fn too_long_costs_one_reply() {
         let mut c = LineCodec::new(8);
         // Complete long line: error and skip it.
-        assert_eq!(c.decode(b"0123456789\r\nNOOP\r\n"), Err((LineError::TooLong, 12)));
+        assert_eq!(
+            c.decode(b"0123456789\r\nNOOP\r\n"),
+            Err((LineError::TooLong, 12))
+        );
         // Long line arriving in pieces: swallow, then error at its end.
         assert_eq!(c.decode(b"0123456789"), Ok(Some(Frame::Skipped(10))));
         assert_eq!(c.decode(b"abc\r\nNOOP\r\n"), Err((LineError::TooLong, 5)));
-        assert_eq!(c.decode(b"NOOP\r\n"), Ok(Some(Frame::Line { consumed: 6, text_len: 4 })));
+        assert_eq!(
+            c.decode(b"NOOP\r\n"),
+            Ok(Some(Frame::Line {
+                consumed: 6,
+                text_len: 4
+            }))
+        );
     }
 }

@@ -100,7 +100,13 @@ fn parse_mail(arg: &str) -> Result<Command, Reply> {
                 "8BITMIME" => eight_bit = true,
                 _ => return Err(syntax("BODY must be 7BIT or 8BITMIME")),
             },
-            _ => return Err(Reply::new(555, "5.5.4", format!("unsupported parameter {k}"))),
+            _ => {
+                return Err(Reply::new(
+                    555,
+                    "5.5.4",
+                    format!("unsupported parameter {k}"),
+                ))
+            }
         }
     }
     Ok(Command::Mail {
@@ -114,7 +120,11 @@ fn parse_rcpt(arg: &str) -> Result<Command, Reply> {
     let (path, params) =
         split_keyword(arg, "TO:").ok_or_else(|| syntax("syntax: RCPT TO:<address>"))?;
     if let Some(p) = params.first() {
-        return Err(Reply::new(555, "5.5.4", format!("unsupported parameter {p}")));
+        return Err(Reply::new(
+            555,
+            "5.5.4",
+            format!("unsupported parameter {p}"),
+        ));
     }
     match parse_path(path, false).map_err(path_error)? {
         Some(a) => Ok(Command::Rcpt(a)),
@@ -128,7 +138,10 @@ mod tests {
 
     #[test]
     fn verbs() {
-        assert_eq!(parse(b"ehlo client.test"), Ok(Command::Ehlo("client.test".into())));
+        assert_eq!(
+            parse(b"ehlo client.test"),
+            Ok(Command::Ehlo("client.test".into()))
+        );
         assert!(parse(b"EHLO").is_err());
         assert_eq!(parse(b"noop"), Ok(Command::Noop));
         assert_eq!(parse(b"XYZZY").unwrap_err().code, 500);
@@ -139,7 +152,11 @@ mod tests {
     #[test]
     fn mail_and_rcpt() {
         match parse(b"MAIL FROM:<a@b.test> SIZE=1000 BODY=8BITMIME").unwrap() {
-            Command::Mail { sender, size, eight_bit } => {
+            Command::Mail {
+                sender,
+                size,
+                eight_bit,
+            } => {
                 assert_eq!(sender.unwrap().domain, "b.test");
                 assert_eq!(size, Some(1000));
                 assert!(eight_bit);
@@ -148,12 +165,19 @@ mod tests {
         }
         assert_eq!(
             parse(b"MAIL FROM: <>"),
-            Ok(Command::Mail { sender: None, size: None, eight_bit: false })
+            Ok(Command::Mail {
+                sender: None,
+                size: None,
+                eight_bit: false
+            })
         );
         assert_eq!(parse(b"MAIL FROM:<a@b.test> FOO=1").unwrap_err().code, 555);
         assert_eq!(parse(b"MAIL TO:<a@b.test>").unwrap_err().code, 501);
         assert_eq!(parse(b"RCPT TO:<>").unwrap_err().code, 501);
-        assert_eq!(parse(b"RCPT TO:<@x,@y:a@b.test>").unwrap_err().status, Some("5.1.3"));
+        assert_eq!(
+            parse(b"RCPT TO:<@x,@y:a@b.test>").unwrap_err().status,
+            Some("5.1.3")
+        );
         assert!(matches!(parse(b"rcpt to:<A@B.test>"), Ok(Command::Rcpt(_))));
     }
 }

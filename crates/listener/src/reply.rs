@@ -69,7 +69,10 @@ mod tests {
 
     #[test]
     fn renders() {
-        assert_eq!(Reply::new(250, "2.0.0", "OK").to_bytes(), b"250 2.0.0 OK\r\n");
+        assert_eq!(
+            Reply::new(250, "2.0.0", "OK").to_bytes(),
+            b"250 2.0.0 OK\r\n"
+        );
         let r = Reply::plain(250, vec!["a".into(), "b\r\nX".into()]);
         assert_eq!(r.to_bytes(), b"250-a\r\n250 bX\r\n");
     }

@@ -235,7 +235,10 @@ impl Session {
             esmtp: *esmtp,
             tx: tx.clone(),
         };
-        Action::StartData(Reply::plain(354, vec!["end data with <CR><LF>.<CR><LF>".into()]))
+        Action::StartData(Reply::plain(
+            354,
+            vec!["end data with <CR><LF>.<CR><LF>".into()],
+        ))
     }
 
     fn rset(&mut self) -> Action {
@@ -262,7 +265,11 @@ impl Session {
     ) -> Result<ReceivedMessage, Action> {
         let State::Data { helo, esmtp, tx } = std::mem::replace(&mut self.state, State::Fresh)
         else {
-            return Err(Action::Reply(Reply::new(503, "5.5.1", "no DATA in progress")));
+            return Err(Action::Reply(Reply::new(
+                503,
+                "5.5.1",
+                "no DATA in progress",
+            )));
         };
         self.state = State::Ready {
             helo: helo.clone(),
@@ -404,7 +411,9 @@ mod tests {
         s.command(b"MAIL FROM:<>");
         s.command(b"RCPT TO:<x@example.test>");
         assert_eq!(code(s.command(b"DATA")), 354);
-        let msg = s.data_done(Ok(b"Subject: t\r\n\r\nhi\r\n".to_vec())).unwrap();
+        let msg = s
+            .data_done(Ok(b"Subject: t\r\n\r\nhi\r\n".to_vec()))
+            .unwrap();
         assert!(msg.envelope.sender.is_none());
         assert_eq!(msg.envelope.recipients.len(), 1);
         assert!(msg.body.starts_with(b"Received: from c.test ([127.0.0.1])"));

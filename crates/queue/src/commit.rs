@@ -55,8 +55,7 @@ impl Committer {
             .ok_or_else(|| "commit thread is gone".to_string())?
             .send(tx)
             .map_err(|_| "commit thread is gone".to_string())?;
-        rx.await
-            .map_err(|_| "commit thread is gone".to_string())?
+        rx.await.map_err(|_| "commit thread is gone".to_string())?
     }
 }
 

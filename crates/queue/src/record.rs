@@ -114,7 +114,9 @@ pub fn unframe(raw: &[u8]) -> Result<&[u8], String> {
     let payload = &raw[HEADER..];
     let got = crc32fast::hash(payload);
     if want != got {
-        return Err(format!("checksum mismatch (stored {want:08x}, computed {got:08x})"));
+        return Err(format!(
+            "checksum mismatch (stored {want:08x}, computed {got:08x})"
+        ));
     }
     Ok(payload)
 }
@@ -160,6 +162,8 @@ mod tests {
         assert!(decode(&raw).unwrap_err().contains("checksum"));
         assert!(decode(&[9, 0, 0, 0, 0]).unwrap_err().contains("version"));
         assert!(decode(&[1]).unwrap_err().contains("short"));
-        assert!(decode(&frame(b"{not json")).unwrap_err().contains("undecodable"));
+        assert!(decode(&frame(b"{not json"))
+            .unwrap_err()
+            .contains("undecodable"));
     }
 }

@@ -178,7 +178,11 @@ impl Queue {
                 }
             };
             if r.state == State::Leased {
-                r.state = if r.attempts == 0 { State::Ready } else { State::Deferred };
+                r.state = if r.attempts == 0 {
+                    State::Ready
+                } else {
+                    State::Deferred
+                };
                 r.due_ms = now;
                 i.messages.insert(&k, record::encode(&r))?;
                 rec.released_leases += 1;
@@ -247,23 +251,24 @@ impl Queue {
         id: QueueId,
         f: &dyn Fn(&mut Record) -> Result<(), QueueError>,
     ) -> Result<Record, QueueError> {
-        let r = unwrap_tx(self.trees().transaction(|t| {
-            let raw = t.0.get(id.0)?.ok_or(ConflictableTransactionError::Abort(
-                QueueError::NotFound(id),
-            ))?;
-            let old = record::decode(&raw).map_err(|reason| {
-                ConflictableTransactionError::Abort(QueueError::Corrupt {
-                    id: id.to_string(),
-                    reason,
-                })
-            })?;
-            let mut new = old.clone();
-            f(&mut new).map_err(ConflictableTransactionError::Abort)?;
-            set_index(t, &old, false)?;
-            set_index(t, &new, true)?;
-            t.0.insert(&id.0[..], record::encode(&new))?;
-            Ok(new)
-        }))?;
+        let r =
+            unwrap_tx(self.trees().transaction(|t| {
+                let raw = t.0.get(id.0)?.ok_or(ConflictableTransactionError::Abort(
+                    QueueError::NotFound(id),
+                ))?;
+                let old = record::decode(&raw).map_err(|reason| {
+                    ConflictableTransactionError::Abort(QueueError::Corrupt {
+                        id: id.to_string(),
+                        reason,
+                    })
+                })?;
+                let mut new = old.clone();
+                f(&mut new).map_err(ConflictableTransactionError::Abort)?;
+                set_index(t, &old, false)?;
+                set_index(t, &new, true)?;
+                t.0.insert(&id.0[..], record::encode(&new))?;
+                Ok(new)
+            }))?;
         if matches!(r.state, State::Ready | State::Deferred) {
             self.inner.wake.notify_one();
         }
@@ -287,7 +292,12 @@ impl Queue {
 
     /// Leases up to `max` messages due at or before `now_ms` until
     /// `now_ms + lease_ms`, oldest due first.
-    pub fn claim_due(&self, now_ms: u64, max: usize, lease_ms: u64) -> Result<Vec<Record>, QueueError> {
+    pub fn claim_due(
+        &self,
+        now_ms: u64,
+        max: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<Record>, QueueError> {
         let mut out = Vec::new();
         let keys: Vec<_> = self
             .inner
@@ -344,7 +354,11 @@ impl Queue {
         for k in keys {
             if let Some((_, id)) = split_due_key(&k) {
                 let res = self.update(id, &|r| {
-                    r.state = if r.attempts == 0 { State::Ready } else { State::Deferred };
+                    r.state = if r.attempts == 0 {
+                        State::Ready
+                    } else {
+                        State::Deferred
+                    };
                     r.due_ms = now_ms;
                     Ok(())
                 });
@@ -405,7 +419,9 @@ impl Queue {
         for item in self.inner.corrupt.iter() {
             let (k, raw) = item?;
             let key: String = k.iter().map(|b| format!("{b:02x}")).collect();
-            let reason = record::decode(&raw).err().unwrap_or_else(|| "id mismatch".into());
+            let reason = record::decode(&raw)
+                .err()
+                .unwrap_or_else(|| "id mismatch".into());
             out.push((key, reason));
         }
         Ok(out)
@@ -446,7 +462,11 @@ impl Queue {
     pub fn release(&self, id: QueueId) -> Result<Record, QueueError> {
         self.update(id, &|r| match r.state {
             State::Held | State::Quarantine => {
-                r.state = if r.attempts == 0 { State::Ready } else { State::Deferred };
+                r.state = if r.attempts == 0 {
+                    State::Ready
+                } else {
+                    State::Deferred
+                };
                 r.due_ms = postern_core::now_ms();
                 r.crashes = 0;
                 r.quarantine = None;
@@ -477,6 +497,10 @@ impl Queue {
 
     /// Flushes everything to disk (shutdown, tests).
     pub async fn flush(&self) -> Result<(), QueueError> {
-        self.inner.committer.flush().await.map_err(QueueError::Flush)
+        self.inner
+            .committer
+            .flush()
+            .await
+            .map_err(QueueError::Flush)
     }
 }

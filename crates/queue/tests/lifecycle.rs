@@ -66,7 +66,12 @@ async fn leases_are_void_after_restart() {
             ids.push(e.id);
             q.enqueue(e, b"x").await.unwrap();
         }
-        assert_eq!(q.claim_due(postern_core::now_ms() + 1, 3, 3_600_000).unwrap().len(), 3);
+        assert_eq!(
+            q.claim_due(postern_core::now_ms() + 1, 3, 3_600_000)
+                .unwrap()
+                .len(),
+            3
+        );
         q.flush().await.unwrap();
         ids
     };
@@ -100,7 +105,10 @@ async fn hold_release_quarantine() {
     let id = e.id;
     q.enqueue(e, b"x").await.unwrap();
     q.hold(id).unwrap();
-    assert!(q.claim_due(postern_core::now_ms() + 1, 10, 100).unwrap().is_empty());
+    assert!(q
+        .claim_due(postern_core::now_ms() + 1, 10, 100)
+        .unwrap()
+        .is_empty());
     assert!(q.hold(id).is_err());
     q.release(id).unwrap();
     q.quarantine(
@@ -114,11 +122,19 @@ async fn hold_release_quarantine() {
     .unwrap();
     assert_eq!(q.counts().quarantine, 1);
     assert_eq!(q.list(Some(State::Quarantine)).unwrap().len(), 1);
-    assert!(q.claim_due(postern_core::now_ms() + 1, 10, 100).unwrap().is_empty());
+    assert!(q
+        .claim_due(postern_core::now_ms() + 1, 10, 100)
+        .unwrap()
+        .is_empty());
     let r = q.release(id).unwrap();
     assert_eq!(r.crashes, 0);
     assert!(r.quarantine.is_none());
-    assert_eq!(q.claim_due(postern_core::now_ms() + 1, 10, 100).unwrap().len(), 1);
+    assert_eq!(
+        q.claim_due(postern_core::now_ms() + 1, 10, 100)
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]

@@ -1,0 +1,78 @@
+//! Idle outbound connections kept per next-hop address for reuse.
+//!
+//! [`Pool::take`] hands out the most recently used idle connection to an
+//! address (the caller checks it with RSET before use); [`Pool::put`] returns
+//! a connection that can take more transactions; [`Pool::expired`] removes
+//! connections idle past the timeout so the caller can close them politely.
+//! Bounded by construction: a connection is only pooled after a transaction,
+//! and transactions are bounded by the delivery concurrency limits.
+
+use crate::smtp::Conn;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub struct Pool {
+    /// Idle connections by address, most recently returned last.
+    idle: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
+    /// How long an idle connection is kept.
+    idle_timeout: Duration,
+    /// Transactions per connection before it is closed.
+    max_uses: usize,
+}
+
+impl Pool {
+    pub fn new(idle_timeout: Duration, max_uses: usize) -> Pool {
+        Pool {
+            idle: Mutex::new(HashMap::new()),
+            idle_timeout,
+            max_uses,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Conn>>> {
+        // A panic elsewhere cannot leave the map inconsistent: recover it.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn take(&self, addr: SocketAddr) -> Option<Conn> {
+        let mut idle = self.lock();
+        let list = idle.get_mut(&addr)?;
+        while let Some(c) = list.pop() {
+            if c.idle_since.elapsed() < self.idle_timeout {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for reuse, or hands it back when it should be closed.
+    pub fn put(&self, mut conn: Conn) -> Option<Conn> {
+        if conn.uses >= self.max_uses || !conn.is_usable() {
+            return Some(conn);
+        }
+        conn.idle_since = Instant::now();
+        self.lock().entry(conn.addr).or_default().push(conn);
+        None
+    }
+
+    /// Removes and returns connections idle too long.
+    pub fn expired(&self) -> Vec<Conn> {
+        let mut out = Vec::new();
+        let mut idle = self.lock();
+        for list in idle.values_mut() {
+            let (old, keep): (Vec<Conn>, Vec<Conn>) = list
+                .drain(..)
+                .partition(|c| c.idle_since.elapsed() >= self.idle_timeout);
+            *list = keep;
+            out.extend(old);
+        }
+        idle.retain(|_, l| !l.is_empty());
+        out
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.lock().values().map(|l| l.len()).sum()
+    }
+}

@@ -1,0 +1,124 @@
+//! DNS behind a small trait.
+//!
+//! [`Resolver`] answers the two questions delivery asks: the MX records of a
+//! domain and the addresses of a host. [`DnsError`] separates "no such
+//! records" (which can make a failure permanent) from everything else
+//! (timeouts, SERVFAIL, malformed answers: temporary). [`HickoryResolver`]
+//! uses hickory-resolver over UDP with TCP fallback for truncated answers, so
+//! answers of any legal size work (the IMS died on one over 1,500 bytes).
+
+use hickory_resolver::config::{
+    NameServerConfig, NameServerConfigGroup, ResolveHosts, ResolverConfig,
+};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::{ResolveError, TokioResolver};
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// One MX record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxRecord {
+    pub preference: u16,
+    /// Exchange host name without the trailing dot; "" or "." for null MX.
+    pub exchange: String,
+}
+
+/// Why a lookup gave no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// The name does not exist (NXDOMAIN).
+    #[error("domain does not exist")]
+    NxDomain,
+    /// The name exists but has no records of the type asked for.
+    #[error("no records of the requested type")]
+    NoData,
+    /// Anything else: timeout, SERVFAIL, refused, malformed answer.
+    #[error("temporary DNS failure: {0}")]
+    Temporary(String),
+}
+
+/// The DNS questions delivery asks.
+pub trait Resolver: Send + Sync + 'static {
+    fn mx(&self, domain: &str) -> impl Future<Output = Result<Vec<MxRecord>, DnsError>> + Send;
+    fn addrs(&self, host: &str) -> impl Future<Output = Result<Vec<IpAddr>, DnsError>> + Send;
+}
+
+/// hickory-resolver, on the system configuration or given nameservers.
+pub struct HickoryResolver {
+    inner: TokioResolver,
+}
+
+impl HickoryResolver {
+    /// `nameservers` empty: the system resolver (/etc/resolv.conf).
+    pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, DnsError> {
+        let provider = TokioConnectionProvider::default();
+        let mut builder = if nameservers.is_empty() {
+            TokioResolver::builder(provider)
+                .map_err(|e| DnsError::Temporary(format!("system resolver: {e}")))?
+        } else {
+            let mut group = NameServerConfigGroup::new();
+            for ns in nameservers {
+                group.push(NameServerConfig::new(*ns, Protocol::Udp));
+                group.push(NameServerConfig::new(*ns, Protocol::Tcp));
+            }
+            let cfg = ResolverConfig::from_parts(None, vec![], group);
+            TokioResolver::builder_with_config(cfg, provider)
+        };
+        let opts = builder.options_mut();
+        opts.timeout = timeout;
+        opts.attempts = 2;
+        opts.use_hosts_file = ResolveHosts::Never;
+        opts.ndots = 0;
+        Ok(HickoryResolver {
+            inner: builder.build(),
+        })
+    }
+}
+
+fn classify(e: ResolveError) -> DnsError {
+    if let Some(p) = e.proto() {
+        if let ProtoErrorKind::NoRecordsFound { response_code, .. } = p.kind() {
+            return match *response_code {
+                ResponseCode::NXDomain => DnsError::NxDomain,
+                ResponseCode::NoError => DnsError::NoData,
+                rc => DnsError::Temporary(format!("server answered {rc}")),
+            };
+        }
+    }
+    DnsError::Temporary(e.to_string())
+}
+
+/// Fully qualifies a name so no search list applies.
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
+}
+
+impl Resolver for HickoryResolver {
+    async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, DnsError> {
+        let answer = self.inner.mx_lookup(fqdn(domain)).await.map_err(classify)?;
+        Ok(answer
+            .iter()
+            .map(|mx| MxRecord {
+                preference: mx.preference(),
+                exchange: mx
+                    .exchange()
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase(),
+            })
+            .collect())
+    }
+
+    async fn addrs(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        let answer = self.inner.lookup_ip(fqdn(host)).await.map_err(classify)?;
+        Ok(answer.iter().collect())
+    }
+}
