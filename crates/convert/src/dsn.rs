@@ -1,0 +1,188 @@
+//! Delivery status notifications (RFC 3464, RFC 3462 multipart/report).
+//!
+//! [`build_dsn`] returns a complete message: a human-readable part, the
+//! `message/delivery-status` part with per-message and per-recipient fields,
+//! and the original headers as `text/rfc822-headers`. The caller sends it
+//! from the null sender to the original sender, and never for a message that
+//! was itself sent from the null sender (no DSN about a DSN).
+
+use crate::headers;
+use postern_core::{Address, Envelope, Reason};
+use std::fmt::Write as _;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// One recipient the DSN reports on.
+pub struct DsnRecipient<'a> {
+    pub address: &'a Address,
+    pub reason: &'a Reason,
+}
+
+/// Everything a DSN needs; time is passed in, not read.
+pub struct DsnInput<'a> {
+    /// Our host name (Reporting-MTA, From).
+    pub reporting_mta: &'a str,
+    pub envelope: &'a Envelope,
+    pub failed: Vec<DsnRecipient<'a>>,
+    /// The original message (only its headers are returned).
+    pub original: &'a [u8],
+    /// Now, ms since the epoch (Date header).
+    pub now_ms: u64,
+    /// Unique token for the MIME boundary and Message-ID.
+    pub token: String,
+}
+
+fn rfc5322_date(ms: u64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms)).replace("GMT", "+0000")
+}
+
+/// Drops CR/LF so values from the network cannot inject header lines.
+fn clean(s: &str) -> String {
+    s.chars().filter(|c| *c != '\r' && *c != '\n').collect()
+}
+
+/// Builds the DSN message (CRLF line endings).
+pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
+    let env = input.envelope;
+    let boundary = format!("=_postern_{}", input.token);
+    let to = env
+        .sender
+        .as_ref()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let mut m = String::new();
+    let _ = write!(
+        m,
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
+         To: <{to}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {date}\r\n\
+         Message-ID: <{token}.dsn@{host}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\
+         \tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=us-ascii\r\n\
+         \r\n\
+         This is the mail system at host {host}.\r\n\
+         \r\n\
+         Your message could not be delivered to one or more recipients.\r\n\
+         \r\n",
+        host = input.reporting_mta,
+        to = clean(&to),
+        date = rfc5322_date(input.now_ms),
+        token = input.token,
+    );
+    for f in &input.failed {
+        let _ = write!(
+            m,
+            "<{}>: {}\r\n",
+            clean(&f.address.to_string()),
+            clean(&f.reason.to_string())
+        );
+    }
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {host}\r\n\
+         X-Postern-Queue-ID: {id}\r\n\
+         Arrival-Date: {arrival}\r\n",
+        host = input.reporting_mta,
+        id = env.id,
+        arrival = rfc5322_date(env.received_ms),
+    );
+    for f in &input.failed {
+        let r = f.reason;
+        let _ = write!(
+            m,
+            "\r\nFinal-Recipient: rfc822; {addr}\r\n\
+             Action: failed\r\n\
+             Status: {status}\r\n",
+            addr = clean(&f.address.to_string()),
+            status = clean(&r.status),
+        );
+        match &r.remote {
+            Some(remote) => {
+                let _ = write!(
+                    m,
+                    "Remote-MTA: dns; {}\r\nDiagnostic-Code: smtp; {} {}\r\n",
+                    clean(remote),
+                    r.code,
+                    clean(&r.text)
+                );
+            }
+            None => {
+                let _ = write!(m, "Diagnostic-Code: X-Postern; {}\r\n", clean(&r.text));
+            }
+        }
+    }
+    let _ = write!(
+        m,
+        "\r\n--{boundary}\r\n\
+         Content-Type: text/rfc822-headers\r\n\
+         \r\n"
+    );
+    let mut out = m.into_bytes();
+    let (hdrs, _) = headers::split(input.original);
+    out.extend_from_slice(hdrs);
+    if !hdrs.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_core::{QueueId, Recipient};
+
+    #[test]
+    fn dsn_has_the_rfc3464_parts() {
+        let rcpt = Address::parse("u@d.test").unwrap();
+        let env = Envelope {
+            id: QueueId([1; 12]),
+            sender: Some(Address::parse("s@o.test").unwrap()),
+            recipients: vec![Recipient::new(rcpt.clone())],
+            client: "127.0.0.1".into(),
+            helo: "h".into(),
+            received_ms: 0,
+            size: 0,
+            eight_bit: false,
+        };
+        let reason = Reason {
+            code: 550,
+            status: "5.1.1".into(),
+            text: "no such user\r\nInjected: yes".into(),
+            remote: Some("mx.d.test".into()),
+        };
+        let dsn = build_dsn(&DsnInput {
+            reporting_mta: "gw.test",
+            envelope: &env,
+            failed: vec![DsnRecipient {
+                address: &rcpt,
+                reason: &reason,
+            }],
+            original: b"Subject: hello\r\nMessage-ID: <x@y>\r\n\r\nsecret body\r\n",
+            now_ms: 0,
+            token: "abc".into(),
+        });
+        let s = String::from_utf8(dsn).unwrap();
+        assert!(s.contains("To: <s@o.test>\r\n"));
+        assert!(s.contains("multipart/report; report-type=delivery-status"));
+        assert!(
+            s.contains("Final-Recipient: rfc822; u@d.test\r\nAction: failed\r\nStatus: 5.1.1\r\n")
+        );
+        assert!(s.contains("Diagnostic-Code: smtp; 550 no such userInjected: yes\r\n"));
+        assert!(!s.contains("\r\nInjected: yes"));
+        assert!(s.contains("Subject: hello\r\n"));
+        assert!(!s.contains("secret body"));
+        assert!(s.ends_with("--=_postern_abc--\r\n"));
+        assert!(!s.replace("\r\n", "").contains('\n'));
+    }
+}

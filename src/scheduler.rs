@@ -1,0 +1,299 @@
+//! The delivery scheduler: takes due messages from the queue, delivers each
+//! in its own task, and records the outcome.
+//!
+//! Loop: release expired leases, lease as many due messages as there are
+//! free delivery slots (one range scan), spawn one task per message, sleep
+//! until the next due time or until the queue signals new work. Per message:
+//! deliver the pending recipients, mark each delivered / failed / pending,
+//! generate a DSN (RFC 3464, from the null sender, never about a DSN) for
+//! recipients that failed permanently or outlived `max_age`, then remove the
+//! message or defer it by the next retry interval with ±10 % jitter.
+//!
+//! A panic while delivering one message is caught at its task boundary: the
+//! message's crash counter goes up and it is deferred; nothing else stops.
+//! The DSN is queued (durably) before the original's record changes, so a
+//! crash in between can duplicate a DSN but never lose one.
+
+use crate::metrics::Metrics;
+use postern_convert::{build_dsn, DsnInput, DsnRecipient};
+use postern_core::{Address, Envelope, Outcome, QueueId, Reason, Recipient, RecipientStatus};
+use postern_delivery::{Deliverer, HickoryResolver};
+use postern_queue::{Queue, QueueError, Record, State};
+use rand::Rng;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+
+/// Retry and expiry policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub retry_intervals: Vec<Duration>,
+    pub max_age: Duration,
+    pub lease: Duration,
+    pub hostname: String,
+}
+
+impl Policy {
+    /// Delay before the next attempt after `attempts` attempts, jittered.
+    pub fn retry_delay(&self, attempts: u32) -> Duration {
+        let i = (attempts as usize)
+            .saturating_sub(1)
+            .min(self.retry_intervals.len().saturating_sub(1));
+        let base = self
+            .retry_intervals
+            .get(i)
+            .copied()
+            .unwrap_or(Duration::from_secs(60));
+        base.mul_f64(rand::rng().random_range(0.9..1.1))
+    }
+}
+
+pub struct Scheduler {
+    pub queue: Queue,
+    pub deliverer: Arc<Deliverer<HickoryResolver>>,
+    pub metrics: Arc<Metrics>,
+    pub policy: Policy,
+    /// Delivery tasks in flight; a permit per leased message.
+    pub slots: Arc<Semaphore>,
+}
+
+impl Scheduler {
+    /// Runs until shutdown. Errors are queue failures (the supervisor
+    /// restarts the loop).
+    pub async fn run(
+        self: Arc<Self>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), QueueError> {
+        let mut last_housekeeping = std::time::Instant::now();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let now = postern_core::now_ms();
+            self.queue.expire_leases(now)?;
+            let free = self.slots.available_permits();
+            let claimed = if free > 0 {
+                self.queue
+                    .claim_due(now, free, self.policy.lease.as_millis() as u64)?
+            } else {
+                Vec::new()
+            };
+            let busy = !claimed.is_empty();
+            for rec in claimed {
+                let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                    return Ok(());
+                };
+                let me = self.clone();
+                tokio::spawn(async move {
+                    me.attempt(rec).await;
+                    drop(permit);
+                });
+            }
+            if last_housekeeping.elapsed() > Duration::from_secs(1) {
+                self.deliverer.housekeeping().await;
+                last_housekeeping = std::time::Instant::now();
+            }
+            if busy && self.slots.available_permits() > 0 {
+                continue;
+            }
+            let wait = match self.queue.next_due_ms() {
+                Some(due) if self.slots.available_permits() > 0 => {
+                    Duration::from_millis(due.saturating_sub(postern_core::now_ms()))
+                }
+                _ => Duration::from_secs(1),
+            }
+            .clamp(Duration::from_millis(1), Duration::from_secs(1));
+            tokio::select! {
+                _ = self.queue.wait_for_work() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// One delivery attempt of one leased message; never panics outward.
+    async fn attempt(self: Arc<Self>, rec: Record) {
+        let id = rec.envelope.id;
+        let body = match self.queue.body(id) {
+            Ok(b) => b,
+            Err(e) => {
+                self.quarantine(id, "queue", &e.to_string());
+                return;
+            }
+        };
+        let env = rec.envelope.clone();
+        let deliverer = self.deliverer.clone();
+        let task = tokio::spawn(async move { deliverer.deliver(&env, &body).await });
+        let outcomes = match task.await {
+            Ok(o) => o,
+            Err(j) => {
+                let why = if j.is_panic() {
+                    format!(
+                        "panic: {}",
+                        postern_supervisor::panic_message(&*j.into_panic())
+                    )
+                } else {
+                    "delivery task cancelled".to_string()
+                };
+                self.metrics
+                    .crashes
+                    .with_label_values(&["delivery", "1"])
+                    .inc();
+                tracing::error!(%id, %why, "delivery attempt crashed; deferring");
+                self.crashed(rec, &why);
+                return;
+            }
+        };
+        if let Err(e) = self.apply(rec, outcomes).await {
+            tracing::error!(%id, error = %e, "cannot record delivery outcome");
+        }
+    }
+
+    fn quarantine(&self, id: QueueId, stage: &str, reason: &str) {
+        tracing::error!(%id, stage, reason, "message quarantined");
+        let info = postern_queue::QuarantineInfo {
+            stage: stage.to_string(),
+            reason: reason.to_string(),
+            at_ms: postern_core::now_ms(),
+        };
+        if let Err(e) = self.queue.quarantine(id, info) {
+            tracing::error!(%id, error = %e, "cannot quarantine");
+        }
+    }
+
+    /// A crash during delivery: charge the message and defer it.
+    fn crashed(&self, rec: Record, why: &str) {
+        let id = rec.envelope.id;
+        let due =
+            postern_core::now_ms() + self.policy.retry_delay(rec.attempts + 1).as_millis() as u64;
+        let why = why.to_string();
+        let res = self.queue.update(id, &|r| {
+            r.crashes += 1;
+            r.attempts += 1;
+            r.state = State::Deferred;
+            r.due_ms = due;
+            r.last_error = Some(format!("crash: {why}"));
+            Ok(())
+        });
+        if let Err(e) = res {
+            tracing::error!(%id, error = %e, "cannot record crash");
+        }
+    }
+
+    /// Records outcomes, sends DSNs, removes or defers the message.
+    async fn apply(&self, rec: Record, outcomes: Vec<(usize, Outcome)>) -> Result<(), QueueError> {
+        let now = postern_core::now_ms();
+        let mut env = rec.envelope;
+        let id = env.id;
+        let mut failed: Vec<(Address, Reason)> = Vec::new();
+        let mut last_temp = None;
+        for (i, outcome) in outcomes {
+            let Some(r) = env.recipients.get_mut(i) else {
+                continue;
+            };
+            tracing::info!(%id, rcpt = %r.address, result = ?outcome_kind(&outcome), reason = %outcome.reason(), "delivery attempt");
+            r.status = match outcome {
+                Outcome::Delivered(reason) => {
+                    self.metrics.delivered.with_label_values(&["smtp"]).inc();
+                    self.metrics
+                        .delivery_latency
+                        .observe(now.saturating_sub(env.received_ms) as f64 / 1000.0);
+                    RecipientStatus::Delivered(reason)
+                }
+                Outcome::Permanent(reason) => {
+                    self.metrics.bounced.inc();
+                    failed.push((r.address.clone(), reason.clone()));
+                    RecipientStatus::Failed(reason)
+                }
+                Outcome::Temporary(reason) => {
+                    self.metrics.deferred.inc();
+                    last_temp = Some(reason.to_string());
+                    RecipientStatus::Pending { last: Some(reason) }
+                }
+            };
+        }
+        // Expiry: everything still pending past max_age fails.
+        let expired = now.saturating_sub(env.received_ms) >= self.policy.max_age.as_millis() as u64;
+        if expired {
+            for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
+                let last = match &r.status {
+                    RecipientStatus::Pending { last: Some(l) } => format!(": last error {l}"),
+                    _ => String::new(),
+                };
+                let reason = Reason::local(550, "4.4.7", format!("delivery time expired{last}"));
+                self.metrics.bounced.inc();
+                failed.push((r.address.clone(), reason.clone()));
+                r.status = RecipientStatus::Failed(reason);
+            }
+        }
+        if !failed.is_empty() {
+            self.send_dsn(&env, &failed).await;
+        }
+        if env.pending().next().is_none() {
+            tracing::info!(%id, "done; removed from queue");
+            return self.queue.remove(id);
+        }
+        let attempts = rec.attempts + 1;
+        let due = now + self.policy.retry_delay(attempts).as_millis() as u64;
+        let env2 = env.clone();
+        self.queue.update(id, &|r| {
+            r.envelope = env2.clone();
+            r.attempts = attempts;
+            r.state = State::Deferred;
+            r.due_ms = due;
+            r.last_error = last_temp.clone();
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Queues a DSN to the original sender about `failed`.
+    async fn send_dsn(&self, env: &Envelope, failed: &[(Address, Reason)]) {
+        let Some(to) = env.sender.clone() else {
+            tracing::info!(id = %env.id, "not bouncing a bounce");
+            return;
+        };
+        let original = self.queue.body(env.id).unwrap_or_default();
+        let dsn_id = QueueId::generate();
+        let now = postern_core::now_ms();
+        let body = build_dsn(&DsnInput {
+            reporting_mta: &self.policy.hostname,
+            envelope: env,
+            failed: failed
+                .iter()
+                .map(|(a, r)| DsnRecipient {
+                    address: a,
+                    reason: r,
+                })
+                .collect(),
+            original: &original,
+            now_ms: now,
+            token: dsn_id.to_string(),
+        });
+        let dsn_env = Envelope {
+            id: dsn_id,
+            sender: None,
+            recipients: vec![Recipient::new(to)],
+            client: "127.0.0.1".into(),
+            helo: self.policy.hostname.clone(),
+            received_ms: now,
+            size: body.len() as u64,
+            eight_bit: !body.is_ascii(),
+        };
+        match self.queue.enqueue(dsn_env, &body).await {
+            Ok(()) => {
+                self.metrics.dsn_sent.inc();
+                tracing::info!(id = %env.id, dsn = %dsn_id, "DSN queued");
+            }
+            Err(e) => tracing::error!(id = %env.id, error = %e, "cannot queue DSN"),
+        }
+    }
+}
+
+fn outcome_kind(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Delivered(_) => "delivered",
+        Outcome::Temporary(_) => "deferred",
+        Outcome::Permanent(_) => "failed",
+    }
+}
