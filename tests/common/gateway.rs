@@ -1,0 +1,135 @@
+//! The real `postern` binary, started for one test.
+//!
+//! [`Gateway::start`] writes a configuration (listeners on port 0, the queue
+//! in a temporary directory, fast retries) with the test's extra TOML, starts
+//! `postern run`, and reads its log until the "postern ready" line names the
+//! bound addresses. The log is kept for assertions. Dropping kills it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Gateway {
+    pub smtp: SocketAddr,
+    pub admin: SocketAddr,
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub dir: Arc<tempfile::TempDir>,
+    pub config: PathBuf,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test configuration; `extra` is appended (routes, nameservers...).
+pub fn config_text(dir: &std::path::Path, server: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+hostname = "gw.example.test"
+listen = ["127.0.0.1:0"]
+{server}
+
+[queue]
+path = "{q}"
+retry_intervals = ["1s"]
+cache_size = "16MiB"
+
+[admin]
+listen = "127.0.0.1:0"
+
+{extra}
+"#,
+        q = dir.join("queue").display()
+    )
+}
+
+impl Gateway {
+    /// Starts postern with `[server]` additions and extra sections.
+    pub fn start(server: &str, extra: &str) -> Gateway {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_in(dir, server, extra)
+    }
+
+    /// Starts postern on an existing directory (restarts keep the queue).
+    pub fn start_in(dir: Arc<tempfile::TempDir>, server: &str, extra: &str) -> Gateway {
+        let config = dir.path().join("postern.toml");
+        std::fs::write(&config, config_text(dir.path(), server, extra)).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("POSTERN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start postern");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("postern ready") {
+                    let _ = tx.send(line.clone());
+                }
+                l.lock().unwrap().push(line);
+            }
+        });
+        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => panic!("postern did not start:\n{}", log.lock().unwrap().join("\n")),
+        };
+        let field = |name: &str| -> SocketAddr {
+            let start = ready.find(&format!("{name}=")).unwrap() + name.len() + 1;
+            let rest = &ready[start..];
+            let end = rest.find([' ', ',']).unwrap_or(rest.len());
+            rest[..end].parse().unwrap()
+        };
+        Gateway {
+            smtp: field("smtp"),
+            admin: field("admin"),
+            child,
+            log,
+            dir,
+            config,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Fetches an admin path over plain HTTP/1.1.
+    pub fn admin_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.log_text().contains(needle) {
+            assert!(start.elapsed() < limit, "no {needle:?} in log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

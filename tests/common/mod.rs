@@ -1,0 +1,134 @@
+//! Test support: real peers on loopback for the real `postern` binary.
+//!
+//! - [`Sink`]: an SMTP server recording what it receives, with scripted
+//!   per-recipient replies (temporary or permanent failures);
+//! - [`DnsServer`]: a DNS server (UDP and TCP) answering from a test zone,
+//!   truncating UDP answers over 512 bytes so resolvers must retry on TCP;
+//! - [`Gateway`]: the `postern` binary started on `127.0.0.1:0` with a
+//!   generated configuration, its log captured, killed on drop;
+//! - [`smtp_send`] and [`RawClient`]: clients (lettre, and raw bytes for
+//!   protocol abuse tests).
+#![allow(dead_code)]
+
+pub mod dns;
+pub mod gateway;
+pub mod sink;
+
+pub use dns::{DnsServer, Zone};
+pub use gateway::Gateway;
+pub use sink::Sink;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Waits until `f` is true, panicking with `what` after `limit`.
+pub async fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends one message with lettre; returns the server's final reply text.
+pub async fn smtp_send(
+    addr: SocketAddr,
+    from: &str,
+    to: &[&str],
+    body: &str,
+) -> Result<String, String> {
+    use lettre::address::Envelope;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+    let t = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(addr.ip().to_string())
+        .port(addr.port())
+        .timeout(Some(Duration::from_secs(20)))
+        .build();
+    let env = Envelope::new(
+        Some(from.parse().map_err(|e| format!("{e}"))?),
+        to.iter().map(|a| a.parse().unwrap()).collect(),
+    )
+    .map_err(|e| e.to_string())?;
+    t.send_raw(&env, body.as_bytes())
+        .await
+        .map(|r| r.message().collect::<Vec<_>>().join(" "))
+        .map_err(|e| e.to_string())
+}
+
+/// A message body with a Message-ID the tests can look for.
+pub fn body(tag: &str) -> String {
+    format!(
+        "From: <sender@example.test>\r\nTo: <rcpt@example.test>\r\nSubject: test {tag}\r\nMessage-ID: <{tag}@test>\r\n\r\nbody of {tag}\r\n"
+    )
+}
+
+/// A raw SMTP client for protocol tests: writes bytes, reads replies.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        Self::connect_from(addr, None).await
+    }
+
+    /// Connects from a chosen loopback source address (e.g. 127.0.0.5).
+    pub async fn connect_from(addr: SocketAddr, src: Option<&str>) -> RawClient {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(src) = src {
+            sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        }
+        let stream = sock.connect(addr).await.unwrap();
+        let mut c = RawClient {
+            stream,
+            buf: Vec::new(),
+        };
+        let greeting = c.reply().await;
+        assert!(greeting.starts_with("220"), "{greeting}");
+        c
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one complete (possibly multi-line) reply.
+    pub async fn reply(&mut self) -> String {
+        loop {
+            if let Some(end) = complete_reply(&self.buf) {
+                let r: Vec<u8> = self.buf.drain(..end).collect();
+                return String::from_utf8_lossy(&r).into_owned();
+            }
+            let mut tmp = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(20), self.stream.read(&mut tmp))
+                .await
+                .expect("reply timeout")
+                .unwrap();
+            if n == 0 {
+                return String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned();
+            }
+            self.buf.extend_from_slice(&tmp[..n]);
+        }
+    }
+
+    /// Sends a command and returns the reply.
+    pub async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+}
+
+/// Length of the first complete reply in `buf`, if any.
+fn complete_reply(buf: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    while let Some(i) = buf[start..].windows(2).position(|w| w == b"\r\n") {
+        let line = &buf[start..start + i];
+        start += i + 2;
+        if line.len() < 4 || line[3] == b' ' {
+            return Some(start);
+        }
+    }
+    None
+}

@@ -1,0 +1,162 @@
+//! A real SMTP server on loopback that records what it receives.
+//!
+//! Replies to RCPT are scripted by the recipient's local part:
+//! `reject*` → 550 5.1.1; `tempfail*` → 451 4.2.0 for the first attempt,
+//! then accepted; `slow*` → accepted after a pause. It offers PIPELINING,
+//! 8BITMIME and SIZE, and un-stuffs dots like any server.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// One received message.
+#[derive(Debug, Clone)]
+pub struct SinkMsg {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+#[derive(Clone)]
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub msgs: Arc<Mutex<Vec<SinkMsg>>>,
+    /// RCPT attempts seen per recipient.
+    seen: Arc<Mutex<HashMap<String, u32>>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.task) == 1 {
+            self.task.abort();
+        }
+    }
+}
+
+impl Sink {
+    /// Starts a sink on `bind` (e.g. "127.0.0.1:0").
+    pub async fn start(bind: &str) -> Sink {
+        let l = TcpListener::bind(bind).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let msgs = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let (m, s) = (msgs.clone(), seen.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((sock, _)) = l.accept().await {
+                let (m, s) = (m.clone(), s.clone());
+                tokio::spawn(async move {
+                    let _ = session(sock, m, s).await;
+                });
+            }
+        });
+        Sink {
+            addr,
+            msgs,
+            seen,
+            task: Arc::new(task),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.msgs.lock().unwrap().len()
+    }
+
+    pub fn all(&self) -> Vec<SinkMsg> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    /// Messages whose data contains `needle`.
+    pub fn with(&self, needle: &str) -> Vec<SinkMsg> {
+        self.all().into_iter().filter(|m| m.data.contains(needle)).collect()
+    }
+}
+
+async fn session(
+    sock: tokio::net::TcpStream,
+    msgs: Arc<Mutex<Vec<SinkMsg>>>,
+    seen: Arc<Mutex<HashMap<String, u32>>>,
+) -> std::io::Result<()> {
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    w.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
+    let (mut from, mut to) = (String::new(), Vec::<String>::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_string();
+        let upper = cmd.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n".into()
+        } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
+            "250 ok\r\n".into()
+        } else if upper.starts_with("RSET") {
+            from.clear();
+            to.clear();
+            "250 reset\r\n".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            from = path(&cmd[10..]);
+            to.clear();
+            "250 2.1.0 ok\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let rcpt = path(&cmd[8..]);
+            let n = {
+                let mut s = seen.lock().unwrap();
+                let n = s.entry(rcpt.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let local = rcpt.split('@').next().unwrap_or("").to_string();
+            if local.starts_with("reject") {
+                "550 5.1.1 no such user here\r\n".into()
+            } else if local.starts_with("tempfail") && n == 1 {
+                "451 4.2.0 try again later\r\n".into()
+            } else {
+                to.push(rcpt);
+                "250 2.1.5 ok\r\n".into()
+            }
+        } else if upper == "DATA" {
+            if to.is_empty() {
+                "554 no valid recipients\r\n".into()
+            } else {
+                w.write_all(b"354 go ahead\r\n").await?;
+                let mut data = String::new();
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line).await? == 0 {
+                        return Ok(());
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                    let l = line.strip_prefix('.').unwrap_or(&line);
+                    data.push_str(l);
+                }
+                msgs.lock().unwrap().push(SinkMsg {
+                    from: from.clone(),
+                    to: std::mem::take(&mut to),
+                    data,
+                });
+                "250 2.0.0 stored\r\n".into()
+            }
+        } else if upper.starts_with("QUIT") {
+            w.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else {
+            "502 5.5.1 not here\r\n".into()
+        };
+        w.write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// The address inside `<...>`, ignoring parameters.
+fn path(s: &str) -> String {
+    let s = s.trim();
+    let inner = s.strip_prefix('<').unwrap_or(s);
+    inner.split('>').next().unwrap_or("").to_string()
+}
