@@ -45,9 +45,14 @@ async fn inbound_relay_to_a_route() {
             sink.addr
         ),
     );
-    let reply = smtp_send(gw.smtp, "someone@internet.test", &["user@example.test"], &body("inbound"))
-        .await
-        .unwrap();
+    let reply = smtp_send(
+        gw.smtp,
+        "someone@internet.test",
+        &["user@example.test"],
+        &body("inbound"),
+    )
+    .await
+    .unwrap();
     assert!(reply.contains("queued as"), "{reply}");
     wait_until(T, "delivery to the route", || sink.count() == 1).await;
     let m = &sink.all()[0];
@@ -71,9 +76,14 @@ async fn outbound_via_mx_large_answer_over_tcp_to_lowest_preference() {
     }
     let dns = DnsServer::start(zone).await;
     let gw = Gateway::start("", &delivery(port, &dns));
-    smtp_send(gw.smtp, "internal@example.test", &["far@big.test"], &body("bigmx"))
-        .await
-        .unwrap();
+    smtp_send(
+        gw.smtp,
+        "internal@example.test",
+        &["far@big.test"],
+        &body("bigmx"),
+    )
+    .await
+    .unwrap();
     wait_until(T, "MX delivery", || s[0].count() == 1).await;
     assert_eq!(s[1].count(), 0, "a backup MX was used");
     assert!(dns.truncated.load(std::sync::atomic::Ordering::SeqCst) >= 1);
@@ -97,19 +107,31 @@ async fn implicit_mx_and_null_mx_bounce() {
             back.addr
         ),
     );
-    smtp_send(gw.smtp, "me@example.test", &["you@implicit.test"], &body("implicit"))
-        .await
-        .unwrap();
+    smtp_send(
+        gw.smtp,
+        "me@example.test",
+        &["you@implicit.test"],
+        &body("implicit"),
+    )
+    .await
+    .unwrap();
     wait_until(T, "implicit MX delivery", || s[0].count() == 1).await;
-    smtp_send(gw.smtp, "me@example.test", &["you@nullmx.test"], &body("nullmx"))
-        .await
-        .unwrap();
+    smtp_send(
+        gw.smtp,
+        "me@example.test",
+        &["you@nullmx.test"],
+        &body("nullmx"),
+    )
+    .await
+    .unwrap();
     wait_until(T, "null MX DSN", || back.count() == 1).await;
     let dsn = &back.all()[0];
     assert_eq!(dsn.from, "", "DSNs come from the null sender");
     assert_eq!(dsn.to, vec!["me@example.test"]);
     assert!(dsn.data.contains("report-type=delivery-status"));
-    assert!(dsn.data.contains("Final-Recipient: rfc822; you@nullmx.test"));
+    assert!(dsn
+        .data
+        .contains("Final-Recipient: rfc822; you@nullmx.test"));
     assert!(dsn.data.contains("Status: 5.1.10"), "{}", dsn.data);
     assert!(dsn.data.contains("Message-ID: <nullmx@test>"));
 }
@@ -119,13 +141,24 @@ async fn temporary_failure_then_success() {
     let sink = Sink::start("127.0.0.1:0").await;
     let gw = Gateway::start(
         "",
-        &format!("[[route]]\ndomain = \"example.test\"\nhosts = [\"{}\"]\n", sink.addr),
+        &format!(
+            "[[route]]\ndomain = \"example.test\"\nhosts = [\"{}\"]\n",
+            sink.addr
+        ),
     );
-    smtp_send(gw.smtp, "a@example.test", &["tempfail@example.test"], &body("retry"))
-        .await
-        .unwrap();
+    smtp_send(
+        gw.smtp,
+        "a@example.test",
+        &["tempfail@example.test"],
+        &body("retry"),
+    )
+    .await
+    .unwrap();
     wait_until(T, "delivery after a retry", || sink.count() == 1).await;
-    assert!(gw.log_text().contains("451 4.2.0"), "first attempt was deferred");
+    assert!(
+        gw.log_text().contains("451 4.2.0"),
+        "first attempt was deferred"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -138,7 +171,11 @@ async fn permanent_failure_bounces_and_partial_rcpt_failure() {
     smtp_send(
         gw.smtp,
         "author@example.test",
-        &["good@example.test", "reject-me@example.test", "good2@other.test"],
+        &[
+            "good@example.test",
+            "reject-me@example.test",
+            "good2@other.test",
+        ],
         &body("partial"),
     )
     .await
@@ -152,12 +189,20 @@ async fn permanent_failure_bounces_and_partial_rcpt_failure() {
         .collect();
     got.sort();
     assert_eq!(got, vec!["good2@other.test", "good@example.test"]);
-    let dsn: Vec<_> = sink.all().into_iter().filter(|m| m.from.is_empty()).collect();
+    let dsn: Vec<_> = sink
+        .all()
+        .into_iter()
+        .filter(|m| m.from.is_empty())
+        .collect();
     assert_eq!(dsn.len(), 1);
     assert_eq!(dsn[0].to, vec!["author@example.test"]);
-    assert!(dsn[0].data.contains("Final-Recipient: rfc822; reject-me@example.test"));
+    assert!(dsn[0]
+        .data
+        .contains("Final-Recipient: rfc822; reject-me@example.test"));
     assert!(dsn[0].data.contains("Status: 5.1.1"));
-    assert!(dsn[0].data.contains("Diagnostic-Code: smtp; 550 no such user here"));
+    assert!(dsn[0]
+        .data
+        .contains("Diagnostic-Code: smtp; 550 no such user here"));
     assert!(!dsn[0].data.contains("good@example.test\r\nAction"));
 }
 
@@ -171,7 +216,10 @@ async fn bounce_of_a_bounce_is_never_sent() {
     let mut c = common::RawClient::connect(gw.smtp).await;
     c.cmd("EHLO t").await;
     assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
-    assert!(c.cmd("RCPT TO:<reject@example.test>").await.starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<reject@example.test>")
+        .await
+        .starts_with("250"));
     assert!(c.cmd("DATA").await.starts_with("354"));
     c.send(b"Subject: a bounce\r\n\r\nx\r\n.\r\n").await;
     assert!(c.reply().await.starts_with("250"));

@@ -118,7 +118,11 @@ impl Gateway {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.admin).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
@@ -128,7 +132,11 @@ impl Gateway {
     pub fn wait_log(&self, needle: &str, limit: Duration) {
         let start = Instant::now();
         while !self.log_text().contains(needle) {
-            assert!(start.elapsed() < limit, "no {needle:?} in log:\n{}", self.log_text());
+            assert!(
+                start.elapsed() < limit,
+                "no {needle:?} in log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

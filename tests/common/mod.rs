@@ -14,6 +14,7 @@ pub mod dns;
 pub mod gateway;
 pub mod sink;
 
+#[allow(unused_imports)]
 pub use dns::{DnsServer, Zone};
 pub use gateway::Gateway;
 pub use sink::Sink;

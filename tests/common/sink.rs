@@ -70,7 +70,10 @@ impl Sink {
 
     /// Messages whose data contains `needle`.
     pub fn with(&self, needle: &str) -> Vec<SinkMsg> {
-        self.all().into_iter().filter(|m| m.data.contains(needle)).collect()
+        self.all()
+            .into_iter()
+            .filter(|m| m.data.contains(needle))
+            .collect()
     }
 }
 

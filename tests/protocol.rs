@@ -1,0 +1,224 @@
+//! The SMTP front of the real binary, spoken to with raw bytes: relay
+//! control, SMTP smuggling sequences, pipelining, limits and error caps.
+
+mod common;
+
+use common::{wait_until, Gateway, RawClient, Sink};
+use std::time::Duration;
+
+fn routed(sink: &Sink, server: &str) -> Gateway {
+    Gateway::start(
+        server,
+        &format!(
+            "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n\
+             [[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n",
+            sink.addr
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_relay_refused_for_untrusted_clients() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = routed(&sink, "");
+    // 127.0.0.5 is loopback but not in trusted_networks.
+    let mut c = RawClient::connect_from(gw.smtp, Some("127.0.0.5")).await;
+    assert!(c.cmd("EHLO outsider.test").await.starts_with("250"));
+    assert!(c
+        .cmd("MAIL FROM:<spam@outsider.test>")
+        .await
+        .starts_with("250"));
+    for rcpt in [
+        "<victim@elsewhere.test>",
+        "<victim@EXAMPLE.test.elsewhere.test>",
+        "<victim@sub.example.test>",
+        "<@example.test:victim@elsewhere.test>",
+    ] {
+        let r = c.cmd(&format!("RCPT TO:{rcpt}")).await;
+        assert!(
+            r.starts_with("554 5.7.1") || r.starts_with("501"),
+            "{rcpt}: {r}"
+        );
+    }
+    // Our own domain is accepted from anyone, in any case.
+    assert!(c
+        .cmd("RCPT TO:<user@Example.TEST>")
+        .await
+        .starts_with("250"));
+    // The trusted client may relay.
+    let mut t = RawClient::connect_from(gw.smtp, Some("127.0.0.1")).await;
+    t.cmd("EHLO inside.test").await;
+    t.cmd("MAIL FROM:<me@example.test>").await;
+    assert!(t
+        .cmd("RCPT TO:<you@elsewhere.test>")
+        .await
+        .starts_with("250"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smuggling_sequences_are_rejected() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = routed(&sink, "");
+    for (name, seq) in [
+        ("LF.LF", &b"\n.\n"[..]),
+        ("LF.CRLF", b"\n.\r\n"),
+        ("CR.CR", b"\r.\r"),
+        ("CRLF.LF", b"\r\n.\n"),
+        ("CRLF.CR", b"\r\n.\r"),
+    ] {
+        let mut c = RawClient::connect(gw.smtp).await;
+        c.cmd("EHLO smuggler.test").await;
+        c.cmd("MAIL FROM:<a@example.test>").await;
+        c.cmd("RCPT TO:<b@example.test>").await;
+        assert!(c.cmd("DATA").await.starts_with("354"));
+        let mut data = b"Subject: outer\r\n\r\nouter".to_vec();
+        data.extend_from_slice(seq);
+        data.extend_from_slice(
+            b"MAIL FROM:<smuggled@example.test>\r\nRCPT TO:<b@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n",
+        );
+        c.send(&data).await;
+        let r = c.reply().await;
+        assert!(r.starts_with("550 5.6.0"), "{name}: {r}");
+        // The session goes on: a clean message is still accepted.
+        c.cmd("MAIL FROM:<a@example.test>").await;
+        c.cmd("RCPT TO:<b@example.test>").await;
+        c.cmd("DATA").await;
+        c.send(format!("Subject: clean {name}\r\n\r\nok\r\n.\r\n").as_bytes())
+            .await;
+        assert!(c.reply().await.starts_with("250"), "{name}");
+    }
+    wait_until(Duration::from_secs(30), "clean messages", || {
+        sink.count() == 5
+    })
+    .await;
+    assert!(sink.with("smuggled").is_empty());
+    assert!(sink.with("outer").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_transaction_gets_all_replies() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = routed(&sink, "");
+    let mut c = RawClient::connect(gw.smtp).await;
+    let ehlo = c.cmd("EHLO p.test").await;
+    for ext in ["PIPELINING", "8BITMIME", "SIZE", "ENHANCEDSTATUSCODES"] {
+        assert!(ehlo.contains(ext), "{ehlo}");
+    }
+    c.send(b"MAIL FROM:<a@example.test>\r\nRCPT TO:<b@example.test>\r\nRCPT TO:<c@example.test>\r\nDATA\r\n")
+        .await;
+    for want in ["250 2.1.0", "250 2.1.5", "250 2.1.5", "354"] {
+        let r = c.reply().await;
+        assert!(r.starts_with(want), "{want}: {r}");
+    }
+    c.send(b"Subject: piped\r\n\r\n..leading dot\r\n.\r\nQUIT\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("250 2.0.0 queued as"));
+    assert!(c.reply().await.starts_with("221"));
+    wait_until(Duration::from_secs(30), "delivery", || sink.count() == 1).await;
+    assert!(sink.all()[0].data.contains("\r\n.leading dot\r\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_and_replies() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = routed(
+        &sink,
+        "max_message_size = 2000\nmax_recipients = 2\nmax_errors = 7\ncommand_timeout = \"2s\"",
+    );
+    let mut c = RawClient::connect(gw.smtp).await;
+    assert!(c.cmd("MAIL FROM:<a@example.test>").await.starts_with("503"));
+    c.cmd("EHLO l.test").await;
+    assert!(c
+        .cmd(&format!("NOOP {}", "x".repeat(600)))
+        .await
+        .starts_with("500 5.5.2"));
+    assert!(c
+        .cmd("MAIL FROM:<a@example.test> SIZE=5000")
+        .await
+        .starts_with("552 5.3.4"));
+    c.cmd("MAIL FROM:<a@example.test>").await;
+    c.cmd("RCPT TO:<1@example.test>").await;
+    c.cmd("RCPT TO:<2@example.test>").await;
+    assert!(c
+        .cmd("RCPT TO:<3@example.test>")
+        .await
+        .starts_with("452 4.5.3"));
+    assert!(c.cmd("VRFY x").await.starts_with("252"));
+    assert!(c.cmd("HELP").await.starts_with("214"));
+    c.cmd("DATA").await;
+    c.send(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "y\r\n".repeat(1000)).as_bytes())
+        .await;
+    let r = c.reply().await;
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    c.cmd("MAIL FROM:<a@example.test>").await;
+    c.cmd("RCPT TO:<1@example.test>").await;
+    c.cmd("DATA").await;
+    c.send(format!("Subject: long\r\n\r\n{}\r\n.\r\n", "z".repeat(1200)).as_bytes())
+        .await;
+    assert!(c.reply().await.starts_with("550 5.6.0"));
+    // Seventh error: 421 and the connection closes.
+    assert!(c.cmd("BOGUS").await.starts_with("421 4.7.0"));
+    assert_eq!(c.reply().await, "");
+    // Idle past the command timeout: 421 4.4.2.
+    let mut idle = RawClient::connect(gw.smtp).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(idle.reply().await.starts_with("421 4.4.2"));
+    assert_eq!(sink.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_limit() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = routed(&sink, "max_connections = 2");
+    let _a = RawClient::connect(gw.smtp).await;
+    let _b = RawClient::connect(gw.smtp).await;
+    let mut s = tokio::net::TcpStream::connect(gw.smtp).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("421 4.3.2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn swaks_sends_through_the_gateway() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = routed(&sink, "");
+    let gw_addr = gw.smtp;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("swaks")
+            .args([
+                "--server",
+                &gw_addr.ip().to_string(),
+                "--port",
+                &gw_addr.port().to_string(),
+            ])
+            .args([
+                "--from",
+                "swaks@example.test",
+                "--to",
+                "user@example.test,other@example.test",
+            ])
+            .args([
+                "--pipeline",
+                "--header",
+                "Subject: via swaks",
+                "--body",
+                "hello from swaks",
+            ])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("swaks must be installed (apt-get install swaks; .ci/run does it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("queued as"), "{text}");
+    wait_until(Duration::from_secs(30), "swaks delivery", || {
+        sink.count() == 1
+    })
+    .await;
+    let m = &sink.all()[0];
+    assert_eq!(m.to.len(), 2);
+    assert!(m.data.contains("Subject: via swaks") && m.data.contains("hello from swaks"));
+}
