@@ -172,7 +172,11 @@ impl<R: Resolver> Deliverer<R> {
     /// A pooled connection that still answers RSET, or a new one.
     async fn checkout(&self, host: &str, addr: std::net::SocketAddr) -> Result<Conn, Reason> {
         while let Some(mut c) = self.pool.take(addr) {
-            if c.reset(self.client.command_timeout).await {
+            // A connection used moments ago is alive; an older one must
+            // prove it with RSET (the server may have timed it out).
+            if c.idle_since.elapsed() < std::time::Duration::from_secs(2)
+                || c.reset(self.client.command_timeout).await
+            {
                 return Ok(c);
             }
         }

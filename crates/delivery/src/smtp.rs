@@ -11,12 +11,13 @@
 //! syntactically valid RFC 5321 path is sent as received.
 
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::extension::{ClientId, Extension};
+use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::Error as SmtpError;
 use postern_core::{Address, Outcome, Reason};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 
 /// How to connect and how long to wait.
 #[derive(Debug, Clone)]
@@ -28,9 +29,45 @@ pub struct ClientParams {
     pub starttls: bool,
 }
 
+/// What the next hop offers, from our own EHLO (lettre's summary omits
+/// PIPELINING, SIZE and DSN).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    pub pipelining: bool,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub starttls: bool,
+    pub dsn: bool,
+    /// Declared SIZE limit, 0 when none.
+    pub size: u64,
+}
+
+impl Extensions {
+    /// Parses the lines of an EHLO reply (the first line is the greeting).
+    pub fn parse<'a>(lines: impl Iterator<Item = &'a str>) -> Extensions {
+        let mut e = Extensions::default();
+        for line in lines.skip(1) {
+            let mut words = line.split_whitespace();
+            let kw = words.next().unwrap_or("").to_ascii_uppercase();
+            match kw.as_str() {
+                "PIPELINING" => e.pipelining = true,
+                "8BITMIME" => e.eight_bit_mime = true,
+                "SMTPUTF8" => e.smtputf8 = true,
+                "STARTTLS" => e.starttls = true,
+                "DSN" => e.dsn = true,
+                "SIZE" => e.size = words.next().and_then(|n| n.parse().ok()).unwrap_or(0),
+                _ => {}
+            }
+        }
+        e
+    }
+}
+
 /// An open connection to one next-hop address.
 pub struct Conn {
     inner: AsyncSmtpConnection,
+    /// Extensions the server offered (after STARTTLS, the second EHLO's).
+    pub ext: Extensions,
     pub addr: SocketAddr,
     /// Host name the address belongs to, for SNI and DSNs.
     pub host: String,
@@ -140,21 +177,30 @@ fn timed_out(what: &str, host: &str) -> Reason {
 pub async fn connect(host: &str, addr: SocketAddr, p: &ClientParams) -> Result<Conn, Reason> {
     let id = ClientId::Domain(p.helo.clone());
     let open = || async {
-        let fut =
-            AsyncSmtpConnection::connect_tokio1(addr, Some(p.connect_timeout), &id, None, None);
-        match tokio::time::timeout(p.connect_timeout + p.command_timeout, fut).await {
+        let connect_failed = |e: String| Reason {
+            code: 451,
+            status: "4.4.1".into(),
+            text: format!("cannot connect to {addr}: {e}"),
+            remote: Some(host.to_string()),
+        };
+        let tcp = match tokio::time::timeout(p.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(connect_failed(e.to_string())),
+            Err(_) => return Err(connect_failed("connect timeout".into())),
+        };
+        // Without this, Nagle holds the end-of-data dot behind the body
+        // until the peer's delayed ACK: 40 ms per message.
+        let _ = tcp.set_nodelay(true);
+        let fut = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &id);
+        match tokio::time::timeout(p.command_timeout, fut).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(Reason {
-                code: 451,
-                status: "4.4.1".into(),
-                text: format!("cannot connect to {addr}: {e}"),
-                remote: Some(host.to_string()),
-            }),
+            Ok(Err(e)) => Err(connect_failed(e.to_string())),
             Err(_) => Err(timed_out("greeting", host)),
         }
     };
     let mut inner = open().await?;
-    if p.starttls && inner.server_info().supports_feature(Extension::StartTls) {
+    let mut ext = ehlo(&mut inner, &p.helo, host, p.command_timeout).await?;
+    if p.starttls && ext.starttls {
         let upgraded = match TlsParameters::builder(host.to_string())
             .dangerous_accept_invalid_certs(true)
             .dangerous_accept_invalid_hostnames(true)
@@ -170,14 +216,34 @@ pub async fn connect(host: &str, addr: SocketAddr, p: &ClientParams) -> Result<C
             tracing::info!(%host, %addr, "STARTTLS failed; retrying without TLS");
             inner = open().await?;
         }
+        ext = ehlo(&mut inner, &p.helo, host, p.command_timeout).await?;
     }
     Ok(Conn {
         inner,
+        ext,
         addr,
         host: host.to_string(),
         uses: 0,
         idle_since: Instant::now(),
     })
+}
+
+/// Sends our own EHLO and parses the extensions offered.
+async fn ehlo(
+    inner: &mut AsyncSmtpConnection,
+    helo: &str,
+    host: &str,
+    timeout: Duration,
+) -> Result<Extensions, Reason> {
+    match tokio::time::timeout(timeout, inner.command(Raw(format!("EHLO {helo}")))).await {
+        Ok(Ok(r)) => Ok(Extensions::parse(r.message())),
+        Ok(Err(e)) => Err(Reason {
+            code: 451,
+            status: "4.4.0".into(),
+            ..reason_of(&e, host)
+        }),
+        Err(_) => Err(timed_out("EHLO reply", host)),
+    }
 }
 
 /// The message to send on a connection.
@@ -190,7 +256,8 @@ pub struct Message<'a> {
 
 /// Runs one transaction. `Ok` holds one outcome per recipient, in order.
 /// `Err` means the connection failed before any recipient got an answer
-/// that counts, so the caller may try another host.
+/// that counts, so the caller may try another host. With PIPELINING
+/// (RFC 2920) MAIL, every RCPT and DATA go in one write.
 pub async fn transact(
     conn: &mut Conn,
     msg: &Message<'_>,
@@ -198,8 +265,8 @@ pub async fn transact(
 ) -> Result<Vec<Outcome>, Reason> {
     let host = conn.host.clone();
     let eight_bit = msg.eight_bit || !msg.body.is_ascii();
-    let info = conn.inner.server_info();
-    if eight_bit && !info.supports_feature(Extension::EightBitMime) {
+    let n = msg.recipients.len();
+    if eight_bit && !conn.ext.eight_bit_mime {
         // Downgrade belongs to the conversion core; until it runs here,
         // refuse rather than send 8-bit data to a 7-bit hop (RFC 6152).
         let r = Reason {
@@ -208,7 +275,7 @@ pub async fn transact(
             text: "8-bit message and the next hop does not offer 8BITMIME".into(),
             remote: Some(host),
         };
-        return Ok(vec![Outcome::Permanent(r); msg.recipients.len()]);
+        return Ok(vec![Outcome::Permanent(r); n]);
     }
     let mut mail = format!(
         "MAIL FROM:<{}>",
@@ -217,68 +284,112 @@ pub async fn transact(
     if eight_bit {
         mail.push_str(" BODY=8BITMIME");
     }
-    let n = msg.recipients.len();
-    match tokio::time::timeout(timeout, conn.inner.command(Raw(mail))).await {
-        Err(_) => return Err(timed_out("MAIL reply", &host)),
-        Ok(Err(e)) if e.status().is_none() => return Err(reason_of(&e, &host)),
-        Ok(Err(e)) => return Ok(vec![outcome_of(&e, &host); n]),
-        Ok(Ok(_)) => {}
+    if conn.ext.size > 0 {
+        mail.push_str(&format!(" SIZE={}", msg.body.len()));
     }
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-    for (i, rcpt) in msg.recipients.iter().enumerate() {
-        match tokio::time::timeout(
-            timeout,
-            conn.inner.command(Raw(format!("RCPT TO:<{rcpt}>"))),
-        )
-        .await
-        {
-            Err(_) => return Err(timed_out("RCPT reply", &host)),
-            Ok(Err(e)) if e.status().is_none() => return Err(reason_of(&e, &host)),
-            Ok(Err(e)) => outcomes[i] = Some(outcome_of(&e, &host)),
-            Ok(Ok(_)) => {}
+    let mut lines = vec![mail];
+    lines.extend(msg.recipients.iter().map(|r| format!("RCPT TO:<{r}>")));
+    lines.push("DATA".into());
+    // One reply per line, read in order; Err(reason) = connection failure.
+    let mut replies = Vec::with_capacity(lines.len());
+    if conn.ext.pipelining {
+        let first = tokio::time::timeout(timeout, conn.inner.command(Raw(lines.join("\r\n")))).await;
+        replies.push(reply_or_fail(first, &host)?);
+        for _ in 1..lines.len() {
+            let r = tokio::time::timeout(timeout, conn.inner.read_response()).await;
+            replies.push(reply_or_fail(r, &host)?);
+        }
+    } else {
+        let last = lines.len() - 1;
+        for (i, line) in lines.into_iter().enumerate() {
+            if i == last && !replies[1..].iter().any(|r| r.is_ok()) {
+                break; // no recipient accepted: no DATA
+            }
+            let r = tokio::time::timeout(timeout, conn.inner.command(Raw(line))).await;
+            let r = reply_or_fail(r, &host)?;
+            let failed = r.is_err();
+            replies.push(r);
+            if failed && replies.len() == 1 {
+                break; // MAIL refused: no point in RCPT or DATA
+            }
         }
     }
+    if let Err(e) = &replies[0] {
+        let o = outcome_of(e, &host);
+        if replies.len() > n + 1 && replies[n + 1].is_ok() {
+            let _ = conn.inner.message(b"").await;
+        }
+        return Ok(vec![o; n]);
+    }
+    let mut outcomes: Vec<Option<Outcome>> = (0..n)
+        .map(|i| match replies.get(i + 1) {
+            Some(Err(e)) => Some(outcome_of(e, &host)),
+            _ => None,
+        })
+        .collect();
+    let data_ok = matches!(replies.get(n + 1), Some(Ok(_)));
     if outcomes.iter().all(|o| o.is_some()) {
-        let _ = conn.reset(timeout).await;
+        if data_ok {
+            // A server that said 354 with no recipients gets an empty message.
+            let _ = conn.inner.message(b"").await;
+        }
         return Ok(outcomes.into_iter().flatten().collect());
     }
-    let data_result =
-        match tokio::time::timeout(timeout, conn.inner.command(Raw("DATA".into()))).await {
-            Err(_) => return Err(timed_out("DATA reply", &host)),
-            Ok(Err(e)) if e.status().is_none() => return Err(reason_of(&e, &host)),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(_)) => {
-                // RFC 5321 4.5.3.2.6: allow 10 minutes for the final reply.
-                match tokio::time::timeout(timeout * 2, conn.inner.message(msg.body)).await {
-                    Err(_) => return Err(timed_out("end of data reply", &host)),
-                    Ok(Err(e)) if e.status().is_none() => return Err(reason_of(&e, &host)),
-                    Ok(r) => r,
+    let final_outcome = match replies.get(n + 1) {
+        Some(Ok(_)) => {
+            // RFC 5321 4.5.3.2.6: allow 10 minutes for the final reply.
+            match tokio::time::timeout(timeout * 2, conn.inner.message(msg.body)).await {
+                Err(_) => return Err(timed_out("end of data reply", &host)),
+                Ok(Err(e)) if e.status().is_none() => return Err(reason_of(&e, &host)),
+                Ok(Err(e)) => outcome_of(&e, &host),
+                Ok(Ok(resp)) => {
+                    let text = resp.message().collect::<Vec<_>>().join(" ");
+                    let (status, text) = split_status(&text, 250);
+                    Outcome::Delivered(Reason {
+                        code: 250,
+                        status,
+                        text,
+                        remote: Some(host.clone()),
+                    })
                 }
             }
-        };
-    let final_outcome = match data_result {
-        Ok(resp) => {
-            let text = resp.message().collect::<Vec<_>>().join(" ");
-            let (status, text) = split_status(&text, 250);
-            Outcome::Delivered(Reason {
-                code: 250,
-                status,
-                text,
-                remote: Some(host.clone()),
-            })
         }
-        Err(e) => outcome_of(&e, &host),
+        Some(Err(e)) => outcome_of(e, &host),
+        None => Outcome::Temporary(Reason::local(451, "4.4.2", "no reply to DATA")),
     };
     conn.uses += 1;
-    Ok(outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| final_outcome.clone()))
-        .collect())
+    for o in outcomes.iter_mut() {
+        o.get_or_insert_with(|| final_outcome.clone());
+    }
+    Ok(outcomes.into_iter().flatten().collect())
+}
+
+type Reply = Result<lettre::transport::smtp::response::Response, SmtpError>;
+
+/// A reply (positive or negative), or the connection failure.
+fn reply_or_fail(
+    r: Result<Reply, tokio::time::error::Elapsed>,
+    host: &str,
+) -> Result<Reply, Reason> {
+    match r {
+        Err(_) => Err(timed_out("reply", host)),
+        Ok(Err(e)) if e.status().is_none() => Err(reason_of(&e, host)),
+        Ok(r) => Ok(r),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extensions() {
+        let e = Extensions::parse(
+            ["mx greets you", "PIPELINING", "SIZE 1000", "8bitmime", "DSN", "STARTTLS"].into_iter(),
+        );
+        assert!(e.pipelining && e.eight_bit_mime && e.dsn && e.starttls && !e.smtputf8);
+        assert_eq!(e.size, 1000);
+    }
 
     #[test]
     fn status_split() {

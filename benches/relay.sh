@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Relay throughput benchmark: Postern vs Postfix, side by side, same run.
+#
+#   benches/relay.sh [MESSAGES] [SIZE_BYTES] [SESSIONS]     (defaults 5000 4096 10)
+#
+# Load generator: Postfix's smtp-source. Next hop: Postfix's smtp-sink.
+# Three runs against a fresh sink each time:
+#   direct   smtp-source -> smtp-sink                     (the ceiling)
+#   postern  smtp-source -> postern (fsync before 250) -> smtp-sink
+#   postfix  smtp-source -> postfix (loopback relay)   -> smtp-sink
+# For each it prints accepted/s (smtp-source finished: every message got its
+# 250) and delivered/s (the sink has counted every message), then the ratios,
+# and Postern's resident memory idle and after the run.
+# Needs: Debian packages postfix (smtp-source, smtp-sink, postfix) and a
+# release build (the script runs cargo build --release).
+set -euo pipefail
+N=${1:-5000}
+SIZE=${2:-4096}
+CONC=${3:-10}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d /tmp/postern-bench.XXXXXX)
+chmod 755 "$WORK"   # Postfix's unprivileged daemons must reach their queue
+SINK_PORT=${SINK_PORT:-20025}
+POSTERN_PORT=${POSTERN_PORT:-20026}
+POSTFIX_PORT=${POSTFIX_PORT:-20027}
+ADMIN_PORT=${ADMIN_PORT:-20028}
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/postfix/main.cf" ] && postfix -c "$WORK/postfix" stop >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for cmd in smtp-source smtp-sink postfix; do
+  command -v "$cmd" >/dev/null || { echo "missing $cmd: apt-get install postfix" >&2; exit 1; }
+done
+
+(cd "$ROOT" && cargo build --release -q)
+BIN="$ROOT/target/release/postern"
+
+now() { date +%s.%N; }
+
+# Starts a fresh counting sink; its output file is $WORK/sink.out.
+start_sink() {
+  : > "$WORK/sink.out"
+  smtp-sink -c -u nobody "127.0.0.1:$SINK_PORT" 256 > "$WORK/sink.out" 2>&1 &
+  SINK_PID=$!
+  PIDS+=("$SINK_PID")
+  sleep 0.3
+}
+
+stop_sink() { kill "$SINK_PID" 2>/dev/null || true; wait "$SINK_PID" 2>/dev/null || true; }
+
+sink_count() {
+  tr '\r' '\n' < "$WORK/sink.out" | grep -o 'mesg=[0-9]*' | tail -1 | cut -d= -f2
+}
+
+wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+# run NAME PORT: prints "NAME accepted/s delivered/s"
+run() {
+  local name=$1 port=$2 t0 t1 t2 c
+  t0=$(now)
+  smtp-source -s "$CONC" -m "$N" -l "$SIZE" -f bench@example.test -t user@example.test "127.0.0.1:$port"
+  t1=$(now)
+  while :; do
+    c=$(sink_count); c=${c:-0}
+    [ "$c" -ge "$N" ] && break
+    sleep 0.02
+  done
+  t2=$(now)
+  echo "$name $(echo "$N / ($t1 - $t0)" | bc -l) $(echo "$N / ($t2 - $t0)" | bc -l)"
+}
+
+results=()
+
+# 1. direct
+start_sink
+results+=("$(run direct "$SINK_PORT")")
+stop_sink
+
+# 2. postern
+start_sink
+cat > "$WORK/postern.toml" <<CONF
+[server]
+hostname = "bench.example.test"
+listen = ["127.0.0.1:$POSTERN_PORT"]
+[queue]
+path = "$WORK/queue"
+[delivery]
+starttls = false
+[[route]]
+domain = "*"
+hosts = ["127.0.0.1:$SINK_PORT"]
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+CONF
+POSTERN_LOG=warn "$BIN" run --config "$WORK/postern.toml" 2> "$WORK/postern.log" &
+POSTERN_PID=$!
+PIDS+=("$POSTERN_PID")
+wait_port "$POSTERN_PORT"
+sleep 0.5
+RSS_IDLE=$(awk '/VmRSS/ {print $2}' "/proc/$POSTERN_PID/status")
+results+=("$(run postern "$POSTERN_PORT")")
+RSS_PEAK=$(awk '/VmHWM/ {print $2}' "/proc/$POSTERN_PID/status")
+kill "$POSTERN_PID"; wait "$POSTERN_PID" 2>/dev/null || true
+stop_sink
+
+# 3. postfix as a loopback relay (private instance in $WORK)
+start_sink
+PF="$WORK/postfix"
+mkdir -p "$PF" "$WORK/pfq" "$WORK/pfdata"
+cat > "$PF/main.cf" <<CONF
+compatibility_level = 3.6
+queue_directory = $WORK/pfq
+data_directory = $WORK/pfdata
+meta_directory = /etc/postfix
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix-bench.example.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:$SINK_PORT
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtp_tls_security_level = none
+maillog_file = /dev/stdout
+alias_maps =
+alias_database =
+CONF
+cat > "$PF/master.cf" <<CONF
+127.0.0.1:$POSTFIX_PORT inet n - n - - smtpd
+pickup    unix n - n 60 1 pickup
+cleanup   unix n - n - 0 cleanup
+qmgr      unix n - n 300 1 qmgr
+rewrite   unix - - n - - trivial-rewrite
+bounce    unix - - n - 0 bounce
+defer     unix - - n - 0 bounce
+trace     unix - - n - 0 bounce
+verify    unix - - n - 1 verify
+flush     unix n - n 1000? 0 flush
+proxymap  unix - - n - - proxymap
+smtp      unix - - n - - smtp
+relay     unix - - n - - smtp
+showq     unix n - n - - showq
+error     unix - - n - - error
+retry     unix - - n - - error
+discard   unix - - n - - discard
+anvil     unix - - n - 1 anvil
+scache    unix - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+CONF
+chown postfix "$WORK/pfdata"
+postfix -c "$PF" start-fg > "$WORK/postfix.log" 2>&1 &
+PIDS+=("$!")
+wait_port "$POSTFIX_PORT" || { cat "$WORK/postfix.log" >&2; exit 1; }
+results+=("$(run postfix "$POSTFIX_PORT")")
+postfix -c "$PF" stop >/dev/null 2>&1 || true
+stop_sink
+
+echo
+echo "messages=$N size=$SIZE sessions=$CONC cores=$(nproc)"
+printf '%-8s %12s %12s\n' target accepted/s delivered/s
+declare -A ACC DEL
+for r in "${results[@]}"; do
+  read -r name a d <<<"$r"
+  ACC[$name]=$a; DEL[$name]=$d
+  printf '%-8s %12.0f %12.0f\n' "$name" "$a" "$d"
+done
+printf 'postern/postfix: accepted %.2fx, delivered %.2fx\n' \
+  "$(echo "${ACC[postern]} / ${ACC[postfix]}" | bc -l)" "$(echo "${DEL[postern]} / ${DEL[postfix]}" | bc -l)"
+printf 'postern/direct:  accepted %.2fx, delivered %.2fx\n' \
+  "$(echo "${ACC[postern]} / ${ACC[direct]}" | bc -l)" "$(echo "${DEL[postern]} / ${DEL[direct]}" | bc -l)"
+echo "postern RSS: idle ${RSS_IDLE} KiB, peak ${RSS_PEAK} KiB"
