@@ -34,7 +34,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the queue at {}", cfg.queue.path.display()))?;
     tracing::info!(
         messages = recovery.messages,
-        released_leases = recovery.released_leases,
+        orphans = recovery.orphans,
         corrupt = recovery.corrupt,
         "queue recovered"
     );

@@ -293,7 +293,8 @@ pub async fn transact(
     // One reply per line, read in order; Err(reason) = connection failure.
     let mut replies = Vec::with_capacity(lines.len());
     if conn.ext.pipelining {
-        let first = tokio::time::timeout(timeout, conn.inner.command(Raw(lines.join("\r\n")))).await;
+        let first =
+            tokio::time::timeout(timeout, conn.inner.command(Raw(lines.join("\r\n")))).await;
         replies.push(reply_or_fail(first, &host)?);
         for _ in 1..lines.len() {
             let r = tokio::time::timeout(timeout, conn.inner.read_response()).await;
@@ -385,7 +386,15 @@ mod tests {
     #[test]
     fn extensions() {
         let e = Extensions::parse(
-            ["mx greets you", "PIPELINING", "SIZE 1000", "8bitmime", "DSN", "STARTTLS"].into_iter(),
+            [
+                "mx greets you",
+                "PIPELINING",
+                "SIZE 1000",
+                "8bitmime",
+                "DSN",
+                "STARTTLS",
+            ]
+            .into_iter(),
         );
         assert!(e.pipelining && e.eight_bit_mime && e.dsn && e.starttls && !e.smtputf8);
         assert_eq!(e.size, 1000);

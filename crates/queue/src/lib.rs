@@ -7,6 +7,7 @@
 //!   to decode is moved aside to quarantine, never fatal.
 //! - [`keys`]: big-endian `due ++ id` keys so due work is one range scan.
 //! - [`commit`]: group commit, one fsync for every enqueue waiting at once.
+//! - [`spool`]: bodies too large for sled's fsynced log, as fsynced files.
 //! - [`store`]: [`Queue`], the state transitions (enqueue, claim with a lease,
 //!   complete, reschedule, hold, release, quarantine, delete) and recovery.
 //!
@@ -19,6 +20,7 @@
 pub mod commit;
 pub mod keys;
 pub mod record;
+pub mod spool;
 pub mod store;
 
 pub use record::{QuarantineInfo, Record, State};
@@ -43,6 +45,12 @@ pub enum QueueError {
         state: State,
         action: &'static str,
     },
+}
+
+impl From<std::io::Error> for QueueError {
+    fn from(e: std::io::Error) -> Self {
+        QueueError::Storage(e.to_string())
+    }
 }
 
 impl From<sled::Error> for QueueError {

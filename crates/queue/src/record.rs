@@ -121,6 +121,46 @@ pub fn unframe(raw: &[u8]) -> Result<&[u8], String> {
     Ok(payload)
 }
 
+/// Where a body's bytes are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StoredBody<'a> {
+    Inline(&'a [u8]),
+    /// In the spool directory; length and CRC32 of the file.
+    External {
+        len: u64,
+        crc: u32,
+    },
+}
+
+/// A body stored in sled itself.
+pub fn frame_inline(body: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(body.len() + 1);
+    p.push(0);
+    p.extend_from_slice(body);
+    frame(&p)
+}
+
+/// A reference to a body in the spool.
+pub fn frame_external(body: &[u8]) -> Vec<u8> {
+    let mut p = vec![1];
+    p.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    p.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    frame(&p)
+}
+
+pub fn unframe_body(raw: &[u8]) -> Result<StoredBody<'_>, String> {
+    let p = unframe(raw)?;
+    match p.split_first() {
+        Some((0, body)) => Ok(StoredBody::Inline(body)),
+        Some((1, rest)) if rest.len() == 12 => {
+            let len = u64::from_le_bytes(rest[..8].try_into().map_err(|_| "bad length")?);
+            let crc = u32::from_le_bytes(rest[8..].try_into().map_err(|_| "bad crc")?);
+            Ok(StoredBody::External { len, crc })
+        }
+        _ => Err("unknown body storage tag".into()),
+    }
+}
+
 pub fn encode(r: &Record) -> Vec<u8> {
     // Serialising plain data to JSON cannot fail.
     frame(&serde_json::to_vec(r).unwrap_or_default())

@@ -1,12 +1,16 @@
 //! [`Queue`]: the durable message store and its state transitions.
 //!
 //! Trees: `messages` (id → [`Record`]), `bodies` (id → framed body) and one
-//! index tree per state: `due` (`due ++ id`, for Ready and Deferred), `leases`
-//! (`lease end ++ id`, for Leased), `held`, `quarantine`; `corrupt` keeps raw
-//! records that failed to decode. Records are the truth and the indexes are
-//! derived: every transition is one sled transaction that rewrites the record
-//! and moves its index entry ([`Queue::update`]), and [`Queue::open`] rebuilds
-//! all indexes from the records, turning every leased message due again.
+//! index tree per waiting state: `due` (`due ++ id`, for Ready and Deferred),
+//! `held`, `quarantine`; `corrupt` keeps raw records that failed to decode.
+//! Leases live in memory: a lease never outlives its process, so there is
+//! nothing to persist, and a leased message's record still says when it was
+//! due. Records are the truth and indexes are derived: [`Queue::open`]
+//! rebuilds every index from the records (so every message leased by a dead
+//! process is due again) and sweeps bodies whose record never landed.
+//! That is why the hot path needs no multi-tree transaction: writes go body,
+//! then record, then index, and a crash between them leaves something
+//! recovery repairs. One mutex orders state transitions within the process.
 //!
 //! Durability: [`Queue::enqueue`] returns only after a (group-committed)
 //! flush. Other transitions rely on sled's periodic flush: losing one on a
@@ -15,12 +19,12 @@
 use crate::commit::Committer;
 use crate::keys::{due_key, due_upper, split_due_key};
 use crate::record::{self, QuarantineInfo, Record, State};
+use crate::spool::{Spool, INLINE_MAX};
 use crate::QueueError;
 use postern_core::{Envelope, QueueId};
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::Transactional;
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 /// How to open the queue.
@@ -36,10 +40,10 @@ pub struct QueueOptions {
 pub struct Recovery {
     /// Messages in the queue after recovery.
     pub messages: usize,
-    /// Leased messages made due again.
-    pub released_leases: usize,
     /// Records that failed to decode and were moved to quarantine.
     pub corrupt: usize,
+    /// Bodies without a record (a crash before the record landed), removed.
+    pub orphans: usize,
 }
 
 /// Message counts by state.
@@ -62,67 +66,57 @@ struct Inner {
     messages: sled::Tree,
     bodies: sled::Tree,
     due: sled::Tree,
-    leases: sled::Tree,
     held: sled::Tree,
     quarantine: sled::Tree,
     corrupt: sled::Tree,
+    /// Leased messages and when each lease ends (ms). Also the transition
+    /// lock: every state change holds it, so index and record agree.
+    leases: Mutex<HashMap<QueueId, u64>>,
     /// Group commit for enqueue.
     committer: Committer,
+    /// Files for bodies too large to keep inline.
+    spool: Spool,
     /// Wakes the scheduler when something becomes due.
     wake: Notify,
 }
 
-type Trees<'a> = &'a (
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-    TransactionalTree,
-);
-
-/// The index entry a record in a given state has.
-enum Index {
-    Due([u8; 20]),
-    Lease([u8; 20]),
-    Held,
-    Quarantine,
-}
-
-fn index_of(r: &Record) -> Index {
-    let id = &r.envelope.id;
-    match r.state {
-        State::Ready | State::Deferred => Index::Due(due_key(r.due_ms, id)),
-        State::Leased => Index::Lease(due_key(r.lease_until_ms, id)),
-        State::Held => Index::Held,
-        State::Quarantine => Index::Quarantine,
+impl Inner {
+    fn index_tree(&self, state: State) -> Option<&sled::Tree> {
+        match state {
+            State::Ready | State::Deferred => Some(&self.due),
+            State::Held => Some(&self.held),
+            State::Quarantine => Some(&self.quarantine),
+            State::Leased => None,
+        }
     }
-}
 
-type TxResult<T> = Result<T, ConflictableTransactionError<QueueError>>;
-
-fn set_index(t: Trees<'_>, r: &Record, present: bool) -> TxResult<()> {
-    let (_, _, due, leases, held, quarantine) = t;
-    let id = r.envelope.id.0;
-    let (tree, key): (&TransactionalTree, Vec<u8>) = match index_of(r) {
-        Index::Due(k) => (due, k.to_vec()),
-        Index::Lease(k) => (leases, k.to_vec()),
-        Index::Held => (held, id.to_vec()),
-        Index::Quarantine => (quarantine, id.to_vec()),
-    };
-    if present {
-        tree.insert(key, &[][..])?;
-    } else {
-        tree.remove(key)?;
+    /// The key of `r`'s entry in its state's index tree.
+    fn index_key(r: &Record) -> Vec<u8> {
+        match r.state {
+            State::Ready | State::Deferred => due_key(r.due_ms, &r.envelope.id).to_vec(),
+            _ => r.envelope.id.0.to_vec(),
+        }
     }
-    Ok(())
-}
 
-fn unwrap_tx<T>(r: Result<T, TransactionError<QueueError>>) -> Result<T, QueueError> {
-    r.map_err(|e| match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => QueueError::Storage(e.to_string()),
-    })
+    fn set_index(&self, r: &Record, present: bool) -> Result<(), QueueError> {
+        if let Some(t) = self.index_tree(r.state) {
+            let k = Self::index_key(r);
+            if present {
+                t.insert(k, &[][..])?;
+            } else {
+                t.remove(k)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read(&self, id: QueueId) -> Result<Record, QueueError> {
+        let raw = self.messages.get(id.0)?.ok_or(QueueError::NotFound(id))?;
+        record::decode(&raw).map_err(|reason| QueueError::Corrupt {
+            id: id.to_string(),
+            reason,
+        })
+    }
 }
 
 impl Queue {
@@ -138,11 +132,12 @@ impl Queue {
             messages: tree("messages")?,
             bodies: tree("bodies")?,
             due: tree("due")?,
-            leases: tree("leases")?,
             held: tree("held")?,
             quarantine: tree("quarantine")?,
             corrupt: tree("corrupt")?,
-            committer: Committer::start(db.clone()),
+            leases: Mutex::new(HashMap::new()),
+            committer: Committer::start(db.clone(), &opts.path.join("db")),
+            spool: Spool::open(&opts.path.join("spool"))?,
             wake: Notify::new(),
             db,
         };
@@ -153,10 +148,14 @@ impl Queue {
         Ok((q, rec))
     }
 
+    fn lock(&self) -> MutexGuard<'_, HashMap<QueueId, u64>> {
+        self.inner.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Rebuilds every index from the records; see the module docs.
     fn recover(&self) -> Result<Recovery, QueueError> {
         let i = &self.inner;
-        for t in [&i.due, &i.leases, &i.held, &i.quarantine] {
+        for t in [&i.due, &i.held, &i.quarantine] {
             t.clear()?;
         }
         let now = postern_core::now_ms();
@@ -165,128 +164,112 @@ impl Queue {
             let (k, raw) = item?;
             let mut r = match record::decode(&raw) {
                 Ok(r) if r.envelope.id.0[..] == k[..] => r,
-                Ok(_) => {
-                    self.set_corrupt(&k, &raw)?;
-                    rec.corrupt += 1;
-                    continue;
-                }
-                Err(reason) => {
+                other => {
+                    let reason = other.err().unwrap_or_else(|| "key and id differ".into());
                     tracing::error!(key = ?k, %reason, "queue record failed to decode; quarantined");
-                    self.set_corrupt(&k, &raw)?;
+                    i.corrupt.insert(&k, raw)?;
+                    i.messages.remove(&k)?;
                     rec.corrupt += 1;
                     continue;
                 }
             };
             if r.state == State::Leased {
+                // Not written by this version; kept for records that say so.
                 r.state = if r.attempts == 0 {
                     State::Ready
                 } else {
                     State::Deferred
                 };
-                r.due_ms = now;
+                r.due_ms = r.due_ms.min(now);
                 i.messages.insert(&k, record::encode(&r))?;
-                rec.released_leases += 1;
             }
-            match index_of(&r) {
-                Index::Due(key) => i.due.insert(key, &[][..])?,
-                Index::Lease(key) => i.leases.insert(key, &[][..])?,
-                Index::Held => i.held.insert(&k, &[][..])?,
-                Index::Quarantine => i.quarantine.insert(&k, &[][..])?,
-            };
+            i.set_index(&r, true)?;
             rec.messages += 1;
+        }
+        for item in i.bodies.iter() {
+            let (k, _) = item?;
+            if !i.messages.contains_key(&k)? && !i.corrupt.contains_key(&k)? {
+                i.bodies.remove(&k)?;
+                rec.orphans += 1;
+            }
+        }
+        for id in i.spool.ids()? {
+            if !i.bodies.contains_key(id.0)? {
+                i.spool.remove(id);
+                rec.orphans += 1;
+            }
         }
         i.db.flush()?;
         Ok(rec)
-    }
-
-    fn set_corrupt(&self, k: &[u8], raw: &[u8]) -> Result<(), QueueError> {
-        self.inner.corrupt.insert(k, raw)?;
-        self.inner.messages.remove(k)?;
-        Ok(())
     }
 
     /// Stores a new message durably; returns once it is on disk.
     pub async fn enqueue(&self, envelope: Envelope, body: &[u8]) -> Result<(), QueueError> {
         let id = envelope.id;
         let r = Record::new(envelope, postern_core::now_ms());
-        let raw = record::encode(&r);
-        let framed = record::frame(body);
         let i = &self.inner;
-        unwrap_tx(self.trees().transaction(|t| {
-            t.0.insert(&id.0[..], raw.as_slice())?;
-            t.1.insert(&id.0[..], framed.as_slice())?;
-            set_index(t, &r, true)
-        }))?;
+        let stored = if body.len() > INLINE_MAX {
+            let q = self.clone();
+            let owned = body.to_vec();
+            tokio::task::spawn_blocking(move || q.inner.spool.write_durable(id, &owned))
+                .await
+                .map_err(|e| QueueError::Storage(format!("spool task: {e}")))??;
+            record::frame_external(body)
+        } else {
+            record::frame_inline(body)
+        };
+        i.bodies.insert(id.0, stored)?;
+        {
+            let _guard = self.lock();
+            i.messages.insert(id.0, record::encode(&r))?;
+            i.set_index(&r, true)?;
+        }
         i.committer.flush().await.map_err(QueueError::Flush)?;
         i.wake.notify_one();
         Ok(())
     }
 
-    fn trees(
-        &self,
-    ) -> (
-        &sled::Tree,
-        &sled::Tree,
-        &sled::Tree,
-        &sled::Tree,
-        &sled::Tree,
-        &sled::Tree,
-    ) {
-        let i = &self.inner;
-        (
-            &i.messages,
-            &i.bodies,
-            &i.due,
-            &i.leases,
-            &i.held,
-            &i.quarantine,
-        )
-    }
-
-    /// Reads, changes and rewrites one record atomically, moving its index
-    /// entry to match its new state. `f` may run more than once (sled retries
-    /// on conflict), so it must only change the record.
+    /// Reads, changes and rewrites one record, moving its index entry to
+    /// match its new state. A leased message stays leased unless `f` moves
+    /// it to another state.
     pub fn update(
         &self,
         id: QueueId,
         f: &dyn Fn(&mut Record) -> Result<(), QueueError>,
     ) -> Result<Record, QueueError> {
-        let r =
-            unwrap_tx(self.trees().transaction(|t| {
-                let raw = t.0.get(id.0)?.ok_or(ConflictableTransactionError::Abort(
-                    QueueError::NotFound(id),
-                ))?;
-                let old = record::decode(&raw).map_err(|reason| {
-                    ConflictableTransactionError::Abort(QueueError::Corrupt {
-                        id: id.to_string(),
-                        reason,
-                    })
-                })?;
-                let mut new = old.clone();
-                f(&mut new).map_err(ConflictableTransactionError::Abort)?;
-                set_index(t, &old, false)?;
-                set_index(t, &new, true)?;
-                t.0.insert(&id.0[..], record::encode(&new))?;
-                Ok(new)
-            }))?;
-        if matches!(r.state, State::Ready | State::Deferred) {
-            self.inner.wake.notify_one();
+        let mut leases = self.lock();
+        let i = &self.inner;
+        let mut old = i.read(id)?;
+        if leases.contains_key(&id) {
+            old.state = State::Leased;
         }
-        Ok(r)
+        let mut new = old.clone();
+        f(&mut new)?;
+        if old.state == State::Leased && new.state != State::Leased {
+            leases.remove(&id);
+        }
+        i.set_index(&old, false)?;
+        i.set_index(&new, true)?;
+        i.messages.insert(id.0, record::encode(&new))?;
+        drop(leases);
+        if matches!(new.state, State::Ready | State::Deferred) {
+            i.wake.notify_one();
+        }
+        Ok(new)
     }
 
     /// Removes a message entirely (delivered, bounced or deleted).
     pub fn remove(&self, id: QueueId) -> Result<(), QueueError> {
-        unwrap_tx(self.trees().transaction(|t| {
-            if let Some(raw) = t.0.remove(&id.0[..])? {
-                if let Ok(old) = record::decode(&raw) {
-                    set_index(t, &old, false)?;
-                }
-            }
-            t.1.remove(&id.0[..])?;
-            Ok(())
-        }))?;
-        self.inner.corrupt.remove(id.0)?;
+        let mut leases = self.lock();
+        let i = &self.inner;
+        leases.remove(&id);
+        if let Ok(old) = i.read(id) {
+            i.set_index(&old, false)?;
+        }
+        i.messages.remove(id.0)?;
+        i.corrupt.remove(id.0)?;
+        i.bodies.remove(id.0)?;
+        i.spool.remove(id);
         Ok(())
     }
 
@@ -298,42 +281,32 @@ impl Queue {
         max: usize,
         lease_ms: u64,
     ) -> Result<Vec<Record>, QueueError> {
+        let mut leases = self.lock();
+        let i = &self.inner;
         let mut out = Vec::new();
-        let keys: Vec<_> = self
-            .inner
+        let keys: Vec<_> = i
             .due
             .range(..=due_upper(now_ms))
             .keys()
             .take(max)
             .collect::<Result<_, _>>()?;
         for k in keys {
+            i.due.remove(&k)?;
             let Some((_, id)) = split_due_key(&k) else {
-                self.inner.due.remove(&k)?;
                 continue;
             };
-            let claimed = self.update(id, &|r| match r.state {
-                State::Ready | State::Deferred => {
+            match i.read(id) {
+                Ok(mut r) if matches!(r.state, State::Ready | State::Deferred) => {
+                    leases.insert(id, now_ms + lease_ms);
                     r.state = State::Leased;
                     r.lease_until_ms = now_ms + lease_ms;
-                    Ok(())
+                    out.push(r);
                 }
-                state => Err(QueueError::WrongState {
-                    id,
-                    state,
-                    action: "lease",
-                }),
-            });
-            match claimed {
-                Ok(r) => out.push(r),
-                // Raced with an admin action or a stale index entry: skip.
-                Err(QueueError::WrongState { .. }) | Err(QueueError::NotFound(_)) => {
-                    self.inner.due.remove(&k)?;
-                }
+                Ok(_) | Err(QueueError::NotFound(_)) => {} // stale index entry
                 Err(QueueError::Corrupt { id, reason }) => {
                     tracing::error!(%id, %reason, "corrupt record in the due index; quarantined");
-                    self.inner.due.remove(&k)?;
-                    if let Some(raw) = self.inner.messages.get(&k[8..])? {
-                        self.set_corrupt(&k[8..], &raw)?;
+                    if let Some(raw) = i.messages.remove(&k[8..])? {
+                        i.corrupt.insert(&k[8..], raw)?;
                     }
                 }
                 Err(e) => return Err(e),
@@ -344,67 +317,64 @@ impl Queue {
 
     /// Leased messages whose lease has run out by `now_ms` become due now.
     pub fn expire_leases(&self, now_ms: u64) -> Result<usize, QueueError> {
-        let keys: Vec<_> = self
-            .inner
-            .leases
-            .range(..=due_upper(now_ms))
-            .keys()
-            .collect::<Result<_, _>>()?;
-        let mut n = 0;
-        for k in keys {
-            if let Some((_, id)) = split_due_key(&k) {
-                let res = self.update(id, &|r| {
-                    r.state = if r.attempts == 0 {
-                        State::Ready
-                    } else {
-                        State::Deferred
-                    };
-                    r.due_ms = now_ms;
-                    Ok(())
-                });
-                if res.is_ok() {
-                    n += 1;
-                }
-            }
-            self.inner.leases.remove(&k)?;
+        let mut leases = self.lock();
+        let expired: Vec<QueueId> = leases
+            .iter()
+            .filter(|(_, until)| **until <= now_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            leases.remove(id);
+            self.inner.due.insert(due_key(now_ms, id), &[][..])?;
         }
-        Ok(n)
+        Ok(expired.len())
     }
 
-    /// The message body, checksum verified.
+    /// The message body, checksum verified (inline or spooled).
     pub fn body(&self, id: QueueId) -> Result<Vec<u8>, QueueError> {
-        let raw = self
-            .inner
-            .bodies
-            .get(id.0)?
-            .ok_or(QueueError::NotFound(id))?;
-        record::unframe(&raw)
-            .map(|b| b.to_vec())
-            .map_err(|reason| QueueError::Corrupt {
-                id: id.to_string(),
-                reason,
-            })
-    }
-
-    /// One record.
-    pub fn get(&self, id: QueueId) -> Result<Record, QueueError> {
-        let raw = self
-            .inner
-            .messages
-            .get(id.0)?
-            .ok_or(QueueError::NotFound(id))?;
-        record::decode(&raw).map_err(|reason| QueueError::Corrupt {
+        let i = &self.inner;
+        let raw = i.bodies.get(id.0)?.ok_or(QueueError::NotFound(id))?;
+        let corrupt = |reason: String| QueueError::Corrupt {
             id: id.to_string(),
             reason,
-        })
+        };
+        match record::unframe_body(&raw).map_err(corrupt)? {
+            record::StoredBody::Inline(b) => Ok(b.to_vec()),
+            record::StoredBody::External { len, crc } => {
+                let b = i
+                    .spool
+                    .read(id)
+                    .map_err(|e| corrupt(format!("spool file: {e}")))?;
+                if b.len() as u64 != len || crc32fast::hash(&b) != crc {
+                    return Err(corrupt("spool file length or checksum mismatch".into()));
+                }
+                Ok(b)
+            }
+        }
+    }
+
+    /// One record, with its live state (Leased while being delivered).
+    pub fn get(&self, id: QueueId) -> Result<Record, QueueError> {
+        let leases = self.lock();
+        let mut r = self.inner.read(id)?;
+        if let Some(until) = leases.get(&id) {
+            r.state = State::Leased;
+            r.lease_until_ms = *until;
+        }
+        Ok(r)
     }
 
     /// Every decodable record (optionally in one state), in id order.
     pub fn list(&self, state: Option<State>) -> Result<Vec<Record>, QueueError> {
+        let leased: HashMap<QueueId, u64> = self.lock().clone();
         let mut out = Vec::new();
         for item in self.inner.messages.iter() {
             let (_, raw) = item?;
-            if let Ok(r) = record::decode(&raw) {
+            if let Ok(mut r) = record::decode(&raw) {
+                if let Some(until) = leased.get(&r.envelope.id) {
+                    r.state = State::Leased;
+                    r.lease_until_ms = *until;
+                }
                 if state.is_none_or(|s| s == r.state) {
                     out.push(r);
                 }
@@ -421,7 +391,7 @@ impl Queue {
             let key: String = k.iter().map(|b| format!("{b:02x}")).collect();
             let reason = record::decode(&raw)
                 .err()
-                .unwrap_or_else(|| "id mismatch".into());
+                .unwrap_or_else(|| "key and id differ".into());
             out.push((key, reason));
         }
         Ok(out)
@@ -432,7 +402,7 @@ impl Queue {
         let i = &self.inner;
         StateCounts {
             ready_or_deferred: i.due.len(),
-            leased: i.leases.len(),
+            leased: self.lock().len(),
             held: i.held.len(),
             quarantine: i.quarantine.len() + i.corrupt.len(),
         }

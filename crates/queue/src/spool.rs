@@ -1,0 +1,63 @@
+//! Large message bodies as files, written durably.
+//!
+//! sled keeps values above about a quarter of its segment size in "blob"
+//! files that it never fsyncs, which would break the promise that 250 means
+//! on disk. So bodies over [`INLINE_MAX`] live in `spool/<queue id>`, written
+//! and fsynced (file, then directory) before their record is stored; the
+//! `bodies` tree then holds only their length and CRC32. A file without a
+//! record (a crash in between) is removed by recovery.
+
+use postern_core::QueueId;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Bodies up to this size are stored inline in sled.
+pub const INLINE_MAX: usize = 64 * 1024;
+
+/// The spool directory.
+pub struct Spool {
+    dir: PathBuf,
+}
+
+impl Spool {
+    pub fn open(dir: &Path) -> io::Result<Spool> {
+        fs::create_dir_all(dir)?;
+        Ok(Spool {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, id: QueueId) -> PathBuf {
+        self.dir.join(id.to_string())
+    }
+
+    /// Writes the body and makes it durable: file data, then the directory
+    /// entry.
+    pub fn write_durable(&self, id: QueueId, body: &[u8]) -> io::Result<()> {
+        let mut f = File::create(self.path(id))?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    pub fn read(&self, id: QueueId) -> io::Result<Vec<u8>> {
+        fs::read(self.path(id))
+    }
+
+    /// Removes a body file; a missing file is not an error.
+    pub fn remove(&self, id: QueueId) {
+        let _ = fs::remove_file(self.path(id));
+    }
+
+    /// Ids of every body file (names that are not ids are ignored).
+    pub fn ids(&self) -> io::Result<Vec<QueueId>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.dir)? {
+            if let Some(id) = e?.file_name().to_str().and_then(QueueId::parse) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+}
