@@ -207,6 +207,39 @@ async fn permanent_failure_bounces_and_partial_rcpt_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn expiry_bounces_with_the_last_error() {
+    let back = Sink::start("127.0.0.1:0").await;
+    // other.test goes to a closed port: every attempt fails temporarily.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gw = Gateway::start_with_queue(
+        "",
+        "max_age = \"2s\"",
+        &format!(
+            "[[route]]\ndomain = \"other.test\"\nhosts = [\"{closed}\"]\n\
+             [[route]]\ndomain = \"example.test\"\nhosts = [\"{}\"]\n",
+            back.addr
+        ),
+    );
+    smtp_send(
+        gw.smtp,
+        "me@example.test",
+        &["far@other.test"],
+        &body("expire"),
+    )
+    .await
+    .unwrap();
+    wait_until(T, "expiry DSN", || back.count() == 1).await;
+    let dsn = &back.all()[0];
+    assert_eq!(dsn.from, "");
+    assert!(dsn.data.contains("Status: 4.4.7"), "{}", dsn.data);
+    assert!(dsn.data.contains("delivery time expired: last error"));
+    assert!(dsn.data.contains("cannot connect"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bounce_of_a_bounce_is_never_sent() {
     let sink = Sink::start("127.0.0.1:0").await;
     let gw = Gateway::start(

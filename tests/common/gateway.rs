@@ -29,7 +29,7 @@ impl Drop for Gateway {
 }
 
 /// The test configuration; `extra` is appended (routes, nameservers...).
-pub fn config_text(dir: &std::path::Path, server: &str, extra: &str) -> String {
+pub fn config_text(dir: &std::path::Path, server: &str, queue: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -41,6 +41,7 @@ listen = ["127.0.0.1:0"]
 path = "{q}"
 retry_intervals = ["1s"]
 cache_size = "16MiB"
+{queue}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -58,10 +59,22 @@ impl Gateway {
         Self::start_in(dir, server, extra)
     }
 
+    /// Starts postern with `[queue]` additions too.
+    pub fn start_with_queue(server: &str, queue: &str, extra: &str) -> Gateway {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let text = config_text(dir.path(), server, queue, extra);
+        Self::spawn(dir, &text)
+    }
+
     /// Starts postern on an existing directory (restarts keep the queue).
     pub fn start_in(dir: Arc<tempfile::TempDir>, server: &str, extra: &str) -> Gateway {
+        let text = config_text(dir.path(), server, "", extra);
+        Self::spawn(dir, &text)
+    }
+
+    fn spawn(dir: Arc<tempfile::TempDir>, text: &str) -> Gateway {
         let config = dir.path().join("postern.toml");
-        std::fs::write(&config, config_text(dir.path(), server, extra)).unwrap();
+        std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
             .args(["run", "--config"])
             .arg(&config)
