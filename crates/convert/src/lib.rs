@@ -1,10 +1,14 @@
 //! Postern's conversion core: pure functions from bytes and policy to bytes
 //! and a verdict. No I/O, no clocks it cannot be given, no panics on input.
 //!
-//! Now: [`dsn`] builds RFC 3464 delivery status notifications, and
-//! [`headers`] splits a message into header block and body.
+//! Now: [`content`] walks a message's MIME structure within limits (the
+//! work content workers do), [`dsn`] builds RFC 3464 delivery status
+//! notifications, and [`headers`] splits a message into header block and body.
 
+pub mod content;
 pub mod dsn;
 pub mod headers;
+
+pub use content::{inspect, ContentError, ContentLimits, ContentReport};
 
 pub use dsn::{build_dsn, DsnInput, DsnRecipient};

@@ -1,5 +1,14 @@
 //! Generic worker lifecycle. Knows nothing about mail.
 //!
+//! - [`supervise`] (here): restart a long-lived task on panic or error;
+//! - [`pool`]: a pool of worker processes spoken to over pipes, each request
+//!   with a deadline; a worker that dies or overruns is killed and replaced,
+//!   with backoff, and only that request fails;
+//! - [`child`]: run one supervised child process that reports what it is
+//!   working on ("in flight") over a pipe, kill it when an item overruns its
+//!   deadline, and report what was in flight when it died;
+//! - [`exit`]: describe how a process ended.
+//!
 //! [`supervise`] runs a long-lived task built by a factory; when the task
 //! panics or returns an error it is restarted after a delay that doubles
 //! with every failure that comes soon after a start (a worker that dies
@@ -7,6 +16,10 @@
 //! service whose child dies before its first job) and resets once a run has
 //! lasted [`Backoff::healthy_after`]. A clean `Ok(())` ends supervision.
 //! Restarts are reported through a callback so the caller can count them.
+
+pub mod child;
+pub mod exit;
+pub mod pool;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,0 +1,209 @@
+//! One supervised child process that reports its work in flight.
+//!
+//! The child writes lines to a pipe: `R` (ready: it has accounted for the
+//! suspects it was given), `E <key> <deadline-ms>` before it starts an item
+//! that could kill it, `L <key>` when the item is done. [`run_child`] keeps
+//! the table, kills the child when an item passes its deadline (a hang), and
+//! returns, when the child ends, how it ended and which keys were in flight:
+//! the suspects. Keys are opaque here. Unix only: the pipe and any listening
+//! sockets are inherited by the child (fd numbers are passed in the
+//! environment the caller sets up).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// What the child was doing, by key: deadline.
+#[derive(Debug, Default)]
+pub struct Inflight {
+    items: HashMap<String, Instant>,
+    /// The child said `R`.
+    pub ready: bool,
+}
+
+impl Inflight {
+    /// Applies one line from the child; ignores anything malformed.
+    pub fn apply(&mut self, line: &str, now: Instant) {
+        let mut it = line.split_whitespace();
+        match (it.next(), it.next(), it.next()) {
+            (Some("R"), None, None) => self.ready = true,
+            (Some("E"), Some(key), Some(ms)) => {
+                let ms: u64 = ms.parse().unwrap_or(u64::MAX / 4);
+                self.items
+                    .insert(key.to_string(), now + Duration::from_millis(ms));
+            }
+            (Some("L"), Some(key), None) => {
+                self.items.remove(key);
+            }
+            _ => {}
+        }
+    }
+
+    /// A key whose deadline has passed, if any.
+    pub fn overdue(&self, now: Instant) -> Option<&str> {
+        self.items
+            .iter()
+            .find(|(_, d)| **d <= now)
+            .map(|(k, _)| k.as_str())
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = self.items.keys().cloned().collect();
+        k.sort();
+        k
+    }
+}
+
+/// How a child run ended.
+#[derive(Debug, Clone)]
+pub struct ChildEnd {
+    /// Exited with status 0.
+    pub clean: bool,
+    pub reason: String,
+    /// Keys in flight at the end.
+    pub suspects: Vec<String>,
+    /// The child said `R` during this run.
+    pub was_ready: bool,
+    pub ran_for: Duration,
+}
+
+#[cfg(unix)]
+pub use unix::{run_child, InflightPipe};
+
+#[cfg(unix)]
+mod unix {
+    use super::*;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    use tokio::net::unix::pipe;
+    use tokio::sync::watch;
+
+    /// A pipe whose write end the child inherits.
+    pub struct InflightPipe {
+        pub read: OwnedFd,
+        pub write: OwnedFd,
+    }
+
+    impl InflightPipe {
+        /// Both ends close-on-exec; the caller clears the flag on the
+        /// write end in the child only (see [`clear_cloexec`]).
+        pub fn new() -> std::io::Result<InflightPipe> {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 writes two descriptors into `fds`.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: both descriptors were just created and are owned here.
+            Ok(unsafe {
+                InflightPipe {
+                    read: OwnedFd::from_raw_fd(fds[0]),
+                    write: OwnedFd::from_raw_fd(fds[1]),
+                }
+            })
+        }
+    }
+
+    /// Clears close-on-exec on `fd`. Async-signal-safe: for `pre_exec`.
+    pub fn clear_cloexec(fd: RawFd) -> std::io::Result<()> {
+        // SAFETY: fcntl on a descriptor number; no memory is touched.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Runs `cmd` (already configured, with `pipe.write` inherited) until it
+    /// ends; kills it when an in-flight item overruns or `stop` turns true
+    /// (then with SIGTERM, and SIGKILL after `grace`).
+    pub async fn run_child(
+        mut cmd: tokio::process::Command,
+        pipe: InflightPipe,
+        mut stop: watch::Receiver<bool>,
+        grace: Duration,
+    ) -> std::io::Result<ChildEnd> {
+        let started = Instant::now();
+        let write_fd = pipe.write.as_raw_fd();
+        // SAFETY: the closure only calls fcntl (async-signal-safe).
+        unsafe {
+            cmd.pre_exec(move || clear_cloexec(write_fd));
+        }
+        let mut child = cmd.spawn()?;
+        drop(pipe.write); // our copy: EOF arrives when the child's closes
+        let rx = pipe::Receiver::from_owned_fd(pipe.read)?;
+        let mut lines = BufReader::new(rx).lines();
+        let mut table = Inflight::default();
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut killed: Option<String> = None;
+        let mut eof = false;
+        let status = loop {
+            tokio::select! {
+                line = lines.next_line(), if !eof => match line {
+                    Ok(Some(l)) => table.apply(&l, Instant::now()),
+                    _ => eof = true,
+                },
+                _ = tick.tick() => {
+                    if killed.is_none() {
+                        if let Some(key) = table.overdue(Instant::now()) {
+                            let why = format!("hang: {key} passed its deadline");
+                            tracing::error!(%why, "killing the gateway");
+                            let _ = child.start_kill();
+                            killed = Some(why);
+                        }
+                    }
+                }
+                _ = stop.changed() => {
+                    if let Some(pid) = child.id() {
+                        // SAFETY: sending a signal to our own child.
+                        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                    }
+                    match tokio::time::timeout(grace, child.wait()).await {
+                        Ok(s) => break s?,
+                        Err(_) => { let _ = child.start_kill(); }
+                    }
+                }
+                s = child.wait() => break s?,
+            }
+        };
+        // Drain what the child wrote just before it ended.
+        while !eof {
+            match tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await {
+                Ok(Ok(Some(l))) => table.apply(&l, Instant::now()),
+                _ => eof = true,
+            }
+        }
+        let reason = match killed {
+            Some(k) => format!("{k}; {}", crate::exit::describe(&status)),
+            None => crate::exit::describe(&status),
+        };
+        Ok(ChildEnd {
+            clean: status.success(),
+            reason,
+            suspects: table.keys(),
+            was_ready: table.ready,
+            ran_for: started.elapsed(),
+        })
+    }
+}
+
+#[cfg(unix)]
+pub use unix::clear_cloexec;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let now = Instant::now();
+        let mut t = Inflight::default();
+        t.apply("R", now);
+        t.apply("E d:1 1000", now);
+        t.apply("E r:2 10", now);
+        t.apply("garbage line", now);
+        t.apply("L r:2", now);
+        assert!(t.ready);
+        assert_eq!(t.keys(), vec!["d:1"]);
+        assert_eq!(t.overdue(now), None);
+        assert_eq!(t.overdue(now + Duration::from_secs(2)), Some("d:1"));
+    }
+}
