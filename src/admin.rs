@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint (hyper): `/metrics` (Prometheus text format),
-//! `/healthz` (the process answers) and `/readyz` (the queue answers and the
-//! listeners are bound). Loopback by default; anything else is 404.
+//! `/healthz` (the process answers), `/readyz` (the queue answers and the
+//! listeners are bound) and the queue API ([`crate::queue_api`]). Loopback
+//! by default; anything else is 404.
 
 use crate::metrics::Metrics;
 use http_body_util::Full;
@@ -31,7 +32,21 @@ async fn handle(
     req: Request<hyper::body::Incoming>,
     st: Arc<AdminState>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    Ok(match req.uri().path() {
+    let (method, path) = (
+        req.method().as_str().to_string(),
+        req.uri().path().to_string(),
+    );
+    if let Some((code, body)) =
+        crate::queue_api::handle(&st.queue, &method, &path, req.uri().query())
+    {
+        let mut r = text(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), body);
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        return Ok(r);
+    }
+    Ok(match path.as_str() {
         "/metrics" => {
             let mut r = text(StatusCode::OK, st.metrics.render(&st.queue));
             r.headers_mut().insert(

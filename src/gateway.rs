@@ -1,5 +1,7 @@
-//! Wiring: opens the queue, binds the listeners and the admin endpoint,
-//! starts the delivery scheduler under supervision, and waits for a signal.
+//! Wiring: opens the queue, charges the suspects of a previous death, takes
+//! the listeners (inherited from the supervisor, or bound here), starts the
+//! content workers, the intake, the admin endpoint and the delivery
+//! scheduler under supervision, and waits for a signal.
 //!
 //! Start-up failures (queue cannot open, address in use) are fatal with a
 //! clear message; everything after start-up is contained per task.
@@ -8,14 +10,19 @@
 
 use crate::admin::{self, AdminState};
 use crate::config::Loaded;
+use crate::content::ContentProcessor;
+use crate::gate::Gate;
+use crate::inflight::Inflight;
+use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::scheduler::{Policy, Scheduler};
-use crate::sink::QueueSink;
 use anyhow::Context;
+use postern_convert::ContentLimits;
 use postern_core::RelayPolicy;
 use postern_delivery::{Deliverer, HickoryResolver};
 use postern_listener::SessionConfig;
 use postern_queue::{Queue, QueueOptions};
+use postern_supervisor::pool::{PoolConfig, ProcessPool};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -32,7 +39,18 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         .await
         .context("queue open task")?
         .with_context(|| format!("cannot open the queue at {}", cfg.queue.path.display()))?;
+    let inflight = Arc::new(Inflight::from_env());
+    let threshold = cfg.workers.poison_threshold;
+    if let Some(n) = std::env::var("POSTERN_GATEWAY_RESTARTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        metrics.gateway_restarts.inc_by(n);
+    }
+    let charged = crate::suspects::charge_from_env(&queue, threshold, &metrics).await;
+    inflight.ready();
     tracing::info!(
+        suspects = charged,
         messages = recovery.messages,
         orphans = recovery.orphans,
         corrupt = recovery.corrupt,
@@ -70,15 +88,25 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         data_timeout: cfg.server.data_timeout.0,
         max_connections: cfg.server.max_connections,
     });
-    let sink = Arc::new(QueueSink {
+    let limits = ContentLimits {
+        max_header_bytes: cfg.convert.max_header_size.0 as usize,
+        max_depth: cfg.convert.max_mime_depth,
+        max_parts: cfg.convert.max_mime_parts,
+    };
+    let content = Arc::new(start_content(&cfg, limits, &metrics).await?);
+    let gate = Arc::new(Gate::default());
+    let sink = Arc::new(Intake {
         queue: queue.clone(),
         metrics: metrics.clone(),
+        content,
+        gate: gate.clone(),
+        inflight: inflight.clone(),
+        poison_threshold: threshold,
+        receive_deadline: cfg.workers.message_deadline.0 + Duration::from_secs(5),
     });
+    let (smtp_listeners, admin_l) = listeners(&cfg).await?;
     let mut bound = Vec::new();
-    for addr in &cfg.server.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for SMTP on {addr}"))?;
+    for l in smtp_listeners {
         bound.push(l.local_addr()?.to_string());
         let (c, s, r) = (session_cfg.clone(), sink.clone(), stop_rx.clone());
         tokio::spawn(async move {
@@ -87,9 +115,6 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             }
         });
     }
-    let admin_l = TcpListener::bind(cfg.admin.listen)
-        .await
-        .with_context(|| format!("cannot listen for admin HTTP on {}", cfg.admin.listen))?;
     let admin_addr = admin_l.local_addr()?;
     let st = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -108,6 +133,10 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             hostname: hostname.clone(),
         },
         slots: Arc::new(Semaphore::new(cfg.delivery.max_concurrency)),
+        gate,
+        inflight,
+        poison_threshold: threshold,
+        delivery_deadline: cfg.workers.delivery_deadline.0,
     });
     let sched_rx = stop_rx.clone();
     let m = metrics.clone();
@@ -137,7 +166,70 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// The SMTP and admin listeners: inherited from `postern run`, or bound.
+async fn listeners(
+    cfg: &postern_core::config::Config,
+) -> anyhow::Result<(Vec<TcpListener>, TcpListener)> {
+    #[cfg(unix)]
+    if let Some(inh) = crate::supervise::inherited_from_env()? {
+        let mut smtp = Vec::new();
+        for l in inh.smtp {
+            smtp.push(TcpListener::from_std(l)?);
+        }
+        return Ok((smtp, TcpListener::from_std(inh.admin)?));
+    }
+    let mut smtp = Vec::new();
+    for addr in &cfg.server.listen {
+        smtp.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for SMTP on {addr}"))?,
+        );
+    }
+    let admin = TcpListener::bind(cfg.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen for admin HTTP on {}", cfg.admin.listen))?;
+    Ok((smtp, admin))
+}
+
+/// Content workers (`workers.processes > 0`) or in-process processing.
+async fn start_content(
+    cfg: &postern_core::config::Config,
+    limits: ContentLimits,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<ContentProcessor> {
+    let w = &cfg.workers;
+    if w.processes == 0 {
+        return Ok(ContentProcessor::InProcess(limits));
+    }
+    let exe = std::env::current_exe().context("cannot find our own executable")?;
+    let m = metrics.clone();
+    let pool = ProcessPool::new(
+        PoolConfig {
+            program: exe,
+            args: vec![
+                "worker".into(),
+                format!("--memory={}", w.memory_limit.0),
+                format!("--deadline-ms={}", w.message_deadline.0.as_millis()),
+                format!("--max-header={}", limits.max_header_bytes),
+                format!("--max-depth={}", limits.max_depth),
+                format!("--max-parts={}", limits.max_parts),
+            ],
+            env: vec![],
+            size: w.processes,
+            deadline: w.message_deadline.0,
+            backoff: postern_supervisor::Backoff::default(),
+            max_frame: cfg.server.max_message_size.0.saturating_mul(2) + 1024,
+        },
+        Arc::new(move |_reason: &str| m.worker_restarts.with_label_values(&["content"]).inc()),
+    );
+    pool.prestart()
+        .await
+        .map_err(|e| anyhow::anyhow!("content workers: {e}"))?;
+    Ok(ContentProcessor::Workers(Box::new(pool)))
+}
+
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -1,16 +1,30 @@
 //! `postern`: the SMTP gateway binary.
 //!
-//! Commands: `run` (the default: run the gateway in the foreground) and
-//! `check-config` (validate a configuration and print every error with its
-//! line and column). Without `--config`, `./config/postern.toml` is used if it
-//! exists, else the embedded default configuration.
+//! Commands: `run` (the default): on Unix a small supervisor that holds the
+//! listening sockets and runs the gateway as a child process, restarting it
+//! if it dies (`--no-supervisor` runs the gateway in this process);
+//! `check-config` validates a configuration and prints every error with its
+//! line and column; `queue` lists and acts on queued and quarantined
+//! messages through the running daemon. `gateway` and `worker` are the
+//! internal child processes. Without `--config`, `./config/postern.toml` is
+//! used if it exists, else the embedded default configuration.
 
 mod admin;
 mod config;
+mod content;
+mod fault;
+mod gate;
 mod gateway;
+mod inflight;
+mod intake;
 mod metrics;
+mod queue_api;
+mod queue_cli;
 mod scheduler;
-mod sink;
+#[cfg(unix)]
+mod supervise;
+mod suspects;
+mod worker;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -26,9 +40,39 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway in the foreground (the default).
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Run the gateway in this process, without the restarting supervisor.
+        #[arg(long)]
+        no_supervisor: bool,
+    },
     /// Validate the configuration and print any errors.
     CheckConfig(ConfigArg),
+    /// Inspect and act on the queue of the running daemon.
+    Queue {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: queue_cli::QueueCmd,
+    },
+    /// Internal: the gateway process started by `run`.
+    #[command(hide = true)]
+    Gateway(ConfigArg),
+    /// Internal: a content worker process started by the gateway.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        memory: u64,
+        #[arg(long)]
+        deadline_ms: u64,
+        #[arg(long)]
+        max_header: usize,
+        #[arg(long)]
+        max_depth: usize,
+        #[arg(long)]
+        max_parts: usize,
+    },
 }
 
 #[derive(Args, Default)]
@@ -40,44 +84,91 @@ struct ConfigArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Run(ConfigArg::default())) {
+    let command = cli.command.unwrap_or(Command::Run {
+        config: ConfigArg::default(),
+        no_supervisor: false,
+    });
+    match command {
         Command::CheckConfig(a) => match config::load(a.config.as_deref()) {
             Ok(loaded) => {
                 println!("{}: configuration OK", loaded.source);
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{e}");
+                eprint!("{e}");
                 ExitCode::from(1)
             }
         },
-        Command::Run(a) => {
-            init_logging();
-            let loaded = match config::load(a.config.as_deref()) {
+        Command::Worker {
+            memory,
+            deadline_ms,
+            max_header,
+            max_depth,
+            max_parts,
+        } => worker::main(
+            postern_convert::ContentLimits {
+                max_header_bytes: max_header,
+                max_depth,
+                max_parts,
+            },
+            memory,
+            std::time::Duration::from_millis(deadline_ms),
+        ),
+        Command::Queue { config, cmd } => {
+            let loaded = match config::load(config.config.as_deref()) {
                 Ok(l) => l,
                 Err(e) => {
-                    eprintln!("{e}");
+                    eprint!("{e}");
                     return ExitCode::from(1);
                 }
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match rt.block_on(gateway::run(loaded)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("fatal: {e:#}");
-                    eprintln!("postern: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+            let admin = loaded.config.admin.listen;
+            block_on(async move { queue_cli::run(admin, cmd).await })
+        }
+        Command::Gateway(a) => serve(a.config, false),
+        Command::Run {
+            config,
+            no_supervisor,
+        } => serve(config.config, !no_supervisor),
+    }
+}
+
+/// Loads the configuration and runs the supervisor or the gateway.
+fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
+    init_logging();
+    let loaded = match config::load(path.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    #[cfg(unix)]
+    if supervised {
+        return block_on(async move { supervise::run(loaded, path).await });
+    }
+    #[cfg(not(unix))]
+    let _ = supervised;
+    block_on(async move { gateway::run(loaded).await })
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("fatal: {e:#}");
+            eprintln!("postern: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

@@ -19,6 +19,9 @@ pub struct Metrics {
     pub message_size: Histogram,
     pub delivery_latency: Histogram,
     pub crashes: IntCounterVec,
+    pub quarantined: IntCounterVec,
+    pub worker_restarts: IntCounterVec,
+    pub gateway_restarts: IntCounter,
 }
 
 impl Metrics {
@@ -66,6 +69,24 @@ impl Metrics {
             ),
             &["stage", "level"],
         )?;
+        let quarantined = IntCounterVec::new(
+            Opts::new(
+                "postern_messages_quarantined_total",
+                "Messages put in quarantine, by the stage that failed.",
+            ),
+            &["stage"],
+        )?;
+        let worker_restarts = IntCounterVec::new(
+            Opts::new(
+                "postern_worker_restarts_total",
+                "Worker processes replaced after dying or overrunning.",
+            ),
+            &["kind"],
+        )?;
+        let gateway_restarts = IntCounter::new(
+            "postern_gateway_restarts_total",
+            "Times the supervisor restarted the gateway process.",
+        )?;
         for c in [
             Box::new(received.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(delivered.clone()),
@@ -76,6 +97,9 @@ impl Metrics {
             Box::new(message_size.clone()),
             Box::new(delivery_latency.clone()),
             Box::new(crashes.clone()),
+            Box::new(quarantined.clone()),
+            Box::new(worker_restarts.clone()),
+            Box::new(gateway_restarts.clone()),
         ] {
             registry.register(c)?;
         }
@@ -90,6 +114,9 @@ impl Metrics {
             message_size,
             delivery_latency,
             crashes,
+            quarantined,
+            worker_restarts,
+            gateway_restarts,
         })
     }
 

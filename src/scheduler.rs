@@ -9,11 +9,18 @@
 //! recipients that failed permanently or outlived `max_age`, then remove the
 //! message or defer it by the next retry interval with ±10 % jitter.
 //!
-//! A panic while delivering one message is caught at its task boundary: the
-//! message's crash counter goes up and it is deferred; nothing else stops.
+//! Crash isolation: each attempt is announced to the supervisor as in flight
+//! (`d:<id>`), so if the process dies the message is a suspect. A message
+//! that has crashed before runs alone (the risk gate). A panic while reading
+//! it back or delivering it is caught at its task boundary (level 1): its
+//! crash counter goes up and it is deferred, or quarantined at
+//! `poison_threshold`; nothing else stops.
 //! The DSN is queued (durably) before the original's record changes, so a
 //! crash in between can duplicate a DSN but never lose one.
 
+use crate::fault::{self, Stage};
+use crate::gate::Gate;
+use crate::inflight::Inflight;
 use crate::metrics::Metrics;
 use postern_convert::{build_dsn, DsnInput, DsnRecipient};
 use postern_core::{Address, Envelope, Outcome, QueueId, Reason, Recipient, RecipientStatus};
@@ -55,6 +62,13 @@ pub struct Scheduler {
     pub policy: Policy,
     /// Delivery tasks in flight; a permit per leased message.
     pub slots: Arc<Semaphore>,
+    /// Lets crash suspects run alone.
+    pub gate: Arc<Gate>,
+    /// In-flight reports to the supervisor.
+    pub inflight: Arc<Inflight>,
+    pub poison_threshold: u32,
+    /// In-flight deadline of one attempt (then the gateway counts as hung).
+    pub delivery_deadline: Duration,
 }
 
 impl Scheduler {
@@ -114,6 +128,10 @@ impl Scheduler {
     /// One delivery attempt of one leased message; never panics outward.
     async fn attempt(self: Arc<Self>, rec: Record) {
         let id = rec.envelope.id;
+        let _pass = self.gate.enter(rec.crashes > 0).await;
+        let _inflight = self
+            .inflight
+            .enter(format!("d:{id}"), self.delivery_deadline);
         let body = match self.queue.body(id) {
             Ok(b) => b,
             Err(e) => {
@@ -121,9 +139,17 @@ impl Scheduler {
                 return;
             }
         };
+        if let Err(p) = std::panic::catch_unwind(|| fault::check(Stage::Queue, &body)) {
+            let why = format!("panic: {}", postern_supervisor::panic_message(&*p));
+            self.crashed(rec, "queue", &why);
+            return;
+        }
         let env = rec.envelope.clone();
         let deliverer = self.deliverer.clone();
-        let task = tokio::spawn(async move { deliverer.deliver(&env, &body).await });
+        let task = tokio::spawn(async move {
+            fault::check(Stage::Delivery, &body);
+            deliverer.deliver(&env, &body).await
+        });
         let outcomes = match task.await {
             Ok(o) => o,
             Err(j) => {
@@ -135,12 +161,7 @@ impl Scheduler {
                 } else {
                     "delivery task cancelled".to_string()
                 };
-                self.metrics
-                    .crashes
-                    .with_label_values(&["delivery", "1"])
-                    .inc();
-                tracing::error!(%id, %why, "delivery attempt crashed; deferring");
-                self.crashed(rec, &why);
+                self.crashed(rec, "delivery", &why);
                 return;
             }
         };
@@ -151,6 +172,7 @@ impl Scheduler {
 
     fn quarantine(&self, id: QueueId, stage: &str, reason: &str) {
         tracing::error!(%id, stage, reason, "message quarantined");
+        self.metrics.quarantined.with_label_values(&[stage]).inc();
         let info = postern_queue::QuarantineInfo {
             stage: stage.to_string(),
             reason: reason.to_string(),
@@ -161,22 +183,40 @@ impl Scheduler {
         }
     }
 
-    /// A crash during delivery: charge the message and defer it.
-    fn crashed(&self, rec: Record, why: &str) {
+    /// A caught crash (level 1): charge the message; defer it, or
+    /// quarantine it at the threshold.
+    fn crashed(&self, rec: Record, stage: &str, why: &str) {
         let id = rec.envelope.id;
+        self.metrics.crashes.with_label_values(&[stage, "1"]).inc();
         let due =
             postern_core::now_ms() + self.policy.retry_delay(rec.attempts + 1).as_millis() as u64;
-        let why = why.to_string();
+        let threshold = self.poison_threshold;
         let res = self.queue.update(id, &|r| {
             r.crashes += 1;
-            r.attempts += 1;
-            r.state = State::Deferred;
-            r.due_ms = due;
-            r.last_error = Some(format!("crash: {why}"));
+            r.last_error = Some(format!("{stage} crash: {why}"));
+            if r.crashes >= threshold {
+                r.state = State::Quarantine;
+                r.quarantine = Some(postern_queue::QuarantineInfo {
+                    stage: stage.to_string(),
+                    reason: why.to_string(),
+                    at_ms: postern_core::now_ms(),
+                });
+            } else {
+                r.attempts += 1;
+                r.state = State::Deferred;
+                r.due_ms = due;
+            }
             Ok(())
         });
-        if let Err(e) = res {
-            tracing::error!(%id, error = %e, "cannot record crash");
+        match res {
+            Ok(r) if r.state == State::Quarantine => {
+                self.metrics.quarantined.with_label_values(&[stage]).inc();
+                tracing::error!(%id, stage, %why, crashes = r.crashes, "message quarantined");
+            }
+            Ok(r) => {
+                tracing::error!(%id, stage, %why, crashes = r.crashes, "delivery crashed; deferred")
+            }
+            Err(e) => tracing::error!(%id, error = %e, "cannot record crash"),
         }
     }
 

@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -23,8 +24,7 @@ pub struct Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill9();
     }
 }
 
@@ -76,6 +76,7 @@ impl Gateway {
         let config = dir.path().join("postern.toml");
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+            .process_group(0)
             .args(["run", "--config"])
             .arg(&config)
             .env("POSTERN_LOG", "info")
@@ -120,9 +121,11 @@ impl Gateway {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// SIGKILL: no chance to flush anything.
+    /// SIGKILL to the supervisor, the gateway and its workers at once (the
+    /// process group): no chance to flush anything, as in a power cut.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: signalling our own child's process group.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 

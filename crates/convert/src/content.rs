@@ -33,29 +33,43 @@ impl Default for ContentLimits {
 /// Why content was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContentError {
-    HeaderTooLarge { limit: usize },
-    TooDeep { limit: usize },
-    TooManyParts { limit: usize },
+    HeaderTooLarge {
+        limit: usize,
+    },
+    TooDeep {
+        limit: usize,
+    },
+    TooManyParts {
+        limit: usize,
+    },
     /// A header line that is neither a field nor a continuation.
-    MalformedHeader { line: usize },
+    MalformedHeader {
+        line: usize,
+    },
 }
 
 impl ContentError {
     /// SMTP reply code, enhanced status and text for this refusal.
     pub fn reply(&self) -> (u16, &'static str, String) {
         match self {
-            ContentError::HeaderTooLarge { limit } => {
-                (552, "5.3.4", format!("header block larger than {limit} octets"))
-            }
-            ContentError::TooDeep { limit } => {
-                (554, "5.6.0", format!("MIME nesting deeper than {limit} levels"))
-            }
+            ContentError::HeaderTooLarge { limit } => (
+                552,
+                "5.3.4",
+                format!("header block larger than {limit} octets"),
+            ),
+            ContentError::TooDeep { limit } => (
+                554,
+                "5.6.0",
+                format!("MIME nesting deeper than {limit} levels"),
+            ),
             ContentError::TooManyParts { limit } => {
                 (554, "5.6.0", format!("more than {limit} MIME parts"))
             }
-            ContentError::MalformedHeader { line } => {
-                (554, "5.6.0", format!("malformed header field at line {line}"))
-            }
+            ContentError::MalformedHeader { line } => (
+                554,
+                "5.6.0",
+                format!("malformed header field at line {line}"),
+            ),
         }
     }
 }
@@ -118,10 +132,14 @@ fn check_header_lines(hdrs: &[u8]) -> Result<(), ContentError> {
         }
         let colon = line.iter().position(|b| *b == b':');
         let name_ok = colon.is_some_and(|c| {
-            c > 0 && line[..c].iter().all(|b| (33..=126).contains(b) && *b != b':')
+            c > 0
+                && line[..c]
+                    .iter()
+                    .all(|b| (33..=126).contains(b) && *b != b':')
         });
         // "From " mbox separators appear in the wild; tolerate them.
-        if !name_ok && !(i == 0 && line.starts_with(b"From ")) {
+        let mbox_from = i == 0 && line.starts_with(b"From ");
+        if !(name_ok || mbox_from) {
             return Err(ContentError::MalformedHeader { line: i + 1 });
         }
     }
@@ -157,7 +175,10 @@ pub fn split_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
             .map(|i| pos + i)
             .unwrap_or(body.len());
         let line = &body[pos..end];
-        if let Some(rest) = line.strip_prefix(b"--").and_then(|l| l.strip_prefix(boundary)) {
+        if let Some(rest) = line
+            .strip_prefix(b"--")
+            .and_then(|l| l.strip_prefix(boundary))
+        {
             let closing = rest.starts_with(b"--");
             if rest.iter().all(|b| *b == b' ' || *b == b'\t') || closing {
                 if let Some(s) = start {
@@ -214,7 +235,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(inspect(&nested(5), &lim).unwrap().depth, 5);
-        assert_eq!(inspect(&nested(6), &lim), Err(ContentError::TooDeep { limit: 5 }));
+        assert_eq!(
+            inspect(&nested(6), &lim),
+            Err(ContentError::TooDeep { limit: 5 })
+        );
         // Deep nesting far past any limit: bounded work, no stack overflow.
         assert!(inspect(&nested(5000), &ContentLimits::default()).is_err());
         let many = format!(
@@ -225,14 +249,20 @@ mod tests {
             max_parts: 10,
             ..Default::default()
         };
-        assert_eq!(inspect(many.as_bytes(), &lim), Err(ContentError::TooManyParts { limit: 10 }));
+        assert_eq!(
+            inspect(many.as_bytes(), &lim),
+            Err(ContentError::TooManyParts { limit: 10 })
+        );
         let big = format!("X-Big: {}\r\n\r\nb", "a".repeat(300_000));
         assert!(matches!(
             inspect(big.as_bytes(), &ContentLimits::default()),
             Err(ContentError::HeaderTooLarge { .. })
         ));
         assert_eq!(
-            inspect(b"Subject: x\r\nno colon here\r\n\r\nb", &ContentLimits::default()),
+            inspect(
+                b"Subject: x\r\nno colon here\r\n\r\nb",
+                &ContentLimits::default()
+            ),
             Err(ContentError::MalformedHeader { line: 2 })
         );
     }

@@ -24,6 +24,64 @@ pub struct Config {
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
     pub admin: AdminConfig,
+    pub workers: WorkersConfig,
+    pub convert: ConvertConfig,
+}
+
+/// `[workers]`: crash isolation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Content worker processes; 0 runs content processing in the gateway
+    /// itself (no isolation; for comparison and for platforms without it).
+    pub processes: usize,
+    /// Address-space limit of each content worker.
+    pub memory_limit: ByteSize,
+    /// Wall-clock and CPU deadline for one message in a worker, and for the
+    /// receive stage in the gateway.
+    pub message_deadline: HumanDuration,
+    /// Crashes after which a message is quarantined (Exchange's default: 2).
+    pub poison_threshold: u32,
+    /// Longest a single delivery attempt may stay in flight before the
+    /// supervisor declares the gateway hung.
+    pub delivery_deadline: HumanDuration,
+    /// Address-space limit of the gateway process; "0" for none.
+    pub gateway_memory_limit: ByteSize,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            processes: 2,
+            memory_limit: ByteSize(256 * 1024 * 1024),
+            message_deadline: HumanDuration(Duration::from_secs(30)),
+            poison_threshold: 2,
+            delivery_deadline: HumanDuration(Duration::from_secs(15 * 60)),
+            gateway_memory_limit: ByteSize(4 * 1024 * 1024 * 1024),
+        }
+    }
+}
+
+/// `[convert]`: limits on message structure.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConvertConfig {
+    /// Largest header block of the message or of one MIME part.
+    pub max_header_size: ByteSize,
+    /// Deepest multipart nesting.
+    pub max_mime_depth: usize,
+    /// Most MIME parts in one message.
+    pub max_mime_parts: usize,
+}
+
+impl Default for ConvertConfig {
+    fn default() -> Self {
+        ConvertConfig {
+            max_header_size: ByteSize(256 * 1024),
+            max_mime_depth: 20,
+            max_mime_parts: 1000,
+        }
+    }
 }
 
 /// `[server]`: the SMTP listener and its limits.
@@ -249,6 +307,12 @@ impl Config {
         }
         if self.delivery.max_per_destination == 0 {
             errs.push("delivery.max_per_destination must be at least 1".to_string());
+        }
+        if self.workers.poison_threshold == 0 {
+            errs.push("workers.poison_threshold must be at least 1".to_string());
+        }
+        if self.workers.processes > 0 && self.workers.memory_limit.0 < 16 * 1024 * 1024 {
+            errs.push("workers.memory_limit below 16MiB cannot run a worker".to_string());
         }
         for d in &self.relay.accepted_domains {
             if crate::Address::parse(&format!("x@{d}")).is_err() || d.starts_with('[') {

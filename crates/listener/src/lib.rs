@@ -28,4 +28,7 @@ use std::future::Future;
 /// verbatim, so `250` must mean the message is durably stored.
 pub trait MessageSink: Send + Sync + 'static {
     fn accept(&self, msg: ReceivedMessage) -> impl Future<Output = Reply> + Send;
+
+    /// A session task panicked (it was answered 451 4.3.0 and closed).
+    fn session_panicked(&self, _panic: &str) {}
 }

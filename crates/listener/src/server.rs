@@ -7,13 +7,17 @@
 //! client sent, runs every complete command through the [`Session`] (so
 //! pipelined commands are answered in one write), feeds DATA to the
 //! [`DataReceiver`], hands finished messages to the [`MessageSink`], and
-//! enforces the RFC 5321 4.5.3.2 timeouts. I/O errors end that one session.
+//! enforces the RFC 5321 4.5.3.2 timeouts. I/O errors end that one session;
+//! a panic in a session is caught at its task boundary and answered
+//! `451 4.3.0`.
 
 use crate::codec::{Frame, LineCodec};
 use crate::data::DataReceiver;
 use crate::session::{Action, Session, SessionConfig};
 use crate::{MessageSink, Reply};
+use futures_util::FutureExt;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -58,11 +62,29 @@ pub async fn serve<S: MessageSink>(
                 let _ = stream.write_all(&r.to_bytes()).await;
                 return;
             };
-            if let Err(e) = run_session(&mut stream, peer, cfg, &*sink).await {
-                tracing::debug!(%peer, error = %e, "session ended");
+            // A panic anywhere in this session ends this session only: the
+            // client hears 451 (try again later), nothing else notices.
+            let run = AssertUnwindSafe(run_session(&mut stream, peer, cfg, &*sink));
+            match run.catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "session ended"),
+                Err(p) => {
+                    let msg = panic_text(&*p);
+                    tracing::error!(%peer, panic = %msg, "session panicked; answered 451");
+                    sink.session_panicked(&msg);
+                    let r = Reply::new(451, "4.3.0", "internal error; please try again later");
+                    let _ = stream.write_all(&r.to_bytes()).await;
+                }
             }
         });
     }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic".into())
 }
 
 /// Errors that say "this one connection failed", not "the listener is broken".

@@ -36,6 +36,9 @@ pub struct ReceivedMessage {
     pub envelope: Envelope,
     /// The message with our Received header prepended, CRLF line endings.
     pub body: Vec<u8>,
+    /// Length of that Received header: `body[trace_len..]` is what the
+    /// client sent.
+    pub trace_len: usize,
 }
 
 /// A transaction being built between MAIL and the end of DATA.
@@ -301,6 +304,7 @@ impl Session {
         let id = QueueId::generate();
         let now = postern_core::now_ms();
         let mut out = received_header(&self.cfg.hostname, &helo, self.peer, esmtp, id, &tx);
+        let trace_len = out.len();
         out.extend_from_slice(&body);
         let envelope = Envelope {
             id,
@@ -315,6 +319,7 @@ impl Session {
         Ok(ReceivedMessage {
             envelope,
             body: out,
+            trace_len,
         })
     }
 }

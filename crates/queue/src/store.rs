@@ -69,6 +69,9 @@ struct Inner {
     held: sled::Tree,
     quarantine: sled::Tree,
     corrupt: sled::Tree,
+    /// Content that crashed a stage before it was queued: content hash →
+    /// framed (crash count, last reason).
+    suspects: sled::Tree,
     /// Leased messages and when each lease ends (ms). Also the transition
     /// lock: every state change holds it, so index and record agree.
     leases: Mutex<HashMap<QueueId, u64>>,
@@ -135,6 +138,7 @@ impl Queue {
             held: tree("held")?,
             quarantine: tree("quarantine")?,
             corrupt: tree("corrupt")?,
+            suspects: tree("suspects")?,
             leases: Mutex::new(HashMap::new()),
             committer: Committer::start(db.clone(), &opts.path.join("db")),
             spool: Spool::open(&opts.path.join("spool"))?,
@@ -205,8 +209,27 @@ impl Queue {
 
     /// Stores a new message durably; returns once it is on disk.
     pub async fn enqueue(&self, envelope: Envelope, body: &[u8]) -> Result<(), QueueError> {
-        let id = envelope.id;
         let r = Record::new(envelope, postern_core::now_ms());
+        self.store_new(r, body).await
+    }
+
+    /// Stores a new message straight into quarantine, durably.
+    pub async fn enqueue_quarantined(
+        &self,
+        envelope: Envelope,
+        body: &[u8],
+        info: QuarantineInfo,
+        crashes: u32,
+    ) -> Result<(), QueueError> {
+        let mut r = Record::new(envelope, postern_core::now_ms());
+        r.state = State::Quarantine;
+        r.quarantine = Some(info);
+        r.crashes = crashes;
+        self.store_new(r, body).await
+    }
+
+    async fn store_new(&self, r: Record, body: &[u8]) -> Result<(), QueueError> {
+        let id = r.envelope.id;
         let i = &self.inner;
         let stored = if body.len() > INLINE_MAX {
             let q = self.clone();
@@ -225,7 +248,43 @@ impl Queue {
             i.set_index(&r, true)?;
         }
         i.committer.flush().await.map_err(QueueError::Flush)?;
-        i.wake.notify_one();
+        if r.state == State::Ready {
+            i.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Crashes charged to content with this hash, and the last reason.
+    pub fn suspect(&self, hash: u64) -> Result<Option<(u32, String)>, QueueError> {
+        let Some(raw) = self.inner.suspects.get(hash.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let p = record::unframe(&raw).map_err(|reason| QueueError::Corrupt {
+            id: format!("suspect {hash:016x}"),
+            reason,
+        })?;
+        if p.len() < 4 {
+            return Ok(None);
+        }
+        let n = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        Ok(Some((n, String::from_utf8_lossy(&p[4..]).into_owned())))
+    }
+
+    /// Charges one more crash to content `hash`; returns the new count.
+    pub fn charge_suspect(&self, hash: u64, reason: &str) -> Result<u32, QueueError> {
+        let _guard = self.lock();
+        let n = self.suspect(hash).ok().flatten().map_or(0, |(n, _)| n) + 1;
+        let mut p = n.to_le_bytes().to_vec();
+        p.extend_from_slice(reason.as_bytes());
+        self.inner
+            .suspects
+            .insert(hash.to_be_bytes(), record::frame(&p))?;
+        Ok(n)
+    }
+
+    /// Forgets a content hash (it went through, or was quarantined).
+    pub fn clear_suspect(&self, hash: u64) -> Result<(), QueueError> {
+        self.inner.suspects.remove(hash.to_be_bytes())?;
         Ok(())
     }
 

@@ -150,7 +150,10 @@ impl ProcessPool {
             None => {
                 let delay = self.throttle_delay();
                 if !delay.is_zero() {
-                    tracing::warn!(?delay, "worker keeps dying before its first job; throttling");
+                    tracing::warn!(
+                        ?delay,
+                        "worker keeps dying before its first job; throttling"
+                    );
                     tokio::time::sleep(delay).await;
                 }
                 self.spawn()?
@@ -282,13 +285,19 @@ mod tests {
         assert_eq!(p.restarts(), 0);
         // A worker that dies at once: the call fails with its exit reason.
         let p = pool("exit 3", 2000);
-        assert_eq!(p.call(b"x").await, Err(CallError::Died("exited with status 3".into())));
+        assert_eq!(
+            p.call(b"x").await,
+            Err(CallError::Died("exited with status 3".into()))
+        );
         // The next start is throttled, and fails the same way.
         assert!(p.throttle_delay() > Duration::ZERO);
         assert!(matches!(p.call(b"x").await, Err(CallError::Died(_))));
         assert_eq!(p.restarts(), 2);
         // A worker that never answers is killed at the deadline.
         let p = pool("sleep 30", 200);
-        assert_eq!(p.call(b"x").await, Err(CallError::Deadline(Duration::from_millis(200))));
+        assert_eq!(
+            p.call(b"x").await,
+            Err(CallError::Deadline(Duration::from_millis(200)))
+        );
     }
 }

@@ -1,0 +1,86 @@
+//! Telling the supervisor what is in flight (level 3 of the ladder).
+//!
+//! Before a message enters a stage that could kill the gateway process, the
+//! gateway writes `E <key> <deadline-ms>` to the pipe inherited from
+//! `postern run`; when it leaves, `L <key>` (the guard's drop). Each line is
+//! one small `write`, atomic on a pipe. When the gateway dies, the
+//! supervisor knows exactly which messages were in flight. Keys: `d:<queue
+//! id>` for delivery, `r:<content hash>` for receive. Without a supervisor
+//! (no `POSTERN_INFLIGHT_FD`), every call is a no-op.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Environment variable naming the inherited pipe's file descriptor.
+pub const FD_ENV: &str = "POSTERN_INFLIGHT_FD";
+
+#[derive(Default)]
+pub struct Inflight {
+    /// The pipe to the supervisor, if there is one.
+    pipe: Option<Mutex<std::fs::File>>,
+}
+
+impl Inflight {
+    /// Takes the pipe named in the environment, if any.
+    pub fn from_env() -> Inflight {
+        #[cfg(unix)]
+        {
+            use std::os::fd::FromRawFd;
+            if let Some(fd) = std::env::var(FD_ENV)
+                .ok()
+                .and_then(|v| v.parse::<i32>().ok())
+            {
+                // SAFETY: the supervisor passed this descriptor to us for
+                // exactly this use, and nothing else in the process owns it.
+                let f = unsafe { std::fs::File::from_raw_fd(fd) };
+                return Inflight {
+                    pipe: Some(Mutex::new(f)),
+                };
+            }
+        }
+        Inflight::default()
+    }
+
+    fn write(&self, line: &str) {
+        if let Some(p) = &self.pipe {
+            let mut f = p.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+
+    /// Suspects from the last death are accounted for.
+    pub fn ready(&self) {
+        self.write("R\n");
+    }
+
+    /// Announces `key` in flight until the guard drops.
+    pub fn enter(&self, key: String, deadline: Duration) -> Guard<'_> {
+        self.write(&format!("E {key} {}\n", deadline.as_millis()));
+        Guard {
+            inflight: self,
+            key,
+        }
+    }
+}
+
+pub struct Guard<'a> {
+    inflight: &'a Inflight,
+    key: String,
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        self.inflight.write(&format!("L {}\n", self.key));
+    }
+}
+
+/// FNV-1a, 64 bits: a stable identity for message content across restarts.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}

@@ -1,0 +1,211 @@
+//! Intake: what happens to a message between the end of DATA and `250`.
+//!
+//! 1. The content hash is looked up among crash suspects: content that has
+//!    already crashed a stage `poison_threshold` times goes straight to
+//!    quarantine, unprocessed (and is answered 250: it is stored, an
+//!    administrator can inspect and release it, and the sender is not
+//!    bounced for our bug). Content that crashed fewer times runs alone
+//!    (the risk [`Gate`]) so the next crash names it exactly.
+//! 2. The receive stage runs under an in-flight record (level 3) and a panic
+//!    guard (level 1); content processing runs in a worker (level 2).
+//! 3. A crash charges the content hash: below the threshold the client gets
+//!    `451 4.3.0` and will retry; at the threshold the message is stored in
+//!    quarantine with the reason. A content refusal gets its 5xx.
+//! 4. Otherwise the message is queued durably, then `250`.
+
+use crate::content::{ContentProcessor, Verdict};
+use crate::fault::{self, Stage};
+use crate::gate::Gate;
+use crate::inflight::{content_hash, Inflight};
+use crate::metrics::Metrics;
+use futures_util::FutureExt;
+use postern_listener::{MessageSink, ReceivedMessage, Reply};
+use postern_queue::{QuarantineInfo, Queue};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Intake {
+    pub queue: Queue,
+    pub metrics: Arc<Metrics>,
+    pub content: Arc<ContentProcessor>,
+    pub gate: Arc<Gate>,
+    pub inflight: Arc<Inflight>,
+    pub poison_threshold: u32,
+    /// In-flight deadline for the receive stage (after it the supervisor
+    /// declares the gateway hung).
+    pub receive_deadline: Duration,
+}
+
+/// How the receive stage ended.
+enum Staged {
+    Accept(Option<Vec<u8>>),
+    Reject {
+        code: u16,
+        status: String,
+        text: String,
+    },
+    Crashed {
+        stage: &'static str,
+        level: &'static str,
+        reason: String,
+    },
+}
+
+/// Enhanced status codes a content refusal may carry.
+fn static_status(s: &str, code: u16) -> &'static str {
+    match s {
+        "5.3.4" => "5.3.4",
+        "5.6.3" => "5.6.3",
+        "5.7.1" => "5.7.1",
+        "5.6.7" => "5.6.7",
+        _ if code < 500 => "4.3.0",
+        _ => "5.6.0",
+    }
+}
+
+impl Intake {
+    async fn run_stages(&self, body: &[u8], hash: u64, alone: bool) -> Staged {
+        let _pass = self.gate.enter(alone).await;
+        let _inflight = self
+            .inflight
+            .enter(format!("r:{hash:016x}"), self.receive_deadline);
+        let received = std::panic::catch_unwind(|| fault::check(Stage::Receive, body));
+        if let Err(p) = received {
+            return Staged::Crashed {
+                stage: "receive",
+                level: "1",
+                reason: format!("panic: {}", postern_supervisor::panic_message(&*p)),
+            };
+        }
+        match AssertUnwindSafe(self.content.process(body))
+            .catch_unwind()
+            .await
+        {
+            Ok(Verdict::Crash(reason)) => Staged::Crashed {
+                stage: "content",
+                level: if matches!(*self.content, ContentProcessor::Workers(_)) {
+                    "2"
+                } else {
+                    "1"
+                },
+                reason,
+            },
+            Ok(Verdict::Accept(new)) => Staged::Accept(new),
+            Ok(Verdict::Reject { code, status, text }) => Staged::Reject { code, status, text },
+            Err(p) => Staged::Crashed {
+                stage: "content",
+                level: "1",
+                reason: format!("panic: {}", postern_supervisor::panic_message(&*p)),
+            },
+        }
+    }
+
+    async fn quarantine(
+        &self,
+        msg: ReceivedMessage,
+        stage: &str,
+        reason: String,
+        crashes: u32,
+    ) -> Reply {
+        let id = msg.envelope.id;
+        let info = QuarantineInfo {
+            stage: stage.to_string(),
+            reason: reason.clone(),
+            at_ms: postern_core::now_ms(),
+        };
+        match self
+            .queue
+            .enqueue_quarantined(msg.envelope, &msg.body, info, crashes)
+            .await
+        {
+            Ok(()) => {
+                self.metrics.quarantined.with_label_values(&[stage]).inc();
+                tracing::error!(%id, stage, %reason, crashes, "message quarantined at receive");
+                Reply::new(250, "2.0.0", format!("queued as {id} (quarantined)"))
+            }
+            Err(e) => {
+                tracing::error!(%id, error = %e, "cannot store quarantined message");
+                Reply::new(451, "4.3.0", "queue write failed, try again later")
+            }
+        }
+    }
+}
+
+impl MessageSink for Intake {
+    async fn accept(&self, msg: ReceivedMessage) -> Reply {
+        let id = msg.envelope.id;
+        let hash = content_hash(msg.body.get(msg.trace_len..).unwrap_or(&msg.body));
+        let (crashes, last) = self
+            .queue
+            .suspect(hash)
+            .ok()
+            .flatten()
+            .unwrap_or((0, String::new()));
+        if crashes >= self.poison_threshold {
+            let _ = self.queue.clear_suspect(hash);
+            let stage = last.split(':').next().unwrap_or("receive").to_string();
+            return self.quarantine(msg, &stage, last, crashes).await;
+        }
+        let body = match self.run_stages(&msg.body, hash, crashes > 0).await {
+            Staged::Accept(new) => new,
+            Staged::Reject { code, status, text } => {
+                let _ = self.queue.clear_suspect(hash);
+                tracing::info!(%id, code, %text, "refused by content processing");
+                return Reply::new(code, static_status(&status, code), text);
+            }
+            Staged::Crashed {
+                stage,
+                level,
+                reason,
+            } => {
+                self.metrics
+                    .crashes
+                    .with_label_values(&[stage, level])
+                    .inc();
+                let n = self
+                    .queue
+                    .charge_suspect(hash, &format!("{stage}: {reason}"))
+                    .unwrap_or(self.poison_threshold);
+                tracing::error!(%id, stage, level, %reason, crashes = n, "receive-time crash");
+                if n >= self.poison_threshold {
+                    let _ = self.queue.clear_suspect(hash);
+                    return self.quarantine(msg, stage, reason, n).await;
+                }
+                return Reply::new(
+                    451,
+                    "4.3.0",
+                    "content processing failed; please try again later",
+                );
+            }
+        };
+        let mut envelope = msg.envelope;
+        let body = body.unwrap_or(msg.body);
+        envelope.size = body.len() as u64;
+        let size = body.len();
+        let rcpts = envelope.recipients.len();
+        match self.queue.enqueue(envelope, &body).await {
+            Ok(()) => {
+                if crashes > 0 {
+                    let _ = self.queue.clear_suspect(hash);
+                }
+                self.metrics.received.inc();
+                self.metrics.message_size.observe(size as f64);
+                tracing::info!(%id, rcpts, size, "queued");
+                Reply::new(250, "2.0.0", format!("queued as {id}"))
+            }
+            Err(e) => {
+                tracing::error!(%id, error = %e, "queue write failed; message refused");
+                Reply::new(451, "4.3.0", "queue write failed, try again later")
+            }
+        }
+    }
+
+    fn session_panicked(&self, panic: &str) {
+        self.metrics
+            .crashes
+            .with_label_values(&["receive", "1"])
+            .inc();
+        tracing::error!(%panic, "session panicked");
+    }
+}

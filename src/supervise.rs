@@ -1,0 +1,174 @@
+//! `postern run` on Unix: the supervisor process (level 3 of the ladder).
+//!
+//! It binds the SMTP and admin sockets itself and hands them to the gateway
+//! child by inheritance, so while a child restarts the kernel's listen
+//! backlog holds new connections: none is refused. It restarts a child that
+//! dies within about a second (250 ms, doubling while the child keeps dying
+//! within 10 s of its start, up to 30 s: a child that cannot start is
+//! throttled, not spun). It reads the child's in-flight reports, kills a
+//! child whose in-flight item overruns its deadline (a hang), and passes the
+//! keys in flight at a death to the next child as suspects, together with
+//! the cause of death, until a child confirms it has charged them.
+//! SIGTERM/SIGINT are forwarded; a child that exits 0 ends the supervisor.
+
+use crate::config::Loaded;
+use crate::inflight::FD_ENV;
+use crate::suspects::{DEATH_ENV, SUSPECTS_ENV};
+use anyhow::Context;
+use postern_supervisor::child::{clear_cloexec, run_child, InflightPipe};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Environment variable listing inherited listening sockets:
+/// `smtp=3,4;admin=5`.
+pub const LISTEN_ENV: &str = "POSTERN_LISTEN_FDS";
+pub const RESTARTS_ENV: &str = "POSTERN_GATEWAY_RESTARTS";
+
+pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = &loaded.config;
+    let mut smtp = Vec::new();
+    for addr in &cfg.server.listen {
+        smtp.push(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for SMTP on {addr}"))?,
+        );
+    }
+    let admin = std::net::TcpListener::bind(cfg.admin.listen)
+        .with_context(|| format!("cannot listen for admin HTTP on {}", cfg.admin.listen))?;
+    let smtp_fds: Vec<RawFd> = smtp.iter().map(|l| l.as_raw_fd()).collect();
+    let admin_fd = admin.as_raw_fd();
+    let listen_env = format!(
+        "smtp={};admin={admin_fd}",
+        smtp_fds
+            .iter()
+            .map(|f| f.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut inherit = smtp_fds.clone();
+    inherit.push(admin_fd);
+    let memory = cfg.workers.gateway_memory_limit.0;
+    let exe = std::env::current_exe().context("cannot find our own executable")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::gateway::wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+
+    let mut suspects: Vec<String> = Vec::new();
+    let mut death = String::new();
+    let mut restarts: u64 = 0;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let pipe = InflightPipe::new().context("cannot create the in-flight pipe")?;
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("gateway");
+        if let Some(c) = &config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.env(LISTEN_ENV, &listen_env)
+            .env(FD_ENV, pipe.write.as_raw_fd().to_string())
+            .env(RESTARTS_ENV, restarts.to_string())
+            .stdin(std::process::Stdio::null());
+        if suspects.is_empty() {
+            cmd.env_remove(SUSPECTS_ENV);
+        } else {
+            cmd.env(SUSPECTS_ENV, suspects.join(" "))
+                .env(DEATH_ENV, &death);
+        }
+        let fds = inherit.clone();
+        // SAFETY: the closure only calls prctl, fcntl and setrlimit, all
+        // async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                // If the supervisor dies, so does the gateway: no orphan
+                // keeps the queue locked.
+                #[cfg(target_os = "linux")]
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                for fd in &fds {
+                    clear_cloexec(*fd)?;
+                }
+                if memory > 0 {
+                    let lim = libc::rlimit {
+                        rlim_cur: memory as libc::rlim_t,
+                        rlim_max: memory as libc::rlim_t,
+                    };
+                    libc::setrlimit(libc::RLIMIT_AS, &lim);
+                }
+                Ok(())
+            });
+        }
+        let end = run_child(cmd, pipe, stop_rx.clone(), Duration::from_secs(30)).await?;
+        if end.clean || *stop_rx.borrow() {
+            tracing::info!(reason = %end.reason, "gateway stopped; supervisor exits");
+            return Ok(());
+        }
+        if end.was_ready {
+            suspects = end.suspects;
+        } else {
+            // The child died before charging the previous suspects: keep them.
+            for s in end.suspects {
+                if !suspects.contains(&s) {
+                    suspects.push(s);
+                }
+            }
+        }
+        death = end.reason.clone();
+        restarts += 1;
+        delay = if end.ran_for > Duration::from_secs(10) {
+            Duration::from_millis(250)
+        } else if restarts == 1 {
+            delay
+        } else {
+            (delay * 2).min(Duration::from_secs(30))
+        };
+        tracing::error!(
+            reason = %end.reason,
+            suspects = ?suspects,
+            ?delay,
+            restarts,
+            "gateway died; restarting"
+        );
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return Ok(()),
+        }
+    }
+}
+
+/// The gateway side: the listeners passed down by the supervisor.
+pub struct Inherited {
+    pub smtp: Vec<std::net::TcpListener>,
+    pub admin: std::net::TcpListener,
+}
+
+/// Parses `POSTERN_LISTEN_FDS`, if set.
+pub fn inherited_from_env() -> anyhow::Result<Option<Inherited>> {
+    use std::os::fd::FromRawFd;
+    let Ok(v) = std::env::var(LISTEN_ENV) else {
+        return Ok(None);
+    };
+    let (mut smtp, mut admin) = (Vec::new(), None);
+    for part in v.split(';') {
+        let (name, fds) = part.split_once('=').context("malformed listener list")?;
+        for fd in fds.split(',').filter(|f| !f.is_empty()) {
+            let fd: RawFd = fd.parse().context("malformed listener fd")?;
+            // SAFETY: the supervisor handed us this listening socket.
+            let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+            l.set_nonblocking(true)?;
+            match name {
+                "smtp" => smtp.push(l),
+                "admin" => admin = Some(l),
+                _ => anyhow::bail!("unknown listener kind {name}"),
+            }
+        }
+    }
+    Ok(Some(Inherited {
+        smtp,
+        admin: admin.context("no admin listener passed")?,
+    }))
+}

@@ -1,0 +1,75 @@
+//! Charging the messages that were in flight when the gateway died.
+//!
+//! `postern run` passes them in `POSTERN_SUSPECTS` (space-separated keys)
+//! with the cause of death in `POSTERN_LAST_DEATH`. Before the gateway
+//! starts any work, each suspect is charged one crash: a queued message
+//! (`d:<id>`) reaching `poison_threshold` is quarantined at once, so even a
+//! poison message that is the first one read from the queue cannot cause a
+//! crash loop; below the threshold it has `crashes > 0` and will be
+//! delivered alone. Content hashes (`r:<hash>`) are charged in the suspects
+//! table that intake consults.
+
+use crate::metrics::Metrics;
+use postern_core::QueueId;
+use postern_queue::{QuarantineInfo, Queue, State};
+
+pub const SUSPECTS_ENV: &str = "POSTERN_SUSPECTS";
+pub const DEATH_ENV: &str = "POSTERN_LAST_DEATH";
+
+/// Charges every suspect named in the environment; returns how many.
+pub async fn charge_from_env(queue: &Queue, threshold: u32, metrics: &Metrics) -> usize {
+    let Ok(list) = std::env::var(SUSPECTS_ENV) else {
+        return 0;
+    };
+    let death = std::env::var(DEATH_ENV).unwrap_or_else(|_| "gateway died".into());
+    let mut n = 0;
+    for key in list.split_whitespace() {
+        n += 1;
+        if let Some(id) = key.strip_prefix("d:").and_then(QueueId::parse) {
+            charge_message(queue, id, threshold, &death, metrics);
+        } else if let Some(h) = key
+            .strip_prefix("r:")
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        {
+            metrics.crashes.with_label_values(&["receive", "3"]).inc();
+            match queue.charge_suspect(h, &format!("receive: gateway {death}")) {
+                Ok(c) => {
+                    tracing::error!(content = %format!("{h:016x}"), crashes = c, %death, "receive-stage suspect charged")
+                }
+                Err(e) => tracing::error!(error = %e, "cannot charge a content suspect"),
+            }
+        }
+    }
+    if let Err(e) = queue.flush().await {
+        tracing::error!(error = %e, "cannot flush suspect charges");
+    }
+    n
+}
+
+fn charge_message(queue: &Queue, id: QueueId, threshold: u32, death: &str, metrics: &Metrics) {
+    metrics.crashes.with_label_values(&["delivery", "3"]).inc();
+    let reason = format!("gateway {death} while this message was in delivery");
+    let res = queue.update(id, &|r| {
+        r.crashes += 1;
+        r.last_error = Some(reason.clone());
+        if r.crashes >= threshold {
+            r.state = State::Quarantine;
+            r.quarantine = Some(QuarantineInfo {
+                stage: "delivery".into(),
+                reason: reason.clone(),
+                at_ms: postern_core::now_ms(),
+            });
+        }
+        Ok(())
+    });
+    match res {
+        Ok(r) if r.state == State::Quarantine => {
+            metrics.quarantined.with_label_values(&["delivery"]).inc();
+            tracing::error!(%id, crashes = r.crashes, %reason, "suspect quarantined");
+        }
+        Ok(r) => {
+            tracing::error!(%id, crashes = r.crashes, %reason, "suspect charged; will run alone")
+        }
+        Err(e) => tracing::warn!(%id, error = %e, "suspect not in the queue"),
+    }
+}

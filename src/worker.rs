@@ -1,0 +1,89 @@
+//! `postern worker`: a content worker process.
+//!
+//! Reads request frames (one message each) on stdin and answers each with a
+//! verdict frame on stdout, until stdin closes. Before any work it limits its
+//! own address space (RLIMIT_AS, so unbounded allocation ends in an abort,
+//! not a machine out of memory), and before each message it sets its CPU
+//! limit to what it has used plus the message deadline (RLIMIT_CPU: a
+//! runaway loop gets SIGXCPU even if the gateway's wall-clock deadline
+//! somehow does not fire). A panic is reported as a crash verdict, then the
+//! worker exits, since its state can no longer be trusted.
+
+use crate::content::{encode, run_content, Verdict};
+use postern_convert::ContentLimits;
+use postern_supervisor::pool::{read_frame, write_frame};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Largest request accepted (the listener's own limit is far lower).
+const MAX_FRAME: u64 = 1 << 31;
+
+pub fn main(limits: ContentLimits, memory: u64, deadline: Duration) -> ExitCode {
+    limit_memory(memory);
+    let mut input = std::io::stdin().lock();
+    let mut output = std::io::stdout().lock();
+    loop {
+        let msg = match read_frame(&mut input, MAX_FRAME) {
+            Ok(Some(m)) => m,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("postern worker: bad request: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        limit_cpu(deadline);
+        let verdict = std::panic::catch_unwind(|| run_content(&msg, &limits));
+        let (verdict, poisoned) = match verdict {
+            Ok(v) => (v, false),
+            Err(p) => (
+                Verdict::Crash(format!("panic: {}", postern_supervisor::panic_message(&*p))),
+                true,
+            ),
+        };
+        if write_frame(&mut output, &encode(&verdict)).is_err() || poisoned {
+            return ExitCode::from(70);
+        }
+    }
+}
+
+#[cfg(unix)]
+fn limit_memory(bytes: u64) {
+    if bytes == 0 {
+        return;
+    }
+    let lim = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: bytes as libc::rlim_t,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } != 0 {
+        eprintln!("postern worker: cannot set memory limit");
+    }
+}
+
+#[cfg(unix)]
+fn limit_cpu(deadline: Duration) {
+    // SAFETY: getrusage fills the struct; setrlimit reads ours.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return;
+        }
+        let used = (usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) as u64 + 1;
+        let soft = used + deadline.as_secs().max(1);
+        let lim = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: (soft + 5) as libc::rlim_t,
+        };
+        libc::setrlimit(libc::RLIMIT_CPU, &lim);
+    }
+}
+
+// On Windows the nearest equivalent is a Job Object with a memory and CPU
+// limit, assigned by the parent; until that lands the wall-clock deadline
+// (enforced by the gateway) is the only limit there.
+#[cfg(not(unix))]
+fn limit_memory(_bytes: u64) {}
+
+#[cfg(not(unix))]
+fn limit_cpu(_deadline: Duration) {}
