@@ -28,6 +28,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+/// File in the queue directory holding the admin endpoint's bound address.
+pub const ADMIN_ADDR_FILE: &str = "admin.addr";
+
 pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let metrics = Arc::new(Metrics::new().context("metrics registry")?);
@@ -116,6 +119,11 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         });
     }
     let admin_addr = admin_l.local_addr()?;
+    // The CLI finds us through the configuration; with port 0 it needs the
+    // real address, so it is written beside the queue.
+    if let Err(e) = std::fs::write(cfg.queue.path.join(ADMIN_ADDR_FILE), admin_addr.to_string()) {
+        tracing::warn!(error = %e, "cannot record the admin address for the CLI");
+    }
     let st = Arc::new(AdminState {
         metrics: metrics.clone(),
         queue: queue.clone(),

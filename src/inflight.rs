@@ -4,8 +4,9 @@
 //! gateway writes `E <key> <deadline-ms>` to the pipe inherited from
 //! `postern run`; when it leaves, `L <key>` (the guard's drop). Each line is
 //! one small `write`, atomic on a pipe. When the gateway dies, the
-//! supervisor knows exactly which messages were in flight. Keys: `d:<queue
-//! id>` for delivery, `r:<content hash>` for receive. Without a supervisor
+//! supervisor knows exactly which messages were in flight. Keys: `q:<queue
+//! id>` while a message is read back, `d:<queue id>` while it is delivered,
+//! `r:<content hash>` while it is received. Without a supervisor
 //! (no `POSTERN_INFLIGHT_FD`), every call is a no-op.
 
 use std::io::Write;

@@ -122,7 +122,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            let admin = loaded.config.admin.listen;
+            let mut admin = loaded.config.admin.listen;
+            if admin.port() == 0 {
+                let file = loaded.config.queue.path.join(gateway::ADMIN_ADDR_FILE);
+                match std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()) {
+                    Some(a) => admin = a,
+                    None => {
+                        eprintln!("admin port is 0 and {} names no address", file.display());
+                        return ExitCode::from(1);
+                    }
+                }
+            }
             block_on(async move { queue_cli::run(admin, cmd).await })
         }
         Command::Gateway(a) => serve(a.config, false),

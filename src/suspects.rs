@@ -3,7 +3,7 @@
 //! `postern run` passes them in `POSTERN_SUSPECTS` (space-separated keys)
 //! with the cause of death in `POSTERN_LAST_DEATH`. Before the gateway
 //! starts any work, each suspect is charged one crash: a queued message
-//! (`d:<id>`) reaching `poison_threshold` is quarantined at once, so even a
+//! (`q:<id>` while read back, `d:<id>` while delivered) reaching `poison_threshold` is quarantined at once, so even a
 //! poison message that is the first one read from the queue cannot cause a
 //! crash loop; below the threshold it has `crashes > 0` and will be
 //! delivered alone. Content hashes (`r:<hash>`) are charged in the suspects
@@ -26,7 +26,9 @@ pub async fn charge_from_env(queue: &Queue, threshold: u32, metrics: &Metrics) -
     for key in list.split_whitespace() {
         n += 1;
         if let Some(id) = key.strip_prefix("d:").and_then(QueueId::parse) {
-            charge_message(queue, id, threshold, &death, metrics);
+            charge_message(queue, id, "delivery", threshold, &death, metrics);
+        } else if let Some(id) = key.strip_prefix("q:").and_then(QueueId::parse) {
+            charge_message(queue, id, "queue", threshold, &death, metrics);
         } else if let Some(h) = key
             .strip_prefix("r:")
             .and_then(|h| u64::from_str_radix(h, 16).ok())
@@ -46,16 +48,23 @@ pub async fn charge_from_env(queue: &Queue, threshold: u32, metrics: &Metrics) -
     n
 }
 
-fn charge_message(queue: &Queue, id: QueueId, threshold: u32, death: &str, metrics: &Metrics) {
-    metrics.crashes.with_label_values(&["delivery", "3"]).inc();
-    let reason = format!("gateway {death} while this message was in delivery");
+fn charge_message(
+    queue: &Queue,
+    id: QueueId,
+    stage: &str,
+    threshold: u32,
+    death: &str,
+    metrics: &Metrics,
+) {
+    metrics.crashes.with_label_values(&[stage, "3"]).inc();
+    let reason = format!("gateway {death} while this message was in stage {stage}");
     let res = queue.update(id, &|r| {
         r.crashes += 1;
         r.last_error = Some(reason.clone());
         if r.crashes >= threshold {
             r.state = State::Quarantine;
             r.quarantine = Some(QuarantineInfo {
-                stage: "delivery".into(),
+                stage: stage.into(),
                 reason: reason.clone(),
                 at_ms: postern_core::now_ms(),
             });
@@ -64,7 +73,7 @@ fn charge_message(queue: &Queue, id: QueueId, threshold: u32, death: &str, metri
     });
     match res {
         Ok(r) if r.state == State::Quarantine => {
-            metrics.quarantined.with_label_values(&["delivery"]).inc();
+            metrics.quarantined.with_label_values(&[stage]).inc();
             tracing::error!(%id, crashes = r.crashes, %reason, "suspect quarantined");
         }
         Ok(r) => {

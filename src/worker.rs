@@ -20,6 +20,9 @@ const MAX_FRAME: u64 = 1 << 31;
 
 pub fn main(limits: ContentLimits, memory: u64, deadline: Duration) -> ExitCode {
     limit_memory(memory);
+    // One line per panic: a symbolised backtrace can take longer than the
+    // message deadline, and the verdict carries the message anyway.
+    std::panic::set_hook(Box::new(|info| eprintln!("postern worker: {info}")));
     let mut input = std::io::stdin().lock();
     let mut output = std::io::stdout().lock();
     loop {

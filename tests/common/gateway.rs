@@ -61,9 +61,15 @@ impl Gateway {
 
     /// Starts postern with `[queue]` additions too.
     pub fn start_with_queue(server: &str, queue: &str, extra: &str) -> Gateway {
+        Self::start_full(server, queue, extra, &[])
+    }
+
+    /// Everything: `[server]` and `[queue]` additions, extra sections, and
+    /// environment variables for the process.
+    pub fn start_full(server: &str, queue: &str, extra: &str, env: &[(&str, String)]) -> Gateway {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let text = config_text(dir.path(), server, queue, extra);
-        Self::spawn(dir, &text)
+        Self::spawn_env(dir, &text, env)
     }
 
     /// Starts postern on an existing directory (restarts keep the queue).
@@ -73,6 +79,10 @@ impl Gateway {
     }
 
     fn spawn(dir: Arc<tempfile::TempDir>, text: &str) -> Gateway {
+        Self::spawn_env(dir, text, &[])
+    }
+
+    fn spawn_env(dir: Arc<tempfile::TempDir>, text: &str, env: &[(&str, String)]) -> Gateway {
         let config = dir.path().join("postern.toml");
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
@@ -80,6 +90,7 @@ impl Gateway {
             .args(["run", "--config"])
             .arg(&config)
             .env("POSTERN_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -142,6 +153,15 @@ impl Gateway {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
+    }
+
+    /// Runs `postern <args> --config <this config>`-style CLI commands;
+    /// `args` go before the subcommand's own arguments as given.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_postern"))
+            .args(args)
+            .output()
+            .expect("run postern CLI")
     }
 
     /// Waits until the log contains `needle`.

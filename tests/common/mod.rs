@@ -57,6 +57,56 @@ pub async fn smtp_send(
         .map_err(|e| e.to_string())
 }
 
+/// Sends one message over a fresh connection without panicking on network
+/// errors: returns the final reply, or a description of what failed
+/// (refused, reset, 4xx...), so callers can retry like a real client.
+pub async fn try_send(addr: SocketAddr, from: &str, to: &str, data: &str) -> Result<String, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let t = Duration::from_secs(30);
+    let mut s = tokio::time::timeout(t, TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timeout".to_string())?
+        .map_err(io)?;
+    let mut buf = Vec::new();
+    let read_reply = async |s: &mut TcpStream, buf: &mut Vec<u8>| -> Result<String, String> {
+        loop {
+            if let Some(end) = complete_reply(buf) {
+                let r: Vec<u8> = buf.drain(..end).collect();
+                return Ok(String::from_utf8_lossy(&r).into_owned());
+            }
+            let mut tmp = [0u8; 4096];
+            let n = tokio::time::timeout(t, s.read(&mut tmp))
+                .await
+                .map_err(|_| "reply timeout".to_string())?
+                .map_err(io)?;
+            if n == 0 {
+                return Err("connection closed".into());
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+    };
+    let greeting = read_reply(&mut s, &mut buf).await?;
+    if !greeting.starts_with("220") {
+        return Err(greeting);
+    }
+    for cmd in ["EHLO t.test".to_string(), format!("MAIL FROM:<{from}>"), format!("RCPT TO:<{to}>"), "DATA".into()] {
+        s.write_all(format!("{cmd}\r\n").as_bytes()).await.map_err(io)?;
+        let r = read_reply(&mut s, &mut buf).await?;
+        if !(r.starts_with('2') || r.starts_with('3')) {
+            return Err(r);
+        }
+    }
+    s.write_all(data.as_bytes()).await.map_err(io)?;
+    s.write_all(b".\r\n").await.map_err(io)?;
+    let r = read_reply(&mut s, &mut buf).await?;
+    let _ = s.write_all(b"QUIT\r\n").await;
+    if r.starts_with("250") {
+        Ok(r)
+    } else {
+        Err(r)
+    }
+}
+
 /// A message body with a Message-ID the tests can look for.
 pub fn body(tag: &str) -> String {
     format!(
