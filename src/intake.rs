@@ -133,8 +133,11 @@ impl Intake {
 }
 
 impl MessageSink for Intake {
-    async fn accept(&self, msg: ReceivedMessage) -> Reply {
+    async fn accept(&self, mut msg: ReceivedMessage) -> Reply {
         let id = msg.envelope.id;
+        let (hdrs, _) = postern_convert::headers::split(&msg.body);
+        msg.envelope.message_id = postern_convert::headers::get(hdrs, "Message-ID")
+            .map(|m| m.chars().take(998).collect());
         let hash = content_hash(msg.body.get(msg.trace_len..).unwrap_or(&msg.body));
         let (crashes, last) = self
             .queue

@@ -125,7 +125,10 @@ fn main() -> ExitCode {
             let mut admin = loaded.config.admin.listen;
             if admin.port() == 0 {
                 let file = loaded.config.queue.path.join(gateway::ADMIN_ADDR_FILE);
-                match std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()) {
+                match std::fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                {
                     Some(a) => admin = a,
                     None => {
                         eprintln!("admin port is 0 and {} names no address", file.display());

@@ -129,9 +129,9 @@ impl Scheduler {
     async fn attempt(self: Arc<Self>, rec: Record) {
         let id = rec.envelope.id;
         let _pass = self.gate.enter(rec.crashes > 0).await;
-        let _inflight = self
+        let reading = self
             .inflight
-            .enter(format!("d:{id}"), self.delivery_deadline);
+            .enter(format!("q:{id}"), self.delivery_deadline);
         let body = match self.queue.body(id) {
             Ok(b) => b,
             Err(e) => {
@@ -144,6 +144,10 @@ impl Scheduler {
             self.crashed(rec, "queue", &why);
             return;
         }
+        drop(reading);
+        let _inflight = self
+            .inflight
+            .enter(format!("d:{id}"), self.delivery_deadline);
         let env = rec.envelope.clone();
         let deliverer = self.deliverer.clone();
         let task = tokio::spawn(async move {
@@ -319,6 +323,7 @@ impl Scheduler {
             received_ms: now,
             size: body.len() as u64,
             eight_bit: !body.is_ascii(),
+            message_id: None,
         };
         match self.queue.enqueue(dsn_env, &body).await {
             Ok(()) => {

@@ -157,6 +157,7 @@ pub fn inherited_from_env() -> anyhow::Result<Option<Inherited>> {
         let (name, fds) = part.split_once('=').context("malformed listener list")?;
         for fd in fds.split(',').filter(|f| !f.is_empty()) {
             let fd: RawFd = fd.parse().context("malformed listener fd")?;
+            postern_supervisor::child::set_cloexec(fd)?;
             // SAFETY: the supervisor handed us this listening socket.
             let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
             l.set_nonblocking(true)?;

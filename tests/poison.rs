@@ -115,28 +115,76 @@ async fn poison_run(stage: &str, kind: &str, want_stage: &str, want_reason: &str
         }
         seen.len()
     };
-    wait_until(LONG, "every good message delivered", || delivered(&sink) == GOOD).await;
-    wait_until(LONG, "the poison message in quarantine", || !quarantined(&gw).is_empty()).await;
+    wait_until(LONG, "every good message delivered", || {
+        delivered(&sink) == GOOD
+    })
+    .await;
+    wait_until(LONG, "the poison message in quarantine", || {
+        !quarantined(&gw).is_empty()
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     let q = quarantined(&gw);
-    assert_eq!(q.len(), 1, "exactly one message quarantined: {q:#?}");
-    let entry = &q[0];
-    let crashes = entry["crashes"].as_u64().unwrap();
-    assert!((1..=2).contains(&crashes), "crashes {crashes}");
-    assert_eq!(entry["quarantine"]["stage"], want_stage, "{entry:#}");
-    let reason = entry["quarantine"]["reason"].as_str().unwrap();
-    assert!(reason.contains(want_reason), "reason {reason:?} lacks {want_reason:?}");
-    assert!(sink.with("<poison@poison>").is_empty(), "poison was delivered");
-    assert_eq!(refused.load(Ordering::SeqCst), 0, "a connection was refused");
+    if q.iter().any(|e| e["message_id"] != "<poison@poison>") {
+        for l in gw
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("died") || l.contains("quarantined"))
+        {
+            eprintln!("LOG {l}");
+        }
+    }
+    // Only the poison is blamed. It may be there more than once: a client
+    // whose connection died with the gateway after the message was stored
+    // sends it again (at-least-once, as with any MTA).
+    assert!(!q.is_empty());
+    for entry in &q {
+        assert_eq!(
+            entry["message_id"], "<poison@poison>",
+            "an innocent was blamed: {entry:#}"
+        );
+        let crashes = entry["crashes"].as_u64().unwrap();
+        assert!((1..=2).contains(&crashes), "crashes {crashes}");
+        assert_eq!(entry["quarantine"]["stage"], want_stage, "{entry:#}");
+        let reason = entry["quarantine"]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(want_reason),
+            "reason {reason:?} lacks {want_reason:?}"
+        );
+    }
+    assert!(
+        sink.with("<poison@poison>").is_empty(),
+        "poison was delivered"
+    );
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        0,
+        "a connection was refused"
+    );
     let metrics = gw.admin_get("/metrics");
-    assert!(metrics.contains("postern_messages_quarantined_total"), "{metrics}");
+    assert!(
+        metrics.contains("postern_messages_quarantined_total"),
+        "{metrics}"
+    );
 
     // Fault off, release through the CLI: the message is delivered.
     std::fs::remove_file(&faults).unwrap();
-    let id = entry["id"].as_str().unwrap().to_string();
     let cfg = gw.config.display().to_string();
-    let out = gw.cli(&["queue", "--config", &cfg, "release", &id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gw.cli(&["queue", "--config", &cfg, "list", "--state", "quarantine"]);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listing.contains(want_stage) && listing.contains("quarantine"),
+        "{listing}"
+    );
+    for entry in &q {
+        let id = entry["id"].as_str().unwrap();
+        let out = gw.cli(&["queue", "--config", &cfg, "release", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     wait_until(LONG, "released message delivered", || {
         !sink.with("<poison@poison>").is_empty()
     })

@@ -60,7 +60,12 @@ pub async fn smtp_send(
 /// Sends one message over a fresh connection without panicking on network
 /// errors: returns the final reply, or a description of what failed
 /// (refused, reset, 4xx...), so callers can retry like a real client.
-pub async fn try_send(addr: SocketAddr, from: &str, to: &str, data: &str) -> Result<String, String> {
+pub async fn try_send(
+    addr: SocketAddr,
+    from: &str,
+    to: &str,
+    data: &str,
+) -> Result<String, String> {
     let io = |e: std::io::Error| e.to_string();
     let t = Duration::from_secs(30);
     let mut s = tokio::time::timeout(t, TcpStream::connect(addr))
@@ -89,8 +94,15 @@ pub async fn try_send(addr: SocketAddr, from: &str, to: &str, data: &str) -> Res
     if !greeting.starts_with("220") {
         return Err(greeting);
     }
-    for cmd in ["EHLO t.test".to_string(), format!("MAIL FROM:<{from}>"), format!("RCPT TO:<{to}>"), "DATA".into()] {
-        s.write_all(format!("{cmd}\r\n").as_bytes()).await.map_err(io)?;
+    for cmd in [
+        "EHLO t.test".to_string(),
+        format!("MAIL FROM:<{from}>"),
+        format!("RCPT TO:<{to}>"),
+        "DATA".into(),
+    ] {
+        s.write_all(format!("{cmd}\r\n").as_bytes())
+            .await
+            .map_err(io)?;
         let r = read_reply(&mut s, &mut buf).await?;
         if !(r.starts_with('2') || r.starts_with('3')) {
             return Err(r);

@@ -154,6 +154,7 @@ mod tests {
             received_ms: 0,
             size: 0,
             eight_bit: false,
+            message_id: None,
         };
         let reason = Reason {
             code: 550,

@@ -55,6 +55,9 @@ pub struct Envelope {
     pub size: u64,
     /// The client declared BODY=8BITMIME.
     pub eight_bit: bool,
+    /// The message's Message-ID header, for logs and the queue list.
+    #[serde(default)]
+    pub message_id: Option<String>,
 }
 
 impl Envelope {

@@ -315,6 +315,7 @@ impl Session {
             received_ms: now,
             size: out.len() as u64,
             eight_bit: tx.eight_bit,
+            message_id: None,
         };
         Ok(ReceivedMessage {
             envelope,

@@ -187,6 +187,7 @@ mod tests {
                 received_ms: 1,
                 size: 2,
                 eight_bit: false,
+                message_id: None,
             },
             5,
         )

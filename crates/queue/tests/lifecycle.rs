@@ -14,6 +14,7 @@ fn env() -> Envelope {
         received_ms: postern_core::now_ms(),
         size: 5,
         eight_bit: false,
+        message_id: None,
     }
 }
 

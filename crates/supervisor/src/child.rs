@@ -112,6 +112,17 @@ mod unix {
         Ok(())
     }
 
+    /// Sets close-on-exec on an inherited descriptor, so it does not leak
+    /// further into grandchildren (content workers).
+    pub fn set_cloexec(fd: RawFd) -> std::io::Result<()> {
+        // SAFETY: fcntl on a descriptor number; no memory is touched.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Runs `cmd` (already configured, with `pipe.write` inherited) until it
     /// ends; kills it when an in-flight item overruns or `stop` turns true
     /// (then with SIGTERM, and SIGKILL after `grace`).
@@ -186,7 +197,7 @@ mod unix {
 }
 
 #[cfg(unix)]
-pub use unix::clear_cloexec;
+pub use unix::{clear_cloexec, set_cloexec};
 
 #[cfg(test)]
 mod tests {
