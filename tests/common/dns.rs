@@ -15,11 +15,27 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
+/// Misbehaviour for one name, for robustness tests.
+#[derive(Clone, Copy, Debug)]
+pub enum Hostile {
+    /// SERVFAIL.
+    Servfail,
+    /// No answer at all (the client times out).
+    Silent,
+    /// An answer whose name is a compression pointer to itself.
+    PointerLoop,
+    /// A header claiming 5 answers followed by none.
+    WrongCounts,
+    /// Five bytes of nothing.
+    Garbage,
+}
+
 /// Records by (lower-case name with trailing dot, type).
 #[derive(Default, Clone)]
 pub struct Zone {
     records: HashMap<(String, RecordType), Vec<Record>>,
     names: std::collections::HashSet<String>,
+    hostile: HashMap<String, Hostile>,
 }
 
 fn key(name: &str) -> String {
@@ -56,6 +72,38 @@ impl Zone {
         self.add(name, RecordType::A, RData::A(A(ip)))
     }
 
+    pub fn cname(self, name: &str, target: &str) -> Zone {
+        let t = Name::from_str(&key(target)).unwrap();
+        self.add(
+            name,
+            RecordType::CNAME,
+            RData::CNAME(hickory_proto::rr::rdata::CNAME(t)),
+        )
+    }
+
+    /// Makes every query for `name` misbehave.
+    pub fn hostile(mut self, name: &str, how: Hostile) -> Zone {
+        self.hostile.insert(key(name), how);
+        self
+    }
+
+    /// The raw answer to a raw query; `None` means stay silent.
+    fn respond(&self, raw: &[u8], udp: bool) -> Option<Vec<u8>> {
+        let req = Message::from_vec(raw).ok()?;
+        let name = req.queries().first().map(|q| key(&q.name().to_ascii()))?;
+        if let Some(h) = self.hostile.get(&name) {
+            return hostile_bytes(*h, raw, &req);
+        }
+        let mut resp = self.answer(&req);
+        let mut bytes = resp.to_vec().ok()?;
+        if udp && bytes.len() > 512 {
+            resp.take_answers();
+            resp.set_truncated(true);
+            bytes = resp.to_vec().ok()?;
+        }
+        Some(bytes)
+    }
+
     /// Declares a name that exists but has no records (NODATA for all).
     pub fn exists(mut self, name: &str) -> Zone {
         self.names.insert(key(name));
@@ -79,6 +127,24 @@ impl Zone {
         match self.records.get(&(name.clone(), q.query_type())) {
             Some(rs) => {
                 resp.add_answers(rs.clone());
+            }
+            None if self.records.contains_key(&(name.clone(), RecordType::CNAME)) => {
+                // Follow CNAMEs inside the zone, at most 16, as servers do.
+                let mut cur = name.clone();
+                for _ in 0..16 {
+                    let Some(c) = self.records.get(&(cur.clone(), RecordType::CNAME)) else {
+                        break;
+                    };
+                    resp.add_answers(c.clone());
+                    let Some(RData::CNAME(t)) = c[0].data().clone().into() else {
+                        break;
+                    };
+                    cur = key(&t.0.to_ascii());
+                    if let Some(rs) = self.records.get(&(cur.clone(), q.query_type())) {
+                        resp.add_answers(rs.clone());
+                        break;
+                    }
+                }
             }
             None if self.names.contains(&name) => {}
             None => {
@@ -131,17 +197,12 @@ impl DnsServer {
                 let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
                     continue;
                 };
-                let Ok(req) = Message::from_vec(&buf[..n]) else {
+                uq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(bytes) = z.respond(&buf[..n], true) else {
                     continue;
                 };
-                uq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let mut resp = z.answer(&req);
-                let mut bytes = resp.to_vec().unwrap();
-                if bytes.len() > 512 {
+                if bytes.len() >= 3 && bytes[2] & 0x02 != 0 {
                     tr.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    resp.take_answers();
-                    resp.set_truncated(true);
-                    bytes = resp.to_vec().unwrap();
                 }
                 let _ = udp.send_to(&bytes, peer).await;
             }
@@ -161,11 +222,10 @@ impl DnsServer {
                         if s.read_exact(&mut buf).await.is_err() {
                             return;
                         }
-                        let Ok(req) = Message::from_vec(&buf) else {
-                            return;
-                        };
                         tq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        let bytes = z.answer(&req).to_vec().unwrap();
+                        let Some(bytes) = z.respond(&buf, false) else {
+                            continue;
+                        };
                         let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
                         out.extend_from_slice(&bytes);
                         if s.write_all(&out).await.is_err() {
@@ -181,6 +241,50 @@ impl DnsServer {
             truncated: counters.1,
             tcp_queries: counters.2,
             tasks: vec![udp_task, tcp_task],
+        }
+    }
+}
+
+/// Hand-made hostile answers.
+fn hostile_bytes(h: Hostile, raw: &[u8], req: &Message) -> Option<Vec<u8>> {
+    let id = req.id().to_be_bytes();
+    // The question section as the client sent it.
+    let mut qend = 12;
+    while qend < raw.len() && raw[qend] != 0 {
+        qend += 1 + raw[qend] as usize;
+    }
+    let question = raw.get(12..(qend + 5).min(raw.len()))?;
+    let header = |flags: u16, an: u16| {
+        let mut v = id.to_vec();
+        v.extend_from_slice(&flags.to_be_bytes());
+        v.extend_from_slice(&1u16.to_be_bytes());
+        v.extend_from_slice(&an.to_be_bytes());
+        v.extend_from_slice(&[0, 0, 0, 0]);
+        v
+    };
+    match h {
+        Hostile::Silent => None,
+        Hostile::Garbage => Some(vec![id[0], id[1], 0x81, 0x80, 0xff]),
+        Hostile::Servfail => {
+            let mut v = header(0x8182, 0);
+            v.extend_from_slice(question);
+            Some(v)
+        }
+        Hostile::WrongCounts => {
+            let mut v = header(0x8180, 5);
+            v.extend_from_slice(question);
+            Some(v)
+        }
+        Hostile::PointerLoop => {
+            let mut v = header(0x8180, 1);
+            v.extend_from_slice(question);
+            let off = v.len() as u16;
+            // Name: a pointer to itself. Type MX, class IN, TTL 60.
+            v.extend_from_slice(&(0xC000 | off).to_be_bytes());
+            v.extend_from_slice(&[0, 15, 0, 1, 0, 0, 0, 60, 0, 4, 0, 10]);
+            // Exchange: also a pointer to the looping name.
+            v.extend_from_slice(&(0xC000 | off).to_be_bytes());
+            Some(v)
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod gateway;
 pub mod sink;
 
 #[allow(unused_imports)]
-pub use dns::{DnsServer, Zone};
+pub use dns::{DnsServer, Hostile, Zone};
 pub use gateway::Gateway;
 pub use sink::Sink;
 
