@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Relay throughput benchmark: Postern vs Postfix, side by side, same run.
 #
-#   benches/relay.sh [MESSAGES] [SIZE_BYTES] [SESSIONS]     (defaults 5000 4096 10)
+#   [ROUNDS=3] benches/relay.sh [MESSAGES] [SIZE_BYTES] [SESSIONS]   (defaults 5000 4096 10)
 #
 # Load generator: Postfix's smtp-source. Next hop: Postfix's smtp-sink.
 # Three runs against a fresh sink each time:
 #   direct   smtp-source -> smtp-sink                     (the ceiling)
 #   postern  smtp-source -> postern (fsync before 250) -> smtp-sink
+#   inproc   the same with workers.processes = 0 (content in the gateway)
 #   postfix  smtp-source -> postfix (loopback relay)   -> smtp-sink
 # For each it prints accepted/s (smtp-source finished: every message got its
 # 250) and delivered/s (the sink has counted every message), then the ratios,
@@ -22,6 +23,7 @@ WORK=$(mktemp -d /tmp/postern-bench.XXXXXX)
 chmod 755 "$WORK"   # Postfix's unprivileged daemons must reach their queue
 SINK_PORT=${SINK_PORT:-20025}
 POSTERN_PORT=${POSTERN_PORT:-20026}
+ROUNDS=${ROUNDS:-1}     # Postern runs (workers, in-process) alternate this many times
 POSTFIX_PORT=${POSTFIX_PORT:-20027}
 ADMIN_PORT=${ADMIN_PORT:-20028}
 PIDS=()
@@ -81,9 +83,13 @@ start_sink
 results+=("$(run direct "$SINK_PORT")")
 stop_sink
 
-# 2. postern
-start_sink
-cat > "$WORK/postern.toml" <<CONF
+# 2. postern, content processing in worker processes (the default), then
+#    in-process (workers.processes = 0): the cost of crash isolation.
+run_postern() {
+  local name=$1 workers=$2
+  start_sink
+  rm -rf "$WORK/queue"
+  cat > "$WORK/postern.toml" <<CONF
 [server]
 hostname = "bench.example.test"
 listen = ["127.0.0.1:$POSTERN_PORT"]
@@ -91,22 +97,34 @@ listen = ["127.0.0.1:$POSTERN_PORT"]
 path = "$WORK/queue"
 [delivery]
 starttls = false
+[workers]
+processes = $workers
 [[route]]
 domain = "*"
 hosts = ["127.0.0.1:$SINK_PORT"]
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 CONF
-POSTERN_LOG=warn "$BIN" run --config "$WORK/postern.toml" 2> "$WORK/postern.log" &
-POSTERN_PID=$!
-PIDS+=("$POSTERN_PID")
-wait_port "$POSTERN_PORT"
-sleep 0.5
-RSS_IDLE=$(awk '/VmRSS/ {print $2}' "/proc/$POSTERN_PID/status")
-results+=("$(run postern "$POSTERN_PORT")")
-RSS_PEAK=$(awk '/VmHWM/ {print $2}' "/proc/$POSTERN_PID/status")
-kill "$POSTERN_PID"; wait "$POSTERN_PID" 2>/dev/null || true
-stop_sink
+  POSTERN_LOG=warn "$BIN" run --config "$WORK/postern.toml" 2> "$WORK/postern.log" &
+  POSTERN_PID=$!
+  PIDS+=("$POSTERN_PID")
+  wait_port "$POSTERN_PORT"
+  sleep 0.5
+  # Resident memory of the whole tree: supervisor, gateway, workers.
+  tree_rss() { local t=0; for p in $(pgrep -g "$(ps -o pgid= "$POSTERN_PID" | tr -d ' ')" postern 2>/dev/null || echo "$POSTERN_PID"); do
+      t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo $t; }
+  local idle; idle=$(tree_rss)
+  results+=("$(run "$name" "$POSTERN_PORT")")
+  local peak; peak=$(tree_rss)
+  RSS+=("$name idle ${idle} KiB, after the run ${peak} KiB (supervisor + gateway + workers)")
+  kill "$POSTERN_PID"; wait "$POSTERN_PID" 2>/dev/null || true
+  stop_sink
+}
+RSS=()
+for _ in $(seq 1 "$ROUNDS"); do
+  run_postern postern 2
+  run_postern inproc 0
+done
 
 # 3. postfix as a loopback relay (private instance in $WORK)
 start_sink
@@ -167,13 +185,22 @@ echo
 echo "messages=$N size=$SIZE sessions=$CONC cores=$(nproc)"
 printf '%-8s %12s %12s\n' target accepted/s delivered/s
 declare -A ACC DEL
+# The median of each target's runs (ROUNDS > 1 repeats the Postern runs).
+median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 for r in "${results[@]}"; do
   read -r name a d <<<"$r"
-  ACC[$name]=$a; DEL[$name]=$d
   printf '%-8s %12.0f %12.0f\n' "$name" "$a" "$d"
 done
+for name in direct postern inproc postfix; do
+  ACC[$name]=$(printf '%s\n' "${results[@]}" | awk -v n="$name" '$1==n {print $2}' | median)
+  DEL[$name]=$(printf '%s\n' "${results[@]}" | awk -v n="$name" '$1==n {print $3}' | median)
+done
+printf 'median postern %.0f/%.0f, inproc %.0f/%.0f (accepted/delivered per second)\n' \
+  "${ACC[postern]}" "${DEL[postern]}" "${ACC[inproc]}" "${DEL[inproc]}"
 printf 'postern/postfix: accepted %.2fx, delivered %.2fx\n' \
   "$(echo "${ACC[postern]} / ${ACC[postfix]}" | bc -l)" "$(echo "${DEL[postern]} / ${DEL[postfix]}" | bc -l)"
 printf 'postern/direct:  accepted %.2fx, delivered %.2fx\n' \
   "$(echo "${ACC[postern]} / ${ACC[direct]}" | bc -l)" "$(echo "${DEL[postern]} / ${DEL[direct]}" | bc -l)"
-echo "postern RSS: idle ${RSS_IDLE} KiB, peak ${RSS_PEAK} KiB"
+printf 'isolation cost (workers vs in-process): accepted %.1f%%, delivered %.1f%%\n' \
+  "$(echo "(1 - ${ACC[postern]} / ${ACC[inproc]}) * 100" | bc -l)" "$(echo "(1 - ${DEL[postern]} / ${DEL[inproc]}) * 100" | bc -l)"
+for r in "${RSS[@]}"; do echo "RSS $r"; done

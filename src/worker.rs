@@ -24,7 +24,9 @@ pub fn main(limits: ContentLimits, memory: u64, deadline: Duration) -> ExitCode 
     // message deadline, and the verdict carries the message anyway.
     std::panic::set_hook(Box::new(|info| eprintln!("postern worker: {info}")));
     let mut input = std::io::stdin().lock();
-    let mut output = std::io::stdout().lock();
+    // Buffered, flushed once per frame (stdout alone is line-buffered and
+    // would split binary frames at every newline).
+    let mut output = std::io::BufWriter::new(std::io::stdout().lock());
     loop {
         let msg = match read_frame(&mut input, MAX_FRAME) {
             Ok(Some(m)) => m,

@@ -27,7 +27,11 @@ async fn hostile_answers_fail_one_destination_only() {
         // An answer near the 64 KiB message limit: only TCP carries it.
         .mx("huge.test", 1, "mx.good.test");
     for i in 0..900 {
-        zone = zone.mx("huge.test", 100, &format!("backup-{i:04}-padding-padding-padding.huge.test"));
+        zone = zone.mx(
+            "huge.test",
+            100,
+            &format!("backup-{i:04}-padding-padding-padding.huge.test"),
+        );
     }
     let dns = DnsServer::start(zone).await;
     let gw = Gateway::start(
@@ -48,34 +52,57 @@ async fn hostile_answers_fail_one_destination_only() {
         "badmx.test",
     ];
     for d in hostile {
-        smtp_send(gw.smtp, "me@example.test", &[&format!("u@{d}")], &common::body(d))
-            .await
-            .unwrap();
+        smtp_send(
+            gw.smtp,
+            "me@example.test",
+            &[&format!("u@{d}")],
+            &common::body(d),
+        )
+        .await
+        .unwrap();
     }
     // Mail for good destinations is not held up by the broken ones.
     let start = Instant::now();
-    smtp_send(gw.smtp, "me@example.test", &["u@good.test"], &common::body("good"))
-        .await
-        .unwrap();
-    smtp_send(gw.smtp, "me@example.test", &["u@huge.test"], &common::body("huge"))
-        .await
-        .unwrap();
+    smtp_send(
+        gw.smtp,
+        "me@example.test",
+        &["u@good.test"],
+        &common::body("good"),
+    )
+    .await
+    .unwrap();
+    smtp_send(
+        gw.smtp,
+        "me@example.test",
+        &["u@huge.test"],
+        &common::body("huge"),
+    )
+    .await
+    .unwrap();
     wait_until(Duration::from_secs(20), "good and huge delivered", || {
         !sink.with("<good@test>").is_empty() && !sink.with("<huge@test>").is_empty()
     })
     .await;
-    assert!(start.elapsed() < Duration::from_secs(10), "good mail stalled: {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "good mail stalled: {:?}",
+        start.elapsed()
+    );
 
     // Every hostile destination ends with a clear reason: deferred with a DNS
     // error, or bounced (a DSN to me@example.test would go via MX too; the
     // queue record or the log says why).
-    wait_until(Duration::from_secs(30), "a verdict for every hostile domain", || {
-        let log = gw.log_text();
-        hostile.iter().all(|d| {
-            log.lines()
-                .any(|l| l.contains("delivery attempt") && l.contains(&format!("u@{d}")))
-        })
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "a verdict for every hostile domain",
+        || {
+            let log = gw.log_text();
+            hostile.iter().all(|d| {
+                log.lines()
+                    .any(|l| l.contains("delivery attempt") && l.contains(&format!("u@{d}")))
+            })
+        },
+    )
     .await;
     let log = gw.log_text();
     for d in hostile {
@@ -89,7 +116,10 @@ async fn hostile_answers_fail_one_destination_only() {
             "{d}: {line}"
         );
         assert!(
-            line.contains("MX") || line.contains("DNS") || line.contains("address") || line.contains("no usable"),
+            line.contains("MX")
+                || line.contains("DNS")
+                || line.contains("address")
+                || line.contains("no usable"),
             "{d}: reason is not clear: {line}"
         );
     }
@@ -97,5 +127,8 @@ async fn hostile_answers_fail_one_destination_only() {
     // Still the first gateway process: nothing crashed.
     assert!(!log.contains("gateway died"), "{log}");
     let metrics = gw.admin_get("/metrics");
-    assert!(metrics.contains("postern_gateway_restarts_total 0"), "{metrics}");
+    assert!(
+        metrics.contains("postern_gateway_restarts_total 0"),
+        "{metrics}"
+    );
 }

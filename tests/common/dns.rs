@@ -128,7 +128,10 @@ impl Zone {
             Some(rs) => {
                 resp.add_answers(rs.clone());
             }
-            None if self.records.contains_key(&(name.clone(), RecordType::CNAME)) => {
+            None if self
+                .records
+                .contains_key(&(name.clone(), RecordType::CNAME)) =>
+            {
                 // Follow CNAMEs inside the zone, at most 16, as servers do.
                 let mut cur = name.clone();
                 for _ in 0..16 {

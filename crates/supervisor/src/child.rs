@@ -72,10 +72,55 @@ pub use unix::{run_child, InflightPipe};
 #[cfg(unix)]
 mod unix {
     use super::*;
+    use std::io::Read;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-    use tokio::io::{AsyncBufReadExt, BufReader};
-    use tokio::net::unix::pipe;
     use tokio::sync::watch;
+
+    /// Non-blocking bulk reader of the in-flight pipe.
+    struct PipeReader {
+        file: std::fs::File,
+        /// Bytes of an unfinished line.
+        partial: Vec<u8>,
+    }
+
+    impl PipeReader {
+        fn new(fd: OwnedFd) -> std::io::Result<PipeReader> {
+            // SAFETY: fcntl on a descriptor we own.
+            unsafe {
+                let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+                if flags < 0
+                    || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(PipeReader {
+                file: std::fs::File::from(fd),
+                partial: Vec::new(),
+            })
+        }
+
+        /// Applies every complete line available now.
+        fn drain(&mut self, table: &mut Inflight) {
+            let mut buf = [0u8; 65536];
+            loop {
+                match self.file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => self.partial.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break, // WouldBlock: nothing more for now
+                }
+            }
+            let now = Instant::now();
+            let mut start = 0;
+            while let Some(i) = self.partial[start..].iter().position(|b| *b == b'\n') {
+                let line = String::from_utf8_lossy(&self.partial[start..start + i]).into_owned();
+                table.apply(&line, now);
+                start += i + 1;
+            }
+            self.partial.drain(..start);
+        }
+    }
 
     /// A pipe whose write end the child inherits.
     pub struct InflightPipe {
@@ -140,19 +185,22 @@ mod unix {
         }
         let mut child = cmd.spawn()?;
         drop(pipe.write); // our copy: EOF arrives when the child's closes
-        let rx = pipe::Receiver::from_owned_fd(pipe.read)?;
-        let mut lines = BufReader::new(rx).lines();
+                          // The child writes a few lines per message; waking for each would
+                          // cost a context switch per line. Instead the pipe is made large and
+                          // drained in bulk every tick (and once more at the end).
+        #[cfg(target_os = "linux")]
+        // SAFETY: fcntl on our own pipe descriptor.
+        unsafe {
+            libc::fcntl(pipe.read.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+        }
+        let mut reader = PipeReader::new(pipe.read)?;
         let mut table = Inflight::default();
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut killed: Option<String> = None;
-        let mut eof = false;
         let status = loop {
             tokio::select! {
-                line = lines.next_line(), if !eof => match line {
-                    Ok(Some(l)) => table.apply(&l, Instant::now()),
-                    _ => eof = true,
-                },
                 _ = tick.tick() => {
+                    reader.drain(&mut table);
                     if killed.is_none() {
                         if let Some(key) = table.overdue(Instant::now()) {
                             let why = format!("hang: {key} passed its deadline");
@@ -175,13 +223,9 @@ mod unix {
                 s = child.wait() => break s?,
             }
         };
-        // Drain what the child wrote just before it ended.
-        while !eof {
-            match tokio::time::timeout(Duration::from_millis(200), lines.next_line()).await {
-                Ok(Ok(Some(l))) => table.apply(&l, Instant::now()),
-                _ => eof = true,
-            }
-        }
+        // What the child wrote just before it ended (grandchildren do not
+        // hold the pipe: the gateway marks it close-on-exec).
+        reader.drain(&mut table);
         let reason = match killed {
             Some(k) => format!("{k}; {}", crate::exit::describe(&status)),
             None => crate::exit::describe(&status),

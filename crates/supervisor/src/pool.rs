@@ -209,11 +209,11 @@ enum ExchangeError {
 
 async fn exchange(w: &mut Worker, req: &[u8], max: u64) -> Result<Vec<u8>, ExchangeError> {
     let io = |_| ExchangeError::Closed;
-    w.stdin
-        .write_all(&(req.len() as u64).to_be_bytes())
-        .await
-        .map_err(io)?;
-    w.stdin.write_all(req).await.map_err(io)?;
+    // One write per request: length and body together.
+    let mut frame = Vec::with_capacity(req.len() + 8);
+    frame.extend_from_slice(&(req.len() as u64).to_be_bytes());
+    frame.extend_from_slice(req);
+    w.stdin.write_all(&frame).await.map_err(io)?;
     w.stdin.flush().await.map_err(io)?;
     let len = w.stdout.read_u64().await.map_err(io)?;
     if len > max {
