@@ -111,8 +111,15 @@ CONF
   wait_port "$POSTERN_PORT"
   sleep 0.5
   # Resident memory of the whole tree: supervisor, gateway, workers.
-  tree_rss() { local t=0; for p in $(pgrep -g "$(ps -o pgid= "$POSTERN_PID" | tr -d ' ')" postern 2>/dev/null || echo "$POSTERN_PID"); do
-      t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo $t; }
+  tree_rss() {
+    local t=0 v pgid
+    pgid=$(ps -o pgid= "$POSTERN_PID" | tr -d ' ')
+    for p in $(pgrep -g "$pgid" postern 2>/dev/null); do
+      v=$(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null)
+      t=$((t + ${v:-0}))
+    done
+    echo "$t"
+  }
   local idle; idle=$(tree_rss)
   results+=("$(run "$name" "$POSTERN_PORT")")
   local peak; peak=$(tree_rss)
