@@ -5,7 +5,7 @@
 //! must retry over TCP to see them. Names not in the zone get NXDOMAIN;
 //! names in the zone without records of the asked type get NODATA.
 
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Message, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, MX};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::collections::HashMap;
@@ -90,15 +90,15 @@ impl Zone {
     /// The raw answer to a raw query; `None` means stay silent.
     fn respond(&self, raw: &[u8], udp: bool) -> Option<Vec<u8>> {
         let req = Message::from_vec(raw).ok()?;
-        let name = req.queries().first().map(|q| key(&q.name().to_ascii()))?;
+        let name = req.queries.first().map(|q| key(&q.name().to_ascii()))?;
         if let Some(h) = self.hostile.get(&name) {
             return hostile_bytes(*h, raw, &req);
         }
         let mut resp = self.answer(&req);
         let mut bytes = resp.to_vec().ok()?;
         if udp && bytes.len() > 512 {
-            resp.take_answers();
-            resp.set_truncated(true);
+            resp.answers.clear();
+            resp.metadata.truncation = true;
             bytes = resp.to_vec().ok()?;
         }
         Some(bytes)
@@ -111,16 +111,13 @@ impl Zone {
     }
 
     fn answer(&self, req: &Message) -> Message {
-        let mut resp = Message::new();
-        resp.set_id(req.id())
-            .set_message_type(MessageType::Response)
-            .set_op_code(OpCode::Query)
-            .set_authoritative(true)
-            .set_recursion_desired(req.recursion_desired())
-            .set_recursion_available(true);
-        resp.add_queries(req.queries().to_vec());
-        let Some(q) = req.queries().first() else {
-            resp.set_response_code(ResponseCode::FormErr);
+        let mut resp = Message::response(req.metadata.id, OpCode::Query);
+        resp.metadata.authoritative = true;
+        resp.metadata.recursion_desired = req.metadata.recursion_desired;
+        resp.metadata.recursion_available = true;
+        resp.add_queries(req.queries.clone());
+        let Some(q) = req.queries.first() else {
+            resp.metadata.response_code = ResponseCode::FormErr;
             return resp;
         };
         let name = key(&q.name().to_ascii());
@@ -139,7 +136,7 @@ impl Zone {
                         break;
                     };
                     resp.add_answers(c.clone());
-                    let Some(RData::CNAME(t)) = c[0].data().clone().into() else {
+                    let RData::CNAME(t) = &c[0].data else {
                         break;
                     };
                     cur = key(&t.0.to_ascii());
@@ -151,7 +148,7 @@ impl Zone {
             }
             None if self.names.contains(&name) => {}
             None => {
-                resp.set_response_code(ResponseCode::NXDomain);
+                resp.metadata.response_code = ResponseCode::NXDomain;
             }
         }
         resp
@@ -250,7 +247,7 @@ impl DnsServer {
 
 /// Hand-made hostile answers.
 fn hostile_bytes(h: Hostile, raw: &[u8], req: &Message) -> Option<Vec<u8>> {
-    let id = req.id().to_be_bytes();
+    let id = req.metadata.id.to_be_bytes();
     // The question section as the client sent it.
     let mut qend = 12;
     while qend < raw.len() && raw[qend] != 0 {

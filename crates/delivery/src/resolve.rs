@@ -7,14 +7,12 @@
 //! uses hickory-resolver over UDP with TCP fallback for truncated answers, so
 //! answers of any legal size work (the IMS died on one over 1,500 bytes).
 
-use hickory_resolver::config::{
-    NameServerConfig, NameServerConfigGroup, ResolveHosts, ResolverConfig,
-};
-use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::xfer::Protocol;
-use hickory_resolver::proto::ProtoErrorKind;
-use hickory_resolver::{ResolveError, TokioResolver};
+use hickory_resolver::proto::rr::RData;
+use hickory_resolver::TokioResolver;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -55,18 +53,22 @@ pub struct HickoryResolver {
 impl HickoryResolver {
     /// `nameservers` empty: the system resolver (/etc/resolv.conf).
     pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, DnsError> {
-        let provider = TokioConnectionProvider::default();
+        let provider = TokioRuntimeProvider::default();
         let mut builder = if nameservers.is_empty() {
             TokioResolver::builder(provider)
                 .map_err(|e| DnsError::Temporary(format!("system resolver: {e}")))?
         } else {
-            let mut group = NameServerConfigGroup::new();
-            for ns in nameservers {
-                group.push(NameServerConfig::new(*ns, Protocol::Udp));
-                group.push(NameServerConfig::new(*ns, Protocol::Tcp));
-            }
-            let cfg = ResolverConfig::from_parts(None, vec![], group);
-            TokioResolver::builder_with_config(cfg, provider)
+            let servers = nameservers
+                .iter()
+                .map(|ns| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = ns.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = ns.port();
+                    NameServerConfig::new(ns.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
         };
         let opts = builder.options_mut();
         opts.timeout = timeout;
@@ -74,22 +76,25 @@ impl HickoryResolver {
         opts.use_hosts_file = ResolveHosts::Never;
         opts.ndots = 0;
         Ok(HickoryResolver {
-            inner: builder.build(),
+            inner: builder
+                .build()
+                .map_err(|e| DnsError::Temporary(format!("resolver: {e}")))?,
         })
     }
 }
 
-fn classify(e: ResolveError) -> DnsError {
-    if let Some(p) = e.proto() {
-        if let ProtoErrorKind::NoRecordsFound { response_code, .. } = p.kind() {
-            return match *response_code {
-                ResponseCode::NXDomain => DnsError::NxDomain,
-                ResponseCode::NoError => DnsError::NoData,
-                rc => DnsError::Temporary(format!("server answered {rc}")),
-            };
+fn classify(e: NetError) -> DnsError {
+    match &e {
+        NetError::Dns(HickoryDnsError::NoRecordsFound(nr)) => match nr.response_code {
+            ResponseCode::NXDomain => DnsError::NxDomain,
+            ResponseCode::NoError => DnsError::NoData,
+            rc => DnsError::Temporary(format!("server answered {rc}")),
+        },
+        NetError::Dns(HickoryDnsError::ResponseCode(rc)) => {
+            DnsError::Temporary(format!("server answered {rc}"))
         }
+        _ => DnsError::Temporary(e.to_string()),
     }
-    DnsError::Temporary(e.to_string())
 }
 
 /// Fully qualifies a name so no search list applies.
@@ -105,14 +110,18 @@ impl Resolver for HickoryResolver {
     async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, DnsError> {
         let answer = self.inner.mx_lookup(fqdn(domain)).await.map_err(classify)?;
         Ok(answer
+            .answers()
             .iter()
-            .map(|mx| MxRecord {
-                preference: mx.preference(),
-                exchange: mx
-                    .exchange()
-                    .to_ascii()
-                    .trim_end_matches('.')
-                    .to_ascii_lowercase(),
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some(MxRecord {
+                    preference: mx.preference,
+                    exchange: mx
+                        .exchange
+                        .to_ascii()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase(),
+                }),
+                _ => None,
             })
             .collect())
     }
