@@ -63,11 +63,20 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let resolver = HickoryResolver::new(&cfg.delivery.nameservers, cfg.delivery.dns_timeout.0)
         .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
     let hostname = cfg.server.hostname.clone();
+    let conv_limits = ContentLimits {
+        max_header_bytes: cfg.convert.max_header_size.0 as usize,
+        max_depth: cfg.convert.max_mime_depth,
+        max_parts: cfg.convert.max_mime_parts,
+    };
+    let downgrade: Arc<postern_delivery::smtp::Downgrade> = Arc::new(move |body: &[u8]| {
+        postern_convert::downgrade::to_seven_bit(body, &conv_limits).map_err(|e| e.reply().2)
+    });
     let deliverer = Arc::new(Deliverer::new(
         &cfg.delivery,
         &cfg.routes,
         hostname.clone(),
         resolver,
+        downgrade,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -91,11 +100,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         data_timeout: cfg.server.data_timeout.0,
         max_connections: cfg.server.max_connections,
     });
-    let limits = ContentLimits {
-        max_header_bytes: cfg.convert.max_header_size.0 as usize,
-        max_depth: cfg.convert.max_mime_depth,
-        max_parts: cfg.convert.max_mime_parts,
-    };
+    let limits = conv_limits;
     let content = Arc::new(start_content(&cfg, limits, &metrics).await?);
     let gate = Arc::new(Gate::default());
     let sink = Arc::new(Intake {

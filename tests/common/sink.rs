@@ -39,6 +39,15 @@ impl Drop for Sink {
 impl Sink {
     /// Starts a sink on `bind` (e.g. "127.0.0.1:0").
     pub async fn start(bind: &str) -> Sink {
+        Self::start_with(bind, true).await
+    }
+
+    /// A sink that does not offer 8BITMIME (a 7-bit hop).
+    pub async fn start_7bit(bind: &str) -> Sink {
+        Self::start_with(bind, false).await
+    }
+
+    async fn start_with(bind: &str, eight_bit: bool) -> Sink {
         let l = TcpListener::bind(bind).await.unwrap();
         let addr = l.local_addr().unwrap();
         let msgs = Arc::new(Mutex::new(Vec::new()));
@@ -48,7 +57,7 @@ impl Sink {
             while let Ok((sock, _)) = l.accept().await {
                 let (m, s) = (m.clone(), s.clone());
                 tokio::spawn(async move {
-                    let _ = session(sock, m, s).await;
+                    let _ = session(sock, m, s, eight_bit).await;
                 });
             }
         });
@@ -81,6 +90,7 @@ async fn session(
     sock: tokio::net::TcpStream,
     msgs: Arc<Mutex<Vec<SinkMsg>>>,
     seen: Arc<Mutex<HashMap<String, u32>>>,
+    eight_bit: bool,
 ) -> std::io::Result<()> {
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
@@ -94,8 +104,10 @@ async fn session(
         }
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
-        let reply: String = if upper.starts_with("EHLO") {
+        let reply: String = if upper.starts_with("EHLO") && eight_bit {
             "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n".into()
+        } else if upper.starts_with("EHLO") {
+            "250-sink.test\r\n250-PIPELINING\r\n250 SIZE 100000000\r\n".into()
         } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
             "250 ok\r\n".into()
         } else if upper.starts_with("RSET") {
@@ -136,6 +148,9 @@ async fn session(
                     }
                     if line == ".\r\n" {
                         break;
+                    }
+                    if !eight_bit && !line.is_ascii() {
+                        data.push_str("!!8-BIT DATA TO A 7-BIT SINK!!");
                     }
                     let l = line.strip_prefix('.').unwrap_or(&line);
                     data.push_str(l);

@@ -41,6 +41,36 @@ pub fn get(header_block: &[u8], name: &str) -> Option<String> {
     None
 }
 
+/// The header fields of a block, each with its folded continuation lines
+/// and final CRLF.
+pub fn fields(header_block: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < header_block.len() {
+        let end = header_block[i..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map(|p| i + p + 2)
+            .unwrap_or(header_block.len());
+        let next_folds = matches!(header_block.get(end), Some(b' ') | Some(b'\t'));
+        if !next_folds {
+            if end > start {
+                out.push(&header_block[start..end]);
+            }
+            start = end;
+        }
+        i = end;
+    }
+    out
+}
+
+/// The name of one header field ("" when it has no colon).
+pub fn field_name(field: &[u8]) -> &str {
+    let colon = field.iter().position(|b| *b == b':').unwrap_or(0);
+    std::str::from_utf8(&field[..colon]).unwrap_or("").trim()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +84,11 @@ mod tests {
         assert_eq!(get(h, "To"), None);
         assert_eq!(split(b"\r\nbody"), (&b""[..], &b"body"[..]));
         assert_eq!(split(b"X: y\r\n").1, b"");
+        let f = fields(b"A: 1\r\nB: 2\r\n  more\r\nC: 3\r\n");
+        assert_eq!(
+            f,
+            vec![&b"A: 1\r\n"[..], b"B: 2\r\n  more\r\n", b"C: 3\r\n"]
+        );
+        assert_eq!(field_name(f[1]), "B");
     }
 }

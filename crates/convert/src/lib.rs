@@ -6,7 +6,9 @@
 //! notifications, and [`headers`] splits a message into header block and body.
 
 pub mod content;
+pub mod downgrade;
 pub mod dsn;
+pub mod encode;
 pub mod headers;
 
 pub use content::{inspect, ContentError, ContentLimits, ContentReport};

@@ -11,7 +11,7 @@
 use crate::nexthop::{next_hops, HopLimits, Routes};
 use crate::pool::Pool;
 use crate::resolve::Resolver;
-use crate::smtp::{self, ClientParams, Conn, Message};
+use crate::smtp::{self, ClientParams, Conn, Downgrade, Message};
 use postern_core::config::{DeliveryConfig, Route};
 use postern_core::{Address, Envelope, Outcome, Reason};
 use std::collections::{BTreeMap, HashMap};
@@ -37,10 +37,18 @@ pub struct Deliverer<R: Resolver> {
     /// Bounds connections per destination domain; entries are created on
     /// demand and dropped by [`Deliverer::housekeeping`] when idle.
     per_dest: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// 8-bit to 7-bit conversion for hops without 8BITMIME.
+    downgrade: Arc<Downgrade>,
 }
 
 impl<R: Resolver> Deliverer<R> {
-    pub fn new(cfg: &DeliveryConfig, routes: &[Route], helo: String, resolver: R) -> Self {
+    pub fn new(
+        cfg: &DeliveryConfig,
+        routes: &[Route],
+        helo: String,
+        resolver: R,
+        downgrade: Arc<Downgrade>,
+    ) -> Self {
         Deliverer {
             routes: Routes::new(routes, cfg.port),
             resolver,
@@ -62,6 +70,7 @@ impl<R: Resolver> Deliverer<R> {
             },
             global: Semaphore::new(cfg.max_concurrency),
             per_dest: Mutex::new(HashMap::new()),
+            downgrade,
         }
     }
 
@@ -144,6 +153,7 @@ impl<R: Resolver> Deliverer<R> {
             recipients: rcpts,
             body,
             eight_bit: env.eight_bit,
+            downgrade: &*self.downgrade,
         };
         let mut last = Reason::local(451, "4.4.1", format!("no next hop answered for {domain}"));
         for hop in &hops {

@@ -246,12 +246,18 @@ async fn ehlo(
     }
 }
 
+/// Converts an 8-bit message to 7 bit (the conversion core's job; given
+/// to delivery by the binary).
+pub type Downgrade = dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync;
+
 /// The message to send on a connection.
 pub struct Message<'a> {
     pub sender: Option<&'a Address>,
     pub recipients: &'a [&'a Address],
     pub body: &'a [u8],
     pub eight_bit: bool,
+    /// Used when the hop lacks 8BITMIME.
+    pub downgrade: &'a Downgrade,
 }
 
 /// Runs one transaction. `Ok` holds one outcome per recipient, in order.
@@ -264,18 +270,36 @@ pub async fn transact(
     timeout: Duration,
 ) -> Result<Vec<Outcome>, Reason> {
     let host = conn.host.clone();
-    let eight_bit = msg.eight_bit || !msg.body.is_ascii();
     let n = msg.recipients.len();
+    let perm = |code: u16, status: &str, text: String| {
+        Outcome::Permanent(Reason {
+            code,
+            status: status.into(),
+            text,
+            remote: Some(host.clone()),
+        })
+    };
+    let utf8 =
+        msg.sender.is_some_and(|a| !a.is_ascii()) || msg.recipients.iter().any(|a| !a.is_ascii());
+    if utf8 && !conn.ext.smtputf8 {
+        // RFC 6531 3.2: an internationalised envelope cannot be downgraded.
+        let text = "message needs SMTPUTF8 and the next hop does not offer it".to_string();
+        return Ok(vec![perm(553, "5.6.7", text); n]);
+    }
+    let mut body = std::borrow::Cow::Borrowed(msg.body);
+    let mut eight_bit = msg.eight_bit || !body.is_ascii();
     if eight_bit && !conn.ext.eight_bit_mime {
-        // Downgrade belongs to the conversion core; until it runs here,
-        // refuse rather than send 8-bit data to a 7-bit hop (RFC 6152).
-        let r = Reason {
-            code: 554,
-            status: "5.6.3".into(),
-            text: "8-bit message and the next hop does not offer 8BITMIME".into(),
-            remote: Some(host),
-        };
-        return Ok(vec![Outcome::Permanent(r); n]);
+        // RFC 6152: convert to 7 bit for a hop without 8BITMIME.
+        match (msg.downgrade)(msg.body) {
+            Ok(seven) => {
+                body = std::borrow::Cow::Owned(seven);
+                eight_bit = false;
+            }
+            Err(e) => {
+                let text = format!("cannot convert to 7 bit for a hop without 8BITMIME: {e}");
+                return Ok(vec![perm(554, "5.6.3", text); n]);
+            }
+        }
     }
     let mut mail = format!(
         "MAIL FROM:<{}>",
@@ -284,8 +308,11 @@ pub async fn transact(
     if eight_bit {
         mail.push_str(" BODY=8BITMIME");
     }
+    if utf8 {
+        mail.push_str(" SMTPUTF8");
+    }
     if conn.ext.size > 0 {
-        mail.push_str(&format!(" SIZE={}", msg.body.len()));
+        mail.push_str(&format!(" SIZE={}", body.len()));
     }
     let mut lines = vec![mail];
     lines.extend(msg.recipients.iter().map(|r| format!("RCPT TO:<{r}>")));
@@ -339,7 +366,7 @@ pub async fn transact(
     let final_outcome = match replies.get(n + 1) {
         Some(Ok(_)) => {
             // RFC 5321 4.5.3.2.6: allow 10 minutes for the final reply.
-            match tokio::time::timeout(timeout * 2, conn.inner.message(msg.body)).await {
+            match tokio::time::timeout(timeout * 2, conn.inner.message(&body)).await {
                 Err(_) => return Err(timed_out("end of data reply", &host)),
                 Ok(Err(e)) if e.status().is_none() => return Err(reason_of(&e, &host)),
                 Ok(Err(e)) => outcome_of(&e, &host),

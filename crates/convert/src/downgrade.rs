@@ -1,0 +1,135 @@
+//! 8BITMIME downgrade (RFC 6152: a relay must convert, not send 8-bit data
+//! to a hop that does not accept it).
+//!
+//! [`to_seven_bit`] rewrites every leaf part whose body has 8-bit octets as
+//! quoted-printable (text) or base64 (anything else), replacing its
+//! Content-Transfer-Encoding, and encodes 8-bit header text as RFC 2047
+//! encoded-words. Multiparts are rebuilt part by part. Depth is bounded by
+//! the limits, which are checked first, so the recursion here is bounded.
+//! A message that is already 7-bit is returned unchanged.
+
+use crate::content::{multipart_boundary, split_parts};
+use crate::encode::{base64_lines, encoded_words, quoted_printable};
+use crate::headers;
+use crate::{ContentError, ContentLimits};
+
+/// Returns the message with no 8-bit octet left.
+pub fn to_seven_bit(msg: &[u8], lim: &ContentLimits) -> Result<Vec<u8>, ContentError> {
+    if msg.is_ascii() {
+        return Ok(msg.to_vec());
+    }
+    crate::inspect(msg, lim)?;
+    let mut out = Vec::with_capacity(msg.len() + msg.len() / 4);
+    entity(msg, 0, lim, &mut out)?;
+    Ok(out)
+}
+
+fn entity(
+    e: &[u8],
+    depth: usize,
+    lim: &ContentLimits,
+    out: &mut Vec<u8>,
+) -> Result<(), ContentError> {
+    if depth > lim.max_depth {
+        return Err(ContentError::TooDeep {
+            limit: lim.max_depth,
+        });
+    }
+    let (hdrs, body) = headers::split(e);
+    if let Some(boundary) = multipart_boundary(hdrs) {
+        write_headers(hdrs, None, out);
+        out.extend_from_slice(b"\r\n");
+        let parts = split_parts(body, boundary.as_bytes());
+        for part in parts {
+            out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            entity(part, depth + 1, lim, out)?;
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        return Ok(());
+    }
+    if body.is_ascii() {
+        write_headers(hdrs, None, out);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+        return Ok(());
+    }
+    let is_text = headers::get(hdrs, "Content-Type")
+        .map(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/"))
+        .unwrap_or(true);
+    let (cte, encoded) = if is_text {
+        ("quoted-printable", quoted_printable(body))
+    } else {
+        ("base64", base64_lines(body))
+    };
+    write_headers(hdrs, Some(cte), out);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&encoded);
+    Ok(())
+}
+
+/// Copies a header block, replacing Content-Transfer-Encoding when `cte`
+/// is given and encoding 8-bit values as RFC 2047 words.
+fn write_headers(hdrs: &[u8], cte: Option<&str>, out: &mut Vec<u8>) {
+    for field in headers::fields(hdrs) {
+        let name = headers::field_name(field);
+        if cte.is_some() && name.eq_ignore_ascii_case("Content-Transfer-Encoding") {
+            continue;
+        }
+        if field.is_ascii() {
+            out.extend_from_slice(field);
+            continue;
+        }
+        let text = String::from_utf8_lossy(field);
+        let value = text[name.len() + 1..].replace("\r\n", "");
+        let value = value.trim();
+        if let (Some(lt), true) = (value.find('<'), is_address_field(name)) {
+            // Encode the display name only; the address stays as it is.
+            let phrase = value[..lt].trim().trim_matches('"');
+            out.extend_from_slice(
+                format!("{name}: {} {}\r\n", encoded_words(phrase), &value[lt..]).as_bytes(),
+            );
+        } else {
+            out.extend_from_slice(format!("{name}: {}\r\n", encoded_words(value)).as_bytes());
+        }
+    }
+    if let Some(cte) = cte {
+        out.extend_from_slice(format!("Content-Transfer-Encoding: {cte}\r\n").as_bytes());
+    }
+}
+
+fn is_address_field(name: &str) -> bool {
+    ["from", "to", "cc", "bcc", "reply-to", "sender"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encode::{base64_decode, quoted_printable_decode};
+
+    #[test]
+    fn text_and_binary_parts() {
+        let msg = "From: Jürgen <j@x.test>\r\nSubject: Grüße\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nGrüße\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n\u{0}\u{ff}bin\r\n--b--\r\n";
+        let out = to_seven_bit(msg.as_bytes(), &ContentLimits::default()).unwrap();
+        assert!(out.is_ascii(), "{}", String::from_utf8_lossy(&out));
+        let s = String::from_utf8(out.clone()).unwrap();
+        assert!(s.contains("Subject: =?UTF-8?B?R3LDvMOfZQ==?="));
+        assert!(s.contains("From: =?UTF-8?B?SsO8cmdlbg==?= <j@x.test>"));
+        assert!(s.contains("Content-Transfer-Encoding: quoted-printable\r\n\r\nGr=C3=BC=C3=9Fe"));
+        assert!(!s.contains("8bit"));
+        let parts = split_parts(crate::headers::split(&out).1, b"b");
+        assert_eq!(parts.len(), 2);
+        let (_, body) = crate::headers::split(parts[0]);
+        assert_eq!(quoted_printable_decode(body), "Grüße".as_bytes());
+        let (_, bin) = crate::headers::split(parts[1]);
+        assert_eq!(base64_decode(bin).unwrap(), "\u{0}\u{ff}bin".as_bytes());
+    }
+
+    #[test]
+    fn seven_bit_unchanged() {
+        let m = b"Subject: hi\r\n\r\nplain\r\n";
+        assert_eq!(to_seven_bit(m, &ContentLimits::default()).unwrap(), m);
+    }
+}

@@ -1,0 +1,176 @@
+//! Transfer encodings: quoted-printable and base64 (RFC 2045), and RFC 2047
+//! encoded-words for header text. Pure functions over bytes; CRLF line
+//! endings in and out.
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Base64 without line breaks.
+pub fn base64(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(B64[(n >> 18) as usize & 63] as char);
+        out.push(B64[(n >> 12) as usize & 63] as char);
+        out.push(if chunk.len() > 1 {
+            B64[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if chunk.len() > 2 {
+            B64[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+/// Base64 in lines of 76 characters, each ending in CRLF (a MIME body).
+pub fn base64_lines(data: &[u8]) -> Vec<u8> {
+    let flat = base64(data);
+    let mut out = Vec::with_capacity(flat.len() + flat.len() / 76 * 2 + 2);
+    for line in flat.as_bytes().chunks(76) {
+        out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Decodes base64, ignoring whitespace; `None` on any other stray byte.
+pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in text {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' | b'\r' | b'\n' | b' ' | b'\t' => continue,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Quoted-printable (RFC 2045 6.7): CRLF stays a hard line break, lines are
+/// soft-broken at 76 characters, trailing whitespace is encoded.
+pub fn quoted_printable(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / 8);
+    for (i, line) in data.split(|b| *b == b'\n').enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let mut col = 0;
+        for (j, &b) in line.iter().enumerate() {
+            let last = j + 1 == line.len();
+            let plain = (b == b' ' || b == b'\t') && !last || (33..=126).contains(&b) && b != b'=';
+            let width = if plain { 1 } else { 3 };
+            if col + width > 75 {
+                out.extend_from_slice(b"=\r\n");
+                col = 0;
+            }
+            if plain {
+                out.push(b);
+            } else {
+                out.extend_from_slice(format!("={b:02X}").as_bytes());
+            }
+            col += width;
+        }
+    }
+    out
+}
+
+/// Decodes quoted-printable (soft breaks removed, `=XX` decoded).
+pub fn quoted_printable_decode(data: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] == b'=' {
+            if data[i + 1..].starts_with(b"\r\n") {
+                i += 3;
+                continue;
+            }
+            if let (Some(h), Some(l)) = (
+                data.get(i + 1).and_then(|c| hex(*c)),
+                data.get(i + 2).and_then(|c| hex(*c)),
+            ) {
+                out.push(h * 16 + l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(data[i]);
+        i += 1;
+    }
+    out
+}
+
+/// An RFC 2047 encoded-word sequence for UTF-8 text (B encoding), split so
+/// that no word exceeds 75 characters and no UTF-8 sequence is split.
+pub fn encoded_words(text: &str) -> String {
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    for c in text.chars() {
+        if (chunk.len() + c.len_utf8()).div_ceil(3) * 4 > 75 - 12 {
+            words.push(format!("=?UTF-8?B?{}?=", base64(chunk.as_bytes())));
+            chunk.clear();
+        }
+        chunk.push(c);
+    }
+    if !chunk.is_empty() {
+        words.push(format!("=?UTF-8?B?{}?=", base64(chunk.as_bytes())));
+    }
+    words.join("\r\n ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trip() {
+        for n in 0..300 {
+            let data: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            assert_eq!(base64_decode(base64(&data).as_bytes()).unwrap(), data);
+            assert_eq!(base64_decode(&base64_lines(&data)).unwrap(), data);
+        }
+        assert_eq!(base64(b"Man"), "TWFu");
+        assert_eq!(base64(b"Ma"), "TWE=");
+        assert!(base64_decode(b"*").is_none());
+    }
+
+    #[test]
+    fn qp_round_trip_and_shape() {
+        let text = "Grüße aus Köln, a line that is certainly going to be much longer than seventy-six characters = fine \r\nend \r\n".as_bytes();
+        let enc = quoted_printable(text);
+        assert!(enc.is_ascii());
+        for line in enc.split(|b| *b == b'\n') {
+            assert!(line.len() <= 77, "{}", String::from_utf8_lossy(line));
+        }
+        assert_eq!(quoted_printable_decode(&enc), text);
+        assert!(String::from_utf8_lossy(&enc).contains("end=20\r\n"));
+    }
+
+    #[test]
+    fn words() {
+        let w = encoded_words("Grüße");
+        assert_eq!(w, "=?UTF-8?B?R3LDvMOfZQ==?=");
+        let long = encoded_words(&"ü".repeat(100));
+        assert!(long.split("\r\n ").all(|w| w.len() <= 75));
+    }
+}
