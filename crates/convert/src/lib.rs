@@ -7,9 +7,11 @@
 
 pub mod content;
 pub mod downgrade;
+pub mod dkim;
 pub mod dsn;
 pub mod encode;
 pub mod headers;
+pub mod tnef;
 
 pub use content::{inspect, ContentError, ContentLimits, ContentReport};
 
