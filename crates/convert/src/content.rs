@@ -46,6 +46,8 @@ pub enum ContentError {
     MalformedHeader {
         line: usize,
     },
+    /// A conversion step failed (e.g. DKIM signing).
+    Conversion(String),
 }
 
 impl ContentError {
@@ -70,6 +72,7 @@ impl ContentError {
                 "5.6.0",
                 format!("malformed header field at line {line}"),
             ),
+            ContentError::Conversion(e) => (451, "4.3.0", format!("conversion failed: {e}")),
         }
     }
 }

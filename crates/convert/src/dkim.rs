@@ -11,8 +11,19 @@ use rustls_pki_types::PrivateKeyDer;
 
 /// Headers signed by default (RFC 6376 5.4.1 recommendations).
 pub const DEFAULT_HEADERS: &[&str] = &[
-    "From", "Sender", "Reply-To", "Subject", "Date", "Message-ID", "To", "Cc", "MIME-Version",
-    "Content-Type", "Content-Transfer-Encoding", "In-Reply-To", "References",
+    "From",
+    "Sender",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "To",
+    "Cc",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "In-Reply-To",
+    "References",
 ];
 
 enum Signer {
@@ -52,8 +63,14 @@ impl DkimKey {
         };
         let signer = match algorithm {
             "rsa-sha256" => {
-                let k = RsaKey::<Sha256>::from_key_der(der).map_err(|e| format!("bad RSA key: {e}"))?;
-                Signer::Rsa(DkimSigner::from_key(k).domain(&domain).selector(selector).headers(hs))
+                let k =
+                    RsaKey::<Sha256>::from_key_der(der).map_err(|e| format!("bad RSA key: {e}"))?;
+                Signer::Rsa(
+                    DkimSigner::from_key(k)
+                        .domain(&domain)
+                        .selector(selector)
+                        .headers(hs),
+                )
             }
             "ed25519-sha256" => {
                 let PrivateKeyDer::Pkcs8(p) = der else {
@@ -61,7 +78,12 @@ impl DkimKey {
                 };
                 let k = Ed25519Key::from_pkcs8_der(p.secret_pkcs8_der())
                     .map_err(|e| format!("bad Ed25519 key: {e}"))?;
-                Signer::Ed25519(DkimSigner::from_key(k).domain(&domain).selector(selector).headers(hs))
+                Signer::Ed25519(
+                    DkimSigner::from_key(k)
+                        .domain(&domain)
+                        .selector(selector)
+                        .headers(hs),
+                )
             }
             other => return Err(format!("unknown DKIM algorithm {other:?}")),
         };
@@ -78,7 +100,8 @@ impl DkimKey {
             Signer::Rsa(s) => s.sign(msg),
             Signer::Ed25519(s) => s.sign(msg),
         };
-        sig.map(|s| s.to_header()).map_err(|e| format!("DKIM signing failed: {e}"))
+        sig.map(|s| s.to_header())
+            .map_err(|e| format!("DKIM signing failed: {e}"))
     }
 }
 

@@ -6,11 +6,13 @@
 //! notifications, and [`headers`] splits a message into header block and body.
 
 pub mod content;
-pub mod downgrade;
+pub mod disclaimer;
 pub mod dkim;
+pub mod downgrade;
 pub mod dsn;
 pub mod encode;
 pub mod headers;
+pub mod outbound;
 pub mod tnef;
 
 pub use content::{inspect, ContentError, ContentLimits, ContentReport};

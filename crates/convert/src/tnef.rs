@@ -112,7 +112,9 @@ pub fn parse(data: &[u8]) -> Result<Tnef, TnefError> {
         let len = c.u32()? as usize;
         let value = c.take(len)?;
         let sum = c.u16()?;
-        let computed = value.iter().fold(0u16, |a, b| a.wrapping_add(u16::from(*b)));
+        let computed = value
+            .iter()
+            .fold(0u16, |a, b| a.wrapping_add(u16::from(*b)));
         if sum != computed {
             return Err(TnefError::BadChecksum { attribute: id });
         }
@@ -214,7 +216,10 @@ fn pad4(n: usize) -> usize {
 }
 
 fn utf16(b: &[u8]) -> String {
-    let units: Vec<u16> = b.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).collect();
+    let units: Vec<u16> = b
+        .chunks_exact(2)
+        .map(|p| u16::from_le_bytes([p[0], p[1]]))
+        .collect();
     let s = String::from_utf16_lossy(&units);
     s.trim_end_matches('\0').to_string()
 }
@@ -259,7 +264,9 @@ fn parts_for(t: &Tnef) -> Vec<Vec<u8>> {
     let mut parts = Vec::new();
     if let Some(body) = t.body.as_ref().filter(|b| !b.trim().is_empty()) {
         let body = body.replace("\r\n", "\n").replace('\n', "\r\n");
-        let mut p = b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+        let mut p =
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                .to_vec();
         p.extend_from_slice(&base64_lines(body.as_bytes()));
         parts.push(p);
     }
@@ -279,13 +286,19 @@ fn parts_for(t: &Tnef) -> Vec<Vec<u8>> {
 
 /// Is this entity a TNEF attachment?
 fn is_tnef(hdrs: &[u8]) -> bool {
-    let ct = headers::get(hdrs, "Content-Type").unwrap_or_default().to_ascii_lowercase();
-    let cd = headers::get(hdrs, "Content-Disposition").unwrap_or_default().to_ascii_lowercase();
+    let ct = headers::get(hdrs, "Content-Type")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let cd = headers::get(hdrs, "Content-Disposition")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     ct.contains("application/ms-tnef") || ct.contains("winmail.dat") || cd.contains("winmail.dat")
 }
 
 fn decode_body(hdrs: &[u8], body: &[u8]) -> Vec<u8> {
-    let cte = headers::get(hdrs, "Content-Transfer-Encoding").unwrap_or_default().to_ascii_lowercase();
+    let cte = headers::get(hdrs, "Content-Transfer-Encoding")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     match cte.trim() {
         "base64" => crate::encode::base64_decode(body).unwrap_or_default(),
         "quoted-printable" => crate::encode::quoted_printable_decode(body),
@@ -365,7 +378,12 @@ pub fn build(body: Option<&str>, files: &[(&str, &[u8])], long_names: bool) -> V
         attr(&mut out, 1, ATT_BODY, &v);
     }
     for (name, data) in files {
-        attr(&mut out, 2, ATT_ATTACH_REND_DATA, &[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0]);
+        attr(
+            &mut out,
+            2,
+            ATT_ATTACH_REND_DATA,
+            &[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0],
+        );
         let short: String = name.chars().take(8).collect();
         let mut t = short.into_bytes();
         t.push(0);
@@ -394,15 +412,23 @@ mod tests {
 
     #[test]
     fn one_and_several_attachments_with_long_names() {
-        let s = build(Some("Hello body"), &[("quarterly report 2026.xlsx", b"PK\x03\x04data")], true);
+        let s = build(
+            Some("Hello body"),
+            &[("quarterly report 2026.xlsx", b"PK\x03\x04data")],
+            true,
+        );
         let t = parse(&s).unwrap();
         assert_eq!(t.body.as_deref(), Some("Hello body"));
         assert_eq!(t.attachments.len(), 1);
         assert_eq!(t.attachments[0].name, "quarterly report 2026.xlsx");
         assert_eq!(t.attachments[0].data, b"PK\x03\x04data");
-        let files: Vec<(String, Vec<u8>)> =
-            (0..5).map(|i| (format!("file-{i}.txt"), vec![i as u8; 1000 * i])).collect();
-        let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        let files: Vec<(String, Vec<u8>)> = (0..5)
+            .map(|i| (format!("file-{i}.txt"), vec![i as u8; 1000 * i]))
+            .collect();
+        let refs: Vec<(&str, &[u8])> = files
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
         let t = parse(&build(None, &refs, false)).unwrap();
         assert_eq!(t.attachments.len(), 5);
         assert_eq!(t.attachments[3].name, "file-3.t"); // 8.3 title only
@@ -431,8 +457,14 @@ mod tests {
                 assert!(t.attachments.len() <= 1);
             }
         }
-        assert!(matches!(parse(&s[..s.len() - 1]), Err(TnefError::Truncated { .. })));
-        assert!(matches!(parse(&s[..s.len() - 5]), Err(TnefError::Truncated { .. })));
+        assert!(matches!(
+            parse(&s[..s.len() - 1]),
+            Err(TnefError::Truncated { .. })
+        ));
+        assert!(matches!(
+            parse(&s[..s.len() - 5]),
+            Err(TnefError::Truncated { .. })
+        ));
         assert_eq!(parse(b"garbage!"), Err(TnefError::NotTnef));
         let mut bad = s.clone();
         let last = bad.len() - 1;
@@ -452,7 +484,11 @@ mod tests {
 
     #[test]
     fn message_conversion_modes() {
-        let tnef = build(Some("Plain body"), &[("Bericht für Q1.pdf", b"%PDF-1.4")], true);
+        let tnef = build(
+            Some("Plain body"),
+            &[("Bericht für Q1.pdf", b"%PDF-1.4")],
+            true,
+        );
         let msg = format!(
             "From: a@x.test\r\nContent-Type: multipart/mixed; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--B\r\nContent-Type: application/ms-tnef; name=\"winmail.dat\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--B--\r\n",
             String::from_utf8(base64_lines(&tnef)).unwrap()
@@ -461,12 +497,18 @@ mod tests {
         assert!(errs.is_empty());
         let out = String::from_utf8(out.unwrap()).unwrap();
         assert!(!out.contains("ms-tnef"));
-        assert!(out.contains("filename*=UTF-8''Bericht%20f%C3%BCr%20Q1.pdf"), "{out}");
+        assert!(
+            out.contains("filename*=UTF-8''Bericht%20f%C3%BCr%20Q1.pdf"),
+            "{out}"
+        );
         assert!(out.contains("see attached"));
         let (stripped, _) = convert_message(msg.as_bytes(), TnefMode::Strip);
         let stripped = String::from_utf8(stripped.unwrap()).unwrap();
         assert!(!stripped.contains("ms-tnef") && !stripped.contains("Bericht"));
         assert_eq!(convert_message(msg.as_bytes(), TnefMode::Leave).0, None);
-        assert_eq!(convert_message(b"Subject: x\r\n\r\nno mime\r\n", TnefMode::Convert).0, None);
+        assert_eq!(
+            convert_message(b"Subject: x\r\n\r\nno mime\r\n", TnefMode::Convert).0,
+            None
+        );
     }
 }

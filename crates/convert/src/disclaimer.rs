@@ -1,0 +1,115 @@
+//! Disclaimer text appended to outbound messages: to a text/plain body as
+//! plain text, to a text/html body before `</body>` (or at the end), and in
+//! a multipart message to the first text/plain and first text/html leaf of
+//! the top level or of a multipart/alternative inside it. Bodies in base64
+//! or quoted-printable are decoded, extended and re-encoded the same way.
+//! Runs before DKIM signing, so our own signatures stay valid.
+
+use crate::content::{multipart_boundary, split_parts};
+use crate::encode::{base64_decode, base64_lines, quoted_printable, quoted_printable_decode};
+use crate::headers;
+
+/// Returns the message with the disclaimer added where it fits; unchanged
+/// if there is no text part.
+pub fn append(msg: &[u8], text: &str) -> Vec<u8> {
+    let mut done = (false, false); // (plain, html)
+    entity(msg, text, 0, &mut done)
+}
+
+fn entity(e: &[u8], text: &str, depth: usize, done: &mut (bool, bool)) -> Vec<u8> {
+    let (hdrs, body) = headers::split(e);
+    let ct = headers::get(hdrs, "Content-Type")
+        .unwrap_or_else(|| "text/plain".into())
+        .to_ascii_lowercase();
+    if let Some(boundary) = multipart_boundary(hdrs) {
+        if depth >= 2 {
+            return e.to_vec();
+        }
+        let mut out = hdrs.to_vec();
+        out.extend_from_slice(b"\r\n");
+        for part in split_parts(body, boundary.as_bytes()) {
+            out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            out.extend_from_slice(&entity(part, text, depth + 1, done));
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        return out;
+    }
+    let is_plain = ct.trim_start().starts_with("text/plain");
+    let is_html = ct.trim_start().starts_with("text/html");
+    let disposition = headers::get(hdrs, "Content-Disposition").unwrap_or_default();
+    if disposition.to_ascii_lowercase().contains("attachment")
+        || !(is_plain && !done.0 || is_html && !done.1)
+    {
+        return e.to_vec();
+    }
+    let cte = headers::get(hdrs, "Content-Transfer-Encoding")
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let decoded = match cte.as_str() {
+        "base64" => match base64_decode(body) {
+            Some(d) => d,
+            None => return e.to_vec(),
+        },
+        "quoted-printable" => quoted_printable_decode(body),
+        _ => body.to_vec(),
+    };
+    let extended = if is_plain {
+        done.0 = true;
+        let mut d = decoded;
+        if !d.ends_with(b"\r\n") && !d.is_empty() {
+            d.extend_from_slice(b"\r\n");
+        }
+        d.extend_from_slice(b"-- \r\n");
+        d.extend_from_slice(text.replace("\r\n", "\n").replace('\n', "\r\n").as_bytes());
+        d.extend_from_slice(b"\r\n");
+        d
+    } else {
+        done.1 = true;
+        let html = format!("<hr><p>{}</p>", escape(text));
+        let s = String::from_utf8_lossy(&decoded).into_owned();
+        match s.to_ascii_lowercase().rfind("</body>") {
+            Some(i) => format!("{}{}{}", &s[..i], html, &s[i..]).into_bytes(),
+            None => format!("{s}{html}\r\n").into_bytes(),
+        }
+    };
+    let reencoded = match cte.as_str() {
+        "base64" => base64_lines(&extended),
+        "quoted-printable" => quoted_printable(&extended),
+        _ => extended,
+    };
+    let mut out = hdrs.to_vec();
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&reencoded);
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\n', "<br>")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_html_and_alternative() {
+        let out = append(b"Subject: x\r\n\r\nHello\r\n", "Confidential.");
+        assert!(out.ends_with(b"Hello\r\n-- \r\nConfidential.\r\n"));
+        let alt = b"Content-Type: multipart/alternative; boundary=a\r\n\r\n--a\r\nContent-Type: text/plain\r\n\r\nHi\r\n--a\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\nPGh0bWw+PGJvZHk+SGk8L2JvZHk+PC9odG1sPg==\r\n--a--\r\n";
+        let out = String::from_utf8(append(alt, "Be <nice>")).unwrap();
+        assert!(out.contains("Hi\r\n-- \r\nBe <nice>\r\n"));
+        let parts = split_parts(headers::split(out.as_bytes()).1, b"a");
+        let html = base64_decode(headers::split(parts[1]).1).unwrap();
+        assert_eq!(
+            String::from_utf8(html).unwrap(),
+            "<html><body>Hi<hr><p>Be &lt;nice&gt;</p></body></html>"
+        );
+        let att = b"Content-Type: text/plain\r\nContent-Disposition: attachment\r\n\r\nfile\r\n";
+        assert_eq!(append(att, "x"), att.to_vec());
+    }
+}
