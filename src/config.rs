@@ -11,6 +11,8 @@ use std::path::Path;
 /// Where the configuration came from, and the configuration.
 pub struct Loaded {
     pub source: String,
+    /// The file, when one was read (workers load the same one).
+    pub path: Option<std::path::PathBuf>,
     pub config: Config,
 }
 
@@ -41,6 +43,7 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
         Some(p) => Some(p.to_path_buf()),
         None => Some(Path::new(DEFAULT_PATH).to_path_buf()).filter(|p| p.exists()),
     };
+    let file = path.clone();
     let (source, mut config) = match path {
         None => ("<embedded default>".to_string(), Config::default()),
         Some(p) => {
@@ -63,7 +66,11 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
     if !problems.is_empty() {
         return Err(ConfigError { source, problems });
     }
-    Ok(Loaded { source, config })
+    Ok(Loaded {
+        source,
+        path: file,
+        config,
+    })
 }
 
 /// Parses TOML text; errors say `line L, column C: message`.

@@ -1,23 +1,31 @@
 //! Content processing, in a worker process or in the gateway.
 //!
-//! [`run_content`] is the work itself (today: the bounded MIME inspection of
-//! `postern_convert`; the conversion core grows here). [`Verdict`] is its
-//! answer, with a compact wire form for the worker pipe ([`encode`] /
-//! [`decode`]). [`ContentProcessor`] is what the gateway calls: a pool of
-//! `postern worker` processes (level 2 of the blast-radius ladder: a worker
-//! that aborts, overflows its stack, runs out of memory or overruns the
-//! deadline is killed and replaced, and only its message is charged), or the
-//! same function in-process when `workers.processes = 0`.
+//! [`run_content`] is the work itself: the bounded MIME inspection, then for
+//! inbound mail SPF/DKIM/DMARC with an Authentication-Results header, for
+//! outbound mail the conversion pipeline (TNEF, hygiene, rewriting,
+//! disclaimer, DKIM signing). [`Verdict`] is its answer, with a compact wire
+//! form for the worker pipe; requests carry a [`Meta`] before the message.
+//! [`ContentProcessor`] is what the gateway calls: a pool of `postern
+//! worker` processes (level 2 of the blast-radius ladder: a worker that
+//! aborts, overflows its stack, runs out of memory or overruns the deadline
+//! is killed and replaced, and only its message is charged), or the same
+//! function in-process when `workers.processes = 0`.
 
+use crate::conversion::{Conversion, Meta};
 use crate::fault::{self, Stage};
-use postern_convert::{inspect, ContentLimits};
+use futures_util::FutureExt;
+use mail_auth::MessageAuthenticator;
+use postern_convert::auth::{authenticate, Session};
 use postern_supervisor::pool::{CallError, ProcessPool};
+use std::panic::AssertUnwindSafe;
 
 /// The answer for one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// Accept; `Some` carries a rewritten message.
     Accept(Option<Vec<u8>>),
+    /// Accept, but keep it held for an administrator (with the message).
+    Hold { body: Vec<u8>, reason: String },
     /// Refuse with this SMTP reply.
     Reject {
         code: u16,
@@ -28,41 +36,106 @@ pub enum Verdict {
     Crash(String),
 }
 
-/// The content work: inspect (and later convert) one message.
-pub fn run_content(msg: &[u8], limits: &ContentLimits) -> Verdict {
+/// The content work for one message.
+pub async fn run_content(
+    msg: &[u8],
+    meta: &Meta,
+    conv: &Conversion,
+    auth: Option<&MessageAuthenticator>,
+) -> Verdict {
     fault::check(Stage::Content, msg);
-    match inspect(msg, limits) {
-        Ok(_report) => Verdict::Accept(None),
-        Err(e) => {
-            let (code, status, text) = e.reply();
-            Verdict::Reject {
-                code,
-                status: status.to_string(),
-                text,
-            }
+    let reject = |e: postern_convert::ContentError| {
+        let (code, status, text) = e.reply();
+        Verdict::Reject {
+            code,
+            status: status.to_string(),
+            text,
         }
+    };
+    if let Err(e) = postern_convert::inspect(msg, &conv.limits) {
+        return reject(e);
+    }
+    if meta.outbound {
+        return match postern_convert::outbound::process(
+            msg,
+            &meta.rcpt_domains,
+            &conv.outbound,
+            meta.now_ms,
+            &meta.token,
+        ) {
+            Ok(out) => {
+                for e in &out.tnef_errors {
+                    tracing::warn!(error = %e, "TNEF part left as it was");
+                }
+                Verdict::Accept(Some(out.body))
+            }
+            Err(e) => reject(e),
+        };
+    }
+    let (Some(policy), Some(auth)) = (&conv.inbound, auth) else {
+        return Verdict::Accept(None);
+    };
+    let Ok(ip) = meta.client_ip.parse() else {
+        return Verdict::Accept(None);
+    };
+    let session = Session {
+        ip,
+        helo: &meta.helo,
+        mail_from: &meta.mail_from,
+    };
+    let r = authenticate(msg, &session, policy, auth).await;
+    if let Some(text) = r.reject {
+        return Verdict::Reject {
+            code: 550,
+            status: "5.7.1".into(),
+            text,
+        };
+    }
+    match r.hold {
+        Some(reason) => Verdict::Hold {
+            body: r.body,
+            reason,
+        },
+        None => Verdict::Accept(Some(r.body)),
     }
 }
 
-/// Wire form: one tag byte, then the payload.
+/// Request wire form: meta length (u32 LE), meta JSON, message.
+pub fn encode_request(meta: &Meta, msg: &[u8]) -> Vec<u8> {
+    let m = serde_json::to_vec(meta).unwrap_or_default();
+    let mut out = Vec::with_capacity(4 + m.len() + msg.len());
+    out.extend_from_slice(&(m.len() as u32).to_le_bytes());
+    out.extend_from_slice(&m);
+    out.extend_from_slice(msg);
+    out
+}
+
+pub fn decode_request(raw: &[u8]) -> Option<(Meta, &[u8])> {
+    let len = u32::from_le_bytes(raw.get(..4)?.try_into().ok()?) as usize;
+    let meta = serde_json::from_slice(raw.get(4..4 + len)?).ok()?;
+    Some((meta, raw.get(4 + len..)?))
+}
+
+/// Verdict wire form: one tag byte, then the payload.
 pub fn encode(v: &Verdict) -> Vec<u8> {
+    let tagged = |tag: u8, payload: &[u8]| {
+        let mut out = Vec::with_capacity(payload.len() + 1);
+        out.push(tag);
+        out.extend_from_slice(payload);
+        out
+    };
     match v {
         Verdict::Accept(None) => vec![0],
-        Verdict::Accept(Some(body)) => {
-            let mut out = Vec::with_capacity(body.len() + 1);
-            out.push(1);
-            out.extend_from_slice(body);
-            out
-        }
+        Verdict::Accept(Some(body)) => tagged(1, body),
         Verdict::Reject { code, status, text } => {
-            let mut out = vec![2];
-            out.extend_from_slice(format!("{code} {status} {text}").as_bytes());
-            out
+            tagged(2, format!("{code} {status} {text}").as_bytes())
         }
-        Verdict::Crash(reason) => {
-            let mut out = vec![3];
-            out.extend_from_slice(reason.as_bytes());
-            out
+        Verdict::Crash(reason) => tagged(3, reason.as_bytes()),
+        Verdict::Hold { body, reason } => {
+            let mut p = (reason.len() as u32).to_le_bytes().to_vec();
+            p.extend_from_slice(reason.as_bytes());
+            p.extend_from_slice(body);
+            tagged(4, &p)
         }
     }
 }
@@ -84,26 +157,42 @@ pub fn decode(raw: &[u8]) -> Verdict {
             }
         }
         Some((3, reason)) => Verdict::Crash(text(reason)),
+        Some((4, rest)) if rest.len() >= 4 => {
+            let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            match (rest.get(4..4 + n), rest.get(4 + n..)) {
+                (Some(r), Some(body)) => Verdict::Hold {
+                    body: body.to_vec(),
+                    reason: text(r),
+                },
+                _ => Verdict::Crash("worker answered a malformed hold".into()),
+            }
+        }
         _ => Verdict::Crash("worker answered an unknown verdict".into()),
     }
 }
 
 /// Where content processing runs.
 pub enum ContentProcessor {
-    InProcess(ContentLimits),
+    InProcess {
+        conv: Box<Conversion>,
+        auth: Option<Box<MessageAuthenticator>>,
+    },
     Workers(Box<ProcessPool>),
 }
 
 impl ContentProcessor {
-    pub async fn process(&self, msg: &[u8]) -> Verdict {
+    pub async fn process(&self, msg: &[u8], meta: &Meta) -> Verdict {
         match self {
-            ContentProcessor::InProcess(limits) => {
-                let r = std::panic::catch_unwind(|| run_content(msg, limits));
-                r.unwrap_or_else(|p| {
-                    Verdict::Crash(format!("panic: {}", postern_supervisor::panic_message(&*p)))
-                })
+            ContentProcessor::InProcess { conv, auth } => {
+                let run = run_content(msg, meta, conv, auth.as_deref());
+                AssertUnwindSafe(run)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|p| {
+                        Verdict::Crash(format!("panic: {}", postern_supervisor::panic_message(&*p)))
+                    })
             }
-            ContentProcessor::Workers(pool) => match pool.call(msg).await {
+            ContentProcessor::Workers(pool) => match pool.call(&encode_request(meta, msg)).await {
                 Ok(raw) => decode(&raw),
                 Err(CallError::Deadline(d)) => Verdict::Crash(format!("deadline {d:?} exceeded")),
                 Err(e) => Verdict::Crash(e.to_string()),
@@ -127,10 +216,24 @@ mod tests {
                 text: "too deep here".into(),
             },
             Verdict::Crash("panic: x".into()),
+            Verdict::Hold {
+                body: b"held body".to_vec(),
+                reason: "DMARC".into(),
+            },
         ] {
             assert_eq!(decode(&encode(&v)), v);
         }
         assert!(matches!(decode(&[9]), Verdict::Crash(_)));
         assert!(matches!(decode(&[]), Verdict::Crash(_)));
+        assert!(matches!(decode(&[4, 200, 0, 0, 0, 1]), Verdict::Crash(_)));
+        let meta = Meta {
+            outbound: true,
+            token: "t".into(),
+            ..Default::default()
+        };
+        let req = encode_request(&meta, b"body");
+        let (m, b) = decode_request(&req).unwrap();
+        assert!(m.outbound && b == b"body");
+        assert!(decode_request(&[9, 0, 0, 0, 1]).is_none());
     }
 }

@@ -11,6 +11,7 @@
 use crate::admin::{self, AdminState};
 use crate::config::Loaded;
 use crate::content::ContentProcessor;
+use crate::conversion::Conversion;
 use crate::gate::Gate;
 use crate::inflight::Inflight;
 use crate::intake::Intake;
@@ -100,8 +101,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         data_timeout: cfg.server.data_timeout.0,
         max_connections: cfg.server.max_connections,
     });
-    let limits = conv_limits;
-    let content = Arc::new(start_content(&cfg, limits, &metrics).await?);
+    let conversion = Arc::new(Conversion::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?);
+    let content = Arc::new(start_content(&cfg, loaded.path.as_deref(), &metrics).await?);
     let gate = Arc::new(Gate::default());
     let sink = Arc::new(Intake {
         queue: queue.clone(),
@@ -110,6 +111,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         gate: gate.clone(),
         inflight: inflight.clone(),
         poison_threshold: threshold,
+        relay: session_cfg.relay.clone(),
+        conversion,
         receive_deadline: cfg.workers.message_deadline.0 + Duration::from_secs(5),
     });
     let (smtp_listeners, admin_l) = listeners(&cfg).await?;
@@ -208,26 +211,38 @@ async fn listeners(
 /// Content workers (`workers.processes > 0`) or in-process processing.
 async fn start_content(
     cfg: &postern_core::config::Config,
-    limits: ContentLimits,
+    config_path: Option<&std::path::Path>,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<ContentProcessor> {
     let w = &cfg.workers;
     if w.processes == 0 {
-        return Ok(ContentProcessor::InProcess(limits));
+        let conv = Conversion::from_config(cfg).map_err(|e| anyhow::anyhow!(e))?;
+        let auth = match conv.inbound.is_some() {
+            true => Some(
+                conv.authenticator()
+                    .map_err(|e| anyhow::anyhow!("DNS for authentication: {e}"))?,
+            ),
+            false => None,
+        };
+        return Ok(ContentProcessor::InProcess {
+            conv: Box::new(conv),
+            auth,
+        });
     }
     let exe = std::env::current_exe().context("cannot find our own executable")?;
     let m = metrics.clone();
+    let mut args = vec![
+        "worker".to_string(),
+        format!("--memory={}", w.memory_limit.0),
+        format!("--deadline-ms={}", w.message_deadline.0.as_millis()),
+    ];
+    if let Some(p) = config_path {
+        args.push(format!("--config={}", p.display()));
+    }
     let pool = ProcessPool::new(
         PoolConfig {
             program: exe,
-            args: vec![
-                "worker".into(),
-                format!("--memory={}", w.memory_limit.0),
-                format!("--deadline-ms={}", w.message_deadline.0.as_millis()),
-                format!("--max-header={}", limits.max_header_bytes),
-                format!("--max-depth={}", limits.max_depth),
-                format!("--max-parts={}", limits.max_parts),
-            ],
+            args,
             env: vec![],
             size: w.processes,
             deadline: w.message_deadline.0,

@@ -14,6 +14,7 @@
 //! 4. Otherwise the message is queued durably, then `250`.
 
 use crate::content::{ContentProcessor, Verdict};
+use crate::conversion::Meta;
 use crate::fault::{self, Stage};
 use crate::gate::Gate;
 use crate::inflight::{content_hash, Inflight};
@@ -32,6 +33,10 @@ pub struct Intake {
     pub gate: Arc<Gate>,
     pub inflight: Arc<Inflight>,
     pub poison_threshold: u32,
+    /// Decides inbound (untrusted client) from outbound (trusted).
+    pub relay: postern_core::RelayPolicy,
+    /// For envelope rewriting of outbound mail.
+    pub conversion: Arc<crate::conversion::Conversion>,
     /// In-flight deadline for the receive stage (after it the supervisor
     /// declares the gateway hung).
     pub receive_deadline: Duration,
@@ -40,6 +45,10 @@ pub struct Intake {
 /// How the receive stage ended.
 enum Staged {
     Accept(Option<Vec<u8>>),
+    Hold {
+        body: Vec<u8>,
+        reason: String,
+    },
     Reject {
         code: u16,
         status: String,
@@ -65,7 +74,7 @@ fn static_status(s: &str, code: u16) -> &'static str {
 }
 
 impl Intake {
-    async fn run_stages(&self, body: &[u8], hash: u64, alone: bool) -> Staged {
+    async fn run_stages(&self, body: &[u8], meta: &Meta, hash: u64, alone: bool) -> Staged {
         let _pass = self.gate.enter(alone).await;
         let _inflight = self
             .inflight
@@ -78,7 +87,7 @@ impl Intake {
                 reason: format!("panic: {}", postern_supervisor::panic_message(&*p)),
             };
         }
-        match AssertUnwindSafe(self.content.process(body))
+        match AssertUnwindSafe(self.content.process(body, meta))
             .catch_unwind()
             .await
         {
@@ -92,6 +101,7 @@ impl Intake {
                 reason,
             },
             Ok(Verdict::Accept(new)) => Staged::Accept(new),
+            Ok(Verdict::Hold { body, reason }) => Staged::Hold { body, reason },
             Ok(Verdict::Reject { code, status, text }) => Staged::Reject { code, status, text },
             Err(p) => Staged::Crashed {
                 stage: "content",
@@ -132,6 +142,33 @@ impl Intake {
     }
 }
 
+impl Intake {
+    /// What content processing needs to know about the transaction.
+    fn meta(&self, msg: &ReceivedMessage) -> Meta {
+        let e = &msg.envelope;
+        let outbound = e
+            .client
+            .parse()
+            .map(|ip| self.relay.is_trusted(ip))
+            .unwrap_or(false);
+        let mut rcpt_domains: Vec<String> = e
+            .recipients
+            .iter()
+            .map(|r| r.address.domain.clone())
+            .collect();
+        rcpt_domains.dedup();
+        Meta {
+            outbound,
+            client_ip: e.client.clone(),
+            helo: e.helo.clone(),
+            mail_from: e.sender.as_ref().map(|a| a.to_string()).unwrap_or_default(),
+            rcpt_domains,
+            token: e.id.to_string(),
+            now_ms: postern_core::now_ms(),
+        }
+    }
+}
+
 impl MessageSink for Intake {
     async fn accept(&self, mut msg: ReceivedMessage) -> Reply {
         let id = msg.envelope.id;
@@ -150,8 +187,14 @@ impl MessageSink for Intake {
             let stage = last.split(':').next().unwrap_or("receive").to_string();
             return self.quarantine(msg, &stage, last, crashes).await;
         }
-        let body = match self.run_stages(&msg.body, hash, crashes > 0).await {
+        let meta = self.meta(&msg);
+        let mut hold = None;
+        let body = match self.run_stages(&msg.body, &meta, hash, crashes > 0).await {
             Staged::Accept(new) => new,
+            Staged::Hold { body, reason } => {
+                hold = Some(reason);
+                Some(body)
+            }
             Staged::Reject { code, status, text } => {
                 let _ = self.queue.clear_suspect(hash);
                 tracing::info!(%id, code, %text, "refused by content processing");
@@ -183,6 +226,18 @@ impl MessageSink for Intake {
             }
         };
         let mut envelope = msg.envelope;
+        if meta.outbound {
+            // Masquerading and the canonical map apply to the envelope too.
+            if let Some(s) = &envelope.sender {
+                let rewritten = postern_convert::outbound::rewrite_address(
+                    &s.to_string(),
+                    &self.conversion.outbound,
+                );
+                if let Some(a) = rewritten.and_then(|r| postern_core::Address::parse(&r).ok()) {
+                    envelope.sender = Some(a);
+                }
+            }
+        }
         let body = body.unwrap_or(msg.body);
         envelope.size = body.len() as u64;
         let size = body.len();
@@ -191,6 +246,12 @@ impl MessageSink for Intake {
             Ok(()) => {
                 if crashes > 0 {
                     let _ = self.queue.clear_suspect(hash);
+                }
+                if let Some(reason) = hold {
+                    tracing::warn!(%id, %reason, "held by policy");
+                    if let Err(e) = self.queue.hold(id) {
+                        tracing::error!(%id, error = %e, "cannot hold");
+                    }
                 }
                 self.metrics.received.inc();
                 self.metrics.message_size.observe(size as f64);

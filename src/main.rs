@@ -12,6 +12,7 @@
 mod admin;
 mod config;
 mod content;
+mod conversion;
 mod fault;
 mod gate;
 mod gateway;
@@ -63,15 +64,11 @@ enum Command {
     #[command(hide = true)]
     Worker {
         #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
         memory: u64,
         #[arg(long)]
         deadline_ms: u64,
-        #[arg(long)]
-        max_header: usize,
-        #[arg(long)]
-        max_depth: usize,
-        #[arg(long)]
-        max_parts: usize,
     },
 }
 
@@ -90,6 +87,12 @@ fn main() -> ExitCode {
     });
     match command {
         Command::CheckConfig(a) => match config::load(a.config.as_deref()) {
+            Ok(loaded) if conversion::Conversion::from_config(&loaded.config).is_err() => {
+                if let Err(e) = conversion::Conversion::from_config(&loaded.config) {
+                    eprintln!("{}: {e}", loaded.source);
+                }
+                ExitCode::from(1)
+            }
             Ok(loaded) => {
                 println!("{}: configuration OK", loaded.source);
                 ExitCode::SUCCESS
@@ -100,17 +103,11 @@ fn main() -> ExitCode {
             }
         },
         Command::Worker {
+            config,
             memory,
             deadline_ms,
-            max_header,
-            max_depth,
-            max_parts,
         } => worker::main(
-            postern_convert::ContentLimits {
-                max_header_bytes: max_header,
-                max_depth,
-                max_parts,
-            },
+            config,
             memory,
             std::time::Duration::from_millis(deadline_ms),
         ),

@@ -1,34 +1,62 @@
 //! `postern worker`: a content worker process.
 //!
-//! Reads request frames (one message each) on stdin and answers each with a
+//! Reads request frames (meta and message) on stdin and answers each with a
 //! verdict frame on stdout, until stdin closes. Before any work it limits its
 //! own address space (RLIMIT_AS, so unbounded allocation ends in an abort,
 //! not a machine out of memory), and before each message it sets its CPU
 //! limit to what it has used plus the message deadline (RLIMIT_CPU: a
 //! runaway loop gets SIGXCPU even if the gateway's wall-clock deadline
 //! somehow does not fire). A panic is reported as a crash verdict, then the
-//! worker exits, since its state can no longer be trusted.
+//! worker exits, since its state can no longer be trusted. DNS for the
+//! authentication checks runs on a single-threaded runtime of its own.
 
-use crate::content::{encode, run_content, Verdict};
-use postern_convert::ContentLimits;
+use crate::content::{decode_request, encode, run_content, Verdict};
+use crate::conversion::Conversion;
+use futures_util::FutureExt;
 use postern_supervisor::pool::{read_frame, write_frame};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// Largest request accepted (the listener's own limit is far lower).
 const MAX_FRAME: u64 = 1 << 31;
 
-pub fn main(limits: ContentLimits, memory: u64, deadline: Duration) -> ExitCode {
+pub fn main(config: Option<PathBuf>, memory: u64, deadline: Duration) -> ExitCode {
     limit_memory(memory);
     // One line per panic: a symbolised backtrace can take longer than the
     // message deadline, and the verdict carries the message anyway.
     std::panic::set_hook(Box::new(|info| eprintln!("postern worker: {info}")));
+    let conv = match crate::config::load(config.as_deref())
+        .map_err(|e| e.to_string())
+        .and_then(|l| Conversion::from_config(&l.config))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("postern worker: {e}");
+            return ExitCode::from(78);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("postern worker: runtime: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    let auth = match conv.inbound.is_some() {
+        true => rt.block_on(async { conv.authenticator() }).ok(),
+        false => None,
+    };
     let mut input = std::io::stdin().lock();
     // Buffered, flushed once per frame (stdout alone is line-buffered and
     // would split binary frames at every newline).
     let mut output = std::io::BufWriter::new(std::io::stdout().lock());
     loop {
-        let msg = match read_frame(&mut input, MAX_FRAME) {
+        let req = match read_frame(&mut input, MAX_FRAME) {
             Ok(Some(m)) => m,
             Ok(None) => return ExitCode::SUCCESS,
             Err(e) => {
@@ -37,13 +65,21 @@ pub fn main(limits: ContentLimits, memory: u64, deadline: Duration) -> ExitCode 
             }
         };
         limit_cpu(deadline);
-        let verdict = std::panic::catch_unwind(|| run_content(&msg, &limits));
-        let (verdict, poisoned) = match verdict {
-            Ok(v) => (v, false),
-            Err(p) => (
-                Verdict::Crash(format!("panic: {}", postern_supervisor::panic_message(&*p))),
-                true,
-            ),
+        let (verdict, poisoned) = match decode_request(&req) {
+            None => (Verdict::Crash("malformed request".into()), false),
+            Some((meta, msg)) => {
+                let run = run_content(msg, &meta, &conv, auth.as_ref());
+                match rt.block_on(AssertUnwindSafe(run).catch_unwind()) {
+                    Ok(v) => (v, false),
+                    Err(p) => (
+                        Verdict::Crash(format!(
+                            "panic: {}",
+                            postern_supervisor::panic_message(&*p)
+                        )),
+                        true,
+                    ),
+                }
+            }
         };
         if write_frame(&mut output, &encode(&verdict)).is_err() || poisoned {
             return ExitCode::from(70);

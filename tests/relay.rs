@@ -58,7 +58,14 @@ async fn inbound_relay_to_a_route() {
     let m = &sink.all()[0];
     assert_eq!(m.from, "someone@internet.test");
     assert_eq!(m.to, vec!["user@example.test"]);
-    assert!(m.data.starts_with("Received: from "), "{}", m.data);
+    // Inbound: our Authentication-Results on top, then our Received.
+    assert!(
+        m.data
+            .starts_with("Authentication-Results: gw.example.test;"),
+        "{}",
+        m.data
+    );
+    assert!(m.data.contains("\r\nReceived: from "), "{}", m.data);
     assert!(m.data.contains("by gw.example.test (Postern)"));
     assert!(m.data.contains("Message-ID: <inbound@test>"));
 }

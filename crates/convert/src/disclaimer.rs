@@ -38,9 +38,8 @@ fn entity(e: &[u8], text: &str, depth: usize, done: &mut (bool, bool)) -> Vec<u8
     let is_plain = ct.trim_start().starts_with("text/plain");
     let is_html = ct.trim_start().starts_with("text/html");
     let disposition = headers::get(hdrs, "Content-Disposition").unwrap_or_default();
-    if disposition.to_ascii_lowercase().contains("attachment")
-        || !(is_plain && !done.0 || is_html && !done.1)
-    {
+    let wanted = (is_plain && !done.0) || (is_html && !done.1);
+    if disposition.to_ascii_lowercase().contains("attachment") || !wanted {
         return e.to_vec();
     }
     let cte = headers::get(hdrs, "Content-Transfer-Encoding")

@@ -5,6 +5,7 @@
 //! work content workers do), [`dsn`] builds RFC 3464 delivery status
 //! notifications, and [`headers`] splits a message into header block and body.
 
+pub mod auth;
 pub mod content;
 pub mod disclaimer;
 pub mod dkim;

@@ -118,7 +118,7 @@ pub fn process(
     let from_domain = headers::get(&rebuilt, "From").and_then(|f| domain_of(&f));
     if let Some(key) = from_domain.as_deref().and_then(|d| key_for(&p.dkim, d)) {
         let seven = crate::downgrade::to_seven_bit(&rebuilt, &p.limits)?;
-        let sig = key.sign(&seven).map_err(|e| ContentError::Conversion(e))?;
+        let sig = key.sign(&seven).map_err(ContentError::Conversion)?;
         let mut signed = sig.into_bytes();
         signed.extend_from_slice(&seven);
         out.signed_by = Some(key.domain.clone());

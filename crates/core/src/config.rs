@@ -62,7 +62,7 @@ impl Default for WorkersConfig {
     }
 }
 
-/// `[convert]`: limits on message structure.
+/// `[convert]`: the conversion core.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConvertConfig {
@@ -72,6 +72,62 @@ pub struct ConvertConfig {
     pub max_mime_depth: usize,
     /// Most MIME parts in one message.
     pub max_mime_parts: usize,
+    /// Run SPF, DKIM and DMARC on inbound mail (from untrusted clients).
+    pub authenticate: bool,
+    /// authserv-id in Authentication-Results; empty: the server hostname.
+    pub authserv_id: String,
+    /// Refuse DMARC p=reject failures at end of DATA with 550 5.7.1.
+    pub dmarc_reject: bool,
+    /// DMARC p=quarantine (and unrefused p=reject) failures: "header" or "hold".
+    pub dmarc_quarantine: String,
+    /// Outbound: remove Received headers added by internal hosts.
+    pub strip_internal_received: bool,
+    /// Outbound: header name prefixes to remove (case-insensitive).
+    pub strip_headers: Vec<String>,
+    /// Outbound: internal domain = public domain, in the envelope sender and
+    /// From/Sender/Reply-To.
+    pub masquerade: std::collections::BTreeMap<String, String>,
+    /// Outbound: file of "internal@address public@address" lines.
+    pub canonical_map: Option<PathBuf>,
+    /// Outbound: text appended to text/plain and text/html bodies.
+    pub disclaimer: String,
+    /// Outbound TNEF (winmail.dat) handling: "convert", "leave" or "strip".
+    pub tnef: String,
+    /// Outbound: add Date and Message-ID when the internal sender left them out.
+    pub add_missing_headers: bool,
+    /// DKIM signing keys, one per sender domain.
+    pub dkim: Vec<DkimKeyConfig>,
+    /// Per destination domain overrides.
+    pub domain: Vec<DomainConvertConfig>,
+}
+
+/// `[[convert.dkim]]`: one signing key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimKeyConfig {
+    pub domain: String,
+    pub selector: String,
+    /// PEM file: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8).
+    pub key_file: PathBuf,
+    /// "rsa-sha256" or "ed25519-sha256".
+    #[serde(default = "default_dkim_algorithm")]
+    pub algorithm: String,
+    /// Headers to sign; empty for the default set.
+    #[serde(default)]
+    pub headers: Vec<String>,
+}
+
+fn default_dkim_algorithm() -> String {
+    "rsa-sha256".into()
+}
+
+/// `[[convert.domain]]`: conversion for one destination domain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConvertConfig {
+    pub domain: String,
+    /// "convert", "leave" or "strip".
+    pub tnef: String,
 }
 
 impl Default for ConvertConfig {
@@ -80,6 +136,19 @@ impl Default for ConvertConfig {
             max_header_size: ByteSize(256 * 1024),
             max_mime_depth: 20,
             max_mime_parts: 1000,
+            authenticate: true,
+            authserv_id: String::new(),
+            dmarc_reject: false,
+            dmarc_quarantine: "header".into(),
+            strip_internal_received: true,
+            strip_headers: vec!["X-MS-Exchange-Organization-".into()],
+            masquerade: Default::default(),
+            canonical_map: None,
+            disclaimer: String::new(),
+            tnef: "convert".into(),
+            add_missing_headers: true,
+            dkim: Vec::new(),
+            domain: Vec::new(),
         }
     }
 }
@@ -313,6 +382,21 @@ impl Config {
         }
         if self.workers.processes > 0 && self.workers.memory_limit.0 < 16 * 1024 * 1024 {
             errs.push("workers.memory_limit below 16MiB cannot run a worker".to_string());
+        }
+        let tnef_ok = |m: &str| matches!(m, "convert" | "leave" | "strip");
+        if !tnef_ok(&self.convert.tnef) || self.convert.domain.iter().any(|d| !tnef_ok(&d.tnef)) {
+            errs.push("convert.tnef must be \"convert\", \"leave\" or \"strip\"".to_string());
+        }
+        if !matches!(self.convert.dmarc_quarantine.as_str(), "header" | "hold") {
+            errs.push("convert.dmarc_quarantine must be \"header\" or \"hold\"".to_string());
+        }
+        for k in &self.convert.dkim {
+            if !matches!(k.algorithm.as_str(), "rsa-sha256" | "ed25519-sha256") {
+                errs.push(format!(
+                    "convert.dkim ({}): algorithm must be rsa-sha256 or ed25519-sha256",
+                    k.domain
+                ));
+            }
         }
         for d in &self.relay.accepted_domains {
             if crate::Address::parse(&format!("x@{d}")).is_err() || d.starts_with('[') {

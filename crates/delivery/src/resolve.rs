@@ -53,34 +53,43 @@ pub struct HickoryResolver {
 impl HickoryResolver {
     /// `nameservers` empty: the system resolver (/etc/resolv.conf).
     pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, DnsError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder(provider)
-                .map_err(|e| DnsError::Temporary(format!("system resolver: {e}")))?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|ns| {
-                    let mut udp = ConnectionConfig::udp();
-                    udp.port = ns.port();
-                    let mut tcp = ConnectionConfig::tcp();
-                    tcp.port = ns.port();
-                    NameServerConfig::new(ns.ip(), true, vec![udp, tcp])
-                })
-                .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-        };
-        let opts = builder.options_mut();
-        opts.timeout = timeout;
-        opts.attempts = 2;
-        opts.use_hosts_file = ResolveHosts::Never;
-        opts.ndots = 0;
         Ok(HickoryResolver {
-            inner: builder
-                .build()
-                .map_err(|e| DnsError::Temporary(format!("resolver: {e}")))?,
+            inner: tokio_resolver(nameservers, timeout)?,
         })
     }
+}
+
+/// A hickory resolver on the given nameservers (UDP with TCP fallback) or
+/// the system configuration. Call inside a tokio runtime.
+pub fn tokio_resolver(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+) -> Result<TokioResolver, DnsError> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = if nameservers.is_empty() {
+        TokioResolver::builder(provider)
+            .map_err(|e| DnsError::Temporary(format!("system resolver: {e}")))?
+    } else {
+        let servers = nameservers
+            .iter()
+            .map(|ns| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = ns.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = ns.port();
+                NameServerConfig::new(ns.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+    };
+    let opts = builder.options_mut();
+    opts.timeout = timeout;
+    opts.attempts = 2;
+    opts.use_hosts_file = ResolveHosts::Never;
+    opts.ndots = 0;
+    builder
+        .build()
+        .map_err(|e| DnsError::Temporary(format!("resolver: {e}")))
 }
 
 fn classify(e: NetError) -> DnsError {
