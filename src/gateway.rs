@@ -226,7 +226,7 @@ async fn start_content(
         };
         return Ok(ContentProcessor::InProcess {
             conv: Box::new(conv),
-            auth,
+            auth: auth.map(Box::new),
         });
     }
     let exe = std::env::current_exe().context("cannot find our own executable")?;
