@@ -81,6 +81,20 @@ impl Zone {
         )
     }
 
+    /// A TXT record; strings longer than 255 octets are split as DNS requires.
+    pub fn txt(self, name: &str, value: &str) -> Zone {
+        let chunks: Vec<String> = value
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        self.add(
+            name,
+            RecordType::TXT,
+            RData::TXT(hickory_proto::rr::rdata::TXT::new(chunks)),
+        )
+    }
+
     /// Makes every query for `name` misbehave.
     pub fn hostile(mut self, name: &str, how: Hostile) -> Zone {
         self.hostile.insert(key(name), how);

@@ -141,10 +141,13 @@ pub async fn authenticate(
         .split_once(':')
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_default();
-    let pass = |r: &DmarcResult| matches!(r, DmarcResult::Pass);
-    let fail = |r: &DmarcResult| matches!(r, DmarcResult::Fail(_));
-    let (d, f) = (dmarc.dkim_result(), dmarc.spf_result());
-    let failed = !pass(d) && !pass(f) && (fail(d) || fail(f));
+    // DMARC fails when the author domain publishes a policy and neither an
+    // aligned SPF nor an aligned DKIM pass exists, with no temporary error
+    // that could have hidden one (RFC 7489 4.2, 6.6.2).
+    let settled = |r: &DmarcResult| !matches!(r, DmarcResult::Pass | DmarcResult::TempError(_));
+    let failed = dmarc.policy() != Policy::Unspecified
+        && settled(dmarc.dkim_result())
+        && settled(dmarc.spf_result());
     let mut extra = String::new();
     if failed {
         match dmarc.policy() {

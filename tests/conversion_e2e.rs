@@ -1,0 +1,247 @@
+//! The conversion core through the real binary: DKIM signing (RSA-SHA256 and
+//! Ed25519) checked by mail-auth's verifier and by dkimpy, inbound SPF/DKIM/
+//! DMARC with Authentication-Results and DMARC p=reject refusal, forged
+//! results removed, and TNEF converted to MIME attachments.
+
+mod common;
+
+use common::{wait_until, DnsServer, Gateway, RawClient, Sink, Zone};
+use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+use std::process::Command;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+fn sh(cmd: &str) -> Vec<u8> {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// (rsa.pem, rsa p=, ed.pem, ed p=)
+fn keys(dir: &std::path::Path) -> (String, String, String, String) {
+    let d = dir.display();
+    sh(&format!(
+        "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {d}/rsa.pem 2>/dev/null"
+    ));
+    let rsa_p = String::from_utf8(sh(&format!(
+        "openssl pkey -in {d}/rsa.pem -pubout -outform DER | base64 -w0"
+    )))
+    .unwrap();
+    sh(&format!(
+        "openssl genpkey -algorithm ED25519 -out {d}/ed.pem"
+    ));
+    let der = sh(&format!("openssl pkey -in {d}/ed.pem -pubout -outform DER"));
+    let raw = &der[der.len() - 32..];
+    let ed_p = postern_convert::encode::base64(raw);
+    (format!("{d}/rsa.pem"), rsa_p, format!("{d}/ed.pem"), ed_p)
+}
+
+async fn send(addr: std::net::SocketAddr, src: &str, from: &str, to: &str, data: &[u8]) -> String {
+    let mut c = RawClient::connect_from(addr, Some(src)).await;
+    c.cmd("EHLO client.test").await;
+    let r = c.cmd(&format!("MAIL FROM:<{from}> BODY=8BITMIME")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = c.cmd(&format!("RCPT TO:<{to}>")).await;
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(data).await;
+    c.send(b".\r\n").await;
+    c.reply().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dkim_signatures_verify_with_mail_auth_and_dkimpy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rsa_pem, rsa_p, ed_pem, ed_p) = keys(dir.path());
+    let rsa_txt = format!("v=DKIM1; k=rsa; p={rsa_p}");
+    let ed_txt = format!("v=DKIM1; k=ed25519; p={ed_p}");
+    let dns = DnsServer::start(
+        Zone::new()
+            .txt("s1._domainkey.example.test", &rsa_txt)
+            .txt("s2._domainkey.ed.example.test", &ed_txt),
+    )
+    .await;
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "[delivery]\nnameservers = [\"{dns}\"]\nstarttls = false\n\
+             [[route]]\ndomain = \"*\"\nhosts = [\"{sink}\"]\n\
+             [convert]\ndisclaimer = \"This message is confidential.\"\n\
+             [[convert.dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey_file = \"{rsa_pem}\"\n\
+             [[convert.dkim]]\ndomain = \"ed.example.test\"\nselector = \"s2\"\nkey_file = \"{ed_pem}\"\nalgorithm = \"ed25519-sha256\"\n",
+            dns = dns.addr,
+            sink = sink.addr
+        ),
+    );
+    let rsa_msg = "From: Ann <ann@example.test>\r\nTo: x@far.test\r\nSubject: Grüße signed\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHällo, signed with RSA\r\n";
+    let ed_msg =
+        "From: bob@ed.example.test\r\nTo: x@far.test\r\nSubject: ed\r\n\r\nsigned with Ed25519\r\n";
+    for (from, m) in [
+        ("ann@example.test", rsa_msg),
+        ("bob@ed.example.test", ed_msg),
+    ] {
+        let r = send(gw.smtp, "127.0.0.1", from, "x@far.test", m.as_bytes()).await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    wait_until(T, "both delivered", || sink.count() == 2).await;
+    let resolver =
+        postern_delivery::resolve::tokio_resolver(&[dns.addr], Duration::from_secs(2)).unwrap();
+    let auth = MessageAuthenticator(resolver);
+    for m in sink.all() {
+        let data = m.data.as_bytes();
+        assert!(m.data.starts_with("DKIM-Signature:"), "{}", m.data);
+        assert!(data.is_ascii(), "signed messages are 7-bit");
+        assert!(m.data.contains("This message is confidential."));
+        let am = AuthenticatedMessage::parse(data).unwrap();
+        let results = auth.verify_dkim(&am).await;
+        assert!(!results.is_empty());
+        assert!(
+            results.iter().all(|r| r.result() == &DkimResult::Pass),
+            "{results:?}"
+        );
+        // An independent verifier: dkimpy, with DNS answered from our zone.
+        let script = r#"
+import sys, dkim
+zone = {sys.argv[1].encode(): sys.argv[2].encode(), sys.argv[3].encode(): sys.argv[4].encode()}
+def dnsfunc(name, timeout=5):
+    return zone.get(name.rstrip(b'.'), b'')
+msg = sys.stdin.buffer.read()
+sys.exit(0 if dkim.verify(msg, dnsfunc=dnsfunc) else 1)
+"#;
+        let mut child = Command::new("python3")
+            .args(["-c", script])
+            .args([
+                "s1._domainkey.example.test",
+                &rsa_txt,
+                "s2._domainkey.ed.example.test",
+                &ed_txt,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 with dkimpy (pip install dkimpy pynacl)");
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), data).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "dkimpy rejected:\n{}", m.data);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inbound_authentication_and_dmarc_reject() {
+    let dns = DnsServer::start(
+        Zone::new()
+            .txt("bank.test", "v=spf1 -all")
+            .txt("_dmarc.bank.test", "v=DMARC1; p=reject")
+            .txt("friendly.test", "v=spf1 ip4:127.0.0.5 -all"),
+    )
+    .await;
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n\
+             [delivery]\nnameservers = [\"{}\"]\nstarttls = false\n\
+             [[route]]\ndomain = \"example.test\"\nhosts = [\"{}\"]\n\
+             [convert]\ndmarc_reject = true\n",
+            dns.addr, sink.addr
+        ),
+    );
+    let spoof = b"From: CEO <ceo@bank.test>\r\nSubject: wire money\r\n\r\nnow\r\n";
+    let r = send(
+        gw.smtp,
+        "127.0.0.5",
+        "ceo@bank.test",
+        "user@example.test",
+        spoof,
+    )
+    .await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    let forged = b"Authentication-Results: gw.example.test; dkim=pass; spf=pass; dmarc=pass\r\nFrom: pal@friendly.test\r\nSubject: hi\r\n\r\nhello\r\n";
+    let r = send(
+        gw.smtp,
+        "127.0.0.5",
+        "pal@friendly.test",
+        "user@example.test",
+        forged,
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_until(T, "delivery", || sink.count() == 1).await;
+    let m = &sink.all()[0];
+    assert_eq!(
+        m.data
+            .matches("Authentication-Results: gw.example.test")
+            .count(),
+        1,
+        "{}",
+        m.data
+    );
+    assert!(m.data.contains("spf=pass"), "{}", m.data);
+    assert!(
+        !m.data.contains("dkim=pass"),
+        "the forged verdict survived: {}",
+        m.data
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tnef_becomes_mime_attachments_outbound() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = Gateway::start(
+        "",
+        &format!("[[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n", sink.addr),
+    );
+    let tnef = postern_convert::tnef::build(
+        Some("The plain text body"),
+        &[
+            ("Quarterly results 2026.xlsx", b"PK\x03\x04sheet"),
+            ("notes.txt", b"remember"),
+        ],
+        true,
+    );
+    let b64 = String::from_utf8(postern_convert::encode::base64_lines(&tnef)).unwrap();
+    let msg = format!(
+        "From: a@example.test\r\nTo: b@far.test\r\nSubject: report\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n--outer\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+         --outer\r\nContent-Type: application/ms-tnef; name=\"winmail.dat\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}--outer--\r\n"
+    );
+    let r = send(
+        gw.smtp,
+        "127.0.0.1",
+        "a@example.test",
+        "b@far.test",
+        msg.as_bytes(),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_until(T, "delivery", || sink.count() == 1).await;
+    let got = sink.all()[0].data.clone();
+    assert!(!got.contains("ms-tnef"), "{got}");
+    let (_, body) = postern_convert::headers::split(got.as_bytes());
+    let parts = postern_convert::content::split_parts(body, b"outer");
+    assert_eq!(parts.len(), 4, "text, TNEF body text, two files: {got}");
+    let names: Vec<String> = parts
+        .iter()
+        .filter_map(|p| {
+            postern_convert::headers::get(
+                postern_convert::headers::split(p).0,
+                "Content-Disposition",
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "attachment; filename=\"Quarterly results 2026.xlsx\"".to_string(),
+            "attachment; filename=\"notes.txt\"".to_string()
+        ]
+    );
+    let data = postern_convert::encode::base64_decode(postern_convert::headers::split(parts[2]).1)
+        .unwrap();
+    assert_eq!(data, b"PK\x03\x04sheet");
+}
