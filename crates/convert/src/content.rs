@@ -130,7 +130,12 @@ pub fn inspect(msg: &[u8], lim: &ContentLimits) -> Result<ContentReport, Content
 fn check_header_lines(hdrs: &[u8]) -> Result<(), ContentError> {
     for (i, line) in hdrs.split(|b| *b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() || line[0] == b' ' || line[0] == b'\t' {
+        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if folded && i == 0 {
+            // A continuation with nothing to continue.
+            return Err(ContentError::MalformedHeader { line: 1 });
+        }
+        if line.is_empty() || folded {
             continue;
         }
         let colon = line.iter().position(|b| *b == b':');
@@ -163,7 +168,9 @@ pub fn multipart_boundary(hdrs: &[u8]) -> Option<String> {
     } else {
         raw.split([';', ' ', '\t']).next().unwrap_or("")
     };
-    (!b.is_empty() && b.len() <= 70).then(|| b.to_string())
+    // RFC 2046 5.1.1: 1 to 70 characters from a 7-bit set.
+    let valid = !b.is_empty() && b.len() <= 70 && b.bytes().all(|c| (32..127).contains(&c));
+    valid.then(|| b.to_string())
 }
 
 /// The parts between `--boundary` delimiter lines, up to `--boundary--`.

@@ -83,14 +83,18 @@ fn write_headers(hdrs: &[u8], cte: Option<&str>, out: &mut Vec<u8>) {
         let text = String::from_utf8_lossy(field);
         let value = text[name.len() + 1..].replace("\r\n", "");
         let value = value.trim();
-        if let (Some(lt), true) = (value.find('<'), is_address_field(name)) {
-            // Encode the display name only; the address stays as it is.
-            let phrase = value[..lt].trim().trim_matches('"');
-            out.extend_from_slice(
-                format!("{name}: {} {}\r\n", encoded_words(phrase), &value[lt..]).as_bytes(),
-            );
-        } else {
-            out.extend_from_slice(format!("{name}: {}\r\n", encoded_words(value)).as_bytes());
+        let address_ascii = value.find('<').filter(|lt| value[*lt..].is_ascii());
+        match (address_ascii, is_address_field(name)) {
+            (Some(lt), true) => {
+                // Encode the display name only; the address stays as it is.
+                let phrase = value[..lt].trim().trim_matches('"');
+                out.extend_from_slice(
+                    format!("{name}: {} {}\r\n", encoded_words(phrase), &value[lt..]).as_bytes(),
+                );
+            }
+            // Anything else (an 8-bit address too: no 7-bit form exists) is
+            // carried as encoded-words so no 8-bit octet reaches the hop.
+            _ => out.extend_from_slice(format!("{name}: {}\r\n", encoded_words(value)).as_bytes()),
         }
     }
     if let Some(cte) = cte {

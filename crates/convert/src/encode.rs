@@ -65,15 +65,22 @@ pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Quoted-printable (RFC 2045 6.7): CRLF stays a hard line break, lines are
-/// soft-broken at 76 characters, trailing whitespace is encoded.
+/// Quoted-printable (RFC 2045 6.7): CRLF stays a hard line break (a lone CR
+/// or LF is encoded, so the bytes survive exactly), lines are soft-broken
+/// at 76 characters, trailing whitespace is encoded.
 pub fn quoted_printable(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + data.len() / 8);
-    for (i, line) in data.split(|b| *b == b'\n').enumerate() {
+    let mut lines: Vec<&[u8]> = Vec::new();
+    let mut rest = data;
+    while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+        lines.push(&rest[..i]);
+        rest = &rest[i + 2..];
+    }
+    lines.push(rest);
+    for (i, line) in lines.into_iter().enumerate() {
         if i > 0 {
             out.extend_from_slice(b"\r\n");
         }
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
         let mut col = 0;
         for (j, &b) in line.iter().enumerate() {
             let last = j + 1 == line.len();
