@@ -6,16 +6,27 @@
 //! Content-Transfer-Encoding, and encodes 8-bit header text as RFC 2047
 //! encoded-words. Multiparts are rebuilt part by part. Depth is bounded by
 //! the limits, which are checked first, so the recursion here is bounded.
-//! A message that is already 7-bit is returned unchanged.
+//! Over-long lines (RFC 5322: 998 octets) are repaired the same way:
+//! re-encoded rather than cut. A message that is already 7-bit with short
+//! lines is returned unchanged.
 
 use crate::content::{multipart_boundary, split_parts};
 use crate::encode::{base64_lines, encoded_words, quoted_printable};
 use crate::headers;
 use crate::{ContentError, ContentLimits};
 
-/// Returns the message with no 8-bit octet left.
+/// RFC 5322 2.1.1: at most 998 octets per line, CRLF excluded.
+pub const MAX_LINE: usize = 998;
+
+/// True when some line is longer than [`MAX_LINE`].
+pub fn has_long_line(data: &[u8]) -> bool {
+    data.split(|b| *b == b'\n').any(|l| l.len() > MAX_LINE + 1)
+}
+
+/// Returns the message with no 8-bit octet and no over-long line left
+/// (parts with either are re-encoded; nothing is cut).
 pub fn to_seven_bit(msg: &[u8], lim: &ContentLimits) -> Result<Vec<u8>, ContentError> {
-    if msg.is_ascii() {
+    if msg.is_ascii() && !has_long_line(msg) {
         return Ok(msg.to_vec());
     }
     crate::inspect(msg, lim)?;
@@ -48,7 +59,7 @@ fn entity(
         out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
         return Ok(());
     }
-    if body.is_ascii() {
+    if body.is_ascii() && !has_long_line(body) {
         write_headers(hdrs, None, out);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);
@@ -129,6 +140,23 @@ mod tests {
         assert_eq!(quoted_printable_decode(body), "Grüße".as_bytes());
         let (_, bin) = crate::headers::split(parts[1]);
         assert_eq!(base64_decode(bin).unwrap(), "\u{0}\u{ff}bin".as_bytes());
+    }
+
+    #[test]
+    fn long_lines_are_reencoded_not_cut() {
+        let long = "x".repeat(2500);
+        let msg = format!("Subject: long\r\nContent-Type: text/plain\r\n\r\n{long}\r\nshort\r\n");
+        let out = to_seven_bit(msg.as_bytes(), &ContentLimits::default()).unwrap();
+        assert!(!has_long_line(&out));
+        let (h, b) = crate::headers::split(&out);
+        assert_eq!(
+            crate::headers::get(h, "Content-Transfer-Encoding").as_deref(),
+            Some("quoted-printable")
+        );
+        assert_eq!(
+            quoted_printable_decode(b),
+            format!("{long}\r\nshort\r\n").as_bytes()
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! order: TNEF to MIME (per destination), header hygiene (internal Received
 //! headers and configured header prefixes removed), address rewriting in
 //! From/Sender/Reply-To (masquerading and a canonical map), missing `Date`
-//! and `Message-ID` added, the disclaimer, then — when the sender domain has
+//! and `Message-ID` added, the disclaimer, over-long lines re-encoded
+//! (quoted-printable, never cut), then — when the sender domain has
 //! a DKIM key — an 8BITMIME downgrade (so no later hop can break the
 //! signature by converting) and DKIM signing, always last.
 
@@ -114,6 +115,10 @@ pub fn process(
     rebuilt.extend_from_slice(body);
     if let Some(text) = &p.disclaimer {
         rebuilt = crate::disclaimer::append(&rebuilt, text);
+    }
+    if crate::downgrade::has_long_line(&rebuilt) {
+        // Repair: lines over 998 octets are re-encoded, never cut.
+        rebuilt = crate::downgrade::to_seven_bit(&rebuilt, &p.limits)?;
     }
     let from_domain = headers::get(&rebuilt, "From").and_then(|f| domain_of(&f));
     if let Some(key) = from_domain.as_deref().and_then(|d| key_for(&p.dkim, d)) {
