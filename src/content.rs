@@ -192,11 +192,17 @@ impl ContentProcessor {
                         Verdict::Crash(format!("panic: {}", postern_supervisor::panic_message(&*p)))
                     })
             }
-            ContentProcessor::Workers(pool) => match pool.call(&encode_request(meta, msg)).await {
-                Ok(raw) => decode(&raw),
-                Err(CallError::Deadline(d)) => Verdict::Crash(format!("deadline {d:?} exceeded")),
-                Err(e) => Verdict::Crash(e.to_string()),
-            },
+            ContentProcessor::Workers(pool) => {
+                // A worker that reports a crash exits; never reuse it.
+                let keep = |answer: &[u8]| answer.first() != Some(&3);
+                match pool.call_checked(&encode_request(meta, msg), keep).await {
+                    Ok(raw) => decode(&raw),
+                    Err(CallError::Deadline(d)) => {
+                        Verdict::Crash(format!("deadline {d:?} exceeded"))
+                    }
+                    Err(e) => Verdict::Crash(e.to_string()),
+                }
+            }
         }
     }
 }

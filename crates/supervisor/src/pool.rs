@@ -139,6 +139,17 @@ impl ProcessPool {
 
     /// Sends `req` to a worker and returns its answer.
     pub async fn call(&self, req: &[u8]) -> Result<Vec<u8>, CallError> {
+        self.call_checked(req, |_| true).await
+    }
+
+    /// Like [`call`](Self::call); `keep(answer)` false retires the worker
+    /// after this answer (it reported a state that cannot be trusted, such
+    /// as a caught panic), so the next request never meets a dying worker.
+    pub async fn call_checked(
+        &self,
+        req: &[u8],
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<u8>, CallError> {
         let _slot = self
             .slots
             .acquire()
@@ -165,7 +176,11 @@ impl ProcessPool {
             Ok(Ok(resp)) => {
                 w.served += 1;
                 self.early_deaths.store(0, Ordering::Relaxed);
-                self.lock().push(w);
+                if keep(&resp) {
+                    self.lock().push(w);
+                } else {
+                    self.retire(w, "reported a crash").await;
+                }
                 Ok(resp)
             }
             Ok(Err(ExchangeError::Protocol(p))) => {
