@@ -67,7 +67,12 @@ pub async fn run_content(
                 for e in &out.tnef_errors {
                     tracing::warn!(error = %e, "TNEF part left as it was");
                 }
-                Verdict::Accept(Some(out.body))
+                // Unchanged content is not sent back over the pipe.
+                if out.body == msg {
+                    Verdict::Accept(None)
+                } else {
+                    Verdict::Accept(Some(out.body))
+                }
             }
             Err(e) => reject(e),
         };
