@@ -100,6 +100,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         command_timeout: cfg.server.command_timeout.0,
         data_timeout: cfg.server.data_timeout.0,
         max_connections: cfg.server.max_connections,
+        tls: match (&cfg.tls.cert_file, &cfg.tls.key_file) {
+            (Some(c), Some(k)) => {
+                Some(postern_listener::tls::TlsConfig::load(c, k).context("TLS certificate")?)
+            }
+            _ => None,
+        },
     });
     let conversion = Arc::new(Conversion::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?);
     let content = Arc::new(start_content(&cfg, loaded.path.as_deref(), &metrics).await?);
@@ -115,13 +121,23 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         conversion,
         receive_deadline: cfg.workers.message_deadline.0 + Duration::from_secs(5),
     });
-    let (smtp_listeners, admin_l) = listeners(&cfg).await?;
+    let (smtp_listeners, smtps_listeners, admin_l) = listeners(&cfg).await?;
     let mut bound = Vec::new();
-    for l in smtp_listeners {
-        bound.push(l.local_addr()?.to_string());
+    let mut bound_tls = Vec::new();
+    let all = smtp_listeners
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(smtps_listeners.into_iter().map(|l| (l, true)));
+    for (l, implicit) in all {
+        let addr = l.local_addr()?.to_string();
+        if implicit {
+            bound_tls.push(addr);
+        } else {
+            bound.push(addr);
+        }
         let (c, s, r) = (session_cfg.clone(), sink.clone(), stop_rx.clone());
         tokio::spawn(async move {
-            if let Err(e) = postern_listener::serve(l, c, s, r).await {
+            if let Err(e) = postern_listener::serve(l, c, s, r, implicit).await {
                 tracing::error!(error = %e, "SMTP listener stopped");
             }
         });
@@ -169,6 +185,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     tracing::info!(
         config = %loaded.source,
         smtp = %bound.join(","),
+        smtps = %bound_tls.join(","),
         admin = %admin_addr,
         hostname = %hostname,
         "postern ready"
@@ -182,17 +199,21 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The SMTP and admin listeners: inherited from `postern run`, or bound.
+/// The SMTP, implicit-TLS SMTP and admin listeners: inherited from
+/// `postern run`, or bound.
 async fn listeners(
     cfg: &postern_core::config::Config,
-) -> anyhow::Result<(Vec<TcpListener>, TcpListener)> {
+) -> anyhow::Result<(Vec<TcpListener>, Vec<TcpListener>, TcpListener)> {
     #[cfg(unix)]
     if let Some(inh) = crate::supervise::inherited_from_env()? {
-        let mut smtp = Vec::new();
-        for l in inh.smtp {
-            smtp.push(TcpListener::from_std(l)?);
-        }
-        return Ok((smtp, TcpListener::from_std(inh.admin)?));
+        let conv = |v: Vec<std::net::TcpListener>| -> std::io::Result<Vec<TcpListener>> {
+            v.into_iter().map(TcpListener::from_std).collect()
+        };
+        return Ok((
+            conv(inh.smtp)?,
+            conv(inh.smtps)?,
+            TcpListener::from_std(inh.admin)?,
+        ));
     }
     let mut smtp = Vec::new();
     for addr in &cfg.server.listen {
@@ -202,10 +223,18 @@ async fn listeners(
                 .with_context(|| format!("cannot listen for SMTP on {addr}"))?,
         );
     }
+    let mut smtps = Vec::new();
+    for addr in &cfg.tls.implicit_listen {
+        smtps.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for implicit TLS on {addr}"))?,
+        );
+    }
     let admin = TcpListener::bind(cfg.admin.listen)
         .await
         .with_context(|| format!("cannot listen for admin HTTP on {}", cfg.admin.listen))?;
-    Ok((smtp, admin))
+    Ok((smtp, smtps, admin))
 }
 
 /// Content workers (`workers.processes > 0`) or in-process processing.

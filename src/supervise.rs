@@ -35,19 +35,31 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
                 .with_context(|| format!("cannot listen for SMTP on {addr}"))?,
         );
     }
+    let mut smtps = Vec::new();
+    for addr in &cfg.tls.implicit_listen {
+        smtps.push(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for implicit TLS on {addr}"))?,
+        );
+    }
     let admin = std::net::TcpListener::bind(cfg.admin.listen)
         .with_context(|| format!("cannot listen for admin HTTP on {}", cfg.admin.listen))?;
     let smtp_fds: Vec<RawFd> = smtp.iter().map(|l| l.as_raw_fd()).collect();
+    let smtps_fds: Vec<RawFd> = smtps.iter().map(|l| l.as_raw_fd()).collect();
     let admin_fd = admin.as_raw_fd();
-    let listen_env = format!(
-        "smtp={};admin={admin_fd}",
-        smtp_fds
-            .iter()
+    let list = |fds: &[RawFd]| {
+        fds.iter()
             .map(|f| f.to_string())
             .collect::<Vec<_>>()
             .join(",")
+    };
+    let listen_env = format!(
+        "smtp={};smtps={};admin={admin_fd}",
+        list(&smtp_fds),
+        list(&smtps_fds)
     );
     let mut inherit = smtp_fds.clone();
+    inherit.extend(&smtps_fds);
     inherit.push(admin_fd);
     let memory = cfg.workers.gateway_memory_limit.0;
     let exe = std::env::current_exe().context("cannot find our own executable")?;
@@ -143,6 +155,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
 /// The gateway side: the listeners passed down by the supervisor.
 pub struct Inherited {
     pub smtp: Vec<std::net::TcpListener>,
+    pub smtps: Vec<std::net::TcpListener>,
     pub admin: std::net::TcpListener,
 }
 
@@ -152,7 +165,7 @@ pub fn inherited_from_env() -> anyhow::Result<Option<Inherited>> {
     let Ok(v) = std::env::var(LISTEN_ENV) else {
         return Ok(None);
     };
-    let (mut smtp, mut admin) = (Vec::new(), None);
+    let (mut smtp, mut smtps, mut admin) = (Vec::new(), Vec::new(), None);
     for part in v.split(';') {
         let (name, fds) = part.split_once('=').context("malformed listener list")?;
         for fd in fds.split(',').filter(|f| !f.is_empty()) {
@@ -163,6 +176,7 @@ pub fn inherited_from_env() -> anyhow::Result<Option<Inherited>> {
             l.set_nonblocking(true)?;
             match name {
                 "smtp" => smtp.push(l),
+                "smtps" => smtps.push(l),
                 "admin" => admin = Some(l),
                 _ => anyhow::bail!("unknown listener kind {name}"),
             }
@@ -170,6 +184,7 @@ pub fn inherited_from_env() -> anyhow::Result<Option<Inherited>> {
     }
     Ok(Some(Inherited {
         smtp,
+        smtps,
         admin: admin.context("no admin listener passed")?,
     }))
 }

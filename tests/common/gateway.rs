@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 pub struct Gateway {
     pub smtp: SocketAddr,
+    /// The implicit-TLS listener, when one is configured.
+    pub smtps: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
@@ -118,8 +120,14 @@ impl Gateway {
             let end = rest.find([' ', ',']).unwrap_or(rest.len());
             rest[..end].parse().unwrap()
         };
+        let smtps = ready
+            .find("smtps=")
+            .map(|i| &ready[i + 6..])
+            .and_then(|r| r.split([' ', ',']).next())
+            .and_then(|a| a.parse().ok());
         Gateway {
             smtp: field("smtp"),
+            smtps,
             admin: field("admin"),
             child,
             log,

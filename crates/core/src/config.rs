@@ -26,6 +26,19 @@ pub struct Config {
     pub admin: AdminConfig,
     pub workers: WorkersConfig,
     pub convert: ConvertConfig,
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: certificate for STARTTLS and implicit TLS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; STARTTLS is offered when this and the key are set.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// Addresses for implicit TLS (the port 465 style).
+    pub implicit_listen: Vec<SocketAddr>,
 }
 
 /// `[workers]`: crash isolation.
@@ -382,6 +395,12 @@ impl Config {
         }
         if self.workers.processes > 0 && self.workers.memory_limit.0 < 16 * 1024 * 1024 {
             errs.push("workers.memory_limit below 16MiB cannot run a worker".to_string());
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            errs.push("tls.cert_file and tls.key_file go together".to_string());
+        }
+        if !self.tls.implicit_listen.is_empty() && self.tls.cert_file.is_none() {
+            errs.push("tls.implicit_listen needs tls.cert_file and tls.key_file".to_string());
         }
         let tnef_ok = |m: &str| matches!(m, "convert" | "leave" | "strip");
         if !tnef_ok(&self.convert.tnef) || self.convert.domain.iter().any(|d| !tnef_ok(&d.tnef)) {

@@ -25,6 +25,7 @@ pub enum Command {
     Quit,
     Vrfy,
     Help,
+    StartTls,
     /// Known verbs Postern does not offer (yet): answered 502.
     NotImplemented(String),
 }
@@ -65,9 +66,9 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "NOOP" => Ok(Command::Noop),
         "VRFY" => Ok(Command::Vrfy),
         "HELP" => Ok(Command::Help),
-        "EXPN" | "STARTTLS" | "AUTH" | "BDAT" | "TURN" | "ETRN" => {
-            Ok(Command::NotImplemented(verb))
-        }
+        "STARTTLS" if !arg.is_empty() => Err(syntax("no arguments allowed")),
+        "STARTTLS" => Ok(Command::StartTls),
+        "EXPN" | "AUTH" | "BDAT" | "TURN" | "ETRN" => Ok(Command::NotImplemented(verb)),
         _ => Err(Reply::new(500, "5.5.1", "command unrecognized")),
     }
 }

@@ -17,6 +17,7 @@ pub mod data;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod tls;
 
 pub use reply::Reply;
 pub use server::{serve, ListenerError};

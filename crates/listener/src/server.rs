@@ -36,6 +36,7 @@ pub async fn serve<S: MessageSink>(
     cfg: Arc<SessionConfig>,
     sink: Arc<S>,
     mut shutdown: watch::Receiver<bool>,
+    implicit_tls: bool,
 ) -> Result<(), ListenerError> {
     // Bounds concurrent sessions; a permit lives as long as its session.
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
@@ -64,7 +65,7 @@ pub async fn serve<S: MessageSink>(
             };
             // A panic anywhere in this session ends this session only: the
             // client hears 451 (try again later), nothing else notices.
-            let run = AssertUnwindSafe(run_session(&mut stream, peer, cfg, &*sink));
+            let run = AssertUnwindSafe(connection(&mut stream, peer, cfg, &*sink, implicit_tls));
             match run.catch_unwind().await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "session ended"),
@@ -96,6 +97,50 @@ fn is_transient(e: &std::io::Error) -> bool {
     ) || e.raw_os_error().is_some_and(|c| c == 24 || c == 23) // EMFILE, ENFILE
 }
 
+/// One connection: plain, upgraded by STARTTLS, or TLS from the start.
+async fn connection<S: MessageSink>(
+    stream: &mut tokio::net::TcpStream,
+    peer: SocketAddr,
+    cfg: Arc<SessionConfig>,
+    sink: &S,
+    implicit_tls: bool,
+) -> std::io::Result<()> {
+    if !implicit_tls {
+        let session = Session::new(cfg.clone(), peer.ip());
+        if run_session(stream, session, &cfg, sink, true).await? == End::Closed {
+            return Ok(());
+        }
+    }
+    // STARTTLS was accepted (whatever the client pipelined after it is
+    // gone with the plaintext loop), or this is an implicit-TLS port.
+    let Some(tls) = cfg.tls.clone() else {
+        return Ok(());
+    };
+    let handshake = tokio::time::timeout(cfg.command_timeout, tls.acceptor.accept(&mut *stream));
+    let mut tls_stream = match handshake.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return Ok(());
+        }
+        Err(_) => return Ok(()),
+    };
+    let desc = crate::tls::describe(tls_stream.get_ref().1);
+    let session = Session::encrypted(cfg.clone(), peer.ip(), desc);
+    // After STARTTLS the client speaks first (EHLO); on an implicit-TLS
+    // port it waits for our greeting.
+    run_session(&mut tls_stream, session, &cfg, sink, implicit_tls).await?;
+    Ok(())
+}
+
+/// How a session loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    Closed,
+    /// 220 was sent to STARTTLS; the caller performs the handshake.
+    StartTls,
+}
+
 /// What the loop is reading.
 enum Mode {
     Commands,
@@ -105,25 +150,28 @@ enum Mode {
 /// Runs one SMTP session on any byte stream.
 pub async fn run_session<T, S>(
     stream: &mut T,
-    peer: SocketAddr,
-    cfg: Arc<SessionConfig>,
+    mut session: Session,
+    cfg: &SessionConfig,
     sink: &S,
-) -> std::io::Result<()>
+    greet: bool,
+) -> std::io::Result<End>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     S: MessageSink,
 {
-    let mut session = Session::new(cfg.clone(), peer.ip());
     let mut codec = LineCodec::new(cfg.max_command_line);
     let mut mode = Mode::Commands;
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
-    stream.write_all(&session.greeting().to_bytes()).await?;
+    if greet {
+        stream.write_all(&session.greeting().to_bytes()).await?;
+    }
     loop {
         // Answer every complete command already buffered (pipelining).
         let mut pos = 0;
         let mut close = false;
-        while pos < buf.len() && !close {
+        let mut starttls = false;
+        while pos < buf.len() && !close && !starttls {
             match &mut mode {
                 Mode::Commands => {
                     let action = match codec.decode(&buf[pos..]) {
@@ -155,6 +203,10 @@ where
                             r.write_to(&mut out);
                             close = true;
                         }
+                        Action::StartTls(r) => {
+                            r.write_to(&mut out);
+                            starttls = true;
+                        }
                     }
                 }
                 Mode::Data(rx) => {
@@ -171,7 +223,9 @@ where
                         Err(action) => action,
                     };
                     match reply {
-                        Action::Reply(r) | Action::StartData(r) => r.write_to(&mut out),
+                        Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
+                            r.write_to(&mut out)
+                        }
                         Action::Close(r) => {
                             r.write_to(&mut out);
                             close = true;
@@ -185,9 +239,14 @@ where
             stream.write_all(&out).await?;
             out.clear();
         }
+        if starttls {
+            // Pipelined plaintext after STARTTLS is dropped, never replayed
+            // inside TLS (the STARTTLS command-injection defence).
+            return Ok(End::StartTls);
+        }
         if close {
             let _ = stream.shutdown().await;
-            return Ok(());
+            return Ok(End::Closed);
         }
         let wait = match mode {
             Mode::Commands => cfg.command_timeout,
@@ -197,13 +256,13 @@ where
             buf.reserve(8192);
         }
         match tokio::time::timeout(wait, stream.read_buf(&mut buf)).await {
-            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(0)) => return Ok(End::Closed),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 let r = Reply::new(421, "4.4.2", "timeout, closing connection");
                 stream.write_all(&r.to_bytes()).await?;
-                return Ok(());
+                return Ok(End::Closed);
             }
         }
     }

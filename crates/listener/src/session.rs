@@ -28,6 +28,8 @@ pub struct SessionConfig {
     pub command_timeout: std::time::Duration,
     pub data_timeout: std::time::Duration,
     pub max_connections: usize,
+    /// STARTTLS and implicit TLS; `None` when no certificate is configured.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// A complete message handed to the sink.
@@ -76,6 +78,9 @@ pub enum Action {
     Reply(Reply),
     /// Send the reply (354) and switch to the DATA receiver.
     StartData(Reply),
+    /// Send the reply (220) and start the TLS handshake; anything the client
+    /// pipelined after STARTTLS is discarded.
+    StartTls(Reply),
     /// Send the reply and close the connection.
     Close(Reply),
 }
@@ -86,6 +91,8 @@ pub struct Session {
     peer: IpAddr,
     state: State,
     errors: u32,
+    /// The negotiated TLS version and cipher, once the session is encrypted.
+    tls: Option<String>,
 }
 
 impl Session {
@@ -95,6 +102,16 @@ impl Session {
             peer,
             state: State::Fresh,
             errors: 0,
+            tls: None,
+        }
+    }
+
+    /// A session on an encrypted connection (after STARTTLS, or implicit
+    /// TLS): it starts fresh, as RFC 3207 requires.
+    pub fn encrypted(cfg: Arc<SessionConfig>, peer: IpAddr, tls: String) -> Session {
+        Session {
+            tls: Some(tls),
+            ..Session::new(cfg, peer)
         }
     }
 
@@ -159,25 +176,44 @@ impl Session {
                 "2.0.0",
                 "EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
             )),
+            Command::StartTls => self.starttls(),
             Command::NotImplemented(v) => {
                 Action::Reply(Reply::new(502, "5.5.1", format!("{v} not implemented")))
             }
         }
     }
 
+    fn starttls(&mut self) -> Action {
+        if self.tls.is_some() {
+            return Action::Reply(Reply::new(503, "5.5.1", "already encrypted"));
+        }
+        if self.cfg.tls.is_none() {
+            return Action::Reply(Reply::new(454, "4.7.0", "TLS not available"));
+        }
+        if matches!(self.state, State::Mail { .. } | State::Data { .. }) {
+            return Action::Reply(Reply::new(
+                503,
+                "5.5.1",
+                "STARTTLS not allowed in a transaction",
+            ));
+        }
+        Action::StartTls(Reply::new(220, "2.0.0", "ready to start TLS"))
+    }
+
     fn ehlo(&mut self, helo: String, esmtp: bool) -> Action {
         let reply = if esmtp {
-            Reply::plain(
-                250,
-                vec![
-                    format!("{} greets {}", self.cfg.hostname, helo),
-                    "PIPELINING".into(),
-                    format!("SIZE {}", self.cfg.max_message_size),
-                    "8BITMIME".into(),
-                    "ENHANCEDSTATUSCODES".into(),
-                    "HELP".into(),
-                ],
-            )
+            let mut lines = vec![
+                format!("{} greets {}", self.cfg.hostname, helo),
+                "PIPELINING".into(),
+                format!("SIZE {}", self.cfg.max_message_size),
+                "8BITMIME".into(),
+                "ENHANCEDSTATUSCODES".into(),
+            ];
+            if self.cfg.tls.is_some() && self.tls.is_none() {
+                lines.push("STARTTLS".into());
+            }
+            lines.push("HELP".into());
+            Reply::plain(250, lines)
         } else {
             Reply::plain(250, vec![self.cfg.hostname.clone()])
         };
@@ -303,7 +339,15 @@ impl Session {
         };
         let id = QueueId::generate();
         let now = postern_core::now_ms();
-        let mut out = received_header(&self.cfg.hostname, &helo, self.peer, esmtp, id, &tx);
+        let mut out = received_header(
+            &self.cfg.hostname,
+            &helo,
+            self.peer,
+            esmtp,
+            self.tls.as_deref(),
+            id,
+            &tx,
+        );
         let trace_len = out.len();
         out.extend_from_slice(&body);
         let envelope = Envelope {
@@ -331,10 +375,16 @@ fn received_header(
     helo: &str,
     peer: IpAddr,
     esmtp: bool,
+    tls: Option<&str>,
     id: QueueId,
     tx: &Transaction,
 ) -> Vec<u8> {
-    let with = if esmtp { "ESMTP" } else { "SMTP" };
+    let with = match (esmtp, tls) {
+        (true, Some(t)) => format!("ESMTPS (using {t})"),
+        (false, Some(t)) => format!("SMTPS (using {t})"),
+        (true, None) => "ESMTP".into(),
+        (false, None) => "SMTP".into(),
+    };
     let helo: String = helo.chars().filter(|c| c.is_ascii_graphic()).collect();
     let for_clause = match tx.recipients.as_slice() {
         [one] => format!("\r\n\tfor <{one}>"),
@@ -366,12 +416,15 @@ mod tests {
             command_timeout: std::time::Duration::from_secs(300),
             data_timeout: std::time::Duration::from_secs(180),
             max_connections: 10,
+            tls: None,
         })
     }
 
     fn code(a: Action) -> u16 {
         match a {
-            Action::Reply(r) | Action::StartData(r) | Action::Close(r) => r.code,
+            Action::Reply(r) | Action::StartData(r) | Action::Close(r) | Action::StartTls(r) => {
+                r.code
+            }
         }
     }
 
