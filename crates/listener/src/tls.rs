@@ -55,18 +55,21 @@ fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
+/// The key in service and where it came from.
+#[derive(Debug)]
+struct InService {
+    key: Arc<CertifiedKey>,
+    cert_mtime: Option<SystemTime>,
+    key_mtime: Option<SystemTime>,
+    checked: Instant,
+}
+
 /// A certificate that follows its files.
 #[derive(Debug)]
 pub struct ReloadingCert {
     cert: PathBuf,
     key: PathBuf,
-    /// The key in service, the file times it came from, the last check.
-    state: Mutex<(
-        Arc<CertifiedKey>,
-        Option<SystemTime>,
-        Option<SystemTime>,
-        Instant,
-    )>,
+    state: Mutex<InService>,
 }
 
 impl ReloadingCert {
@@ -75,20 +78,27 @@ impl ReloadingCert {
         Ok(ReloadingCert {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            state: Mutex::new((Arc::new(ck), mtime(cert), mtime(key), Instant::now())),
+            state: Mutex::new(InService {
+                key: Arc::new(ck),
+                cert_mtime: mtime(cert),
+                key_mtime: mtime(key),
+                checked: Instant::now(),
+            }),
         })
     }
 
     fn current(&self) -> Arc<CertifiedKey> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.3.elapsed() >= CHECK_EVERY {
-            st.3 = Instant::now();
+        if st.checked.elapsed() >= CHECK_EVERY {
+            st.checked = Instant::now();
             let (mc, mk) = (mtime(&self.cert), mtime(&self.key));
-            if mc != st.1 || mk != st.2 {
+            if mc != st.cert_mtime || mk != st.key_mtime {
                 match load_key(&self.cert, &self.key) {
                     Ok(ck) => {
                         tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
-                        *st = (Arc::new(ck), mc, mk, Instant::now());
+                        st.key = Arc::new(ck);
+                        st.cert_mtime = mc;
+                        st.key_mtime = mk;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "TLS certificate reload failed; keeping the old one")
@@ -96,7 +106,7 @@ impl ReloadingCert {
                 }
             }
         }
-        st.0.clone()
+        st.key.clone()
     }
 }
 
