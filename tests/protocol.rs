@@ -222,3 +222,36 @@ async fn swaks_sends_through_the_gateway() {
     assert_eq!(m.to.len(), 2);
     assert!(m.data.contains("Subject: via swaks") && m.data.contains("hello from swaks"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn classic_relay_tricks_are_refused_for_untrusted_clients() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = routed(&sink, "max_errors = 100");
+    let mut c = RawClient::connect_from(gw.smtp, Some("127.0.0.6")).await;
+    c.cmd("EHLO outsider.test").await;
+    c.cmd("MAIL FROM:<spam@outsider.test>").await;
+    let tricks = [
+        ("percent hack", "<victim%elsewhere.test@example.test>"),
+        ("bang path", "<elsewhere.test!victim@example.test>"),
+        ("bang path, second form", "<victim!elsewhere.test@example.test>"),
+        ("source route", "<@example.test:victim@elsewhere.test>"),
+        ("source route, two hops", "<@example.test,@relay.test:victim@elsewhere.test>"),
+        ("quoted local part with @", "<\"victim@elsewhere.test\"@example.test>"),
+        ("trailing dot", "<victim@elsewhere.test.>"),
+        ("trailing dot on ours", "<victim@example.test.>"),
+        ("IP literal", "<victim@[127.0.0.1]>"),
+        ("IPv6 literal", "<victim@[IPv6:::1]>"),
+        ("accepted domain as a suffix", "<victim@example.test.elsewhere.test>"),
+        ("accepted domain as a prefix", "<victim@evil-example.test>"),
+        ("subdomain of ours", "<victim@relay.example.test>"),
+        ("percent-encoded dot", "<victim@example%2etest>"),
+        ("unbracketed", "victim@elsewhere.test"),
+        ("double at", "<victim@elsewhere.test@example.test>"),
+    ];
+    for (name, rcpt) in tricks {
+        let r = c.cmd(&format!("RCPT TO:{rcpt}")).await;
+        assert!(r.starts_with('5'), "{name} ({rcpt}) was accepted: {r}");
+    }
+    // Mixed case of our own domain is still ours.
+    assert!(c.cmd("RCPT TO:<User@EXAMPLE.Test>").await.starts_with("250"));
+}

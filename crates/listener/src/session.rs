@@ -258,6 +258,16 @@ impl Session {
         if !self.cfg.relay.may_relay(self.peer, &rcpt.domain) {
             return Action::Reply(Reply::new(554, "5.7.1", "relay denied"));
         }
+        if routing_in_local_part(&rcpt.local) && !self.cfg.relay.is_trusted(self.peer) {
+            // The % hack, bang paths and quoted "user@other" local parts ask
+            // the receiving host to relay; Postfix refuses them the same way
+            // (allow_untrusted_routing = no).
+            return Action::Reply(Reply::new(
+                554,
+                "5.7.1",
+                "relay denied: sender-specified routing in the local part",
+            ));
+        }
         tx.recipients.push(rcpt);
         Action::Reply(Reply::new(250, "2.1.5", "recipient OK"))
     }
@@ -367,6 +377,11 @@ impl Session {
             trace_len,
         })
     }
+}
+
+/// True when a local part carries routing: `%`, `!` or an `@`.
+fn routing_in_local_part(local: &str) -> bool {
+    local.contains(['%', '!', '@'])
 }
 
 /// RFC 5321 section 4.4 trace header, folded after the `by` clause.
