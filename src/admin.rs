@@ -20,6 +20,8 @@ use tokio::sync::watch;
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub queue: Queue,
+    /// Back-pressure level (0 none); not ready while it is set.
+    pub pressure: Arc<std::sync::atomic::AtomicU8>,
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -57,9 +59,14 @@ async fn handle(
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
-            // The queue answering a read is the readiness signal for now.
             let _ = st.queue.next_due_ms();
-            text(StatusCode::OK, "ready\n".into())
+            match st.pressure.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => text(StatusCode::OK, "ready\n".into()),
+                n => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("back pressure level {n}: refusing new mail\n"),
+                ),
+            }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     })

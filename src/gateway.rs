@@ -81,6 +81,13 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let pressure = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    tokio::spawn(crate::pressure::watch(
+        queue.clone(),
+        cfg.queue.clone(),
+        pressure.clone(),
+        metrics.clone(),
+    ));
     let session_cfg = Arc::new(SessionConfig {
         hostname: hostname.clone(),
         relay: RelayPolicy {
@@ -100,6 +107,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         command_timeout: cfg.server.command_timeout.0,
         data_timeout: cfg.server.data_timeout.0,
         max_connections: cfg.server.max_connections,
+        data_total_timeout: cfg.server.data_total_timeout.0,
+        max_connections_per_ip: cfg.server.max_connections_per_ip,
+        max_connection_rate_per_ip: cfg.server.max_connection_rate_per_ip,
+        greeting_delay: cfg.server.greeting_delay.0,
+        max_noops: cfg.server.max_noops,
+        pressure: pressure.clone(),
         tls: match (&cfg.tls.cert_file, &cfg.tls.key_file) {
             (Some(c), Some(k)) => {
                 Some(postern_listener::tls::TlsConfig::load(c, k).context("TLS certificate")?)
@@ -151,6 +164,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let st = Arc::new(AdminState {
         metrics: metrics.clone(),
         queue: queue.clone(),
+        pressure: pressure.clone(),
     });
     tokio::spawn(admin::serve(admin_l, st, stop_rx.clone()));
 

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub quarantined: IntCounterVec,
     pub worker_restarts: IntCounterVec,
     pub gateway_restarts: IntCounter,
+    pub back_pressure: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -87,6 +88,10 @@ impl Metrics {
             "postern_gateway_restarts_total",
             "Times the supervisor restarted the gateway process.",
         )?;
+        let back_pressure = prometheus::IntGauge::new(
+            "postern_back_pressure",
+            "Back-pressure level: 0 none, 1 refusing untrusted clients, 2 refusing all.",
+        )?;
         for c in [
             Box::new(received.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(delivered.clone()),
@@ -100,6 +105,7 @@ impl Metrics {
             Box::new(quarantined.clone()),
             Box::new(worker_restarts.clone()),
             Box::new(gateway_restarts.clone()),
+            Box::new(back_pressure.clone()),
         ] {
             registry.register(c)?;
         }
@@ -117,6 +123,7 @@ impl Metrics {
             quarantined,
             worker_restarts,
             gateway_restarts,
+            back_pressure,
         })
     }
 

@@ -190,6 +190,18 @@ pub struct ServerConfig {
     pub command_timeout: HumanDuration,
     /// Wait for each chunk of DATA (RFC 5321 4.5.3.2.5: 3 minutes).
     pub data_timeout: HumanDuration,
+    /// Whole DATA phase, however the client trickles (RFC 5321 4.5.3.2.6:
+    /// 10 minutes); a command line must also arrive within command_timeout.
+    pub data_total_timeout: HumanDuration,
+    /// Concurrent sessions per client IP (trusted networks exempt): 421 4.7.0.
+    pub max_connections_per_ip: usize,
+    /// New connections per client IP per minute (trusted exempt): 421 4.7.0.
+    pub max_connection_rate_per_ip: u32,
+    /// Untrusted clients wait this long for the greeting; one that talks
+    /// first is an early talker: 554 and close. "0s" turns the test off.
+    pub greeting_delay: HumanDuration,
+    /// NOOP, RSET, VRFY and HELP per session before 421 4.7.0.
+    pub max_noops: u32,
 }
 
 impl Default for ServerConfig {
@@ -205,6 +217,11 @@ impl Default for ServerConfig {
             max_text_line: 1000,
             command_timeout: HumanDuration(Duration::from_secs(300)),
             data_timeout: HumanDuration(Duration::from_secs(180)),
+            data_total_timeout: HumanDuration(Duration::from_secs(600)),
+            max_connections_per_ip: 50,
+            max_connection_rate_per_ip: 600,
+            greeting_delay: HumanDuration(Duration::from_secs(1)),
+            max_noops: 50,
         }
     }
 }
@@ -245,6 +262,15 @@ pub struct QueueConfig {
     pub lease: HumanDuration,
     /// sled page cache size.
     pub cache_size: ByteSize,
+    /// Back pressure: messages in the queue at which untrusted clients are
+    /// refused (452 4.3.1); at twice this, everyone is.
+    pub max_messages: u64,
+    /// Back pressure: free disk under the queue below which untrusted
+    /// clients are refused; at half of it, everyone is.
+    pub min_free_disk: ByteSize,
+    /// Back pressure: gateway resident memory above which untrusted clients
+    /// are refused; at 1.5 times it, everyone is. "0" turns it off.
+    pub max_memory: ByteSize,
 }
 
 impl Default for QueueConfig {
@@ -256,6 +282,9 @@ impl Default for QueueConfig {
             max_age: HumanDuration(Duration::from_secs(5 * 86400)),
             lease: HumanDuration(Duration::from_secs(15 * 60)),
             cache_size: ByteSize(64 * 1024 * 1024),
+            max_messages: 100_000,
+            min_free_disk: ByteSize(1024 * 1024 * 1024),
+            max_memory: ByteSize(0),
         }
     }
 }

@@ -14,6 +14,7 @@
 pub mod codec;
 pub mod command;
 pub mod data;
+pub mod limits;
 pub mod reply;
 pub mod server;
 pub mod session;

@@ -40,6 +40,8 @@ pub async fn serve<S: MessageSink>(
 ) -> Result<(), ListenerError> {
     // Bounds concurrent sessions; a permit lives as long as its session.
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    // Per-client-IP concurrency and rate (trusted networks exempt).
+    let per_ip = crate::limits::IpLimiter::new(cfg.max_connections_per_ip, cfg.max_connection_rate_per_ip);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -55,6 +57,11 @@ pub async fn serve<S: MessageSink>(
         };
         let _ = stream.set_nodelay(true);
         let permit = slots.clone().try_acquire_owned();
+        let ip_slot = if cfg.relay.is_trusted(peer.ip()) {
+            Ok(None)
+        } else {
+            per_ip.admit(peer.ip(), std::time::Instant::now()).map(Some)
+        };
         let (cfg, sink) = (cfg.clone(), sink.clone());
         tokio::spawn(async move {
             let mut stream = stream;
@@ -62,6 +69,13 @@ pub async fn serve<S: MessageSink>(
                 let r = Reply::new(421, "4.3.2", "too many connections, try again later");
                 let _ = stream.write_all(&r.to_bytes()).await;
                 return;
+            };
+            let _ip_slot = match ip_slot {
+                Ok(s) => s,
+                Err(r) => {
+                    let _ = stream.write_all(&r.to_bytes()).await;
+                    return;
+                }
             };
             // A panic anywhere in this session ends this session only: the
             // client hears 451 (try again later), nothing else notices.
@@ -106,6 +120,18 @@ async fn connection<S: MessageSink>(
     implicit_tls: bool,
 ) -> std::io::Result<()> {
     if !implicit_tls {
+        if !cfg.greeting_delay.is_zero() && !cfg.relay.is_trusted(peer.ip()) {
+            // Pre-greeting test: an honest client waits for the 220.
+            let mut probe = [0u8; 64];
+            if let Ok(Ok(n)) = tokio::time::timeout(cfg.greeting_delay, stream.read(&mut probe)).await {
+                if n > 0 {
+                    let r = Reply::new(554, "5.5.1", "protocol error: you talked before the greeting");
+                    let _ = stream.write_all(&r.to_bytes()).await;
+                    tracing::info!(%peer, "early talker refused");
+                }
+                return Ok(());
+            }
+        }
         let session = Session::new(cfg.clone(), peer.ip());
         if run_session(stream, session, &cfg, sink, true).await? == End::Closed {
             return Ok(());
@@ -163,6 +189,9 @@ where
     let mut mode = Mode::Commands;
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
+    // When the current command line or DATA phase must be complete: a slow
+    // client cannot hold the session by trickling a byte at a time.
+    let mut phase_deadline: Option<std::time::Instant> = None;
     if greet {
         stream.write_all(&session.greeting().to_bytes()).await?;
     }
@@ -194,6 +223,7 @@ where
                         Action::Reply(r) => r.write_to(&mut out),
                         Action::StartData(r) => {
                             r.write_to(&mut out);
+                            phase_deadline = None;
                             mode = Mode::Data(DataReceiver::new(
                                 cfg.max_message_size as usize,
                                 cfg.max_text_line,
@@ -215,6 +245,7 @@ where
                     if !done {
                         continue;
                     }
+                    phase_deadline = None;
                     let Mode::Data(rx) = std::mem::replace(&mut mode, Mode::Commands) else {
                         unreachable!("mode checked above")
                     };
@@ -248,9 +279,20 @@ where
             let _ = stream.shutdown().await;
             return Ok(End::Closed);
         }
-        let wait = match mode {
-            Mode::Commands => cfg.command_timeout,
-            Mode::Data(_) => cfg.data_timeout,
+        let now = std::time::Instant::now();
+        let (per_read, phase) = match mode {
+            Mode::Commands => (cfg.command_timeout, cfg.command_timeout),
+            Mode::Data(_) => (cfg.data_timeout, cfg.data_total_timeout),
+        };
+        let pending = !buf.is_empty() || matches!(mode, Mode::Data(_));
+        if !pending {
+            phase_deadline = None;
+        } else if phase_deadline.is_none() {
+            phase_deadline = Some(now + phase);
+        }
+        let wait = match phase_deadline {
+            Some(d) => per_read.min(d.saturating_duration_since(now)),
+            None => per_read,
         };
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);

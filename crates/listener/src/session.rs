@@ -30,6 +30,14 @@ pub struct SessionConfig {
     pub max_connections: usize,
     /// STARTTLS and implicit TLS; `None` when no certificate is configured.
     pub tls: Option<crate::tls::TlsConfig>,
+    pub data_total_timeout: std::time::Duration,
+    pub max_connections_per_ip: usize,
+    pub max_connection_rate_per_ip: u32,
+    pub greeting_delay: std::time::Duration,
+    pub max_noops: u32,
+    /// Back pressure set by the gateway: 0 none, 1 refuse untrusted
+    /// clients, 2 refuse everyone (452 4.3.1 at MAIL).
+    pub pressure: Arc<std::sync::atomic::AtomicU8>,
 }
 
 /// A complete message handed to the sink.
@@ -93,6 +101,8 @@ pub struct Session {
     errors: u32,
     /// The negotiated TLS version and cipher, once the session is encrypted.
     tls: Option<String>,
+    /// NOOP/RSET/VRFY/HELP seen, against `max_noops`.
+    noops: u32,
 }
 
 impl Session {
@@ -103,6 +113,7 @@ impl Session {
             state: State::Fresh,
             errors: 0,
             tls: None,
+            noops: 0,
         }
     }
 
@@ -153,6 +164,12 @@ impl Session {
     }
 
     fn dispatch(&mut self, cmd: Command) -> Action {
+        if matches!(cmd, Command::Noop | Command::Rset | Command::Vrfy | Command::Help) {
+            self.noops += 1;
+            if self.noops > self.cfg.max_noops {
+                return Action::Close(Reply::new(421, "4.7.0", "too many commands without mail, closing"));
+            }
+        }
         match cmd {
             Command::Ehlo(h) => self.ehlo(h, true),
             Command::Helo(h) => self.ehlo(h, false),
@@ -229,6 +246,14 @@ impl Session {
             }
             State::Ready { helo, esmtp } => (helo.clone(), *esmtp),
         };
+        let pressure = self.cfg.pressure.load(std::sync::atomic::Ordering::Relaxed);
+        if pressure >= 2 || (pressure == 1 && !self.cfg.relay.is_trusted(self.peer)) {
+            return Action::Reply(Reply::new(
+                452,
+                "4.3.1",
+                "insufficient system resources, try again later",
+            ));
+        }
         if size.is_some_and(|s| s > self.cfg.max_message_size) {
             return Action::Reply(Reply::new(
                 552,
@@ -432,6 +457,12 @@ mod tests {
             data_timeout: std::time::Duration::from_secs(180),
             max_connections: 10,
             tls: None,
+            data_total_timeout: std::time::Duration::from_secs(600),
+            max_connections_per_ip: 10,
+            max_connection_rate_per_ip: 100,
+            greeting_delay: std::time::Duration::ZERO,
+            max_noops: 5,
+            pressure: Arc::new(std::sync::atomic::AtomicU8::new(0)),
         })
     }
 

@@ -1,0 +1,112 @@
+//! Back pressure, as Exchange does it: when the queue grows past
+//! `queue.max_messages`, free disk under the queue falls below
+//! `queue.min_free_disk`, or resident memory passes `queue.max_memory`, new
+//! mail from untrusted clients is refused with `452 4.3.1` (level 1); at the
+//! hard marks (twice the messages, half the disk, 1.5 times the memory)
+//! everyone is (level 2). Checked every second; mail is accepted again as
+//! soon as the measure falls back. Exposed as `postern_back_pressure` and in
+//! `/readyz`.
+
+use crate::metrics::Metrics;
+use postern_core::config::QueueConfig;
+use postern_queue::Queue;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Free bytes on the file system holding `path`.
+#[cfg(unix)]
+pub fn free_disk(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs fills the struct for a valid C path.
+    unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut s) != 0 {
+            return None;
+        }
+        Some(s.f_bavail as u64 * s.f_frsize as u64)
+    }
+}
+
+#[cfg(not(unix))]
+pub fn free_disk(_path: &std::path::Path) -> Option<u64> {
+    None
+}
+
+/// Resident memory of this process, from /proc (Linux).
+fn rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// The level for the given measures.
+pub fn level(messages: u64, free: Option<u64>, mem: Option<u64>, q: &QueueConfig) -> u8 {
+    let mut l = 0;
+    if q.max_messages > 0 {
+        if messages >= q.max_messages.saturating_mul(2) {
+            l = 2;
+        } else if messages >= q.max_messages {
+            l = l.max(1);
+        }
+    }
+    if let Some(f) = free {
+        if f < q.min_free_disk.0 / 2 {
+            l = 2;
+        } else if f < q.min_free_disk.0 {
+            l = l.max(1);
+        }
+    }
+    if let (Some(m), true) = (mem, q.max_memory.0 > 0) {
+        if m > q.max_memory.0 + q.max_memory.0 / 2 {
+            l = 2;
+        } else if m > q.max_memory.0 {
+            l = l.max(1);
+        }
+    }
+    l
+}
+
+/// Updates `state` every second until the process ends.
+pub async fn watch(queue: Queue, q: QueueConfig, state: Arc<AtomicU8>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let c = queue.counts();
+        let messages = (c.ready_or_deferred + c.leased + c.held) as u64;
+        let new = level(messages, free_disk(&q.path), rss(), &q);
+        let old = state.swap(new, Ordering::Relaxed);
+        if old != new {
+            tracing::warn!(level = new, messages, "back pressure changed");
+        }
+        metrics.back_pressure.set(i64::from(new));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_core::units::ByteSize;
+
+    #[test]
+    fn marks() {
+        let q = QueueConfig {
+            max_messages: 100,
+            min_free_disk: ByteSize(1000),
+            max_memory: ByteSize(0),
+            ..Default::default()
+        };
+        assert_eq!(level(10, Some(5000), Some(1 << 40), &q), 0);
+        assert_eq!(level(100, Some(5000), None, &q), 1);
+        assert_eq!(level(200, Some(5000), None, &q), 2);
+        assert_eq!(level(0, Some(999), None, &q), 1);
+        assert_eq!(level(0, Some(400), None, &q), 2);
+        let m = QueueConfig {
+            max_memory: ByteSize(100),
+            ..q
+        };
+        assert_eq!(level(0, None, Some(120), &m), 1);
+        assert_eq!(level(0, None, Some(200), &m), 2);
+    }
+}
