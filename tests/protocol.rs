@@ -233,15 +233,27 @@ async fn classic_relay_tricks_are_refused_for_untrusted_clients() {
     let tricks = [
         ("percent hack", "<victim%elsewhere.test@example.test>"),
         ("bang path", "<elsewhere.test!victim@example.test>"),
-        ("bang path, second form", "<victim!elsewhere.test@example.test>"),
+        (
+            "bang path, second form",
+            "<victim!elsewhere.test@example.test>",
+        ),
         ("source route", "<@example.test:victim@elsewhere.test>"),
-        ("source route, two hops", "<@example.test,@relay.test:victim@elsewhere.test>"),
-        ("quoted local part with @", "<\"victim@elsewhere.test\"@example.test>"),
+        (
+            "source route, two hops",
+            "<@example.test,@relay.test:victim@elsewhere.test>",
+        ),
+        (
+            "quoted local part with @",
+            "<\"victim@elsewhere.test\"@example.test>",
+        ),
         ("trailing dot", "<victim@elsewhere.test.>"),
         ("trailing dot on ours", "<victim@example.test.>"),
         ("IP literal", "<victim@[127.0.0.1]>"),
         ("IPv6 literal", "<victim@[IPv6:::1]>"),
-        ("accepted domain as a suffix", "<victim@example.test.elsewhere.test>"),
+        (
+            "accepted domain as a suffix",
+            "<victim@example.test.elsewhere.test>",
+        ),
         ("accepted domain as a prefix", "<victim@evil-example.test>"),
         ("subdomain of ours", "<victim@relay.example.test>"),
         ("percent-encoded dot", "<victim@example%2etest>"),
@@ -253,5 +265,8 @@ async fn classic_relay_tricks_are_refused_for_untrusted_clients() {
         assert!(r.starts_with('5'), "{name} ({rcpt}) was accepted: {r}");
     }
     // Mixed case of our own domain is still ours.
-    assert!(c.cmd("RCPT TO:<User@EXAMPLE.Test>").await.starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<User@EXAMPLE.Test>")
+        .await
+        .starts_with("250"));
 }

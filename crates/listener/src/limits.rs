@@ -62,17 +62,29 @@ impl IpLimiter {
             t.retain(|_, e| e.active > 0 || e.window_start.is_some_and(|s| now - s < WINDOW));
         }
         let e = t.entry(ip).or_default();
-        if e.window_start.is_none_or(|s| now.duration_since(s) >= WINDOW) {
+        if e.window_start
+            .is_none_or(|s| now.duration_since(s) >= WINDOW)
+        {
             e.window_start = Some(now);
             e.in_window = 0;
         }
-        if self.max_per_minute > 0 && e.in_window >= self.max_per_minute {
-            return Err(Reply::new(421, "4.7.0", "too many connections from your address, slow down"));
+        // Every attempt counts toward the rate, refused ones too (as
+        // Postfix's anvil counts connections).
+        e.in_window = e.in_window.saturating_add(1);
+        if self.max_per_minute > 0 && e.in_window > self.max_per_minute {
+            return Err(Reply::new(
+                421,
+                "4.7.0",
+                "too many connections from your address, slow down",
+            ));
         }
         if self.max_active > 0 && e.active >= self.max_active {
-            return Err(Reply::new(421, "4.7.0", "too many concurrent sessions from your address"));
+            return Err(Reply::new(
+                421,
+                "4.7.0",
+                "too many concurrent sessions from your address",
+            ));
         }
-        e.in_window += 1;
         e.active += 1;
         Ok(Slot {
             limiter: self.clone(),
@@ -87,7 +99,7 @@ mod tests {
 
     #[test]
     fn concurrency_and_rate() {
-        let l = IpLimiter::new(2, 3);
+        let l = IpLimiter::new(2, 4);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let now = Instant::now();
         let a = l.admit(ip, now).unwrap();

@@ -41,7 +41,8 @@ pub async fn serve<S: MessageSink>(
     // Bounds concurrent sessions; a permit lives as long as its session.
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     // Per-client-IP concurrency and rate (trusted networks exempt).
-    let per_ip = crate::limits::IpLimiter::new(cfg.max_connections_per_ip, cfg.max_connection_rate_per_ip);
+    let per_ip =
+        crate::limits::IpLimiter::new(cfg.max_connections_per_ip, cfg.max_connection_rate_per_ip);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -123,9 +124,15 @@ async fn connection<S: MessageSink>(
         if !cfg.greeting_delay.is_zero() && !cfg.relay.is_trusted(peer.ip()) {
             // Pre-greeting test: an honest client waits for the 220.
             let mut probe = [0u8; 64];
-            if let Ok(Ok(n)) = tokio::time::timeout(cfg.greeting_delay, stream.read(&mut probe)).await {
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(cfg.greeting_delay, stream.read(&mut probe)).await
+            {
                 if n > 0 {
-                    let r = Reply::new(554, "5.5.1", "protocol error: you talked before the greeting");
+                    let r = Reply::new(
+                        554,
+                        "5.5.1",
+                        "protocol error: you talked before the greeting",
+                    );
                     let _ = stream.write_all(&r.to_bytes()).await;
                     tracing::info!(%peer, "early talker refused");
                 }

@@ -164,10 +164,17 @@ impl Session {
     }
 
     fn dispatch(&mut self, cmd: Command) -> Action {
-        if matches!(cmd, Command::Noop | Command::Rset | Command::Vrfy | Command::Help) {
+        if matches!(
+            cmd,
+            Command::Noop | Command::Rset | Command::Vrfy | Command::Help
+        ) {
             self.noops += 1;
             if self.noops > self.cfg.max_noops {
-                return Action::Close(Reply::new(421, "4.7.0", "too many commands without mail, closing"));
+                return Action::Close(Reply::new(
+                    421,
+                    "4.7.0",
+                    "too many commands without mail, closing",
+                ));
             }
         }
         match cmd {
