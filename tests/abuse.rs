@@ -165,12 +165,12 @@ async fn two_thousand_idle_sessions() {
     );
     let pid = gw.child.id();
     let rss = |pid: u32| -> u64 {
-        // The gateway is the supervisor's child; sum the tree.
+        // The supervisor leads its own process group: sum the whole tree.
+        let script = format!(
+            "for p in $(pgrep -g {pid}); do awk '/VmRSS/ {{print $2}}' /proc/$p/status; done | awk '{{s+=$1}} END {{print s}}'"
+        );
         let out = std::process::Command::new("sh")
-            .args([
-                "-c",
-                &format!("ps -o rss= -g $(ps -o pgid= {pid}) | awk '{{s+=$1}} END {{print s}}'"),
-            ])
+            .args(["-c", &script])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout)
@@ -179,6 +179,7 @@ async fn two_thousand_idle_sessions() {
             .unwrap_or(0)
     };
     let before = rss(pid);
+    assert!(before > 1000, "cannot measure the gateway's memory ({before} KiB)");
     let mut conns = Vec::new();
     for _ in 0..2000 {
         let mut s = tokio::net::TcpStream::connect(gw.smtp).await.unwrap();
