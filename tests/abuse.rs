@@ -179,7 +179,10 @@ async fn two_thousand_idle_sessions() {
             .unwrap_or(0)
     };
     let before = rss(pid);
-    assert!(before > 1000, "cannot measure the gateway's memory ({before} KiB)");
+    assert!(
+        before > 1000,
+        "cannot measure the gateway's memory ({before} KiB)"
+    );
     let mut conns = Vec::new();
     for _ in 0..2000 {
         let mut s = tokio::net::TcpStream::connect(gw.smtp).await.unwrap();

@@ -44,6 +44,9 @@ impl LineCodec {
     /// Finds the next frame in `buf`. On `Err`, the caller drops the returned
     /// count of bytes and answers "line too long".
     pub fn decode(&mut self, buf: &[u8]) -> Result<Option<Frame>, (LineError, usize)> {
+        if buf.is_empty() {
+            return Ok(None);
+        }
         let nl = buf.iter().position(|b| *b == b'\n');
         if self.discarding {
             return match nl {
