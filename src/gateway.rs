@@ -113,6 +113,15 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         greeting_delay: cfg.server.greeting_delay.0,
         max_noops: cfg.server.max_noops,
         pressure: pressure.clone(),
+        users: match &cfg.auth.users_file {
+            Some(f) => Some(Arc::new(
+                postern_listener::auth::UserDb::load(f)
+                    .map_err(|e| anyhow::anyhow!("auth.users_file: {e}"))?,
+            )),
+            None => None,
+        },
+        auth_limiter: postern_listener::auth::AuthLimiter::new(cfg.auth.max_failures),
+        require_auth: false,
         tls: match (&cfg.tls.cert_file, &cfg.tls.key_file) {
             (Some(c), Some(k)) => {
                 Some(postern_listener::tls::TlsConfig::load(c, k).context("TLS certificate")?)
@@ -134,21 +143,32 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         conversion,
         receive_deadline: cfg.workers.message_deadline.0 + Duration::from_secs(5),
     });
-    let (smtp_listeners, smtps_listeners, admin_l) = listeners(&cfg).await?;
+    let (smtp_listeners, smtps_listeners, submission_listeners, admin_l) = listeners(&cfg).await?;
+    let submission_cfg = Arc::new(SessionConfig {
+        require_auth: true,
+        ..(*session_cfg).clone()
+    });
     let mut bound = Vec::new();
     let mut bound_tls = Vec::new();
+    let mut bound_sub = Vec::new();
     let all = smtp_listeners
         .into_iter()
-        .map(|l| (l, false))
-        .chain(smtps_listeners.into_iter().map(|l| (l, true)));
-    for (l, implicit) in all {
+        .map(|l| (l, false, false))
+        .chain(smtps_listeners.into_iter().map(|l| (l, true, false)))
+        .chain(submission_listeners.into_iter().map(|l| (l, false, true)));
+    for (l, implicit, submission) in all {
         let addr = l.local_addr()?.to_string();
-        if implicit {
-            bound_tls.push(addr);
-        } else {
-            bound.push(addr);
+        match (implicit, submission) {
+            (true, _) => bound_tls.push(addr),
+            (_, true) => bound_sub.push(addr),
+            _ => bound.push(addr),
         }
-        let (c, s, r) = (session_cfg.clone(), sink.clone(), stop_rx.clone());
+        let c = if submission {
+            submission_cfg.clone()
+        } else {
+            session_cfg.clone()
+        };
+        let (s, r) = (sink.clone(), stop_rx.clone());
         tokio::spawn(async move {
             if let Err(e) = postern_listener::serve(l, c, s, r, implicit).await {
                 tracing::error!(error = %e, "SMTP listener stopped");
@@ -200,6 +220,7 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         config = %loaded.source,
         smtp = %bound.join(","),
         smtps = %bound_tls.join(","),
+        submission = %bound_sub.join(","),
         admin = %admin_addr,
         hostname = %hostname,
         "postern ready"
@@ -215,9 +236,14 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
 
 /// The SMTP, implicit-TLS SMTP and admin listeners: inherited from
 /// `postern run`, or bound.
-async fn listeners(
-    cfg: &postern_core::config::Config,
-) -> anyhow::Result<(Vec<TcpListener>, Vec<TcpListener>, TcpListener)> {
+type Listeners = (
+    Vec<TcpListener>,
+    Vec<TcpListener>,
+    Vec<TcpListener>,
+    TcpListener,
+);
+
+async fn listeners(cfg: &postern_core::config::Config) -> anyhow::Result<Listeners> {
     #[cfg(unix)]
     if let Some(inh) = crate::supervise::inherited_from_env()? {
         let conv = |v: Vec<std::net::TcpListener>| -> std::io::Result<Vec<TcpListener>> {
@@ -226,6 +252,7 @@ async fn listeners(
         return Ok((
             conv(inh.smtp)?,
             conv(inh.smtps)?,
+            conv(inh.submission)?,
             TcpListener::from_std(inh.admin)?,
         ));
     }
@@ -248,7 +275,15 @@ async fn listeners(
     let admin = TcpListener::bind(cfg.admin.listen)
         .await
         .with_context(|| format!("cannot listen for admin HTTP on {}", cfg.admin.listen))?;
-    Ok((smtp, smtps, admin))
+    let mut submission = Vec::new();
+    for addr in &cfg.server.submission_listen {
+        submission.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for submission on {addr}"))?,
+        );
+    }
+    Ok((smtp, smtps, submission, admin))
 }
 
 /// Content workers (`workers.processes > 0`) or in-process processing.

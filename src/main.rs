@@ -51,6 +51,9 @@ enum Command {
     },
     /// Validate the configuration and print any errors.
     CheckConfig(ConfigArg),
+    /// Read a password on standard input; print its Argon2id hash for the
+    /// users file (`user:HASH`).
+    HashPassword,
     /// Inspect and act on the queue of the running daemon.
     Queue {
         #[command(flatten)]
@@ -135,6 +138,22 @@ fn main() -> ExitCode {
                 }
             }
             block_on(async move { queue_cli::run(admin, cmd).await })
+        }
+        Command::HashPassword => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                return ExitCode::from(1);
+            }
+            match postern_listener::auth::hash_password(line.trim_end_matches(['\r', '\n'])) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("postern: {e}");
+                    ExitCode::from(1)
+                }
+            }
         }
         Command::Gateway(a) => serve(a.config, false),
         Command::Run {

@@ -42,10 +42,18 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
                 .with_context(|| format!("cannot listen for implicit TLS on {addr}"))?,
         );
     }
+    let mut submission = Vec::new();
+    for addr in &cfg.server.submission_listen {
+        submission.push(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for submission on {addr}"))?,
+        );
+    }
     let admin = std::net::TcpListener::bind(cfg.admin.listen)
         .with_context(|| format!("cannot listen for admin HTTP on {}", cfg.admin.listen))?;
     let smtp_fds: Vec<RawFd> = smtp.iter().map(|l| l.as_raw_fd()).collect();
     let smtps_fds: Vec<RawFd> = smtps.iter().map(|l| l.as_raw_fd()).collect();
+    let sub_fds: Vec<RawFd> = submission.iter().map(|l| l.as_raw_fd()).collect();
     let admin_fd = admin.as_raw_fd();
     let list = |fds: &[RawFd]| {
         fds.iter()
@@ -54,12 +62,14 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
             .join(",")
     };
     let listen_env = format!(
-        "smtp={};smtps={};admin={admin_fd}",
+        "smtp={};smtps={};submission={};admin={admin_fd}",
         list(&smtp_fds),
-        list(&smtps_fds)
+        list(&smtps_fds),
+        list(&sub_fds)
     );
     let mut inherit = smtp_fds.clone();
     inherit.extend(&smtps_fds);
+    inherit.extend(&sub_fds);
     inherit.push(admin_fd);
     let memory = cfg.workers.gateway_memory_limit.0;
     let exe = std::env::current_exe().context("cannot find our own executable")?;
@@ -156,6 +166,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
 pub struct Inherited {
     pub smtp: Vec<std::net::TcpListener>,
     pub smtps: Vec<std::net::TcpListener>,
+    pub submission: Vec<std::net::TcpListener>,
     pub admin: std::net::TcpListener,
 }
 
@@ -165,7 +176,8 @@ pub fn inherited_from_env() -> anyhow::Result<Option<Inherited>> {
     let Ok(v) = std::env::var(LISTEN_ENV) else {
         return Ok(None);
     };
-    let (mut smtp, mut smtps, mut admin) = (Vec::new(), Vec::new(), None);
+    let (mut smtp, mut smtps, mut submission, mut admin) =
+        (Vec::new(), Vec::new(), Vec::new(), None);
     for part in v.split(';') {
         let (name, fds) = part.split_once('=').context("malformed listener list")?;
         for fd in fds.split(',').filter(|f| !f.is_empty()) {
@@ -177,6 +189,7 @@ pub fn inherited_from_env() -> anyhow::Result<Option<Inherited>> {
             match name {
                 "smtp" => smtp.push(l),
                 "smtps" => smtps.push(l),
+                "submission" => submission.push(l),
                 "admin" => admin = Some(l),
                 _ => anyhow::bail!("unknown listener kind {name}"),
             }
@@ -185,6 +198,7 @@ pub fn inherited_from_env() -> anyhow::Result<Option<Inherited>> {
     Ok(Some(Inherited {
         smtp,
         smtps,
+        submission,
         admin: admin.context("no admin listener passed")?,
     }))
 }

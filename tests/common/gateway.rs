@@ -17,6 +17,8 @@ pub struct Gateway {
     pub smtp: SocketAddr,
     /// The implicit-TLS listener, when one is configured.
     pub smtps: Option<SocketAddr>,
+    /// The submission listener, when one is configured.
+    pub submission: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub child: Child,
     pub log: Arc<Mutex<Vec<String>>>,
@@ -120,14 +122,20 @@ impl Gateway {
             let end = rest.find([' ', ',']).unwrap_or(rest.len());
             rest[..end].parse().unwrap()
         };
-        let smtps = ready
-            .find("smtps=")
-            .map(|i| &ready[i + 6..])
-            .and_then(|r| r.split([' ', ',']).next())
-            .and_then(|a| a.parse().ok());
+        let optional = |name: &str| -> Option<SocketAddr> {
+            let key = format!("{name}=");
+            ready
+                .find(&key)
+                .map(|i| &ready[i + key.len()..])
+                .and_then(|r| r.split([' ', ',']).next())
+                .and_then(|a| a.parse().ok())
+        };
+        let smtps = optional("smtps");
+        let submission = optional("submission");
         Gateway {
             smtp: field("smtp"),
             smtps,
+            submission,
             admin: field("admin"),
             child,
             log,

@@ -27,6 +27,27 @@ pub struct Config {
     pub workers: WorkersConfig,
     pub convert: ConvertConfig,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: SMTP AUTH for submission and authenticated relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `user:argon2-hash` lines (`postern hash-password` makes the hashes).
+    pub users_file: Option<PathBuf>,
+    /// Failed attempts per client IP and per user in ten minutes before
+    /// further attempts get 454 4.7.0.
+    pub max_failures: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users_file: None,
+            max_failures: 5,
+        }
+    }
 }
 
 /// `[tls]`: certificate for STARTTLS and implicit TLS.
@@ -174,6 +195,8 @@ pub struct ServerConfig {
     pub hostname: String,
     /// Addresses to accept SMTP connections on.
     pub listen: Vec<SocketAddr>,
+    /// Submission addresses (port 587 style): MAIL requires AUTH there.
+    pub submission_listen: Vec<SocketAddr>,
     /// Largest message accepted (SIZE and during DATA).
     pub max_message_size: ByteSize,
     /// Recipients per transaction; more get 452 4.5.3.
@@ -209,6 +232,7 @@ impl Default for ServerConfig {
         ServerConfig {
             hostname: String::new(),
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 2525))],
+            submission_listen: Vec::new(),
             max_message_size: ByteSize(50 * 1024 * 1024),
             max_recipients: 100,
             max_connections: 2000,
@@ -427,6 +451,9 @@ impl Config {
         }
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             errs.push("tls.cert_file and tls.key_file go together".to_string());
+        }
+        if !self.server.submission_listen.is_empty() && self.auth.users_file.is_none() {
+            errs.push("server.submission_listen needs auth.users_file".to_string());
         }
         if !self.tls.implicit_listen.is_empty() && self.tls.cert_file.is_none() {
             errs.push("tls.implicit_listen needs tls.cert_file and tls.key_file".to_string());

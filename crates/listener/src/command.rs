@@ -26,6 +26,11 @@ pub enum Command {
     Vrfy,
     Help,
     StartTls,
+    /// AUTH mechanism [initial-response].
+    Auth {
+        mechanism: String,
+        initial: Option<String>,
+    },
     /// Known verbs Postern does not offer (yet): answered 502.
     NotImplemented(String),
 }
@@ -68,7 +73,15 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "HELP" => Ok(Command::Help),
         "STARTTLS" if !arg.is_empty() => Err(syntax("no arguments allowed")),
         "STARTTLS" => Ok(Command::StartTls),
-        "EXPN" | "AUTH" | "BDAT" | "TURN" | "ETRN" => Ok(Command::NotImplemented(verb)),
+        "AUTH" => {
+            let mut it = arg.split_whitespace();
+            let mechanism = it.next().ok_or_else(|| syntax("AUTH needs a mechanism"))?;
+            Ok(Command::Auth {
+                mechanism: mechanism.to_ascii_uppercase(),
+                initial: it.next().map(String::from),
+            })
+        }
+        "EXPN" | "BDAT" | "TURN" | "ETRN" => Ok(Command::NotImplemented(verb)),
         _ => Err(Reply::new(500, "5.5.1", "command unrecognized")),
     }
 }

@@ -11,6 +11,7 @@
 //! The listener hands each complete message to a [`MessageSink`] (the queue, in
 //! the gateway) and relays its reply; it never answers 250 by itself.
 
+pub mod auth;
 pub mod codec;
 pub mod command;
 pub mod data;

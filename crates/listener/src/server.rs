@@ -244,6 +244,22 @@ where
                             r.write_to(&mut out);
                             starttls = true;
                         }
+                        Action::Authenticate { user, pass } => {
+                            let ok = match &cfg.users {
+                                Some(db) => db.verify(user.clone(), pass).await,
+                                None => false,
+                            };
+                            match session.auth_done(user, ok) {
+                                Action::Close(r) => {
+                                    r.write_to(&mut out);
+                                    close = true;
+                                }
+                                Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
+                                    r.write_to(&mut out)
+                                }
+                                Action::Authenticate { .. } => {}
+                            }
+                        }
                     }
                 }
                 Mode::Data(rx) => {
@@ -264,6 +280,7 @@ where
                         Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
                             r.write_to(&mut out)
                         }
+                        Action::Authenticate { .. } => {}
                         Action::Close(r) => {
                             r.write_to(&mut out);
                             close = true;

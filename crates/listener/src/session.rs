@@ -38,6 +38,12 @@ pub struct SessionConfig {
     /// Back pressure set by the gateway: 0 none, 1 refuse untrusted
     /// clients, 2 refuse everyone (452 4.3.1 at MAIL).
     pub pressure: Arc<std::sync::atomic::AtomicU8>,
+    /// Users for AUTH; AUTH is offered on encrypted sessions when set.
+    pub users: Option<Arc<crate::auth::UserDb>>,
+    /// Failed AUTH attempts per client and per user.
+    pub auth_limiter: Arc<crate::auth::AuthLimiter>,
+    /// Submission port: MAIL needs AUTH first.
+    pub require_auth: bool,
 }
 
 /// A complete message handed to the sink.
@@ -89,6 +95,12 @@ pub enum Action {
     /// Send the reply (220) and start the TLS handshake; anything the client
     /// pipelined after STARTTLS is discarded.
     StartTls(Reply),
+    /// Check these credentials (slowly, off the loop), then call
+    /// [`Session::auth_done`].
+    Authenticate {
+        user: String,
+        pass: String,
+    },
     /// Send the reply and close the connection.
     Close(Reply),
 }
@@ -103,6 +115,18 @@ pub struct Session {
     tls: Option<String>,
     /// NOOP/RSET/VRFY/HELP seen, against `max_noops`.
     noops: u32,
+    /// The authenticated user, after a successful AUTH.
+    user: Option<String>,
+    /// A SASL exchange in progress: the next line is its response.
+    sasl: Option<Sasl>,
+}
+
+/// Where a SASL exchange stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sasl {
+    Plain,
+    LoginUser,
+    LoginPass(String),
 }
 
 impl Session {
@@ -114,6 +138,100 @@ impl Session {
             errors: 0,
             tls: None,
             noops: 0,
+            user: None,
+            sasl: None,
+        }
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// A SASL response line.
+    fn sasl_line(&mut self, step: Sasl, line: &[u8]) -> Action {
+        let text = String::from_utf8_lossy(line).trim().to_string();
+        if text == "*" {
+            return Action::Reply(Reply::new(501, "5.7.0", "authentication cancelled"));
+        }
+        let Some(data) = crate::auth::b64(&text) else {
+            return Action::Reply(Reply::new(501, "5.5.2", "cannot decode the response"));
+        };
+        match step {
+            Sasl::Plain => match crate::auth::parse_plain(&data) {
+                Some((user, pass)) => self.check(user, pass),
+                None => Action::Reply(Reply::new(501, "5.5.2", "malformed PLAIN response")),
+            },
+            Sasl::LoginUser => {
+                self.sasl = Some(Sasl::LoginPass(String::from_utf8_lossy(&data).into_owned()));
+                Action::Reply(Reply::plain(334, vec!["UGFzc3dvcmQ6".into()]))
+            }
+            Sasl::LoginPass(user) => self.check(user, String::from_utf8_lossy(&data).into_owned()),
+        }
+    }
+
+    fn check(&mut self, user: String, pass: String) -> Action {
+        let now = std::time::Instant::now();
+        if self.cfg.auth_limiter.blocked(self.peer, Some(&user), now) {
+            return Action::Reply(Reply::new(
+                454,
+                "4.7.0",
+                "too many failed attempts, try again later",
+            ));
+        }
+        Action::Authenticate { user, pass }
+    }
+
+    /// The result of an [`Action::Authenticate`].
+    pub fn auth_done(&mut self, user: String, ok: bool) -> Action {
+        if ok {
+            tracing::info!(peer = %self.peer, %user, "authenticated");
+            self.user = Some(user);
+            return Action::Reply(Reply::new(235, "2.7.0", "authentication succeeded"));
+        }
+        self.cfg
+            .auth_limiter
+            .failed(self.peer, &user, std::time::Instant::now());
+        self.finish(Action::Reply(Reply::new(
+            535,
+            "5.7.8",
+            "authentication credentials invalid",
+        )))
+    }
+
+    fn auth(&mut self, mechanism: String, initial: Option<String>) -> Action {
+        if self.cfg.users.is_none() {
+            return Action::Reply(Reply::new(502, "5.5.1", "AUTH not available"));
+        }
+        if self.tls.is_none() {
+            return Action::Reply(Reply::new(
+                538,
+                "5.7.11",
+                "encryption required for authentication",
+            ));
+        }
+        if self.user.is_some() {
+            return Action::Reply(Reply::new(503, "5.5.1", "already authenticated"));
+        }
+        if !matches!(self.state, State::Ready { .. }) {
+            return Action::Reply(Reply::new(
+                503,
+                "5.5.1",
+                "send EHLO first; no AUTH in a transaction",
+            ));
+        }
+        match (mechanism.as_str(), initial) {
+            ("PLAIN", Some(i)) => self.sasl_line(Sasl::Plain, i.as_bytes()),
+            ("PLAIN", None) => {
+                self.sasl = Some(Sasl::Plain);
+                Action::Reply(Reply::plain(334, vec![String::new()]))
+            }
+            ("LOGIN", Some(i)) => self.sasl_line(Sasl::LoginUser, i.as_bytes()),
+            ("LOGIN", None) => {
+                self.sasl = Some(Sasl::LoginUser);
+                Action::Reply(Reply::plain(334, vec!["VXNlcm5hbWU6".into()]))
+            }
+            _ => Action::Reply(Reply::new(504, "5.5.4", "mechanism not supported")),
         }
     }
 
@@ -154,8 +272,12 @@ impl Session {
         self.finish(Action::Reply(Reply::new(500, "5.5.2", "line too long")))
     }
 
-    /// Handles one command line.
+    /// Handles one command line (or SASL response line).
     pub fn command(&mut self, line: &[u8]) -> Action {
+        if let Some(step) = self.sasl.take() {
+            let action = self.sasl_line(step, line);
+            return self.finish(action);
+        }
         let action = match command::parse(line) {
             Ok(cmd) => self.dispatch(cmd),
             Err(reply) => Action::Reply(reply),
@@ -201,6 +323,7 @@ impl Session {
                 "EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
             )),
             Command::StartTls => self.starttls(),
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
             Command::NotImplemented(v) => {
                 Action::Reply(Reply::new(502, "5.5.1", format!("{v} not implemented")))
             }
@@ -236,6 +359,9 @@ impl Session {
             if self.cfg.tls.is_some() && self.tls.is_none() {
                 lines.push("STARTTLS".into());
             }
+            if self.cfg.users.is_some() && self.tls.is_some() {
+                lines.push("AUTH PLAIN LOGIN".into());
+            }
             lines.push("HELP".into());
             Reply::plain(250, lines)
         } else {
@@ -253,6 +379,9 @@ impl Session {
             }
             State::Ready { helo, esmtp } => (helo.clone(), *esmtp),
         };
+        if self.cfg.require_auth && self.user.is_none() {
+            return Action::Reply(Reply::new(530, "5.7.0", "authentication required"));
+        }
         let pressure = self.cfg.pressure.load(std::sync::atomic::Ordering::Relaxed);
         if pressure >= 2 || (pressure == 1 && !self.cfg.relay.is_trusted(self.peer)) {
             return Action::Reply(Reply::new(
@@ -287,10 +416,14 @@ impl Session {
         if tx.recipients.len() >= self.cfg.max_recipients {
             return Action::Reply(Reply::new(452, "4.5.3", "too many recipients"));
         }
-        if !self.cfg.relay.may_relay(self.peer, &rcpt.domain) {
+        let authenticated = self.user.is_some();
+        if !authenticated && !self.cfg.relay.may_relay(self.peer, &rcpt.domain) {
             return Action::Reply(Reply::new(554, "5.7.1", "relay denied"));
         }
-        if routing_in_local_part(&rcpt.local) && !self.cfg.relay.is_trusted(self.peer) {
+        if routing_in_local_part(&rcpt.local)
+            && !authenticated
+            && !self.cfg.relay.is_trusted(self.peer)
+        {
             // The % hack, bang paths and quoted "user@other" local parts ask
             // the receiving host to relay; Postfix refuses them the same way
             // (allow_untrusted_routing = no).
@@ -470,6 +603,9 @@ mod tests {
             greeting_delay: std::time::Duration::ZERO,
             max_noops: 5,
             pressure: Arc::new(std::sync::atomic::AtomicU8::new(0)),
+            users: None,
+            auth_limiter: crate::auth::AuthLimiter::new(5),
+            require_auth: false,
         })
     }
 
@@ -478,6 +614,7 @@ mod tests {
             Action::Reply(r) | Action::StartData(r) | Action::Close(r) | Action::StartTls(r) => {
                 r.code
             }
+            Action::Authenticate { .. } => 0,
         }
     }
 

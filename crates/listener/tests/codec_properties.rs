@@ -97,7 +97,7 @@ fn data_receiver_is_chunking_independent_and_bounded() {
     for _ in 0..2000 {
         let len = (rng.next() % 3000) as usize;
         let mut data = input(&mut rng, len);
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             data.extend_from_slice(b"\r\n.\r\n");
         }
         let whole = data_phase(&data, data.len());

@@ -1,0 +1,239 @@
+//! SMTP AUTH (RFC 4954): PLAIN (RFC 4616) and LOGIN, offered only on
+//! encrypted sessions, against a users file of Argon2 password hashes.
+//!
+//! [`UserDb::load`] reads `user:$argon2id$...` lines (`#` comments; the
+//! file is re-read when it changes). [`UserDb::verify`] checks a password
+//! off the async runtime (Argon2 is deliberately slow). [`AuthLimiter`]
+//! counts failures per client IP and per user in ten-minute windows; past
+//! the limit, attempts are refused before any password is checked. The SASL
+//! decoding helpers are pure and tested below.
+
+use argon2::password_hash::{PasswordHash, PasswordVerifier};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+const WINDOW: Duration = Duration::from_secs(600);
+
+/// Users and their password hashes, following the file.
+#[derive(Debug)]
+pub struct UserDb {
+    path: PathBuf,
+    state: Mutex<(HashMap<String, String>, Option<SystemTime>)>,
+}
+
+fn read_users(path: &Path) -> Result<HashMap<String, String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut users = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (user, hash) = line
+            .split_once(':')
+            .ok_or_else(|| format!("{}:{}: expected user:hash", path.display(), i + 1))?;
+        PasswordHash::new(hash)
+            .map_err(|e| format!("{}:{}: not a password hash: {e}", path.display(), i + 1))?;
+        users.insert(user.to_string(), hash.to_string());
+    }
+    Ok(users)
+}
+
+impl UserDb {
+    pub fn load(path: &Path) -> Result<UserDb, String> {
+        let users = read_users(path)?;
+        let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        Ok(UserDb {
+            path: path.to_path_buf(),
+            state: Mutex::new((users, mtime)),
+        })
+    }
+
+    fn hash_of(&self, user: &str) -> Option<String> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if mtime != st.1 {
+            match read_users(&self.path) {
+                Ok(u) => *st = (u, mtime),
+                Err(e) => {
+                    tracing::error!(error = %e, "users file reload failed; keeping the old one")
+                }
+            }
+        }
+        st.0.get(user).cloned()
+    }
+
+    /// True when `pass` is `user`'s password.
+    pub async fn verify(self: &Arc<Self>, user: String, pass: String) -> bool {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some(hash) = db.hash_of(&user) else {
+                return false;
+            };
+            let Ok(parsed) = PasswordHash::new(&hash) else {
+                return false;
+            };
+            argon2::Argon2::default()
+                .verify_password(pass.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+/// An Argon2id hash of `password` for the users file.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&bytes).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Failed attempts per client and per user.
+#[derive(Debug, Default)]
+pub struct AuthLimiter {
+    pub max_failures: u32,
+    table: Mutex<HashMap<String, (Instant, u32)>>,
+}
+
+impl AuthLimiter {
+    pub fn new(max_failures: u32) -> Arc<AuthLimiter> {
+        Arc::new(AuthLimiter {
+            max_failures,
+            table: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn count(&self, key: &str, now: Instant) -> u32 {
+        let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        match t.get(key) {
+            Some((start, n)) if now.duration_since(*start) < WINDOW => *n,
+            _ => 0,
+        }
+    }
+
+    /// True when the client or the user has failed too often lately.
+    pub fn blocked(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> bool {
+        self.count(&format!("ip:{ip}"), now) >= self.max_failures
+            || user.is_some_and(|u| self.count(&format!("user:{u}"), now) >= self.max_failures)
+    }
+
+    pub fn failed(&self, ip: IpAddr, user: &str, now: Instant) {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() > 10_000 {
+            t.retain(|_, (s, _)| now.duration_since(*s) < WINDOW);
+        }
+        for key in [format!("ip:{ip}"), format!("user:{user}")] {
+            let e = t.entry(key).or_insert((now, 0));
+            if now.duration_since(e.0) >= WINDOW {
+                *e = (now, 0);
+            }
+            e.1 += 1;
+        }
+    }
+}
+
+/// Decodes base64 SASL data (`=` alone means empty).
+pub fn b64(s: &str) -> Option<Vec<u8>> {
+    if s == "=" {
+        return Some(Vec::new());
+    }
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => continue,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// PLAIN: `authzid NUL authcid NUL password` → (user, password).
+pub fn parse_plain(data: &[u8]) -> Option<(String, String)> {
+    let mut parts = data.split(|b| *b == 0);
+    let authz = parts.next()?;
+    let user = std::str::from_utf8(parts.next()?).ok()?;
+    let pass = std::str::from_utf8(parts.next()?).ok()?;
+    if parts.next().is_some() || user.is_empty() {
+        return None;
+    }
+    // We do not act for others: an authzid must be empty or the user.
+    if !authz.is_empty() && authz != user.as_bytes() {
+        return None;
+    }
+    Some((user.to_string(), pass.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sasl_plain() {
+        assert_eq!(b64("AHVzZXIAcGFzcw=="), Some(b"\0user\0pass".to_vec()));
+        assert_eq!(
+            parse_plain(b"\0user\0pass"),
+            Some(("user".into(), "pass".into()))
+        );
+        assert_eq!(
+            parse_plain(b"user\0user\0pass"),
+            Some(("user".into(), "pass".into()))
+        );
+        assert_eq!(parse_plain(b"boss\0user\0pass"), None);
+        assert_eq!(parse_plain(b"\0\0pass"), None);
+        assert_eq!(parse_plain(b"nonul"), None);
+        assert!(b64("*bad*").is_none());
+    }
+
+    #[test]
+    fn limiter() {
+        let l = AuthLimiter::new(2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let now = Instant::now();
+        assert!(!l.blocked(ip, Some("u"), now));
+        l.failed(ip, "u", now);
+        l.failed(ip, "u", now);
+        assert!(l.blocked(ip, None, now));
+        assert!(l.blocked("192.0.2.9".parse().unwrap(), Some("u"), now));
+        assert!(!l.blocked(ip, None, now + WINDOW));
+    }
+
+    #[tokio::test]
+    async fn users_file_and_verify() {
+        let dir = std::env::temp_dir().join(format!("postern-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("users");
+        std::fs::write(
+            &f,
+            format!("# users\nalice:{}\n", hash_password("s3cret").unwrap()),
+        )
+        .unwrap();
+        let db = Arc::new(UserDb::load(&f).unwrap());
+        assert!(db.verify("alice".into(), "s3cret".into()).await);
+        assert!(!db.verify("alice".into(), "wrong".into()).await);
+        assert!(!db.verify("bob".into(), "s3cret".into()).await);
+        std::fs::write(&f, "bad line\n").unwrap();
+        assert!(UserDb::load(&f).is_err());
+    }
+}

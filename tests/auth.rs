@@ -1,0 +1,142 @@
+//! SMTP AUTH on the real binary: PLAIN and LOGIN with swaks over STARTTLS,
+//! authenticated relay from an untrusted address, no AUTH before TLS, the
+//! submission port requiring AUTH, and failure rate limiting.
+
+mod common;
+
+use common::{wait_until, Gateway, RawClient, Sink};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn setup(dir: &std::path::Path) {
+    let d = dir.display();
+    let ok = Command::new("sh")
+        .args(["-c", &format!("openssl req -x509 -newkey rsa:2048 -nodes -keyout {d}/key.pem -out {d}/cert.pem -days 2 -subj /CN=gw.example.test 2>/dev/null")])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"s3cret pass\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    std::fs::write(dir.join("users"), format!("# test users\nalice:{}", hash)).unwrap();
+}
+
+fn start(dir: &std::path::Path, sink: &Sink) -> Gateway {
+    let d = dir.display();
+    Gateway::start(
+        "greeting_delay = \"0s\"\nsubmission_listen = [\"127.0.0.1:0\"]",
+        &format!(
+            "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n\
+             [tls]\ncert_file = \"{d}/cert.pem\"\nkey_file = \"{d}/key.pem\"\n\
+             [auth]\nusers_file = \"{d}/users\"\nmax_failures = 3\n\
+             [[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n",
+            sink.addr
+        ),
+    )
+}
+
+fn swaks(addr: std::net::SocketAddr, mech: &str, pass: &str) -> (bool, String) {
+    let out = Command::new("swaks")
+        .args([
+            "--server",
+            &addr.ip().to_string(),
+            "--port",
+            &addr.port().to_string(),
+        ])
+        .args(["--local-interface", "127.0.0.13"])
+        .args([
+            "--from",
+            "alice@example.test",
+            "--to",
+            "friend@elsewhere.test",
+        ])
+        .args([
+            "--tls",
+            "--auth",
+            mech,
+            "--auth-user",
+            "alice",
+            "--auth-password",
+            pass,
+        ])
+        .output()
+        .expect("swaks");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_and_login_allow_relay_for_authenticated_users() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = start(dir.path(), &sink);
+    let addr = gw.smtp;
+    for mech in ["PLAIN", "LOGIN"] {
+        let (ok, text) = tokio::task::spawn_blocking(move || swaks(addr, mech, "s3cret pass"))
+            .await
+            .unwrap();
+        assert!(
+            ok && text.contains("235 2.7.0") && text.contains("queued as"),
+            "{mech}: {text}"
+        );
+    }
+    wait_until(Duration::from_secs(30), "relayed", || sink.count() == 2).await;
+    // Without AUTH, the same relay from that address is refused.
+    let mut c = RawClient::connect_from(addr, Some("127.0.0.13")).await;
+    let ehlo = c.cmd("EHLO x.test").await;
+    assert!(!ehlo.contains("AUTH"), "AUTH offered before TLS: {ehlo}");
+    assert!(c
+        .cmd("AUTH PLAIN AGFsaWNlAHMzY3JldCBwYXNz")
+        .await
+        .starts_with("538"));
+    c.cmd("MAIL FROM:<alice@example.test>").await;
+    assert!(c
+        .cmd("RCPT TO:<friend@elsewhere.test>")
+        .await
+        .starts_with("554 5.7.1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_passwords_are_limited_and_submission_needs_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = start(dir.path(), &sink);
+    let addr = gw.smtp;
+    for _ in 0..3 {
+        let (ok, text) = tokio::task::spawn_blocking(move || swaks(addr, "PLAIN", "wrong"))
+            .await
+            .unwrap();
+        assert!(!ok && text.contains("535 5.7.8"), "{text}");
+    }
+    // Past the limit even the right password is not checked.
+    let (ok, text) = tokio::task::spawn_blocking(move || swaks(addr, "PLAIN", "s3cret pass"))
+        .await
+        .unwrap();
+    assert!(!ok && text.contains("454 4.7.0"), "{text}");
+    // Submission: MAIL without AUTH is refused, even from a trusted address.
+    let sub = gw.submission.expect("submission listener");
+    let mut c = RawClient::connect(sub).await;
+    c.cmd("EHLO inside.test").await;
+    assert!(c
+        .cmd("MAIL FROM:<a@example.test>")
+        .await
+        .starts_with("530 5.7.0"));
+    assert_eq!(sink.count(), 0);
+}
