@@ -122,6 +122,17 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         },
         auth_limiter: postern_listener::auth::AuthLimiter::new(cfg.auth.max_failures),
         require_auth: false,
+        recipients: match &cfg.relay.recipients_file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("relay.recipients_file {}", f.display()))?;
+                Some(Arc::new(
+                    postern_core::relay::RecipientList::parse(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
+                ))
+            }
+            None => None,
+        },
         tls: match (&cfg.tls.cert_file, &cfg.tls.key_file) {
             (Some(c), Some(k)) => {
                 Some(postern_listener::tls::TlsConfig::load(c, k).context("TLS certificate")?)

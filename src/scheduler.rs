@@ -324,6 +324,7 @@ impl Scheduler {
             size: body.len() as u64,
             eight_bit: !body.is_ascii(),
             message_id: None,
+            smtputf8: false,
         };
         match self.queue.enqueue(dsn_env, &body).await {
             Ok(()) => {

@@ -270,3 +270,53 @@ async fn classic_relay_tricks_are_refused_for_untrusted_clients() {
         .await
         .starts_with("250"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn smtputf8_nul_and_recipient_validation() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("recipients");
+    std::fs::write(&list, "alice@example.test\njörg@example.test\n").unwrap();
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\nrecipients_file = \"{}\"\n\
+             [[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n",
+            list.display(),
+            sink.addr
+        ),
+    );
+    let mut c = RawClient::connect(gw.smtp).await;
+    assert!(c.cmd("EHLO t.test").await.contains("SMTPUTF8"));
+    assert!(c
+        .cmd("MAIL FROM:<jörg@example.test>")
+        .await
+        .starts_with("553 5.6.7"));
+    assert!(c
+        .cmd("MAIL FROM:<jörg@example.test> SMTPUTF8")
+        .await
+        .starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<jörg@example.test>")
+        .await
+        .starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<mallory@example.test>")
+        .await
+        .starts_with("550 5.1.1"));
+    assert!(c
+        .cmd("RCPT TO:<Alice@example.test>")
+        .await
+        .starts_with("250"));
+    assert!(c.cmd("RSET").await.starts_with("250"));
+    c.cmd("MAIL FROM:<a@example.test>").await;
+    assert!(c
+        .cmd("RCPT TO:<jörg@example.test>")
+        .await
+        .starts_with("553 5.6.7"));
+    c.cmd("RCPT TO:<alice@example.test>").await;
+    c.cmd("DATA").await;
+    c.send(b"Subject: nul\r\n\r\nbefore\0after\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("550 5.6.0"));
+    assert_eq!(sink.count(), 0);
+}

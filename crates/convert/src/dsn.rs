@@ -155,6 +155,7 @@ mod tests {
             size: 0,
             eight_bit: false,
             message_id: None,
+            smtputf8: false,
         };
         let reason = Reason {
             code: 550,

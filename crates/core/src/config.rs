@@ -258,6 +258,9 @@ pub struct RelayConfig {
     pub accepted_domains: Vec<String>,
     /// Client networks that may relay to any domain (outbound).
     pub trusted_networks: Vec<IpNet>,
+    /// Valid recipients of accepted domains (`user@domain`, `@domain`);
+    /// unknown users there get 550 5.1.1 at RCPT instead of a later bounce.
+    pub recipients_file: Option<PathBuf>,
 }
 
 impl Default for RelayConfig {
@@ -268,6 +271,7 @@ impl Default for RelayConfig {
                 .iter()
                 .filter_map(|n| n.parse().ok())
                 .collect(),
+            recipients_file: None,
         }
     }
 }

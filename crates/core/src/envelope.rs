@@ -58,6 +58,9 @@ pub struct Envelope {
     /// The message's Message-ID header, for logs and the queue list.
     #[serde(default)]
     pub message_id: Option<String>,
+    /// The client declared SMTPUTF8; passed on to hops that offer it.
+    #[serde(default)]
+    pub smtputf8: bool,
 }
 
 impl Envelope {

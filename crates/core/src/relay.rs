@@ -40,8 +40,72 @@ impl RelayPolicy {
     }
 }
 
+/// Valid internal recipients, for the domains listed: `user@domain` lines,
+/// or `@domain` to accept every local part there. Domains without entries
+/// are not checked.
+#[derive(Debug, Clone, Default)]
+pub struct RecipientList {
+    exact: std::collections::HashSet<String>,
+    catch_all: std::collections::HashSet<String>,
+    /// Domains the list speaks for.
+    domains: std::collections::HashSet<String>,
+}
+
+impl RecipientList {
+    /// Parses the file text; `#` starts a comment.
+    pub fn parse(text: &str) -> Result<RecipientList, String> {
+        let mut l = RecipientList::default();
+        for (i, line) in text.lines().enumerate() {
+            let line = line
+                .split('#')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(domain) = line.strip_prefix('@') {
+                l.domains.insert(domain.to_string());
+                l.catch_all.insert(domain.to_string());
+            } else if let Some((_, domain)) = line
+                .rsplit_once('@')
+                .filter(|(u, d)| !u.is_empty() && !d.is_empty())
+            {
+                l.domains.insert(domain.to_string());
+                l.exact.insert(line.clone());
+            } else {
+                return Err(format!("line {}: expected user@domain or @domain", i + 1));
+            }
+        }
+        Ok(l)
+    }
+
+    /// False only for an unknown user in a domain the list covers.
+    pub fn accepts(&self, local: &str, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        !self.domains.contains(&domain)
+            || self.catch_all.contains(&domain)
+            || self
+                .exact
+                .contains(&format!("{}@{domain}", local.to_ascii_lowercase()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn recipient_list() {
+        let l = super::RecipientList::parse("# staff\nAlice@Example.test\n@sales.example.test\n")
+            .unwrap();
+        assert!(l.accepts("alice", "example.test"));
+        assert!(l.accepts("ALICE", "EXAMPLE.TEST"));
+        assert!(!l.accepts("mallory", "example.test"));
+        assert!(l.accepts("anyone", "sales.example.test"));
+        assert!(l.accepts("anyone", "unlisted.test"));
+        assert!(super::RecipientList::parse("nonsense").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -154,6 +154,7 @@ impl<R: Resolver> Deliverer<R> {
             body,
             eight_bit: env.eight_bit,
             downgrade: &*self.downgrade,
+            smtputf8: env.smtputf8,
         };
         let mut last = Reason::local(451, "4.4.1", format!("no next hop answered for {domain}"));
         for hop in &hops {

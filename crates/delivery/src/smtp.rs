@@ -258,6 +258,8 @@ pub struct Message<'a> {
     pub eight_bit: bool,
     /// Used when the hop lacks 8BITMIME.
     pub downgrade: &'a Downgrade,
+    /// The client declared SMTPUTF8 (UTF-8 headers may be present).
+    pub smtputf8: bool,
 }
 
 /// Runs one transaction. `Ok` holds one outcome per recipient, in order.
@@ -288,7 +290,10 @@ pub async fn transact(
     }
     let mut body = std::borrow::Cow::Borrowed(msg.body);
     let mut eight_bit = msg.eight_bit || !body.is_ascii();
-    if eight_bit && !conn.ext.eight_bit_mime {
+    // UTF-8 header text (RFC 6532) may only go to an SMTPUTF8 hop; for any
+    // other, the conversion encodes it as RFC 2047 words.
+    let utf8_headers = msg.smtputf8 && !conn.ext.smtputf8 && !body.is_ascii();
+    if eight_bit && (!conn.ext.eight_bit_mime || utf8_headers) {
         // RFC 6152: convert to 7 bit for a hop without 8BITMIME.
         match (msg.downgrade)(msg.body) {
             Ok(seven) => {
@@ -308,7 +313,7 @@ pub async fn transact(
     if eight_bit {
         mail.push_str(" BODY=8BITMIME");
     }
-    if utf8 {
+    if (utf8 || msg.smtputf8) && conn.ext.smtputf8 {
         mail.push_str(" SMTPUTF8");
     }
     if conn.ext.size > 0 {

@@ -17,6 +17,7 @@ pub enum Command {
         sender: Option<Address>,
         size: Option<u64>,
         eight_bit: bool,
+        smtputf8: bool,
     },
     Rcpt(Address),
     Data,
@@ -102,13 +103,14 @@ fn parse_mail(arg: &str) -> Result<Command, Reply> {
     let (path, params) =
         split_keyword(arg, "FROM:").ok_or_else(|| syntax("syntax: MAIL FROM:<address>"))?;
     let sender = parse_path(path, true).map_err(path_error)?;
-    let (mut size, mut eight_bit) = (None, false);
+    let (mut size, mut eight_bit, mut smtputf8) = (None, false, false);
     for p in params {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         match k.to_ascii_uppercase().as_str() {
             "SIZE" => {
                 size = Some(v.parse().map_err(|_| syntax("SIZE needs a number"))?);
             }
+            "SMTPUTF8" if v.is_empty() => smtputf8 = true,
             "BODY" => match v.to_ascii_uppercase().as_str() {
                 "7BIT" => eight_bit = false,
                 "8BITMIME" => eight_bit = true,
@@ -127,6 +129,7 @@ fn parse_mail(arg: &str) -> Result<Command, Reply> {
         sender,
         size,
         eight_bit,
+        smtputf8,
     })
 }
 
@@ -170,6 +173,7 @@ mod tests {
                 sender,
                 size,
                 eight_bit,
+                ..
             } => {
                 assert_eq!(sender.unwrap().domain, "b.test");
                 assert_eq!(size, Some(1000));
@@ -182,10 +186,15 @@ mod tests {
             Ok(Command::Mail {
                 sender: None,
                 size: None,
-                eight_bit: false
+                eight_bit: false,
+                smtputf8: false
             })
         );
         assert_eq!(parse(b"MAIL FROM:<a@b.test> FOO=1").unwrap_err().code, 555);
+        assert!(matches!(
+            parse("MAIL FROM:<jörg@b.test> SMTPUTF8".as_bytes()),
+            Ok(Command::Mail { smtputf8: true, .. })
+        ));
         assert_eq!(parse(b"MAIL TO:<a@b.test>").unwrap_err().code, 501);
         assert_eq!(parse(b"RCPT TO:<>").unwrap_err().code, 501);
         assert_eq!(

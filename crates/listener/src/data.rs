@@ -19,6 +19,8 @@ pub enum DataError {
     LineTooLong,
     /// The message exceeded the size limit.
     TooBig,
+    /// A NUL octet (RFC 5321 forbids it; some parsers stop there).
+    Nul,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +70,9 @@ impl DataReceiver {
     }
 
     fn push(&mut self, bytes: &[u8]) {
+        if bytes.contains(&0) {
+            self.flag(DataError::Nul);
+        }
         self.line_len += bytes.len();
         if self.line_len > self.max_line {
             self.flag(DataError::LineTooLong);
@@ -227,6 +232,14 @@ mod tests {
             assert!(done);
             assert_eq!(d.finish(), Err(DataError::BareLineEnding), "{seq:?}");
         }
+    }
+
+    #[test]
+    fn nul_is_refused() {
+        let mut d = DataReceiver::new(1 << 20, 1000);
+        let (_, done) = d.ingest(b"a\0b\r\n.\r\n");
+        assert!(done);
+        assert_eq!(d.finish(), Err(DataError::Nul));
     }
 
     #[test]

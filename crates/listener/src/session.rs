@@ -44,6 +44,8 @@ pub struct SessionConfig {
     pub auth_limiter: Arc<crate::auth::AuthLimiter>,
     /// Submission port: MAIL needs AUTH first.
     pub require_auth: bool,
+    /// Valid recipients of accepted domains, when configured.
+    pub recipients: Option<Arc<postern_core::relay::RecipientList>>,
 }
 
 /// A complete message handed to the sink.
@@ -63,6 +65,8 @@ pub struct Transaction {
     pub sender: Option<Address>,
     pub recipients: Vec<Address>,
     pub eight_bit: bool,
+    /// The client declared SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
 }
 
 /// Where the session stands; each variant owns what it needs.
@@ -306,7 +310,8 @@ impl Session {
                 sender,
                 size,
                 eight_bit,
-            } => self.mail(sender, size, eight_bit),
+                smtputf8,
+            } => self.mail(sender, size, eight_bit, smtputf8),
             Command::Rcpt(a) => self.rcpt(a),
             Command::Data => self.data(),
             Command::Rset => self.rset(),
@@ -355,6 +360,7 @@ impl Session {
                 format!("SIZE {}", self.cfg.max_message_size),
                 "8BITMIME".into(),
                 "ENHANCEDSTATUSCODES".into(),
+                "SMTPUTF8".into(),
             ];
             if self.cfg.tls.is_some() && self.tls.is_none() {
                 lines.push("STARTTLS".into());
@@ -371,7 +377,16 @@ impl Session {
         Action::Reply(reply)
     }
 
-    fn mail(&mut self, sender: Option<Address>, size: Option<u64>, eight_bit: bool) -> Action {
+    fn mail(
+        &mut self,
+        sender: Option<Address>,
+        size: Option<u64>,
+        eight_bit: bool,
+        smtputf8: bool,
+    ) -> Action {
+        if !smtputf8 && sender.as_ref().is_some_and(|a| !a.is_ascii()) {
+            return Action::Reply(Reply::new(553, "5.6.7", "non-ASCII address needs SMTPUTF8"));
+        }
         let (helo, esmtp) = match &self.state {
             State::Fresh => return Action::Reply(Reply::new(503, "5.5.1", "send EHLO/HELO first")),
             State::Mail { .. } | State::Data { .. } => {
@@ -404,6 +419,7 @@ impl Session {
                 sender,
                 recipients: Vec::new(),
                 eight_bit,
+                smtputf8,
             },
         };
         Action::Reply(Reply::new(250, "2.1.0", "sender OK"))
@@ -413,6 +429,15 @@ impl Session {
         let State::Mail { tx, .. } = &mut self.state else {
             return Action::Reply(Reply::new(503, "5.5.1", "need MAIL before RCPT"));
         };
+        if !tx.smtputf8 && !rcpt.is_ascii() {
+            return Action::Reply(Reply::new(553, "5.6.7", "non-ASCII address needs SMTPUTF8"));
+        }
+        if let Some(list) = &self.cfg.recipients {
+            if self.cfg.relay.is_accepted(&rcpt.domain) && !list.accepts(&rcpt.local, &rcpt.domain)
+            {
+                return Action::Reply(Reply::new(550, "5.1.1", "no such user here"));
+            }
+        }
         if tx.recipients.len() >= self.cfg.max_recipients {
             return Action::Reply(Reply::new(452, "4.5.3", "too many recipients"));
         }
@@ -503,6 +528,7 @@ impl Session {
                         "5.6.0",
                         format!("line longer than {} octets", self.cfg.max_text_line),
                     ),
+                    DataError::Nul => Reply::new(550, "5.6.0", "NUL octet in message data"),
                     DataError::TooBig => Reply::new(
                         552,
                         "5.3.4",
@@ -535,6 +561,7 @@ impl Session {
             size: out.len() as u64,
             eight_bit: tx.eight_bit,
             message_id: None,
+            smtputf8: tx.smtputf8,
         };
         Ok(ReceivedMessage {
             envelope,
@@ -606,6 +633,7 @@ mod tests {
             users: None,
             auth_limiter: crate::auth::AuthLimiter::new(5),
             require_auth: false,
+            recipients: None,
         })
     }
 

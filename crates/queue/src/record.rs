@@ -188,6 +188,7 @@ mod tests {
                 size: 2,
                 eight_bit: false,
                 message_id: None,
+                smtputf8: false,
             },
             5,
         )

@@ -15,6 +15,7 @@ fn env() -> Envelope {
         size: 5,
         eight_bit: false,
         message_id: None,
+        smtputf8: false,
     }
 }
 
