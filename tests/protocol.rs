@@ -320,3 +320,50 @@ async fn smtputf8_nul_and_recipient_validation() {
     assert!(c.reply().await.starts_with("550 5.6.0"));
     assert_eq!(sink.count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunking_bdat_with_strict_line_endings() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = routed(&sink, "");
+    let mut c = RawClient::connect(gw.smtp).await;
+    assert!(c.cmd("EHLO t.test").await.contains("CHUNKING"));
+    c.cmd("MAIL FROM:<a@example.test>").await;
+    c.cmd("RCPT TO:<b@example.test>").await;
+    let part1 = b"Subject: chunked\r\n\r\nfirst ";
+    let part2 = b"half, .dot\r\nsecond line\r\n";
+    // Pipelined: two chunks and the LAST in one write.
+    let mut w = format!("BDAT {}\r\n", part1.len()).into_bytes();
+    w.extend_from_slice(part1);
+    w.extend_from_slice(format!("BDAT {} LAST\r\n", part2.len()).as_bytes());
+    w.extend_from_slice(part2);
+    c.send(&w).await;
+    assert!(c
+        .reply()
+        .await
+        .starts_with(&format!("250 2.0.0 {} octets", part1.len())));
+    assert!(c.reply().await.contains("queued as"));
+    wait_until(Duration::from_secs(30), "delivery", || sink.count() == 1).await;
+    // A dot at the start of a line is data in BDAT: no stuffing.
+    assert!(sink.all()[0]
+        .data
+        .contains("first half, .dot\r\nsecond line\r\n"));
+    // Smuggling through BDAT: bare LF inside a chunk is refused.
+    c.cmd("MAIL FROM:<a@example.test>").await;
+    c.cmd("RCPT TO:<b@example.test>").await;
+    let evil = b"Subject: x\r\n\r\nx\n.\nMAIL FROM:<e@evil.test>\r\n";
+    let mut w = format!("BDAT {} LAST\r\n", evil.len()).into_bytes();
+    w.extend_from_slice(evil);
+    c.send(&w).await;
+    assert!(c.reply().await.starts_with("550 5.6.0"));
+    // DATA after BDAT in one transaction is refused; BDAT 0 LAST ends it.
+    c.cmd("MAIL FROM:<a@example.test>").await;
+    c.cmd("RCPT TO:<b@example.test>").await;
+    c.send(b"BDAT 14\r\nSubject: y\r\n\r\n").await;
+    assert!(c.reply().await.starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("503"));
+    assert!(c.cmd("BDAT 0 LAST").await.contains("queued as"));
+    wait_until(Duration::from_secs(30), "second delivery", || {
+        sink.count() == 2
+    })
+    .await;
+}

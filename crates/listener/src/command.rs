@@ -27,6 +27,11 @@ pub enum Command {
     Vrfy,
     Help,
     StartTls,
+    /// BDAT chunk-size [LAST] (RFC 3030).
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     /// AUTH mechanism [initial-response].
     Auth {
         mechanism: String,
@@ -82,7 +87,20 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
                 initial: it.next().map(String::from),
             })
         }
-        "EXPN" | "BDAT" | "TURN" | "ETRN" => Ok(Command::NotImplemented(verb)),
+        "BDAT" => {
+            let mut it = arg.split_whitespace();
+            let size = it
+                .next()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| syntax("syntax: BDAT size [LAST]"))?;
+            let last = match it.next() {
+                None => false,
+                Some(l) if l.eq_ignore_ascii_case("LAST") && it.next().is_none() => true,
+                Some(_) => return Err(syntax("syntax: BDAT size [LAST]")),
+            };
+            Ok(Command::Bdat { size, last })
+        }
+        "EXPN" | "TURN" | "ETRN" => Ok(Command::NotImplemented(verb)),
         _ => Err(Reply::new(500, "5.5.1", "command unrecognized")),
     }
 }

@@ -173,6 +173,31 @@ impl DataReceiver {
     }
 }
 
+/// The same strictness for a message that arrived by BDAT (RFC 3030): every
+/// line ends in CRLF, no NUL, no line over `max_line` octets (CRLF included).
+pub fn check_strict(body: &[u8], max_line: usize) -> Result<(), DataError> {
+    let mut line = 0usize;
+    for (i, &b) in body.iter().enumerate() {
+        line += 1;
+        match b {
+            0 => return Err(DataError::Nul),
+            b'\r' if body.get(i + 1) != Some(&b'\n') => return Err(DataError::BareLineEnding),
+            b'\n' if i == 0 || body[i - 1] != b'\r' => return Err(DataError::BareLineEnding),
+            b'\n' => {
+                if line > max_line {
+                    return Err(DataError::LineTooLong);
+                }
+                line = 0;
+            }
+            _ => {}
+        }
+    }
+    if line > max_line {
+        return Err(DataError::LineTooLong);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +257,20 @@ mod tests {
             assert!(done);
             assert_eq!(d.finish(), Err(DataError::BareLineEnding), "{seq:?}");
         }
+    }
+
+    #[test]
+    fn strict_check_for_bdat() {
+        assert_eq!(check_strict(b"a\r\nb\r\n", 1000), Ok(()));
+        for bad in [&b"a\nb"[..], b"a\rb", b"a\r\n.\n", b"\n", b"x\r"] {
+            assert_eq!(
+                check_strict(bad, 1000),
+                Err(DataError::BareLineEnding),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(check_strict(b"a\0\r\n", 1000), Err(DataError::Nul));
+        assert_eq!(check_strict(b"abcd\r\n", 5), Err(DataError::LineTooLong));
     }
 
     #[test]

@@ -178,6 +178,38 @@ pub enum End {
 enum Mode {
     Commands,
     Data(DataReceiver),
+    /// A BDAT chunk: `remaining` of `size` octets still to come.
+    Bdat {
+        remaining: u64,
+        size: u64,
+        last: bool,
+    },
+}
+
+/// Ends a BDAT chunk: its reply goes to `out`; true means close.
+async fn finish_bdat<S: MessageSink>(
+    session: &mut Session,
+    sink: &S,
+    size: u64,
+    last: bool,
+    out: &mut Vec<u8>,
+) -> bool {
+    let action = match session.bdat_end(size, last) {
+        Ok(Some(msg)) => Action::Reply(sink.accept(msg).await),
+        Ok(None) => return false,
+        Err(a) => a,
+    };
+    match action {
+        Action::Close(r) => {
+            r.write_to(out);
+            true
+        }
+        Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
+            r.write_to(out);
+            false
+        }
+        Action::Authenticate { .. } | Action::Bdat { .. } => false,
+    }
 }
 
 /// Runs one SMTP session on any byte stream.
@@ -244,6 +276,17 @@ where
                             r.write_to(&mut out);
                             starttls = true;
                         }
+                        Action::Bdat { size, last } if size == 0 => {
+                            close = finish_bdat(&mut session, sink, 0, last, &mut out).await;
+                        }
+                        Action::Bdat { size, last } => {
+                            phase_deadline = None;
+                            mode = Mode::Bdat {
+                                remaining: size,
+                                size,
+                                last,
+                            };
+                        }
                         Action::Authenticate { user, pass } => {
                             let ok = match &cfg.users {
                                 Some(db) => db.verify(user.clone(), pass).await,
@@ -257,9 +300,25 @@ where
                                 Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
                                     r.write_to(&mut out)
                                 }
-                                Action::Authenticate { .. } => {}
+                                Action::Authenticate { .. } | Action::Bdat { .. } => {}
                             }
                         }
+                    }
+                }
+                Mode::Bdat {
+                    remaining,
+                    size,
+                    last,
+                } => {
+                    let n = (*remaining).min((buf.len() - pos) as u64) as usize;
+                    session.bdat_chunk(&buf[pos..pos + n]);
+                    pos += n;
+                    *remaining -= n as u64;
+                    if *remaining == 0 {
+                        let (size, last) = (*size, *last);
+                        mode = Mode::Commands;
+                        phase_deadline = None;
+                        close = finish_bdat(&mut session, sink, size, last, &mut out).await;
                     }
                 }
                 Mode::Data(rx) => {
@@ -280,7 +339,7 @@ where
                         Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
                             r.write_to(&mut out)
                         }
-                        Action::Authenticate { .. } => {}
+                        Action::Authenticate { .. } | Action::Bdat { .. } => {}
                         Action::Close(r) => {
                             r.write_to(&mut out);
                             close = true;
@@ -306,9 +365,9 @@ where
         let now = std::time::Instant::now();
         let (per_read, phase) = match mode {
             Mode::Commands => (cfg.command_timeout, cfg.command_timeout),
-            Mode::Data(_) => (cfg.data_timeout, cfg.data_total_timeout),
+            Mode::Data(_) | Mode::Bdat { .. } => (cfg.data_timeout, cfg.data_total_timeout),
         };
-        let pending = !buf.is_empty() || matches!(mode, Mode::Data(_));
+        let pending = !buf.is_empty() || !matches!(mode, Mode::Commands);
         if !pending {
             phase_deadline = None;
         } else if phase_deadline.is_none() {

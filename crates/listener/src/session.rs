@@ -105,6 +105,12 @@ pub enum Action {
         user: String,
         pass: String,
     },
+    /// Read exactly `size` octets of message data, give them to
+    /// [`Session::bdat_chunk`], then call [`Session::bdat_end`].
+    Bdat {
+        size: u64,
+        last: bool,
+    },
     /// Send the reply and close the connection.
     Close(Reply),
 }
@@ -123,6 +129,10 @@ pub struct Session {
     user: Option<String>,
     /// A SASL exchange in progress: the next line is its response.
     sasl: Option<Sasl>,
+    /// Message data received by BDAT so far; `None` outside BDAT.
+    bdat: Option<Vec<u8>>,
+    /// The BDAT message passed the size limit: the rest is discarded.
+    bdat_too_big: bool,
 }
 
 /// Where a SASL exchange stands.
@@ -144,7 +154,58 @@ impl Session {
             noops: 0,
             user: None,
             sasl: None,
+            bdat: None,
+            bdat_too_big: false,
         }
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) -> Action {
+        let State::Mail { tx, .. } = &self.state else {
+            return Action::Reply(Reply::new(503, "5.5.1", "need MAIL and RCPT before BDAT"));
+        };
+        if tx.recipients.is_empty() {
+            return Action::Reply(Reply::new(554, "5.5.1", "no valid recipients"));
+        }
+        let so_far = self.bdat.get_or_insert_with(Vec::new).len() as u64;
+        if so_far + size > self.cfg.max_message_size {
+            self.bdat_too_big = true;
+        }
+        Action::Bdat { size, last }
+    }
+
+    /// Octets of the current BDAT chunk.
+    pub fn bdat_chunk(&mut self, data: &[u8]) {
+        if self.bdat_too_big {
+            return;
+        }
+        if let Some(b) = &mut self.bdat {
+            b.extend_from_slice(data);
+        }
+    }
+
+    /// The chunk is complete: 250 for a middle chunk; for the LAST one, the
+    /// message (or the refusal), as at the end of DATA.
+    pub fn bdat_end(&mut self, size: u64, last: bool) -> Result<Option<ReceivedMessage>, Action> {
+        if !last {
+            return Err(Action::Reply(Reply::new(
+                250,
+                "2.0.0",
+                format!("{size} octets received"),
+            )));
+        }
+        let body = self.bdat.take().unwrap_or_default();
+        let too_big = std::mem::take(&mut self.bdat_too_big);
+        let State::Mail { helo, esmtp, tx } = std::mem::replace(&mut self.state, State::Fresh)
+        else {
+            return Err(Action::Reply(Reply::new(503, "5.5.1", "no transaction")));
+        };
+        self.state = State::Data { helo, esmtp, tx };
+        let result = if too_big {
+            Err(DataError::TooBig)
+        } else {
+            crate::data::check_strict(&body, self.cfg.max_text_line).map(|_| body)
+        };
+        self.data_done(result).map(Some)
     }
 
     /// The authenticated user, if any.
@@ -328,6 +389,7 @@ impl Session {
                 "EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
             )),
             Command::StartTls => self.starttls(),
+            Command::Bdat { size, last } => self.bdat(size, last),
             Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
             Command::NotImplemented(v) => {
                 Action::Reply(Reply::new(502, "5.5.1", format!("{v} not implemented")))
@@ -361,6 +423,7 @@ impl Session {
                 "8BITMIME".into(),
                 "ENHANCEDSTATUSCODES".into(),
                 "SMTPUTF8".into(),
+                "CHUNKING".into(),
             ];
             if self.cfg.tls.is_some() && self.tls.is_none() {
                 lines.push("STARTTLS".into());
@@ -463,6 +526,9 @@ impl Session {
     }
 
     fn data(&mut self) -> Action {
+        if self.bdat.is_some() {
+            return Action::Reply(Reply::new(503, "5.5.1", "DATA not allowed after BDAT"));
+        }
         let State::Mail { helo, esmtp, tx } = &self.state else {
             return Action::Reply(Reply::new(503, "5.5.1", "need MAIL and RCPT before DATA"));
         };
@@ -487,6 +553,8 @@ impl Session {
 
     /// Drops any transaction, keeping the greeting.
     fn reset(&mut self) {
+        self.bdat = None;
+        self.bdat_too_big = false;
         self.state = match std::mem::replace(&mut self.state, State::Fresh) {
             State::Fresh => State::Fresh,
             State::Ready { helo, esmtp }
@@ -642,7 +710,7 @@ mod tests {
             Action::Reply(r) | Action::StartData(r) | Action::Close(r) | Action::StartTls(r) => {
                 r.code
             }
-            Action::Authenticate { .. } => 0,
+            Action::Authenticate { .. } | Action::Bdat { .. } => 0,
         }
     }
 
