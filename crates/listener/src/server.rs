@@ -276,7 +276,7 @@ where
                             r.write_to(&mut out);
                             starttls = true;
                         }
-                        Action::Bdat { size, last } if size == 0 => {
+                        Action::Bdat { size: 0, last } => {
                             close = finish_bdat(&mut session, sink, 0, last, &mut out).await;
                         }
                         Action::Bdat { size, last } => {
