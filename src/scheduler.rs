@@ -229,7 +229,8 @@ impl Scheduler {
         let now = postern_core::now_ms();
         let mut env = rec.envelope;
         let id = env.id;
-        let mut failed: Vec<(Address, Reason)> = Vec::new();
+        // (address, reason, ORCPT) of failures the sender wants to hear of.
+        let mut failed: Vec<(Address, Reason, Option<String>)> = Vec::new();
         let mut last_temp = None;
         for (i, outcome) in outcomes {
             let Some(r) = env.recipients.get_mut(i) else {
@@ -246,7 +247,9 @@ impl Scheduler {
                 }
                 Outcome::Permanent(reason) => {
                     self.metrics.bounced.inc();
-                    failed.push((r.address.clone(), reason.clone()));
+                    if r.wants_failure_dsn() {
+                        failed.push((r.address.clone(), reason.clone(), r.orcpt.clone()));
+                    }
                     RecipientStatus::Failed(reason)
                 }
                 Outcome::Temporary(reason) => {
@@ -266,7 +269,9 @@ impl Scheduler {
                 };
                 let reason = Reason::local(550, "4.4.7", format!("delivery time expired{last}"));
                 self.metrics.bounced.inc();
-                failed.push((r.address.clone(), reason.clone()));
+                if r.wants_failure_dsn() {
+                    failed.push((r.address.clone(), reason.clone(), r.orcpt.clone()));
+                }
                 r.status = RecipientStatus::Failed(reason);
             }
         }
@@ -292,7 +297,7 @@ impl Scheduler {
     }
 
     /// Queues a DSN to the original sender about `failed`.
-    async fn send_dsn(&self, env: &Envelope, failed: &[(Address, Reason)]) {
+    async fn send_dsn(&self, env: &Envelope, failed: &[(Address, Reason, Option<String>)]) {
         let Some(to) = env.sender.clone() else {
             tracing::info!(id = %env.id, "not bouncing a bounce");
             return;
@@ -305,9 +310,10 @@ impl Scheduler {
             envelope: env,
             failed: failed
                 .iter()
-                .map(|(a, r)| DsnRecipient {
+                .map(|(a, r, o)| DsnRecipient {
                     address: a,
                     reason: r,
+                    orcpt: o.as_deref(),
                 })
                 .collect(),
             original: &original,
@@ -325,6 +331,8 @@ impl Scheduler {
             eight_bit: !body.is_ascii(),
             message_id: None,
             smtputf8: false,
+            dsn_ret_full: false,
+            dsn_envid: None,
         };
         match self.queue.enqueue(dsn_env, &body).await {
             Ok(()) => {

@@ -277,3 +277,49 @@ async fn admin_endpoints_answer() {
     assert!(m.contains("postern_queue_messages{state=\"due\"} 0"), "{m}");
     assert!(gw.admin_get("/nope").starts_with("HTTP/1.1 404"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dsn_parameters_are_honoured() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = Gateway::start(
+        "",
+        &format!("[[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n", sink.addr),
+    );
+    let mut c = common::RawClient::connect(gw.smtp).await;
+    assert!(c.cmd("EHLO t.test").await.contains("DSN"));
+    assert!(c
+        .cmd("MAIL FROM:<author@example.test> RET=FULL ENVID=QQ314159")
+        .await
+        .starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<reject-a@example.test> NOTIFY=FAILURE ORCPT=rfc822;first+40orig.test")
+        .await
+        .starts_with("250"));
+    assert!(c
+        .cmd("RCPT TO:<reject-b@example.test> NOTIFY=NEVER")
+        .await
+        .starts_with("250"));
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: dsn params\r\n\r\nthe full body\r\n.\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("250"));
+    wait_until(T, "the DSN", || sink.count() == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.count(), 1, "NOTIFY=NEVER still produced a DSN");
+    let dsn = &sink.all()[0];
+    assert!(
+        dsn.data.contains("Original-Envelope-Id: QQ314159"),
+        "{}",
+        dsn.data
+    );
+    assert!(dsn
+        .data
+        .contains("Original-Recipient: rfc822;first+40orig.test"));
+    assert!(dsn
+        .data
+        .contains("Final-Recipient: rfc822; reject-a@example.test"));
+    assert!(!dsn.data.contains("reject-b@example.test"));
+    assert!(
+        dsn.data.contains("Content-Type: message/rfc822") && dsn.data.contains("the full body")
+    );
+}

@@ -15,6 +15,8 @@ use std::time::{Duration, UNIX_EPOCH};
 pub struct DsnRecipient<'a> {
     pub address: &'a Address,
     pub reason: &'a Reason,
+    /// RFC 3461 ORCPT given at RCPT, for Original-Recipient.
+    pub orcpt: Option<&'a str>,
 }
 
 /// Everything a DSN needs; time is passed in, not read.
@@ -96,11 +98,18 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
         id = env.id,
         arrival = rfc5322_date(env.received_ms),
     );
+    if let Some(envid) = &env.dsn_envid {
+        let _ = write!(m, "Original-Envelope-Id: {}\r\n", clean(envid));
+    }
     for f in &input.failed {
         let r = f.reason;
+        m.push_str("\r\n");
+        if let Some(o) = f.orcpt {
+            let _ = write!(m, "Original-Recipient: {}\r\n", clean(o));
+        }
         let _ = write!(
             m,
-            "\r\nFinal-Recipient: rfc822; {addr}\r\n\
+            "Final-Recipient: rfc822; {addr}\r\n\
              Action: failed\r\n\
              Status: {status}\r\n",
             addr = clean(&f.address.to_string()),
@@ -121,16 +130,21 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
             }
         }
     }
-    let _ = write!(
-        m,
-        "\r\n--{boundary}\r\n\
-         Content-Type: text/rfc822-headers\r\n\
-         \r\n"
-    );
+    // RET=FULL returns the whole message; otherwise its headers only.
+    let part_type = if env.dsn_ret_full {
+        "message/rfc822"
+    } else {
+        "text/rfc822-headers"
+    };
+    let _ = write!(m, "\r\n--{boundary}\r\nContent-Type: {part_type}\r\n\r\n");
     let mut out = m.into_bytes();
-    let (hdrs, _) = headers::split(input.original);
-    out.extend_from_slice(hdrs);
-    if !hdrs.ends_with(b"\r\n") {
+    let returned = if env.dsn_ret_full {
+        input.original
+    } else {
+        headers::split(input.original).0
+    };
+    out.extend_from_slice(returned);
+    if !returned.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
@@ -156,6 +170,8 @@ mod tests {
             eight_bit: false,
             message_id: None,
             smtputf8: false,
+            dsn_ret_full: false,
+            dsn_envid: None,
         };
         let reason = Reason {
             code: 550,
@@ -169,6 +185,7 @@ mod tests {
             failed: vec![DsnRecipient {
                 address: &rcpt,
                 reason: &reason,
+                orcpt: None,
             }],
             original: b"Subject: hello\r\nMessage-ID: <x@y>\r\n\r\nsecret body\r\n",
             now_ms: 0,

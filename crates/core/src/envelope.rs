@@ -23,6 +23,13 @@ pub enum RecipientStatus {
 pub struct Recipient {
     pub address: Address,
     pub status: RecipientStatus,
+    /// RFC 3461 NOTIFY, upper-case ("NEVER" or a list of SUCCESS, FAILURE,
+    /// DELAY); `None` means the default (failures and delays).
+    #[serde(default)]
+    pub notify: Option<String>,
+    /// RFC 3461 ORCPT, as given ("rfc822;user@example.test").
+    #[serde(default)]
+    pub orcpt: Option<String>,
 }
 
 impl Recipient {
@@ -30,7 +37,16 @@ impl Recipient {
         Recipient {
             address,
             status: RecipientStatus::Pending { last: None },
+            notify: None,
+            orcpt: None,
         }
+    }
+
+    /// Whether the sender wants a DSN when this recipient fails.
+    pub fn wants_failure_dsn(&self) -> bool {
+        self.notify
+            .as_deref()
+            .is_none_or(|n| n.split(',').any(|k| k == "FAILURE"))
     }
 
     pub fn is_pending(&self) -> bool {
@@ -61,6 +77,12 @@ pub struct Envelope {
     /// The client declared SMTPUTF8; passed on to hops that offer it.
     #[serde(default)]
     pub smtputf8: bool,
+    /// RFC 3461 RET=FULL (else headers only) for DSNs about this message.
+    #[serde(default)]
+    pub dsn_ret_full: bool,
+    /// RFC 3461 ENVID, as given (xtext).
+    #[serde(default)]
+    pub dsn_envid: Option<String>,
 }
 
 impl Envelope {

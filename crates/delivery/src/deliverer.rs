@@ -116,7 +116,21 @@ impl<R: Resolver> Deliverer<R> {
         let mut out = Vec::new();
         for (domain, idx) in by_domain {
             let rcpts: Vec<&Address> = idx.iter().map(|i| &env.recipients[*i].address).collect();
-            let outcomes = self.deliver_domain(domain, env, &rcpts, body).await;
+            let dsn: Vec<String> = idx
+                .iter()
+                .map(|i| {
+                    let r = &env.recipients[*i];
+                    let mut p = String::new();
+                    if let Some(n) = &r.notify {
+                        p.push_str(&format!(" NOTIFY={n}"));
+                    }
+                    if let Some(o) = &r.orcpt {
+                        p.push_str(&format!(" ORCPT={o}"));
+                    }
+                    p
+                })
+                .collect();
+            let outcomes = self.deliver_domain(domain, env, &rcpts, &dsn, body).await;
             out.extend(idx.into_iter().zip(outcomes));
         }
         out
@@ -127,6 +141,7 @@ impl<R: Resolver> Deliverer<R> {
         domain: &str,
         env: &Envelope,
         rcpts: &[&Address],
+        dsn_rcpt: &[String],
         body: &[u8],
     ) -> Vec<Outcome> {
         let all = |r: Reason| {
@@ -155,6 +170,17 @@ impl<R: Resolver> Deliverer<R> {
             eight_bit: env.eight_bit,
             downgrade: &*self.downgrade,
             smtputf8: env.smtputf8,
+            dsn_mail: {
+                let mut p = String::new();
+                if env.dsn_ret_full {
+                    p.push_str(" RET=FULL");
+                }
+                if let Some(e) = &env.dsn_envid {
+                    p.push_str(&format!(" ENVID={e}"));
+                }
+                p
+            },
+            dsn_rcpt,
         };
         let mut last = Reason::local(451, "4.4.1", format!("no next hop answered for {domain}"));
         for hop in &hops {

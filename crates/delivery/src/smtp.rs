@@ -260,6 +260,10 @@ pub struct Message<'a> {
     pub downgrade: &'a Downgrade,
     /// The client declared SMTPUTF8 (UTF-8 headers may be present).
     pub smtputf8: bool,
+    /// RFC 3461 MAIL parameters (RET, ENVID), sent to hops offering DSN.
+    pub dsn_mail: String,
+    /// RFC 3461 RCPT parameters (NOTIFY, ORCPT), one per recipient.
+    pub dsn_rcpt: &'a [String],
 }
 
 /// Runs one transaction. `Ok` holds one outcome per recipient, in order.
@@ -319,8 +323,19 @@ pub async fn transact(
     if conn.ext.size > 0 {
         mail.push_str(&format!(" SIZE={}", body.len()));
     }
+    if conn.ext.dsn && !msg.dsn_mail.is_empty() {
+        mail.push_str(&msg.dsn_mail);
+    }
     let mut lines = vec![mail];
-    lines.extend(msg.recipients.iter().map(|r| format!("RCPT TO:<{r}>")));
+    lines.extend(msg.recipients.iter().enumerate().map(|(i, r)| {
+        let params = msg
+            .dsn_rcpt
+            .get(i)
+            .filter(|_| conn.ext.dsn)
+            .map(|p| p.as_str())
+            .unwrap_or("");
+        format!("RCPT TO:<{r}>{params}")
+    }));
     lines.push("DATA".into());
     // One reply per line, read in order; Err(reason) = connection failure.
     let mut replies = Vec::with_capacity(lines.len());

@@ -18,8 +18,15 @@ pub enum Command {
         size: Option<u64>,
         eight_bit: bool,
         smtputf8: bool,
+        /// RFC 3461 RET: Some(true) FULL, Some(false) HDRS.
+        ret_full: Option<bool>,
+        envid: Option<String>,
     },
-    Rcpt(Address),
+    Rcpt {
+        address: Address,
+        notify: Option<String>,
+        orcpt: Option<String>,
+    },
     Data,
     Rset,
     Noop,
@@ -122,6 +129,7 @@ fn parse_mail(arg: &str) -> Result<Command, Reply> {
         split_keyword(arg, "FROM:").ok_or_else(|| syntax("syntax: MAIL FROM:<address>"))?;
     let sender = parse_path(path, true).map_err(path_error)?;
     let (mut size, mut eight_bit, mut smtputf8) = (None, false, false);
+    let (mut ret_full, mut envid) = (None, None);
     for p in params {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
         match k.to_ascii_uppercase().as_str() {
@@ -129,6 +137,13 @@ fn parse_mail(arg: &str) -> Result<Command, Reply> {
                 size = Some(v.parse().map_err(|_| syntax("SIZE needs a number"))?);
             }
             "SMTPUTF8" if v.is_empty() => smtputf8 = true,
+            "RET" => match v.to_ascii_uppercase().as_str() {
+                "FULL" => ret_full = Some(true),
+                "HDRS" => ret_full = Some(false),
+                _ => return Err(syntax("RET must be FULL or HDRS")),
+            },
+            "ENVID" if is_xtext(v) && v.len() <= 100 => envid = Some(v.to_string()),
+            "ENVID" => return Err(syntax("ENVID must be xtext of at most 100 characters")),
             "BODY" => match v.to_ascii_uppercase().as_str() {
                 "7BIT" => eight_bit = false,
                 "8BITMIME" => eight_bit = true,
@@ -148,21 +163,71 @@ fn parse_mail(arg: &str) -> Result<Command, Reply> {
         size,
         eight_bit,
         smtputf8,
+        ret_full,
+        envid,
     })
+}
+
+/// RFC 3461 4: printable ASCII except '+' and '=' unless as "+XX".
+fn is_xtext(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => {
+                let hex = |c: Option<&u8>| c.is_some_and(|c| c.is_ascii_hexdigit());
+                if !(hex(b.get(i + 1)) && hex(b.get(i + 2))) {
+                    return false;
+                }
+                i += 3;
+            }
+            b'=' => return false,
+            33..=126 => i += 1,
+            _ => return false,
+        }
+    }
+    true
 }
 
 fn parse_rcpt(arg: &str) -> Result<Command, Reply> {
     let (path, params) =
         split_keyword(arg, "TO:").ok_or_else(|| syntax("syntax: RCPT TO:<address>"))?;
-    if let Some(p) = params.first() {
-        return Err(Reply::new(
-            555,
-            "5.5.4",
-            format!("unsupported parameter {p}"),
-        ));
+    let (mut notify, mut orcpt) = (None, None);
+    for p in params {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        match k.to_ascii_uppercase().as_str() {
+            "NOTIFY" => {
+                let v = v.to_ascii_uppercase();
+                let words: Vec<&str> = v.split(',').collect();
+                let never = words == ["NEVER"];
+                let valid = never
+                    || words
+                        .iter()
+                        .all(|w| matches!(*w, "SUCCESS" | "FAILURE" | "DELAY"));
+                if !valid {
+                    return Err(syntax("NOTIFY must be NEVER or SUCCESS, FAILURE, DELAY"));
+                }
+                notify = Some(v);
+            }
+            "ORCPT" if v.contains(';') && is_xtext(v) && v.len() <= 500 => {
+                orcpt = Some(v.to_string())
+            }
+            "ORCPT" => return Err(syntax("ORCPT must be addr-type;xtext")),
+            _ => {
+                return Err(Reply::new(
+                    555,
+                    "5.5.4",
+                    format!("unsupported parameter {k}"),
+                ))
+            }
+        }
     }
     match parse_path(path, false).map_err(path_error)? {
-        Some(a) => Ok(Command::Rcpt(a)),
+        Some(address) => Ok(Command::Rcpt {
+            address,
+            notify,
+            orcpt,
+        }),
         None => Err(syntax("empty recipient")),
     }
 }
@@ -205,7 +270,9 @@ mod tests {
                 sender: None,
                 size: None,
                 eight_bit: false,
-                smtputf8: false
+                smtputf8: false,
+                ret_full: None,
+                envid: None
             })
         );
         assert_eq!(parse(b"MAIL FROM:<a@b.test> FOO=1").unwrap_err().code, 555);
@@ -219,6 +286,31 @@ mod tests {
             parse(b"RCPT TO:<@x,@y:a@b.test>").unwrap_err().status,
             Some("5.1.3")
         );
-        assert!(matches!(parse(b"rcpt to:<A@B.test>"), Ok(Command::Rcpt(_))));
+        assert!(matches!(
+            parse(b"rcpt to:<A@B.test>"),
+            Ok(Command::Rcpt { .. })
+        ));
+        assert!(matches!(
+            parse(b"RCPT TO:<a@b.test> NOTIFY=success,failure ORCPT=rfc822;a+40b.test"),
+            Ok(Command::Rcpt { notify: Some(n), orcpt: Some(_), .. }) if n == "SUCCESS,FAILURE"
+        ));
+        assert_eq!(
+            parse(b"RCPT TO:<a@b.test> NOTIFY=NEVER,SUCCESS")
+                .unwrap_err()
+                .code,
+            501
+        );
+        assert!(matches!(
+            parse(b"MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ314159"),
+            Ok(Command::Mail {
+                ret_full: Some(false),
+                envid: Some(_),
+                ..
+            })
+        ));
+        assert_eq!(
+            parse(b"MAIL FROM:<a@b.test> ENVID=a=b").unwrap_err().code,
+            501
+        );
     }
 }

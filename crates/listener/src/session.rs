@@ -63,7 +63,11 @@ pub struct ReceivedMessage {
 #[derive(Debug, Clone)]
 pub struct Transaction {
     pub sender: Option<Address>,
-    pub recipients: Vec<Address>,
+    pub recipients: Vec<Recipient>,
+    /// RFC 3461 RET=FULL.
+    pub ret_full: bool,
+    /// RFC 3461 ENVID.
+    pub envid: Option<String>,
     pub eight_bit: bool,
     /// The client declared SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
@@ -372,8 +376,32 @@ impl Session {
                 size,
                 eight_bit,
                 smtputf8,
-            } => self.mail(sender, size, eight_bit, smtputf8),
-            Command::Rcpt(a) => self.rcpt(a),
+                ret_full,
+                envid,
+            } => {
+                let action = self.mail(sender, size, eight_bit, smtputf8);
+                if let State::Mail { tx, .. } = &mut self.state {
+                    tx.ret_full = ret_full.unwrap_or(false);
+                    tx.envid = envid;
+                }
+                action
+            }
+            Command::Rcpt {
+                address,
+                notify,
+                orcpt,
+            } => {
+                let action = self.rcpt(address);
+                if let (Action::Reply(r), State::Mail { tx, .. }) = (&action, &mut self.state) {
+                    if r.code == 250 {
+                        if let Some(last) = tx.recipients.last_mut() {
+                            last.notify = notify;
+                            last.orcpt = orcpt;
+                        }
+                    }
+                }
+                action
+            }
             Command::Data => self.data(),
             Command::Rset => self.rset(),
             Command::Noop => Action::Reply(Reply::new(250, "2.0.0", "OK")),
@@ -424,6 +452,7 @@ impl Session {
                 "ENHANCEDSTATUSCODES".into(),
                 "SMTPUTF8".into(),
                 "CHUNKING".into(),
+                "DSN".into(),
             ];
             if self.cfg.tls.is_some() && self.tls.is_none() {
                 lines.push("STARTTLS".into());
@@ -483,6 +512,8 @@ impl Session {
                 recipients: Vec::new(),
                 eight_bit,
                 smtputf8,
+                ret_full: false,
+                envid: None,
             },
         };
         Action::Reply(Reply::new(250, "2.1.0", "sender OK"))
@@ -521,7 +552,7 @@ impl Session {
                 "relay denied: sender-specified routing in the local part",
             ));
         }
-        tx.recipients.push(rcpt);
+        tx.recipients.push(Recipient::new(rcpt));
         Action::Reply(Reply::new(250, "2.1.5", "recipient OK"))
     }
 
@@ -622,7 +653,7 @@ impl Session {
         let envelope = Envelope {
             id,
             sender: tx.sender,
-            recipients: tx.recipients.into_iter().map(Recipient::new).collect(),
+            recipients: tx.recipients,
             client: self.peer.to_string(),
             helo,
             received_ms: now,
@@ -630,6 +661,8 @@ impl Session {
             eight_bit: tx.eight_bit,
             message_id: None,
             smtputf8: tx.smtputf8,
+            dsn_ret_full: tx.ret_full,
+            dsn_envid: tx.envid,
         };
         Ok(ReceivedMessage {
             envelope,
@@ -662,7 +695,7 @@ fn received_header(
     };
     let helo: String = helo.chars().filter(|c| c.is_ascii_graphic()).collect();
     let for_clause = match tx.recipients.as_slice() {
-        [one] => format!("\r\n\tfor <{one}>"),
+        [one] => format!("\r\n\tfor <{}>", one.address),
         _ => String::new(),
     };
     let date = httpdate::fmt_http_date(std::time::SystemTime::now()).replace("GMT", "+0000");

@@ -189,6 +189,8 @@ mod tests {
                 eight_bit: false,
                 message_id: None,
                 smtputf8: false,
+                dsn_ret_full: false,
+                dsn_envid: None,
             },
             5,
         )

@@ -16,6 +16,8 @@ fn env() -> Envelope {
         eight_bit: false,
         message_id: None,
         smtputf8: false,
+        dsn_ret_full: false,
+        dsn_envid: None,
     }
 }
 
