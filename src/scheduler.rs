@@ -229,7 +229,8 @@ impl Scheduler {
         let now = postern_core::now_ms();
         let mut env = rec.envelope;
         let id = env.id;
-        // (address, reason, ORCPT) of failures the sender wants to hear of.
+        // (address, reason, ORCPT) for the DSN: failures the sender wants to
+        // hear of, and successes relayed to hops without DSN (NOTIFY=SUCCESS).
         let mut failed: Vec<(Address, Reason, Option<String>)> = Vec::new();
         let mut last_temp = None;
         for (i, outcome) in outcomes {
@@ -238,6 +239,11 @@ impl Scheduler {
             };
             tracing::info!(%id, rcpt = %r.address, result = ?outcome_kind(&outcome), reason = %outcome.reason(), "delivery attempt");
             r.status = match outcome {
+                Outcome::Relayed(reason) => {
+                    self.metrics.delivered.with_label_values(&["smtp"]).inc();
+                    failed.push((r.address.clone(), reason.clone(), r.orcpt.clone()));
+                    RecipientStatus::Delivered(reason)
+                }
                 Outcome::Delivered(reason) => {
                     self.metrics.delivered.with_label_values(&["smtp"]).inc();
                     self.metrics
@@ -314,6 +320,7 @@ impl Scheduler {
                     address: a,
                     reason: r,
                     orcpt: o.as_deref(),
+                    action: if r.code < 300 { "relayed" } else { "failed" },
                 })
                 .collect(),
             original: &original,
@@ -347,6 +354,7 @@ impl Scheduler {
 fn outcome_kind(o: &Outcome) -> &'static str {
     match o {
         Outcome::Delivered(_) => "delivered",
+        Outcome::Relayed(_) => "relayed",
         Outcome::Temporary(_) => "deferred",
         Outcome::Permanent(_) => "failed",
     }

@@ -17,6 +17,8 @@ pub struct DsnRecipient<'a> {
     pub reason: &'a Reason,
     /// RFC 3461 ORCPT given at RCPT, for Original-Recipient.
     pub orcpt: Option<&'a str>,
+    /// "failed", or "relayed" (success reported to a NOTIFY=SUCCESS sender).
+    pub action: &'a str,
 }
 
 /// Everything a DSN needs; time is passed in, not read.
@@ -56,7 +58,7 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
         m,
         "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
          To: <{to}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
+         Subject: {subject}\r\n\
          Date: {date}\r\n\
          Message-ID: <{token}.dsn@{host}>\r\n\
          Auto-Submitted: auto-replied\r\n\
@@ -71,9 +73,14 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
          \r\n\
          This is the mail system at host {host}.\r\n\
          \r\n\
-         Your message could not be delivered to one or more recipients.\r\n\
+         This is the delivery status of your message.\r\n\
          \r\n",
         host = input.reporting_mta,
+        subject = if input.failed.iter().all(|f| f.action == "relayed") {
+            "Delivery Status Notification (relayed)"
+        } else {
+            "Undelivered Mail Returned to Sender"
+        },
         to = clean(&to),
         date = rfc5322_date(input.now_ms),
         token = input.token,
@@ -110,8 +117,9 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
         let _ = write!(
             m,
             "Final-Recipient: rfc822; {addr}\r\n\
-             Action: failed\r\n\
+             Action: {action}\r\n\
              Status: {status}\r\n",
+            action = f.action,
             addr = clean(&f.address.to_string()),
             status = clean(&r.status),
         );
@@ -186,6 +194,7 @@ mod tests {
                 address: &rcpt,
                 reason: &reason,
                 orcpt: None,
+                action: "failed",
             }],
             original: b"Subject: hello\r\nMessage-ID: <x@y>\r\n\r\nsecret body\r\n",
             now_ms: 0,

@@ -47,6 +47,9 @@ impl fmt::Display for Reason {
 pub enum Outcome {
     /// The next hop accepted responsibility.
     Delivered(Reason),
+    /// Accepted by a next hop that does not offer DSN, for a recipient who
+    /// asked NOTIFY=SUCCESS: we owe the sender a "relayed" DSN (RFC 3461 4.2).
+    Relayed(Reason),
     /// Try again later.
     Temporary(Reason),
     /// Give up and tell the sender.
@@ -56,7 +59,10 @@ pub enum Outcome {
 impl Outcome {
     pub fn reason(&self) -> &Reason {
         match self {
-            Outcome::Delivered(r) | Outcome::Temporary(r) | Outcome::Permanent(r) => r,
+            Outcome::Delivered(r)
+            | Outcome::Relayed(r)
+            | Outcome::Temporary(r)
+            | Outcome::Permanent(r) => r,
         }
     }
 }

@@ -406,8 +406,14 @@ pub async fn transact(
         None => Outcome::Temporary(Reason::local(451, "4.4.2", "no reply to DATA")),
     };
     conn.uses += 1;
-    for o in outcomes.iter_mut() {
-        o.get_or_insert_with(|| final_outcome.clone());
+    let wants_success = |i: usize| msg.dsn_rcpt.get(i).is_some_and(|p| p.contains("SUCCESS"));
+    for (i, o) in outcomes.iter_mut().enumerate() {
+        o.get_or_insert_with(|| match &final_outcome {
+            Outcome::Delivered(r) if !conn.ext.dsn && wants_success(i) => {
+                Outcome::Relayed(r.clone())
+            }
+            other => other.clone(),
+        });
     }
     Ok(outcomes.into_iter().flatten().collect())
 }
