@@ -24,11 +24,11 @@ async fn eight_bit_message_is_downgraded_for_a_seven_bit_hop() {
          Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
     )
     .into_bytes();
-    // Binary without CR or LF (the listener requires CRLF line endings).
+    // Binary without CR, LF or NUL (DATA needs CRLF line endings and no NUL).
     let bin: Vec<u8> = binary
         .iter()
         .copied()
-        .filter(|b| *b != b'\r' && *b != b'\n')
+        .filter(|b| !matches!(*b, b'\r' | b'\n' | 0))
         .collect();
     msg.extend_from_slice(&bin);
     msg.extend_from_slice(b"\r\n--zz--\r\n.\r\n");
