@@ -13,6 +13,7 @@
 pub mod dns;
 pub mod gateway;
 pub mod sink;
+pub mod tls_client;
 
 #[allow(unused_imports)]
 pub use dns::{DnsServer, Hostile, Zone};

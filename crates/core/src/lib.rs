@@ -9,6 +9,7 @@
 //! crate.
 
 pub mod address;
+pub mod base64;
 pub mod config;
 pub mod envelope;
 pub mod id;

@@ -147,26 +147,7 @@ pub fn b64(s: &str) -> Option<Vec<u8>> {
     if s == "=" {
         return Some(Vec::new());
     }
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => continue,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    postern_core::base64::base64_decode(s.as_bytes())
 }
 
 /// PLAIN: `authzid NUL authcid NUL password` → (user, password).
