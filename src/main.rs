@@ -19,6 +19,7 @@ mod gateway;
 mod inflight;
 mod intake;
 mod metrics;
+mod notify;
 mod pressure;
 mod queue_api;
 mod queue_cli;

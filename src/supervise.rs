@@ -77,8 +77,23 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         crate::gateway::wait_for_signal().await;
+        crate::notify::stopping();
         let _ = stop_tx.send(true);
     });
+    if let Some(every) = crate::notify::watchdog_interval() {
+        // The supervisor answers systemd's watchdog; the gateway's own
+        // health is the supervisor's business (it restarts it).
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                crate::notify::watchdog();
+            }
+        });
+    }
+    // Readiness: the listening sockets are bound; connections queue in the
+    // backlog until the gateway takes them.
+    crate::notify::ready();
 
     let mut suspects: Vec<String> = Vec::new();
     let mut death = String::new();

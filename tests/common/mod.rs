@@ -18,6 +18,7 @@ pub mod tls_client;
 #[allow(unused_imports)]
 pub use dns::{DnsServer, Hostile, Zone};
 pub use gateway::Gateway;
+#[allow(unused_imports)]
 pub use sink::Sink;
 
 use std::net::SocketAddr;
