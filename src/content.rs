@@ -52,10 +52,8 @@ pub async fn run_content(
             text,
         }
     };
-    if let Err(e) = postern_convert::inspect(msg, &conv.limits) {
-        return reject(e);
-    }
     if meta.outbound {
+        // The pipeline inspects the message itself (limits first).
         return match postern_convert::outbound::process(
             msg,
             &meta.rcpt_domains,
@@ -76,6 +74,9 @@ pub async fn run_content(
             }
             Err(e) => reject(e),
         };
+    }
+    if let Err(e) = postern_convert::inspect(msg, &conv.limits) {
+        return reject(e);
     }
     let (Some(policy), Some(auth)) = (&conv.inbound, auth) else {
         return Verdict::Accept(None);
@@ -179,7 +180,7 @@ pub fn decode(raw: &[u8]) -> Verdict {
 /// Where content processing runs.
 pub enum ContentProcessor {
     InProcess {
-        conv: Box<Conversion>,
+        conv: std::sync::Arc<Conversion>,
         auth: Option<Box<MessageAuthenticator>>,
     },
     Workers(Box<ProcessPool>),

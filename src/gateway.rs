@@ -18,7 +18,6 @@ use crate::intake::Intake;
 use crate::metrics::Metrics;
 use crate::scheduler::{Policy, Scheduler};
 use anyhow::Context;
-use postern_convert::ContentLimits;
 use postern_core::RelayPolicy;
 use postern_delivery::{Deliverer, HickoryResolver};
 use postern_listener::SessionConfig;
@@ -64,13 +63,12 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let resolver = HickoryResolver::new(&cfg.delivery.nameservers, cfg.delivery.dns_timeout.0)
         .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
     let hostname = cfg.server.hostname.clone();
-    let conv_limits = ContentLimits {
-        max_header_bytes: cfg.convert.max_header_size.0 as usize,
-        max_depth: cfg.convert.max_mime_depth,
-        max_parts: cfg.convert.max_mime_parts,
-    };
+    // Built once: its limits serve the delivery-time downgrade, its policy
+    // the intake (and in-process content processing).
+    let conversion = Arc::new(Conversion::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?);
+    let limits = conversion.limits;
     let downgrade: Arc<postern_delivery::smtp::Downgrade> = Arc::new(move |body: &[u8]| {
-        postern_convert::downgrade::to_seven_bit(body, &conv_limits).map_err(|e| e.reply().2)
+        postern_convert::downgrade::to_seven_bit(body, &limits).map_err(|e| e.reply().2)
     });
     let deliverer = Arc::new(Deliverer::new(
         &cfg.delivery,
@@ -140,8 +138,8 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             _ => None,
         },
     });
-    let conversion = Arc::new(Conversion::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?);
-    let content = Arc::new(start_content(&cfg, loaded.path.as_deref(), &metrics).await?);
+    let content =
+        Arc::new(start_content(&cfg, &conversion, loaded.path.as_deref(), &metrics).await?);
     let gate = Arc::new(Gate::default());
     let sink = Arc::new(Intake {
         queue: queue.clone(),
@@ -300,12 +298,12 @@ async fn listeners(cfg: &postern_core::config::Config) -> anyhow::Result<Listene
 /// Content workers (`workers.processes > 0`) or in-process processing.
 async fn start_content(
     cfg: &postern_core::config::Config,
+    conv: &Arc<Conversion>,
     config_path: Option<&std::path::Path>,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<ContentProcessor> {
     let w = &cfg.workers;
     if w.processes == 0 {
-        let conv = Conversion::from_config(cfg).map_err(|e| anyhow::anyhow!(e))?;
         let auth = match conv.inbound.is_some() {
             true => Some(
                 conv.authenticator()
@@ -314,7 +312,7 @@ async fn start_content(
             false => None,
         };
         return Ok(ContentProcessor::InProcess {
-            conv: Box::new(conv),
+            conv: conv.clone(),
             auth: auth.map(Box::new),
         });
     }

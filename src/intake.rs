@@ -156,6 +156,7 @@ impl Intake {
             .iter()
             .map(|r| r.address.domain.clone())
             .collect();
+        rcpt_domains.sort_unstable();
         rcpt_domains.dedup();
         Meta {
             outbound,

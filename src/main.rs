@@ -92,16 +92,17 @@ fn main() -> ExitCode {
     });
     match command {
         Command::CheckConfig(a) => match config::load(a.config.as_deref()) {
-            Ok(loaded) if conversion::Conversion::from_config(&loaded.config).is_err() => {
-                if let Err(e) = conversion::Conversion::from_config(&loaded.config) {
-                    eprintln!("{}: {e}", loaded.source);
+            // Loading the conversion policy reads the DKIM keys and maps too.
+            Ok(loaded) => match conversion::Conversion::from_config(&loaded.config) {
+                Ok(_) => {
+                    println!("{}: configuration OK", loaded.source);
+                    ExitCode::SUCCESS
                 }
-                ExitCode::from(1)
-            }
-            Ok(loaded) => {
-                println!("{}: configuration OK", loaded.source);
-                ExitCode::SUCCESS
-            }
+                Err(e) => {
+                    eprintln!("{}: {e}", loaded.source);
+                    ExitCode::from(1)
+                }
+            },
             Err(e) => {
                 eprint!("{e}");
                 ExitCode::from(1)
