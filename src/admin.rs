@@ -1,7 +1,11 @@
 //! The admin HTTP endpoint (hyper): `/metrics` (Prometheus text format),
-//! `/healthz` (the process answers), `/readyz` (the queue answers and the
-//! listeners are bound) and the queue API ([`crate::queue_api`]). Loopback
-//! by default; anything else is 404.
+//! `/healthz` (the process answers), `/readyz` (the queue answers, the
+//! listeners are bound, no back pressure) and the queue API
+//! ([`crate::queue_api`]). Loopback by default; anything else is 404.
+//!
+//! With `admin.token_file` set (mandatory off loopback), `/metrics` and
+//! `/queue` need `Authorization: Bearer <token>` (401 otherwise, compared
+//! in constant time); the health endpoints stay open for probes.
 
 use crate::metrics::Metrics;
 use http_body_util::Full;
@@ -22,6 +26,25 @@ pub struct AdminState {
     pub queue: Queue,
     /// Back-pressure level (0 none); not ready while it is set.
     pub pressure: Arc<std::sync::atomic::AtomicU8>,
+    pub tracker: Arc<crate::tracking::Tracker>,
+    /// Bearer token for everything but the health endpoints.
+    pub token: Option<String>,
+}
+
+/// Whether the request carries the token (no token configured: yes).
+fn authorized(req: &Request<hyper::body::Incoming>, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    let given = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -38,8 +61,17 @@ async fn handle(
         req.method().as_str().to_string(),
         req.uri().path().to_string(),
     );
+    let open = matches!(path.as_str(), "/healthz" | "/readyz");
+    if !open && !authorized(&req, st.token.as_deref()) {
+        let mut r = text(StatusCode::UNAUTHORIZED, "bearer token required\n".into());
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return Ok(r);
+    }
     if let Some((code, body)) =
-        crate::queue_api::handle(&st.queue, &method, &path, req.uri().query())
+        crate::queue_api::handle(&st.queue, &st.tracker, &method, &path, req.uri().query())
     {
         let mut r = text(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), body);
         r.headers_mut().insert(

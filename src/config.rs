@@ -44,21 +44,26 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
         None => Some(Path::new(DEFAULT_PATH).to_path_buf()).filter(|p| p.exists()),
     };
     let file = path.clone();
-    let (source, mut config) = match path {
-        None => ("<embedded default>".to_string(), Config::default()),
+    let (mut source, text) = match path {
+        None => ("<embedded default>".to_string(), String::new()),
         Some(p) => {
             let source = p.display().to_string();
             let text = std::fs::read_to_string(&p).map_err(|e| ConfigError {
                 source: source.clone(),
                 problems: vec![format!("cannot read: {e}")],
             })?;
-            let config = parse(&text).map_err(|problem| ConfigError {
-                source: source.clone(),
-                problems: vec![problem],
-            })?;
-            (source, config)
+            (source, text)
         }
     };
+    let overrides = env_overrides(std::env::vars());
+    if !overrides.is_empty() {
+        let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
+        source = format!("{source} + environment ({})", names.join(", "));
+    }
+    let mut config = parse_with(&text, &overrides).map_err(|problem| ConfigError {
+        source: source.clone(),
+        problems: vec![problem],
+    })?;
     if config.server.hostname.is_empty() {
         config.server.hostname = system_hostname();
     }
@@ -73,18 +78,85 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
     })
 }
 
-/// Parses TOML text; errors say `line L, column C: message`.
-pub fn parse(text: &str) -> Result<Config, String> {
-    toml::from_str::<Config>(text).map_err(|e| {
-        let msg = e.message().trim().to_string();
-        match e.span() {
-            Some(span) => {
-                let (line, col) = line_col(text, span.start);
-                format!("line {line}, column {col}: {msg}")
-            }
-            None => msg,
+/// Prefix of environment variables that override configuration keys:
+/// `POSTERN__SERVER__HOSTNAME=mx.example.com` sets `[server] hostname`.
+pub const ENV_PREFIX: &str = "POSTERN__";
+
+/// The overriding variables among `vars`, sorted by name.
+pub fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut v: Vec<_> = vars
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.len() > ENV_PREFIX.len())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Parses TOML text with environment overrides applied. A value is read as
+/// a TOML value when it is one (`100`, `true`, `["0.0.0.0:25"]`), else as a
+/// string.
+pub fn parse_with(text: &str, overrides: &[(String, String)]) -> Result<Config, String> {
+    use serde::Deserialize;
+    if overrides.is_empty() {
+        return parse(text);
+    }
+    let base: toml::Table = toml::from_str(text).map_err(|e| located(text, &e))?;
+    let mut table = base.clone();
+    for (name, raw) in overrides {
+        apply_override(&mut table, name, raw)?;
+    }
+    Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+        // Name the variable at fault: the first that fails on its own.
+        let culprit = overrides.iter().find(|(name, raw)| {
+            let mut t = base.clone();
+            apply_override(&mut t, name, raw).is_err()
+                || Config::deserialize(toml::Value::Table(t)).is_err()
+        });
+        match culprit {
+            Some((name, _)) => format!("{name}: {}", e.message().trim()),
+            None => format!("after environment overrides: {}", e.message().trim()),
         }
     })
+}
+
+/// Sets the key `name` (`POSTERN__SECTION__KEY`) names to `raw`.
+fn apply_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<(), String> {
+    let path: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let (last, parents) = path.split_last().ok_or("empty override name")?;
+    let mut t = table;
+    for p in parents {
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{name}: {p} is not a section"))?;
+    }
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Parses TOML text; errors say `line L, column C: message`.
+pub fn parse(text: &str) -> Result<Config, String> {
+    toml::from_str::<Config>(text).map_err(|e| located(text, &e))
+}
+
+/// A TOML error as `line L, column C: message`.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            format!("line {line}, column {col}: {msg}")
+        }
+        None => msg,
+    }
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -116,6 +188,37 @@ mod tests {
         assert!(e.contains("line 2") && e.contains("duration"), "{e}");
         let e = parse("[srever]\n").unwrap_err();
         assert!(e.contains("line 1") && e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let vars = [
+            ("POSTERN__SERVER__HOSTNAME", "mx.example.test"),
+            ("POSTERN__SERVER__MAX_RECIPIENTS", "7"),
+            (
+                "POSTERN__RELAY__ACCEPTED_DOMAINS",
+                "[\"a.test\", \"b.test\"]",
+            ),
+            (
+                "POSTERN__ROUTE",
+                "[{domain = \"*\", hosts = [\"127.0.0.1:26\"]}]",
+            ),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let o = env_overrides(vars.into_iter());
+        assert_eq!(o.len(), 4);
+        let c = parse_with("[server]\nmax_recipients = 100\n", &o).unwrap();
+        assert_eq!(c.server.hostname, "mx.example.test");
+        assert_eq!(c.server.max_recipients, 7);
+        assert_eq!(c.relay.accepted_domains, ["a.test", "b.test"]);
+        assert_eq!(c.routes[0].hosts, ["127.0.0.1:26"]);
+        let bad = [(
+            "POSTERN__SERVER__MAX_RECIPIENTS".to_string(),
+            "many".to_string(),
+        )];
+        let e = parse_with("", &bad).unwrap_err();
+        assert!(e.starts_with("POSTERN__SERVER__MAX_RECIPIENTS: "), "{e}");
     }
 
     #[test]

@@ -5,24 +5,27 @@
 //!
 //! Start-up failures (queue cannot open, address in use) are fatal with a
 //! clear message; everything after start-up is contained per task.
-//! Shutdown (SIGTERM, SIGINT): stop accepting, give sessions and deliveries
-//! a few seconds, flush the queue.
+//! SIGHUP reloads the configuration ([`crate::reload`]). Shutdown (SIGTERM,
+//! SIGINT): stop accepting, close idle sessions with 421, let transactions
+//! and deliveries in flight finish within `server.shutdown_timeout`, flush
+//! the queue. Nothing acknowledged is at risk at any point: a delivery cut
+//! short is simply due again at the next start.
 
 use crate::admin::{self, AdminState};
+use crate::assemble;
 use crate::config::Loaded;
-use crate::content::ContentProcessor;
 use crate::conversion::Conversion;
 use crate::gate::Gate;
 use crate::inflight::Inflight;
 use crate::intake::Intake;
+use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::scheduler::{Policy, Scheduler};
+use crate::reload::Reloader;
+use crate::scheduler::Scheduler;
+use crate::signals::{Sig, Signals};
+use crate::tracking::Tracker;
 use anyhow::Context;
-use postern_core::RelayPolicy;
-use postern_delivery::{Deliverer, HickoryResolver};
-use postern_listener::SessionConfig;
 use postern_queue::{Queue, QueueOptions};
-use postern_supervisor::pool::{PoolConfig, ProcessPool};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -32,6 +35,11 @@ use tokio::sync::{watch, Semaphore};
 pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 
 pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
+    run_until(loaded, Signals::new()).await
+}
+
+/// Runs until `signals` asks to stop (a Windows service passes its own).
+pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let metrics = Arc::new(Metrics::new().context("metrics registry")?);
     let qopts = QueueOptions {
@@ -59,24 +67,29 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         corrupt = recovery.corrupt,
         "queue recovered"
     );
+    let tracker = Arc::new(
+        Tracker::start(
+            &cfg.tracking,
+            &cfg.queue.path,
+            metrics.tracking_dropped.clone(),
+        )
+        .context("cannot open the tracking log")?,
+    );
+    let admin_token = match &cfg.admin.token_file {
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("admin.token_file {}", f.display()))?;
+            let t = t.trim().to_string();
+            anyhow::ensure!(!t.is_empty(), "admin.token_file {} is empty", f.display());
+            Some(t)
+        }
+        None => None,
+    };
 
-    let resolver = HickoryResolver::new(&cfg.delivery.nameservers, cfg.delivery.dns_timeout.0)
-        .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
-    let hostname = cfg.server.hostname.clone();
     // Built once: its limits serve the delivery-time downgrade, its policy
     // the intake (and in-process content processing).
     let conversion = Arc::new(Conversion::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?);
-    let limits = conversion.limits;
-    let downgrade: Arc<postern_delivery::smtp::Downgrade> = Arc::new(move |body: &[u8]| {
-        postern_convert::downgrade::to_seven_bit(body, &limits).map_err(|e| e.reply().2)
-    });
-    let deliverer = Arc::new(Deliverer::new(
-        &cfg.delivery,
-        &cfg.routes,
-        hostname.clone(),
-        resolver,
-        downgrade,
-    ));
+    let deliverer = assemble::deliverer(&cfg, &conversion, &metrics)?;
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let pressure = Arc::new(std::sync::atomic::AtomicU8::new(0));
@@ -86,77 +99,23 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         pressure.clone(),
         metrics.clone(),
     ));
-    let session_cfg = Arc::new(SessionConfig {
-        hostname: hostname.clone(),
-        relay: RelayPolicy {
-            accepted_domains: cfg
-                .relay
-                .accepted_domains
-                .iter()
-                .map(|d| d.to_ascii_lowercase())
-                .collect(),
-            trusted_networks: cfg.relay.trusted_networks.clone(),
-        },
-        max_message_size: cfg.server.max_message_size.0,
-        max_recipients: cfg.server.max_recipients,
-        max_errors: cfg.server.max_errors,
-        max_command_line: cfg.server.max_command_line,
-        max_text_line: cfg.server.max_text_line,
-        command_timeout: cfg.server.command_timeout.0,
-        data_timeout: cfg.server.data_timeout.0,
-        max_connections: cfg.server.max_connections,
-        data_total_timeout: cfg.server.data_total_timeout.0,
-        max_connections_per_ip: cfg.server.max_connections_per_ip,
-        max_connection_rate_per_ip: cfg.server.max_connection_rate_per_ip,
-        greeting_delay: cfg.server.greeting_delay.0,
-        max_noops: cfg.server.max_noops,
-        pressure: pressure.clone(),
-        users: match &cfg.auth.users_file {
-            Some(f) => Some(Arc::new(
-                postern_listener::auth::UserDb::load(f)
-                    .map_err(|e| anyhow::anyhow!("auth.users_file: {e}"))?,
-            )),
-            None => None,
-        },
-        auth_limiter: postern_listener::auth::AuthLimiter::new(cfg.auth.max_failures),
-        require_auth: false,
-        recipients: match &cfg.relay.recipients_file {
-            Some(f) => {
-                let text = std::fs::read_to_string(f)
-                    .with_context(|| format!("relay.recipients_file {}", f.display()))?;
-                Some(Arc::new(
-                    postern_core::relay::RecipientList::parse(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
-                ))
-            }
-            None => None,
-        },
-        tls: match (&cfg.tls.cert_file, &cfg.tls.key_file) {
-            (Some(c), Some(k)) => {
-                Some(postern_listener::tls::TlsConfig::load(c, k).context("TLS certificate")?)
-            }
-            _ => None,
-        },
-    });
+    let auth_limiter = postern_listener::auth::AuthLimiter::new(cfg.auth.max_failures);
+    let (smtp_cfg, sub_cfg) =
+        assemble::session_configs(&cfg, pressure.clone(), auth_limiter.clone())?;
+    let (smtp_tx, smtp_rx) = watch::channel(smtp_cfg);
+    let (sub_tx, sub_rx) = watch::channel(sub_cfg);
     let content =
-        Arc::new(start_content(&cfg, &conversion, loaded.path.as_deref(), &metrics).await?);
+        Arc::new(assemble::content(&cfg, &conversion, loaded.path.as_deref(), &metrics).await?);
     let gate = Arc::new(Gate::default());
-    let sink = Arc::new(Intake {
+    let intake = Arc::new(Intake {
         queue: queue.clone(),
         metrics: metrics.clone(),
-        content,
+        tracker: tracker.clone(),
         gate: gate.clone(),
         inflight: inflight.clone(),
-        poison_threshold: threshold,
-        relay: session_cfg.relay.clone(),
-        conversion,
-        receive_deadline: cfg.workers.message_deadline.0 + Duration::from_secs(5),
+        policy: Live::new(assemble::intake_policy(&cfg, conversion, content)),
     });
     let (smtp_listeners, smtps_listeners, submission_listeners, admin_l) = listeners(&cfg).await?;
-    let submission_cfg = Arc::new(SessionConfig {
-        require_auth: true,
-        ..(*session_cfg).clone()
-    });
     let mut bound = Vec::new();
     let mut bound_tls = Vec::new();
     let mut bound_sub = Vec::new();
@@ -173,11 +132,11 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
             _ => bound.push(addr),
         }
         let c = if submission {
-            submission_cfg.clone()
+            sub_rx.clone()
         } else {
-            session_cfg.clone()
+            smtp_rx.clone()
         };
-        let (s, r) = (sink.clone(), stop_rx.clone());
+        let (s, r) = (intake.clone(), stop_rx.clone());
         tokio::spawn(async move {
             if let Err(e) = postern_listener::serve(l, c, s, r, implicit).await {
                 tracing::error!(error = %e, "SMTP listener stopped");
@@ -194,20 +153,19 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         queue: queue.clone(),
         pressure: pressure.clone(),
+        tracker: tracker.clone(),
+        token: admin_token,
     });
     tokio::spawn(admin::serve(admin_l, st, stop_rx.clone()));
 
+    let slots = Arc::new(Semaphore::new(cfg.delivery.max_concurrency));
     let scheduler = Arc::new(Scheduler {
         queue: queue.clone(),
-        deliverer,
+        deliverer: Live::new(deliverer),
         metrics: metrics.clone(),
-        policy: Policy {
-            retry_intervals: cfg.queue.retry_intervals.iter().map(|d| d.0).collect(),
-            max_age: cfg.queue.max_age.0,
-            lease: cfg.queue.lease.0,
-            hostname: hostname.clone(),
-        },
-        slots: Arc::new(Semaphore::new(cfg.delivery.max_concurrency)),
+        tracker: tracker.clone(),
+        policy: Live::new(assemble::policy(&cfg)),
+        slots: slots.clone(),
         gate,
         inflight,
         poison_threshold: threshold,
@@ -215,16 +173,31 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     });
     let sched_rx = stop_rx.clone();
     let m = metrics.clone();
+    let sched = scheduler.clone();
     let sched_task = tokio::spawn(async move {
         postern_supervisor::supervise(
             "scheduler",
             postern_supervisor::Backoff::default(),
-            move || scheduler.clone().run(sched_rx.clone()),
+            move || sched.clone().run(sched_rx.clone()),
             move |_, _, _| m.crashes.with_label_values(&["scheduler", "1"]).inc(),
         )
         .await
     });
 
+    let hostname = cfg.server.hostname.clone();
+    let shutdown_timeout = cfg.server.shutdown_timeout.0;
+    let max_concurrency = cfg.delivery.max_concurrency;
+    let reloader = Reloader {
+        path: loaded.path.clone(),
+        running: std::sync::Mutex::new(cfg),
+        metrics: metrics.clone(),
+        pressure,
+        auth_limiter,
+        smtp: smtp_tx,
+        submission: sub_tx,
+        intake,
+        scheduler,
+    };
     tracing::info!(
         config = %loaded.source,
         smtp = %bound.join(","),
@@ -234,10 +207,38 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
         hostname = %hostname,
         "postern ready"
     );
-    wait_for_signal().await;
-    tracing::info!("shutting down");
+    while signals.next().await == Sig::Reload {
+        match reloader.reload().await {
+            Ok(restart) if restart.is_empty() => tracing::info!("configuration reloaded"),
+            Ok(restart) => tracing::warn!(
+                needs_restart = %restart.join(", "),
+                "configuration reloaded; some changes take effect only after a restart"
+            ),
+            Err(e) => tracing::error!(
+                error = %e.trim_end(),
+                "configuration reload failed; the running configuration stays"
+            ),
+        }
+    }
+    drop(reloader);
+
+    // Stop: no new connections or claims; idle sessions get 421 now, busy
+    // ones at the end of their transaction; deliveries in flight finish.
+    tracing::info!(?shutdown_timeout, "shutting down");
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), sched_task).await;
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
+    while metrics.sessions_active.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = tokio::time::timeout_at(deadline, sched_task).await;
+    let drained = tokio::time::timeout_at(deadline, slots.acquire_many(max_concurrency as u32))
+        .await
+        .is_ok();
+    tracing::info!(
+        sessions_left = metrics.sessions_active.get(),
+        deliveries_finished = drained,
+        "drained"
+    );
     queue.flush().await.context("final queue flush")?;
     tracing::info!("queue flushed; bye");
     Ok(())
@@ -293,75 +294,4 @@ async fn listeners(cfg: &postern_core::config::Config) -> anyhow::Result<Listene
         );
     }
     Ok((smtp, smtps, submission, admin))
-}
-
-/// Content workers (`workers.processes > 0`) or in-process processing.
-async fn start_content(
-    cfg: &postern_core::config::Config,
-    conv: &Arc<Conversion>,
-    config_path: Option<&std::path::Path>,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<ContentProcessor> {
-    let w = &cfg.workers;
-    if w.processes == 0 {
-        let auth = match conv.inbound.is_some() {
-            true => Some(
-                conv.authenticator()
-                    .map_err(|e| anyhow::anyhow!("DNS for authentication: {e}"))?,
-            ),
-            false => None,
-        };
-        return Ok(ContentProcessor::InProcess {
-            conv: conv.clone(),
-            auth: auth.map(Box::new),
-        });
-    }
-    let exe = std::env::current_exe().context("cannot find our own executable")?;
-    let m = metrics.clone();
-    let mut args = vec![
-        "worker".to_string(),
-        format!("--memory={}", w.memory_limit.0),
-        format!("--deadline-ms={}", w.message_deadline.0.as_millis()),
-    ];
-    if let Some(p) = config_path {
-        args.push(format!("--config={}", p.display()));
-    }
-    let pool = ProcessPool::new(
-        PoolConfig {
-            program: exe,
-            args,
-            env: vec![],
-            size: w.processes,
-            deadline: w.message_deadline.0,
-            backoff: postern_supervisor::Backoff::default(),
-            max_frame: cfg.server.max_message_size.0.saturating_mul(2) + 1024,
-        },
-        Arc::new(move |_reason: &str| m.worker_restarts.with_label_values(&["content"]).inc()),
-    );
-    pool.prestart()
-        .await
-        .map_err(|e| anyhow::anyhow!("content workers: {e}"))?;
-    Ok(ContentProcessor::Workers(Box::new(pool)))
-}
-
-pub async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

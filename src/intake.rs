@@ -18,7 +18,9 @@ use crate::conversion::Meta;
 use crate::fault::{self, Stage};
 use crate::gate::Gate;
 use crate::inflight::{content_hash, Inflight};
+use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::tracking::Tracker;
 use futures_util::FutureExt;
 use postern_listener::{MessageSink, ReceivedMessage, Reply};
 use postern_queue::{QuarantineInfo, Queue};
@@ -29,9 +31,16 @@ use std::time::Duration;
 pub struct Intake {
     pub queue: Queue,
     pub metrics: Arc<Metrics>,
-    pub content: Arc<ContentProcessor>,
+    pub tracker: Arc<Tracker>,
     pub gate: Arc<Gate>,
     pub inflight: Arc<Inflight>,
+    /// What a configuration reload may replace.
+    pub policy: Live<IntakePolicy>,
+}
+
+/// The reloadable part of the intake.
+pub struct IntakePolicy {
+    pub content: Arc<ContentProcessor>,
     pub poison_threshold: u32,
     /// Decides inbound (untrusted client) from outbound (trusted).
     pub relay: postern_core::RelayPolicy,
@@ -74,11 +83,18 @@ fn static_status(s: &str, code: u16) -> &'static str {
 }
 
 impl Intake {
-    async fn run_stages(&self, body: &[u8], meta: &Meta, hash: u64, alone: bool) -> Staged {
+    async fn run_stages(
+        &self,
+        p: &IntakePolicy,
+        body: &[u8],
+        meta: &Meta,
+        hash: u64,
+        alone: bool,
+    ) -> Staged {
         let _pass = self.gate.enter(alone).await;
         let _inflight = self
             .inflight
-            .enter(format!("r:{hash:016x}"), self.receive_deadline);
+            .enter(format!("r:{hash:016x}"), p.receive_deadline);
         let received = std::panic::catch_unwind(|| fault::check(Stage::Receive, body));
         if let Err(p) = received {
             return Staged::Crashed {
@@ -87,13 +103,13 @@ impl Intake {
                 reason: format!("panic: {}", postern_supervisor::panic_message(&*p)),
             };
         }
-        match AssertUnwindSafe(self.content.process(body, meta))
+        match AssertUnwindSafe(p.content.process(body, meta))
             .catch_unwind()
             .await
         {
             Ok(Verdict::Crash(reason)) => Staged::Crashed {
                 stage: "content",
-                level: if matches!(*self.content, ContentProcessor::Workers(_)) {
+                level: if matches!(*p.content, ContentProcessor::Workers(_)) {
                     "2"
                 } else {
                     "1"
@@ -124,32 +140,56 @@ impl Intake {
             reason: reason.clone(),
             at_ms: postern_core::now_ms(),
         };
+        let event = serde_json::json!({"stage": stage, "reason": &reason, "crashes": crashes});
+        let env = msg.envelope.clone();
         match self
             .queue
             .enqueue_quarantined(msg.envelope, &msg.body, info, crashes)
             .await
         {
             Ok(()) => {
+                self.tracker.event("quarantined", &env, event);
+                self.metrics.accepted.inc();
                 self.metrics.quarantined.with_label_values(&[stage]).inc();
                 tracing::error!(%id, stage, %reason, crashes, "message quarantined at receive");
                 Reply::new(250, "2.0.0", format!("queued as {id} (quarantined)"))
             }
             Err(e) => {
                 tracing::error!(%id, error = %e, "cannot store quarantined message");
-                Reply::new(451, "4.3.0", "queue write failed, try again later")
+                self.refuse(
+                    &env,
+                    Reply::new(451, "4.3.0", "queue write failed, try again later"),
+                )
             }
         }
     }
 }
 
 impl Intake {
+    /// Counts and tracks a refusal at the end of DATA; returns the reply.
+    fn refuse(&self, env: &postern_core::Envelope, reply: Reply) -> Reply {
+        self.metrics
+            .rejected
+            .with_label_values(&[reply.reason()])
+            .inc();
+        let text = reply.lines.join(" ");
+        self.tracker.event(
+            "rejected",
+            env,
+            serde_json::json!({
+                "reply": format!("{} {} {}", reply.code, reply.status.unwrap_or(""), text),
+            }),
+        );
+        reply
+    }
+
     /// What content processing needs to know about the transaction.
-    fn meta(&self, msg: &ReceivedMessage) -> Meta {
+    fn meta(&self, p: &IntakePolicy, msg: &ReceivedMessage) -> Meta {
         let e = &msg.envelope;
         let outbound = e
             .client
             .parse()
-            .map(|ip| self.relay.is_trusted(ip))
+            .map(|ip| p.relay.is_trusted(ip))
             .unwrap_or(false);
         let mut rcpt_domains: Vec<String> = e
             .recipients
@@ -176,6 +216,17 @@ impl MessageSink for Intake {
         let (hdrs, _) = postern_convert::headers::split(&msg.body);
         msg.envelope.message_id = postern_convert::headers::get(hdrs, "Message-ID")
             .map(|m| m.chars().take(998).collect());
+        let p = self.policy.get();
+        self.metrics.received.inc();
+        self.tracker.event(
+            "received",
+            &msg.envelope,
+            serde_json::json!({
+                "client": &msg.envelope.client,
+                "helo": &msg.envelope.helo,
+                "size": msg.body.len(),
+            }),
+        );
         let hash = content_hash(msg.body.get(msg.trace_len..).unwrap_or(&msg.body));
         let (crashes, last) = self
             .queue
@@ -183,14 +234,17 @@ impl MessageSink for Intake {
             .ok()
             .flatten()
             .unwrap_or((0, String::new()));
-        if crashes >= self.poison_threshold {
+        if crashes >= p.poison_threshold {
             let _ = self.queue.clear_suspect(hash);
             let stage = last.split(':').next().unwrap_or("receive").to_string();
             return self.quarantine(msg, &stage, last, crashes).await;
         }
-        let meta = self.meta(&msg);
+        let meta = self.meta(&p, &msg);
         let mut hold = None;
-        let body = match self.run_stages(&msg.body, &meta, hash, crashes > 0).await {
+        let body = match self
+            .run_stages(&p, &msg.body, &meta, hash, crashes > 0)
+            .await
+        {
             Staged::Accept(new) => new,
             Staged::Hold { body, reason } => {
                 hold = Some(reason);
@@ -199,7 +253,10 @@ impl MessageSink for Intake {
             Staged::Reject { code, status, text } => {
                 let _ = self.queue.clear_suspect(hash);
                 tracing::info!(%id, code, %text, "refused by content processing");
-                return Reply::new(code, static_status(&status, code), text);
+                return self.refuse(
+                    &msg.envelope,
+                    Reply::new(code, static_status(&status, code), text),
+                );
             }
             Staged::Crashed {
                 stage,
@@ -213,16 +270,19 @@ impl MessageSink for Intake {
                 let n = self
                     .queue
                     .charge_suspect(hash, &format!("{stage}: {reason}"))
-                    .unwrap_or(self.poison_threshold);
+                    .unwrap_or(p.poison_threshold);
                 tracing::error!(%id, stage, level, %reason, crashes = n, "receive-time crash");
-                if n >= self.poison_threshold {
+                if n >= p.poison_threshold {
                     let _ = self.queue.clear_suspect(hash);
                     return self.quarantine(msg, stage, reason, n).await;
                 }
-                return Reply::new(
-                    451,
-                    "4.3.0",
-                    "content processing failed; please try again later",
+                return self.refuse(
+                    &msg.envelope,
+                    Reply::new(
+                        451,
+                        "4.3.0",
+                        "content processing failed; please try again later",
+                    ),
                 );
             }
         };
@@ -232,36 +292,58 @@ impl MessageSink for Intake {
             if let Some(s) = &envelope.sender {
                 let rewritten = postern_convert::outbound::rewrite_address(
                     &s.to_string(),
-                    &self.conversion.outbound,
+                    &p.conversion.outbound,
                 );
                 if let Some(a) = rewritten.and_then(|r| postern_core::Address::parse(&r).ok()) {
                     envelope.sender = Some(a);
                 }
             }
         }
+        if let Some(new) = &body {
+            self.tracker.event(
+                "converted",
+                &envelope,
+                serde_json::json!({
+                    "direction": if meta.outbound { "outbound" } else { "inbound" },
+                    "size_before": msg.body.len(),
+                    "size_after": new.len(),
+                }),
+            );
+        }
         let body = body.unwrap_or(msg.body);
         envelope.size = body.len() as u64;
         let size = body.len();
         let rcpts = envelope.recipients.len();
+        let tracked = envelope.clone();
         match self.queue.enqueue(envelope, &body).await {
             Ok(()) => {
+                self.tracker
+                    .event("queued", &tracked, serde_json::json!({ "size": size }));
                 if crashes > 0 {
                     let _ = self.queue.clear_suspect(hash);
                 }
                 if let Some(reason) = hold {
                     tracing::warn!(%id, %reason, "held by policy");
-                    if let Err(e) = self.queue.hold(id) {
-                        tracing::error!(%id, error = %e, "cannot hold");
+                    match self.queue.hold(id) {
+                        Ok(_) => self.tracker.event(
+                            "held",
+                            &tracked,
+                            serde_json::json!({ "by": "policy", "reason": reason }),
+                        ),
+                        Err(e) => tracing::error!(%id, error = %e, "cannot hold"),
                     }
                 }
-                self.metrics.received.inc();
+                self.metrics.accepted.inc();
                 self.metrics.message_size.observe(size as f64);
                 tracing::info!(%id, rcpts, size, "queued");
                 Reply::new(250, "2.0.0", format!("queued as {id}"))
             }
             Err(e) => {
                 tracing::error!(%id, error = %e, "queue write failed; message refused");
-                Reply::new(451, "4.3.0", "queue write failed, try again later")
+                self.refuse(
+                    &tracked,
+                    Reply::new(451, "4.3.0", "queue write failed, try again later"),
+                )
             }
         }
     }
@@ -272,5 +354,28 @@ impl MessageSink for Intake {
             .with_label_values(&["receive", "1"])
             .inc();
         tracing::error!(%panic, "session panicked");
+    }
+
+    fn session_opened(&self, listener: &'static str) {
+        self.metrics.sessions.with_label_values(&[listener]).inc();
+        self.metrics.sessions_active.inc();
+    }
+
+    fn session_closed(&self) {
+        self.metrics.sessions_active.dec();
+    }
+
+    fn refused(&self, reply: &Reply) {
+        self.metrics
+            .smtp_rejections
+            .with_label_values(&[reply.reason()])
+            .inc();
+    }
+
+    fn tls_established(&self, version: &'static str) {
+        self.metrics
+            .tls_sessions
+            .with_label_values(&[version])
+            .inc();
     }
 }

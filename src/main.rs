@@ -5,28 +5,36 @@
 //! if it dies (`--no-supervisor` runs the gateway in this process);
 //! `check-config` validates a configuration and prints every error with its
 //! line and column; `queue` lists and acts on queued and quarantined
-//! messages through the running daemon. `gateway` and `worker` are the
+//! messages through the running daemon; `trace` prints a message's life
+//! from the tracking log. `gateway` and `worker` are the
 //! internal child processes. Without `--config`, `./config/postern.toml` is
 //! used if it exists, else the embedded default configuration.
 
 mod admin;
+mod assemble;
 mod config;
 mod content;
 mod conversion;
+mod dns;
 mod fault;
 mod gate;
 mod gateway;
 mod inflight;
 mod intake;
+mod live;
 mod metrics;
 mod notify;
 mod pressure;
 mod queue_api;
 mod queue_cli;
+mod reload;
 mod scheduler;
+mod signals;
 #[cfg(unix)]
 mod supervise;
 mod suspects;
+mod trace_cli;
+mod tracking;
 mod worker;
 
 use clap::{Args, Parser, Subcommand};
@@ -61,6 +69,16 @@ enum Command {
         config: ConfigArg,
         #[command(subcommand)]
         cmd: queue_cli::QueueCmd,
+    },
+    /// Print a message's life from the tracking log, by queue ID or Message-ID.
+    Trace {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Queue ID or Message-ID (angle brackets optional).
+        key: String,
+        /// Print the JSON lines as they are.
+        #[arg(long)]
+        json: bool,
     },
     /// Internal: the gateway process started by `run`.
     #[command(hide = true)]
@@ -125,6 +143,16 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
+            let token = match &loaded.config.admin.token_file {
+                Some(f) => match std::fs::read_to_string(f) {
+                    Ok(t) => Some(t.trim().to_string()),
+                    Err(e) => {
+                        eprintln!("admin.token_file {}: {e}", f.display());
+                        return ExitCode::from(1);
+                    }
+                },
+                None => None,
+            };
             let mut admin = loaded.config.admin.listen;
             if admin.port() == 0 {
                 let file = loaded.config.queue.path.join(gateway::ADMIN_ADDR_FILE);
@@ -139,8 +167,15 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            block_on(async move { queue_cli::run(admin, cmd).await })
+            block_on(async move { queue_cli::run(admin, token, cmd).await })
         }
+        Command::Trace { config, key, json } => match config::load(config.config.as_deref()) {
+            Ok(loaded) => trace_cli::run(&loaded.config, &key, json),
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(1)
+            }
+        },
         Command::HashPassword => {
             let mut line = String::new();
             if std::io::stdin().read_line(&mut line).is_err() {
@@ -167,7 +202,6 @@ fn main() -> ExitCode {
 
 /// Loads the configuration and runs the supervisor or the gateway.
 fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
-    init_logging();
     let loaded = match config::load(path.as_deref()) {
         Ok(l) => l,
         Err(e) => {
@@ -175,6 +209,7 @@ fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    init_logging(&loaded.config.log);
     #[cfg(unix)]
     if supervised {
         return block_on(async move { supervise::run(loaded, path).await });
@@ -205,15 +240,22 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCo
     }
 }
 
-/// Human-readable logs on stderr; `POSTERN_LOG` = error|warn|info|debug|trace.
-fn init_logging() {
+/// Logs on stderr, human-readable or JSON (`[log] format`); the level is
+/// `[log] level` unless `POSTERN_LOG` = error|warn|info|debug|trace is set.
+fn init_logging(cfg: &postern_core::config::LogConfig) {
     let level = std::env::var("POSTERN_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
+        .or_else(|| cfg.level.parse().ok())
         .unwrap_or(tracing::Level::INFO);
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if cfg.format == "json" {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }

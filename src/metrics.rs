@@ -1,130 +1,225 @@
-//! The Prometheus registry and Postern's metrics (names prefixed `postern_`).
+//! The Prometheus registry and Postern's metrics (names prefixed `postern_`,
+//! counters end in `_total`, units in the name, bounded label values).
 //!
 //! [`Metrics::render`] produces the text exposition format for `/metrics`,
-//! refreshing the queue gauges from the queue first.
+//! refreshing the queue gauges from the queue first. Label vocabularies:
+//! `listener` smtp|smtps|submission; `reason` (SMTP refusals) from
+//! [`postern_listener::Reply::reason`]; `class` internal (an accepted
+//! domain: inbound relay) or internet (MX delivery, outbound); DNS `type`
+//! mx|address and `result` ok|nxdomain|nodata|error.
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
     registry: Registry,
+    pub sessions: IntCounterVec,
+    pub sessions_active: IntGauge,
+    pub smtp_rejections: IntCounterVec,
+    pub tls_sessions: IntCounterVec,
     pub received: IntCounter,
+    pub accepted: IntCounter,
+    pub rejected: IntCounterVec,
     pub delivered: IntCounterVec,
-    pub deferred: IntCounter,
-    pub bounced: IntCounter,
+    pub deferred: IntCounterVec,
+    pub bounced: IntCounterVec,
     pub dsn_sent: IntCounter,
     pub queue_size: IntGaugeVec,
     pub message_size: Histogram,
-    pub delivery_latency: Histogram,
+    pub delivery_latency: HistogramVec,
+    pub dns_lookups: IntCounterVec,
+    pub delivery_connections: IntCounterVec,
     pub crashes: IntCounterVec,
     pub quarantined: IntCounterVec,
     pub worker_restarts: IntCounterVec,
     pub gateway_restarts: IntCounter,
-    pub back_pressure: prometheus::IntGauge,
+    pub back_pressure: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub tracking_dropped: IntCounter,
+}
+
+/// Registers `c` and hands it back.
+fn reg<C: Collector + Clone + 'static>(r: &Registry, c: C) -> Result<C, prometheus::Error> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+    reg(r, IntCounter::new(name, help)?)
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    reg(r, IntCounterVec::new(Opts::new(name, help), labels)?)
 }
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let received = IntCounter::new(
-            "postern_messages_received_total",
-            "Messages accepted and queued (250 sent).",
+        let r = Registry::new();
+        let build = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("postern_build_info", "Postern version, always 1."),
+                &["version"],
+            )?,
         )?;
-        let delivered = IntCounterVec::new(
-            Opts::new(
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let m = Metrics {
+            sessions: counter_vec(
+                &r,
+                "postern_smtp_sessions_total",
+                "SMTP sessions accepted, by listener.",
+                &["listener"],
+            )?,
+            sessions_active: reg(
+                &r,
+                IntGauge::new("postern_smtp_sessions_active", "SMTP sessions open now.")?,
+            )?,
+            smtp_rejections: counter_vec(
+                &r,
+                "postern_smtp_rejections_total",
+                "4xx and 5xx replies sent to SMTP clients, by reason.",
+                &["reason"],
+            )?,
+            tls_sessions: counter_vec(
+                &r,
+                "postern_smtp_tls_sessions_total",
+                "Inbound sessions that negotiated TLS, by protocol version.",
+                &["version"],
+            )?,
+            received: counter(
+                &r,
+                "postern_messages_received_total",
+                "Messages received completely (end of DATA or BDAT LAST).",
+            )?,
+            accepted: counter(
+                &r,
+                "postern_messages_accepted_total",
+                "Messages queued durably and answered 250.",
+            )?,
+            rejected: counter_vec(
+                &r,
+                "postern_messages_rejected_total",
+                "Received messages refused at the end of DATA, by reason.",
+                &["reason"],
+            )?,
+            delivered: counter_vec(
+                &r,
                 "postern_recipients_delivered_total",
-                "Recipients delivered.",
-            ),
-            &["route"],
-        )?;
-        let deferred = IntCounter::new(
-            "postern_recipients_deferred_total",
-            "Recipient delivery attempts that failed temporarily.",
-        )?;
-        let bounced = IntCounter::new(
-            "postern_recipients_bounced_total",
-            "Recipients that failed permanently or expired.",
-        )?;
-        let dsn_sent = IntCounter::new("postern_dsn_generated_total", "DSNs generated.")?;
-        let queue_size = IntGaugeVec::new(
-            Opts::new("postern_queue_messages", "Messages in the queue by state."),
-            &["state"],
-        )?;
-        let message_size = Histogram::with_opts(
-            HistogramOpts::new("postern_message_size_bytes", "Size of accepted messages.")
-                .buckets(prometheus::exponential_buckets(1024.0, 4.0, 9)?),
-        )?;
-        let delivery_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "postern_delivery_latency_seconds",
-                "Time from acceptance to delivery.",
-            )
-            .buckets(prometheus::exponential_buckets(0.005, 4.0, 10)?),
-        )?;
-        let crashes = IntCounterVec::new(
-            Opts::new(
+                "Recipients delivered, by destination class.",
+                &["class"],
+            )?,
+            deferred: counter_vec(
+                &r,
+                "postern_recipients_deferred_total",
+                "Recipient delivery attempts that failed temporarily, by destination class.",
+                &["class"],
+            )?,
+            bounced: counter_vec(
+                &r,
+                "postern_recipients_bounced_total",
+                "Recipients that failed permanently or expired, by destination class.",
+                &["class"],
+            )?,
+            dsn_sent: counter(&r, "postern_dsn_generated_total", "DSNs generated.")?,
+            queue_size: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("postern_queue_messages", "Messages in the queue by state."),
+                    &["state"],
+                )?,
+            )?,
+            message_size: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("postern_message_size_bytes", "Size of accepted messages.")
+                        .buckets(prometheus::exponential_buckets(1024.0, 4.0, 9)?),
+                )?,
+            )?,
+            delivery_latency: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "postern_delivery_latency_seconds",
+                        "Time from acceptance to delivery, by destination class.",
+                    )
+                    .buckets(prometheus::exponential_buckets(0.005, 4.0, 10)?),
+                    &["class"],
+                )?,
+            )?,
+            dns_lookups: counter_vec(
+                &r,
+                "postern_dns_lookups_total",
+                "DNS lookups made for delivery, by type and result.",
+                &["type", "result"],
+            )?,
+            delivery_connections: counter_vec(
+                &r,
+                "postern_delivery_connections_total",
+                "Outbound SMTP connections opened, by whether STARTTLS was negotiated.",
+                &["tls"],
+            )?,
+            crashes: counter_vec(
+                &r,
                 "postern_crashes_total",
                 "Crashes caught, by stage and level.",
-            ),
-            &["stage", "level"],
-        )?;
-        let quarantined = IntCounterVec::new(
-            Opts::new(
+                &["stage", "level"],
+            )?,
+            quarantined: counter_vec(
+                &r,
                 "postern_messages_quarantined_total",
                 "Messages put in quarantine, by the stage that failed.",
-            ),
-            &["stage"],
-        )?;
-        let worker_restarts = IntCounterVec::new(
-            Opts::new(
+                &["stage"],
+            )?,
+            worker_restarts: counter_vec(
+                &r,
                 "postern_worker_restarts_total",
                 "Worker processes replaced after dying or overrunning.",
-            ),
-            &["kind"],
-        )?;
-        let gateway_restarts = IntCounter::new(
-            "postern_gateway_restarts_total",
-            "Times the supervisor restarted the gateway process.",
-        )?;
-        let back_pressure = prometheus::IntGauge::new(
-            "postern_back_pressure",
-            "Back-pressure level: 0 none, 1 refusing untrusted clients, 2 refusing all.",
-        )?;
-        for c in [
-            Box::new(received.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(delivered.clone()),
-            Box::new(deferred.clone()),
-            Box::new(bounced.clone()),
-            Box::new(dsn_sent.clone()),
-            Box::new(queue_size.clone()),
-            Box::new(message_size.clone()),
-            Box::new(delivery_latency.clone()),
-            Box::new(crashes.clone()),
-            Box::new(quarantined.clone()),
-            Box::new(worker_restarts.clone()),
-            Box::new(gateway_restarts.clone()),
-            Box::new(back_pressure.clone()),
-        ] {
-            registry.register(c)?;
+                &["kind"],
+            )?,
+            gateway_restarts: counter(
+                &r,
+                "postern_gateway_restarts_total",
+                "Times the supervisor restarted the gateway process.",
+            )?,
+            back_pressure: reg(
+                &r,
+                IntGauge::new(
+                    "postern_back_pressure",
+                    "Back-pressure level: 0 none, 1 refusing untrusted clients, 2 refusing all.",
+                )?,
+            )?,
+            config_reloads: counter_vec(
+                &r,
+                "postern_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result.",
+                &["result"],
+            )?,
+            tracking_dropped: counter(
+                &r,
+                "postern_tracking_dropped_total",
+                "Tracking log lines dropped because the writer fell behind.",
+            )?,
+            registry: r,
+        };
+        // Series that exist from the start, so dashboards and alerts see 0
+        // rather than nothing.
+        for class in ["internal", "internet"] {
+            m.delivered.with_label_values(&[class]);
+            m.deferred.with_label_values(&[class]);
+            m.bounced.with_label_values(&[class]);
         }
-        Ok(Metrics {
-            registry,
-            received,
-            delivered,
-            deferred,
-            bounced,
-            dsn_sent,
-            queue_size,
-            message_size,
-            delivery_latency,
-            crashes,
-            quarantined,
-            worker_restarts,
-            gateway_restarts,
-            back_pressure,
-        })
+        for result in ["success", "failure"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        Ok(m)
     }
 
     /// The text exposition of every metric.

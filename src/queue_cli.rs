@@ -1,21 +1,85 @@
 //! `postern queue ...`: the queue CLI, a client of the running daemon's
-//! admin endpoint (found through the configuration file's `[admin] listen`).
+//! admin endpoint (found through the configuration file's `[admin] listen`,
+//! with its `token_file`), in the spirit of postqueue/postsuper and qshape.
 
-use crate::queue_api::Summary;
+use crate::queue_api::{QueueSummary, Summary, AGE_BUCKETS_MIN};
 use anyhow::{bail, Context};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 
+/// Which messages: `--state`, `--domain`, `--older-than`.
+#[derive(Args, Default)]
+pub struct FilterArgs {
+    /// ready, deferred, leased, held or quarantine.
+    #[arg(long)]
+    state: Option<String>,
+    /// Messages with a recipient in this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Messages received longer ago than this (e.g. 30m, 1h, 2d).
+    #[arg(long)]
+    older_than: Option<String>,
+}
+
+impl FilterArgs {
+    fn query(&self) -> String {
+        let mut q = Vec::new();
+        for (k, v) in [
+            ("state", &self.state),
+            ("domain", &self.domain),
+            ("older_than", &self.older_than),
+        ] {
+            if let Some(v) = v {
+                q.push(format!("{k}={}", encode(v)));
+            }
+        }
+        match q.is_empty() {
+            true => String::new(),
+            false => format!("?{}", q.join("&")),
+        }
+    }
+}
+
+/// Percent-encodes what is not safe in a query value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One message, or `--all` (matching the filters).
+#[derive(Args)]
+pub struct Target {
+    /// Queue ID.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    id: Option<String>,
+    /// Every waiting (ready or deferred) message matching the filters.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
 #[derive(Subcommand)]
 pub enum QueueCmd {
-    /// List messages (all, or in one state: ready, deferred, leased, held, quarantine).
+    /// List messages (filters: --state, --domain, --older-than).
     List {
-        #[arg(long)]
-        state: Option<String>,
+        #[command(flatten)]
+        filter: FilterArgs,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counts by state, and pending recipients by domain and age (like qshape).
+    Summary {
+        #[command(flatten)]
+        filter: FilterArgs,
         #[arg(long)]
         json: bool,
     },
@@ -23,13 +87,20 @@ pub enum QueueCmd {
     Show { id: String },
     /// Release a held or quarantined message (crash count reset; due now).
     Release { id: String },
-    /// Hold a waiting message until it is released.
-    Hold { id: String },
+    /// Hold a waiting message (or --all matching) until it is released.
+    Hold(Target),
+    /// Deliver a waiting message (or --all matching) now.
+    Retry(Target),
     /// Delete a message from the queue.
     Delete { id: String },
 }
 
-async fn request(admin: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+async fn request(
+    admin: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
     let stream = tokio::net::TcpStream::connect(admin)
         .await
         .with_context(|| {
@@ -37,47 +108,93 @@ async fn request(admin: SocketAddr, method: &str, path: &str) -> anyhow::Result<
         })?;
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, admin.to_string())
-        .body(Empty::<Bytes>::new())?;
-    let resp = send.send_request(req).await?;
+        .header(hyper::header::HOST, admin.to_string());
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let resp = send.send_request(req.body(Empty::<Bytes>::new())?).await?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-pub async fn run(admin: SocketAddr, cmd: QueueCmd) -> anyhow::Result<()> {
-    let (method, path) = match &cmd {
-        QueueCmd::List { state, .. } => (
-            "GET",
-            match state {
-                Some(s) => format!("/queue?state={s}"),
-                None => "/queue".into(),
-            },
-        ),
+/// The method and path of one CLI command.
+fn route(cmd: &QueueCmd) -> (&'static str, String) {
+    let one_or_all = |t: &Target, action: &str| match &t.id {
+        Some(id) if !t.all => format!("/queue/{id}/{action}"),
+        _ => format!("/queue/{action}{}", t.filter.query()),
+    };
+    match cmd {
+        QueueCmd::List { filter, .. } => ("GET", format!("/queue{}", filter.query())),
+        QueueCmd::Summary { filter, .. } => ("GET", format!("/queue/summary{}", filter.query())),
         QueueCmd::Show { id } => ("GET", format!("/queue/{id}")),
         QueueCmd::Release { id } => ("POST", format!("/queue/{id}/release")),
-        QueueCmd::Hold { id } => ("POST", format!("/queue/{id}/hold")),
+        QueueCmd::Hold(t) => ("POST", one_or_all(t, "hold")),
+        QueueCmd::Retry(t) => ("POST", one_or_all(t, "retry")),
         QueueCmd::Delete { id } => ("DELETE", format!("/queue/{id}")),
-    };
-    let (status, body) = request(admin, method, &path).await?;
+    }
+}
+
+pub async fn run(admin: SocketAddr, token: Option<String>, cmd: QueueCmd) -> anyhow::Result<()> {
+    let (method, path) = route(&cmd);
+    let (status, body) = request(admin, token.as_deref(), method, &path).await?;
     if status != 200 {
         let msg = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
             .unwrap_or(body);
-        bail!("{msg}");
+        bail!("{}", msg.trim_end());
     }
     match cmd {
         QueueCmd::List { json: false, .. } => print_table(&body)?,
-        QueueCmd::Release { .. } | QueueCmd::Hold { .. } => {
+        QueueCmd::Summary { json: false, .. } => print_summary(&body)?,
+        QueueCmd::Hold(Target { all: true, .. }) | QueueCmd::Retry(Target { all: true, .. }) => {
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            println!(
+                "{} message(s) {}",
+                v["count"],
+                v["action"].as_str().unwrap_or("")
+            );
+        }
+        QueueCmd::Release { .. } | QueueCmd::Hold(_) | QueueCmd::Retry(_) => {
             let s: Summary = serde_json::from_str(&body)?;
             println!("{} is now {}", s.id, s.state);
         }
         QueueCmd::Delete { id } => println!("{id} deleted"),
         _ => println!("{body}"),
+    }
+    Ok(())
+}
+
+fn print_summary(body: &str) -> anyhow::Result<()> {
+    let s: QueueSummary = serde_json::from_str(body)?;
+    let states: Vec<String> = s.states.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("{} message(s): {}", s.messages, states.join(", "));
+    let mut head = format!("{:>32} {:>6}", "pending recipients by age (min)", "T");
+    for b in AGE_BUCKETS_MIN {
+        head.push_str(&format!(" {b:>5}"));
+    }
+    head.push_str(&format!(" {:>5}", "more"));
+    println!("{head}");
+    let mut total = vec![0u64; AGE_BUCKETS_MIN.len() + 1];
+    for row in &s.domains {
+        for (t, n) in total.iter_mut().zip(&row.ages) {
+            *t += n;
+        }
+    }
+    let line = |name: &str, t: u64, ages: &[u64]| {
+        let mut l = format!("{name:>32} {t:>6}");
+        for n in ages {
+            l.push_str(&format!(" {n:>5}"));
+        }
+        l
+    };
+    println!("{}", line("TOTAL", total.iter().sum(), &total));
+    for row in &s.domains {
+        println!("{}", line(&row.domain, row.total, &row.ages));
     }
     Ok(())
 }

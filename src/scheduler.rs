@@ -21,7 +21,9 @@
 use crate::fault::{self, Stage};
 use crate::gate::Gate;
 use crate::inflight::Inflight;
+use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::tracking::Tracker;
 use postern_convert::{build_dsn, DsnInput, DsnRecipient};
 use postern_core::{Address, Envelope, Outcome, QueueId, Reason, Recipient, RecipientStatus};
 use postern_delivery::{Deliverer, HickoryResolver};
@@ -38,6 +40,9 @@ pub struct Policy {
     pub max_age: Duration,
     pub lease: Duration,
     pub hostname: String,
+    /// Lower-case accepted domains: their recipients are the `internal`
+    /// destination class, everything else `internet`.
+    pub accepted_domains: Vec<String>,
 }
 
 impl Policy {
@@ -53,13 +58,31 @@ impl Policy {
             .unwrap_or(Duration::from_secs(60));
         base.mul_f64(rand::rng().random_range(0.9..1.1))
     }
+
+    /// The destination class of a recipient domain (a metric label).
+    pub fn class(&self, domain: &str) -> &'static str {
+        if self
+            .accepted_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+        {
+            "internal"
+        } else {
+            "internet"
+        }
+    }
 }
+
+/// The resolver delivery uses: hickory, counted.
+pub type Dns = crate::dns::Counted<HickoryResolver>;
 
 pub struct Scheduler {
     pub queue: Queue,
-    pub deliverer: Arc<Deliverer<HickoryResolver>>,
+    /// Replaced by a configuration reload (routes, DNS, timeouts).
+    pub deliverer: Live<Deliverer<Dns>>,
     pub metrics: Arc<Metrics>,
-    pub policy: Policy,
+    pub tracker: Arc<Tracker>,
+    pub policy: Live<Policy>,
     /// Delivery tasks in flight; a permit per leased message.
     pub slots: Arc<Semaphore>,
     /// Lets crash suspects run alone.
@@ -88,7 +111,7 @@ impl Scheduler {
             let free = self.slots.available_permits();
             let claimed = if free > 0 {
                 self.queue
-                    .claim_due(now, free, self.policy.lease.as_millis() as u64)?
+                    .claim_due(now, free, self.policy.get().lease.as_millis() as u64)?
             } else {
                 Vec::new()
             };
@@ -104,7 +127,7 @@ impl Scheduler {
                 });
             }
             if last_housekeeping.elapsed() > Duration::from_secs(1) {
-                self.deliverer.housekeeping().await;
+                self.deliverer.get().housekeeping().await;
                 last_housekeeping = std::time::Instant::now();
             }
             if busy && self.slots.available_permits() > 0 {
@@ -135,7 +158,7 @@ impl Scheduler {
         let body = match self.queue.body(id) {
             Ok(b) => b,
             Err(e) => {
-                self.quarantine(id, "queue", &e.to_string());
+                self.quarantine(&rec, "queue", &e.to_string());
                 return;
             }
         };
@@ -149,7 +172,7 @@ impl Scheduler {
             .inflight
             .enter(format!("d:{id}"), self.delivery_deadline);
         let env = rec.envelope.clone();
-        let deliverer = self.deliverer.clone();
+        let deliverer = self.deliverer.get();
         let task = tokio::spawn(async move {
             fault::check(Stage::Delivery, &body);
             deliverer.deliver(&env, &body).await
@@ -174,8 +197,14 @@ impl Scheduler {
         }
     }
 
-    fn quarantine(&self, id: QueueId, stage: &str, reason: &str) {
+    fn quarantine(&self, rec: &Record, stage: &str, reason: &str) {
+        let id = rec.envelope.id;
         tracing::error!(%id, stage, reason, "message quarantined");
+        self.tracker.event(
+            "quarantined",
+            &rec.envelope,
+            serde_json::json!({ "stage": stage, "reason": reason }),
+        );
         self.metrics.quarantined.with_label_values(&[stage]).inc();
         let info = postern_queue::QuarantineInfo {
             stage: stage.to_string(),
@@ -192,8 +221,8 @@ impl Scheduler {
     fn crashed(&self, rec: Record, stage: &str, why: &str) {
         let id = rec.envelope.id;
         self.metrics.crashes.with_label_values(&[stage, "1"]).inc();
-        let due =
-            postern_core::now_ms() + self.policy.retry_delay(rec.attempts + 1).as_millis() as u64;
+        let due = postern_core::now_ms()
+            + self.policy.get().retry_delay(rec.attempts + 1).as_millis() as u64;
         let threshold = self.poison_threshold;
         let res = self.queue.update(id, &|r| {
             r.crashes += 1;
@@ -215,9 +244,23 @@ impl Scheduler {
         match res {
             Ok(r) if r.state == State::Quarantine => {
                 self.metrics.quarantined.with_label_values(&[stage]).inc();
+                self.tracker.event(
+                    "quarantined",
+                    &r.envelope,
+                    serde_json::json!({ "stage": stage, "reason": why, "crashes": r.crashes }),
+                );
                 tracing::error!(%id, stage, %why, crashes = r.crashes, "message quarantined");
             }
             Ok(r) => {
+                self.tracker.event(
+                    "deferred",
+                    &r.envelope,
+                    serde_json::json!({
+                        "attempt": r.attempts,
+                        "reason": format!("{stage} crash: {why}"),
+                        "next_attempt": crate::tracking::rfc3339(r.due_ms),
+                    }),
+                );
                 tracing::error!(%id, stage, %why, crashes = r.crashes, "delivery crashed; deferred")
             }
             Err(e) => tracing::error!(%id, error = %e, "cannot record crash"),
@@ -227,8 +270,12 @@ impl Scheduler {
     /// Records outcomes, sends DSNs, removes or defers the message.
     async fn apply(&self, rec: Record, outcomes: Vec<(usize, Outcome)>) -> Result<(), QueueError> {
         let now = postern_core::now_ms();
+        let policy = self.policy.get();
         let mut env = rec.envelope;
         let id = env.id;
+        let attempt = rec.attempts + 1;
+        let tracked = env.clone();
+        let mut bounced: Vec<(String, String)> = Vec::new();
         // (address, reason, ORCPT) for the DSN: failures the sender wants to
         // hear of, and successes relayed to hops without DSN (NOTIFY=SUCCESS).
         let mut failed: Vec<(Address, Reason, Option<String>)> = Vec::new();
@@ -237,36 +284,66 @@ impl Scheduler {
             let Some(r) = env.recipients.get_mut(i) else {
                 continue;
             };
-            tracing::info!(%id, rcpt = %r.address, result = ?outcome_kind(&outcome), reason = %outcome.reason(), "delivery attempt");
+            let kind = outcome_kind(&outcome);
+            let class = policy.class(&r.address.domain);
+            let reason = outcome.reason();
+            tracing::info!(%id, rcpt = %r.address, result = kind, %reason, "delivery attempt");
+            let rcpt = r.address.to_string();
+            let reply = format!("{} {} {}", reason.code, reason.status, reason.text);
+            let hop = reason.remote.clone();
+            self.tracker.event(
+                "attempt",
+                &tracked,
+                serde_json::json!({
+                    "rcpt": &rcpt, "attempt": attempt, "result": kind, "hop": &hop, "reply": &reply,
+                }),
+            );
             r.status = match outcome {
                 Outcome::Relayed(reason) => {
-                    self.metrics.delivered.with_label_values(&["smtp"]).inc();
+                    self.metrics.delivered.with_label_values(&[class]).inc();
+                    self.tracker.event(
+                        "delivered",
+                        &tracked,
+                        serde_json::json!({
+                            "rcpt": &rcpt, "hop": &hop, "reply": &reply, "relayed": true,
+                        }),
+                    );
                     failed.push((r.address.clone(), reason.clone(), r.orcpt.clone()));
                     RecipientStatus::Delivered(reason)
                 }
                 Outcome::Delivered(reason) => {
-                    self.metrics.delivered.with_label_values(&["smtp"]).inc();
+                    let delay = now.saturating_sub(env.received_ms);
+                    self.metrics.delivered.with_label_values(&[class]).inc();
                     self.metrics
                         .delivery_latency
-                        .observe(now.saturating_sub(env.received_ms) as f64 / 1000.0);
+                        .with_label_values(&[class])
+                        .observe(delay as f64 / 1000.0);
+                    self.tracker.event(
+                        "delivered",
+                        &tracked,
+                        serde_json::json!({
+                            "rcpt": &rcpt, "hop": &hop, "reply": &reply, "delay_ms": delay,
+                        }),
+                    );
                     RecipientStatus::Delivered(reason)
                 }
                 Outcome::Permanent(reason) => {
-                    self.metrics.bounced.inc();
+                    self.metrics.bounced.with_label_values(&[class]).inc();
+                    bounced.push((rcpt, reply));
                     if r.wants_failure_dsn() {
                         failed.push((r.address.clone(), reason.clone(), r.orcpt.clone()));
                     }
                     RecipientStatus::Failed(reason)
                 }
                 Outcome::Temporary(reason) => {
-                    self.metrics.deferred.inc();
+                    self.metrics.deferred.with_label_values(&[class]).inc();
                     last_temp = Some(reason.to_string());
                     RecipientStatus::Pending { last: Some(reason) }
                 }
             };
         }
         // Expiry: everything still pending past max_age fails.
-        let expired = now.saturating_sub(env.received_ms) >= self.policy.max_age.as_millis() as u64;
+        let expired = now.saturating_sub(env.received_ms) >= policy.max_age.as_millis() as u64;
         if expired {
             for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
                 let last = match &r.status {
@@ -274,22 +351,47 @@ impl Scheduler {
                     _ => String::new(),
                 };
                 let reason = Reason::local(550, "4.4.7", format!("delivery time expired{last}"));
-                self.metrics.bounced.inc();
+                self.metrics
+                    .bounced
+                    .with_label_values(&[policy.class(&r.address.domain)])
+                    .inc();
+                bounced.push((r.address.to_string(), reason.to_string()));
                 if r.wants_failure_dsn() {
                     failed.push((r.address.clone(), reason.clone(), r.orcpt.clone()));
                 }
                 r.status = RecipientStatus::Failed(reason);
             }
         }
-        if !failed.is_empty() {
-            self.send_dsn(&env, &failed).await;
+        let dsn = match failed.is_empty() {
+            true => None,
+            false => self.send_dsn(&env, &failed, &policy.hostname).await,
+        };
+        for (rcpt, reply) in bounced {
+            self.tracker.event(
+                "bounced",
+                &tracked,
+                serde_json::json!({
+                    "rcpt": rcpt, "reply": reply, "dsn": dsn.map(|d| d.to_string()),
+                }),
+            );
         }
         if env.pending().next().is_none() {
             tracing::info!(%id, "done; removed from queue");
             return self.queue.remove(id);
         }
-        let attempts = rec.attempts + 1;
-        let due = now + self.policy.retry_delay(attempts).as_millis() as u64;
+        let attempts = attempt;
+        let due = now + policy.retry_delay(attempts).as_millis() as u64;
+        let pending: Vec<String> = env.pending().map(|(_, r)| r.address.to_string()).collect();
+        self.tracker.event(
+            "deferred",
+            &tracked,
+            serde_json::json!({
+                "pending": pending,
+                "attempt": attempts,
+                "reason": &last_temp,
+                "next_attempt": crate::tracking::rfc3339(due),
+            }),
+        );
         let env2 = env.clone();
         self.queue.update(id, &|r| {
             r.envelope = env2.clone();
@@ -302,17 +404,22 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Queues a DSN to the original sender about `failed`.
-    async fn send_dsn(&self, env: &Envelope, failed: &[(Address, Reason, Option<String>)]) {
+    /// Queues a DSN to the original sender about `failed`; its queue ID.
+    async fn send_dsn(
+        &self,
+        env: &Envelope,
+        failed: &[(Address, Reason, Option<String>)],
+        hostname: &str,
+    ) -> Option<QueueId> {
         let Some(to) = env.sender.clone() else {
             tracing::info!(id = %env.id, "not bouncing a bounce");
-            return;
+            return None;
         };
         let original = self.queue.body(env.id).unwrap_or_default();
         let dsn_id = QueueId::generate();
         let now = postern_core::now_ms();
         let body = build_dsn(&DsnInput {
-            reporting_mta: &self.policy.hostname,
+            reporting_mta: hostname,
             envelope: env,
             failed: failed
                 .iter()
@@ -332,7 +439,7 @@ impl Scheduler {
             sender: None,
             recipients: vec![Recipient::new(to)],
             client: "127.0.0.1".into(),
-            helo: self.policy.hostname.clone(),
+            helo: hostname.to_string(),
             received_ms: now,
             size: body.len() as u64,
             eight_bit: !body.is_ascii(),
@@ -341,12 +448,22 @@ impl Scheduler {
             dsn_ret_full: false,
             dsn_envid: None,
         };
+        let tracked = dsn_env.clone();
         match self.queue.enqueue(dsn_env, &body).await {
             Ok(()) => {
                 self.metrics.dsn_sent.inc();
+                self.tracker.event(
+                    "queued",
+                    &tracked,
+                    serde_json::json!({ "size": body.len(), "dsn_for": env.id.to_string() }),
+                );
                 tracing::info!(id = %env.id, dsn = %dsn_id, "DSN queued");
+                Some(dsn_id)
             }
-            Err(e) => tracing::error!(id = %env.id, error = %e, "cannot queue DSN"),
+            Err(e) => {
+                tracing::error!(id = %env.id, error = %e, "cannot queue DSN");
+                None
+            }
         }
     }
 }

@@ -10,6 +10,9 @@
 //! keys in flight at a death to the next child as suspects, together with
 //! the cause of death, until a child confirms it has charged them.
 //! SIGTERM/SIGINT are forwarded; a child that exits 0 ends the supervisor.
+//! SIGHUP: the configuration file is validated first (as `check-config`
+//! does); only a valid one is copied to `<queue>/running-config.toml`, which
+//! is what the gateway reads, and the gateway is told to reload.
 
 use crate::config::Loaded;
 use crate::inflight::FD_ENV;
@@ -72,11 +75,38 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
     inherit.extend(&sub_fds);
     inherit.push(admin_fd);
     let memory = cfg.workers.gateway_memory_limit.0;
+    let grace = cfg.server.shutdown_timeout.0 + Duration::from_secs(10);
     let exe = std::env::current_exe().context("cannot find our own executable")?;
+    // The gateway runs on a snapshot of the last configuration that passed
+    // validation, so a broken file never reaches it: not on SIGHUP, and not
+    // when it restarts after a crash.
+    let snapshot = match &config {
+        Some(path) => Some(Snapshot::create(path, &cfg.queue.path)?),
+        None => None,
+    };
+    let gateway_config = snapshot.as_ref().map(|s| s.running.clone());
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        crate::gateway::wait_for_signal().await;
+        let mut signals = crate::signals::Signals::new();
+        while signals.next().await == crate::signals::Sig::Reload {
+            let Some(snap) = &snapshot else {
+                // Embedded default: nothing can have changed.
+                let _ = fwd_tx.send(libc::SIGHUP);
+                continue;
+            };
+            match snap.refresh() {
+                Ok(()) => {
+                    tracing::info!(config = %snap.source.display(), "configuration valid; reloading the gateway");
+                    let _ = fwd_tx.send(libc::SIGHUP);
+                }
+                Err(e) => tracing::error!(
+                    error = %e.trim_end(),
+                    "configuration reload refused; the running configuration stays"
+                ),
+            }
+        }
         crate::notify::stopping();
         let _ = stop_tx.send(true);
     });
@@ -103,7 +133,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
         let pipe = InflightPipe::new().context("cannot create the in-flight pipe")?;
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.arg("gateway");
-        if let Some(c) = &config {
+        if let Some(c) = &gateway_config {
             cmd.arg("--config").arg(c);
         }
         cmd.env(LISTEN_ENV, &listen_env)
@@ -138,7 +168,7 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
                 Ok(())
             });
         }
-        let end = run_child(cmd, pipe, stop_rx.clone(), Duration::from_secs(30)).await?;
+        let end = run_child(cmd, pipe, stop_rx.clone(), grace, &mut fwd_rx).await?;
         if end.clean || *stop_rx.borrow() {
             tracing::info!(reason = %end.reason, "gateway stopped; supervisor exits");
             return Ok(());
@@ -174,6 +204,40 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
             _ = tokio::time::sleep(delay) => {}
             _ = stop.changed() => return Ok(()),
         }
+    }
+}
+
+/// The configuration file and its last valid copy, which the gateway reads.
+struct Snapshot {
+    source: PathBuf,
+    running: PathBuf,
+}
+
+impl Snapshot {
+    fn create(source: &std::path::Path, queue_dir: &std::path::Path) -> anyhow::Result<Snapshot> {
+        std::fs::create_dir_all(queue_dir)
+            .with_context(|| format!("cannot create {}", queue_dir.display()))?;
+        let s = Snapshot {
+            source: source.to_path_buf(),
+            running: queue_dir.join("running-config.toml"),
+        };
+        s.refresh()
+            .map_err(|e| anyhow::anyhow!("{}", e.trim_end()))?;
+        Ok(s)
+    }
+
+    /// Validates the source file as `check-config` does (DKIM keys and maps
+    /// included); when valid, replaces the running copy atomically.
+    fn refresh(&self) -> Result<(), String> {
+        let text = std::fs::read_to_string(&self.source)
+            .map_err(|e| format!("{}: cannot read: {e}", self.source.display()))?;
+        let loaded = crate::config::load(Some(&self.source)).map_err(|e| e.to_string())?;
+        crate::conversion::Conversion::from_config(&loaded.config)
+            .map_err(|e| format!("{}: {e}", self.source.display()))?;
+        let tmp = self.running.with_extension("toml.new");
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &self.running))
+            .map_err(|e| format!("cannot write {}: {e}", self.running.display()))
     }
 }
 

@@ -28,6 +28,61 @@ pub struct Config {
     pub convert: ConvertConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    pub log: LogConfig,
+    pub tracking: TrackingConfig,
+}
+
+/// `[log]`: the ordinary diagnostic log (tracing) on standard error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"text"` (human-readable) or `"json"` (one object per line).
+    pub format: String,
+    /// error, warn, info, debug or trace; `POSTERN_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// `[tracking]`: the message tracking log, one JSON line per message event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackingConfig {
+    /// `"file"`, `"stdout"` or `"off"`.
+    pub destination: String,
+    /// The file (default: `tracking.log` in the queue directory).
+    pub path: Option<PathBuf>,
+    /// Rotate when the file reaches this size.
+    pub max_size: ByteSize,
+    /// Rotated files kept (`tracking.log.1` newest … `.N` oldest).
+    pub keep: usize,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        TrackingConfig {
+            destination: "file".into(),
+            path: None,
+            max_size: ByteSize(64 * 1024 * 1024),
+            keep: 5,
+        }
+    }
+}
+
+impl TrackingConfig {
+    /// The tracking file for a queue directory.
+    pub fn file(&self, queue_dir: &std::path::Path) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(|| queue_dir.join("tracking.log"))
+    }
 }
 
 /// `[auth]`: SMTP AUTH for submission and authenticated relay.
@@ -225,6 +280,9 @@ pub struct ServerConfig {
     pub greeting_delay: HumanDuration,
     /// NOOP, RSET, VRFY and HELP per session before 421 4.7.0.
     pub max_noops: u32,
+    /// On SIGTERM: how long sessions in a transaction and deliveries in
+    /// flight may take to finish before the process exits anyway.
+    pub shutdown_timeout: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -246,6 +304,7 @@ impl Default for ServerConfig {
             max_connection_rate_per_ip: 600,
             greeting_delay: HumanDuration(Duration::from_secs(1)),
             max_noops: 50,
+            shutdown_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -382,12 +441,16 @@ pub struct Route {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// File holding the bearer token that `/metrics` and `/queue` require
+    /// (`Authorization: Bearer ...`). Mandatory when `listen` is not loopback.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
+            token_file: None,
         }
     }
 }
@@ -481,6 +544,27 @@ impl Config {
             if crate::Address::parse(&format!("x@{d}")).is_err() || d.starts_with('[') {
                 errs.push(format!("relay.accepted_domains: {d:?} is not a domain"));
             }
+        }
+        if !self.admin.listen.ip().is_loopback() && self.admin.token_file.is_none() {
+            errs.push(format!(
+                "admin.listen {} is not loopback: admin.token_file is required",
+                self.admin.listen
+            ));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            errs.push("log.format must be \"text\" or \"json\"".to_string());
+        }
+        if !matches!(
+            self.log.level.to_ascii_lowercase().as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            errs.push("log.level must be error, warn, info, debug or trace".to_string());
+        }
+        if !matches!(
+            self.tracking.destination.as_str(),
+            "file" | "stdout" | "off"
+        ) {
+            errs.push("tracking.destination must be \"file\", \"stdout\" or \"off\"".to_string());
         }
         for (i, r) in self.routes.iter().enumerate() {
             if r.hosts.is_empty() {

@@ -39,7 +39,12 @@ pub struct Deliverer<R: Resolver> {
     per_dest: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// 8-bit to 7-bit conversion for hops without 8BITMIME.
     downgrade: Arc<Downgrade>,
+    /// Told of every new connection: true when STARTTLS was negotiated.
+    on_connect: Option<ConnectHook>,
 }
+
+/// Observer of new outbound connections (metrics).
+pub type ConnectHook = Arc<dyn Fn(bool) + Send + Sync>;
 
 impl<R: Resolver> Deliverer<R> {
     pub fn new(
@@ -71,7 +76,14 @@ impl<R: Resolver> Deliverer<R> {
             global: Semaphore::new(cfg.max_concurrency),
             per_dest: Mutex::new(HashMap::new()),
             downgrade,
+            on_connect: None,
         }
+    }
+
+    /// Calls `hook` with the TLS state of every new connection.
+    pub fn on_connect(mut self, hook: ConnectHook) -> Self {
+        self.on_connect = Some(hook);
+        self
     }
 
     pub fn limits(&self) -> DeliveryLimits {
@@ -217,7 +229,11 @@ impl<R: Resolver> Deliverer<R> {
                 return Ok(c);
             }
         }
-        smtp::connect(host, addr, &self.client).await
+        let conn = smtp::connect(host, addr, &self.client).await?;
+        if let Some(hook) = &self.on_connect {
+            hook(conn.is_encrypted());
+        }
+        Ok(conn)
     }
 
     pub fn idle_connections(&self) -> usize {

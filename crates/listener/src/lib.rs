@@ -34,4 +34,16 @@ pub trait MessageSink: Send + Sync + 'static {
 
     /// A session task panicked (it was answered 451 4.3.0 and closed).
     fn session_panicked(&self, _panic: &str) {}
+
+    /// A session started on a listener (`smtp`, `smtps`, `submission`).
+    fn session_opened(&self, _listener: &'static str) {}
+
+    /// A session opened with [`MessageSink::session_opened`] ended.
+    fn session_closed(&self) {}
+
+    /// A 4xx or 5xx reply is going to a client ([`Reply::reason`] names it).
+    fn refused(&self, _reply: &Reply) {}
+
+    /// A client negotiated TLS (`"TLSv1_3"`, ...).
+    fn tls_established(&self, _version: &'static str) {}
 }

@@ -36,6 +36,28 @@ impl Reply {
         self.code >= 400
     }
 
+    /// A short, fixed name for why an error reply was sent (a metric label):
+    /// decided by our own enhanced status code, never by the text.
+    pub fn reason(&self) -> &'static str {
+        match (self.code, self.status.unwrap_or("")) {
+            (_, "5.7.1") => "policy",
+            (_, "5.1.1") => "unknown_recipient",
+            (_, "5.1.3" | "5.1.7" | "5.1.8" | "5.6.7") => "bad_address",
+            (_, "5.3.4" | "5.2.3") => "too_big",
+            (_, "4.5.3" | "5.5.3") => "too_many_recipients",
+            (_, "4.3.1") => "back_pressure",
+            (_, "4.3.2") => "connection_limit",
+            (421, "4.7.0") => "rate_limit",
+            (_, "4.7.0" | "5.7.0" | "5.7.8" | "5.7.9" | "5.7.11") => "auth",
+            (_, "4.4.2") => "timeout",
+            (_, "4.3.0") => "internal_error",
+            (_, s) if s.starts_with("5.6.") => "content",
+            (_, s) if s.starts_with("5.5.") => "protocol",
+            (c, _) if c < 500 => "other_temporary",
+            _ => "other_permanent",
+        }
+    }
+
     /// Appends the wire form to `out`.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let mut s = String::new();

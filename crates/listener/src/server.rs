@@ -31,18 +31,29 @@ pub enum ListenerError {
 }
 
 /// Serves SMTP on `listener` until `shutdown` turns true.
+///
+/// Each new session takes the configuration current in `configs` (a reload
+/// changes it for new sessions; the connection caps stay as they were at
+/// start). On shutdown, idle sessions are answered 421 4.3.2 and closed at
+/// their next command boundary; a transaction in progress finishes first.
 pub async fn serve<S: MessageSink>(
     listener: TcpListener,
-    cfg: Arc<SessionConfig>,
+    configs: watch::Receiver<Arc<SessionConfig>>,
     sink: Arc<S>,
     mut shutdown: watch::Receiver<bool>,
     implicit_tls: bool,
 ) -> Result<(), ListenerError> {
+    let cfg = configs.borrow().clone();
     // Bounds concurrent sessions; a permit lives as long as its session.
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
     // Per-client-IP concurrency and rate (trusted networks exempt).
     let per_ip =
         crate::limits::IpLimiter::new(cfg.max_connections_per_ip, cfg.max_connection_rate_per_ip);
+    let listener_name = match (implicit_tls, cfg.require_auth) {
+        (true, _) => "smtps",
+        (false, true) => "submission",
+        (false, false) => "smtp",
+    };
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -63,24 +74,36 @@ pub async fn serve<S: MessageSink>(
         } else {
             per_ip.admit(peer.ip(), std::time::Instant::now()).map(Some)
         };
-        let (cfg, sink) = (cfg.clone(), sink.clone());
+        let (cfg, sink) = (configs.borrow().clone(), sink.clone());
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             let mut stream = stream;
             let Ok(_permit) = permit else {
                 let r = Reply::new(421, "4.3.2", "too many connections, try again later");
+                sink.refused(&r);
                 let _ = stream.write_all(&r.to_bytes()).await;
                 return;
             };
             let _ip_slot = match ip_slot {
                 Ok(s) => s,
                 Err(r) => {
+                    sink.refused(&r);
                     let _ = stream.write_all(&r.to_bytes()).await;
                     return;
                 }
             };
+            sink.session_opened(listener_name);
+            let _open = OpenSession(&*sink);
             // A panic anywhere in this session ends this session only: the
             // client hears 451 (try again later), nothing else notices.
-            let run = AssertUnwindSafe(connection(&mut stream, peer, cfg, &*sink, implicit_tls));
+            let run = AssertUnwindSafe(connection(
+                &mut stream,
+                peer,
+                cfg,
+                &*sink,
+                implicit_tls,
+                stop,
+            ));
             match run.catch_unwind().await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "session ended"),
@@ -119,6 +142,7 @@ async fn connection<S: MessageSink>(
     cfg: Arc<SessionConfig>,
     sink: &S,
     implicit_tls: bool,
+    mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     if !implicit_tls {
         if !cfg.greeting_delay.is_zero() && !cfg.relay.is_trusted(peer.ip()) {
@@ -133,6 +157,7 @@ async fn connection<S: MessageSink>(
                         "5.5.1",
                         "protocol error: you talked before the greeting",
                     );
+                    sink.refused(&r);
                     let _ = stream.write_all(&r.to_bytes()).await;
                     tracing::info!(%peer, "early talker refused");
                 }
@@ -140,7 +165,7 @@ async fn connection<S: MessageSink>(
             }
         }
         let session = Session::new(cfg.clone(), peer.ip());
-        if run_session(stream, session, &cfg, sink, true).await? == End::Closed {
+        if run_session(stream, session, &cfg, sink, true, &mut stop).await? == End::Closed {
             return Ok(());
         }
     }
@@ -158,12 +183,45 @@ async fn connection<S: MessageSink>(
         }
         Err(_) => return Ok(()),
     };
+    sink.tls_established(
+        tls_stream
+            .get_ref()
+            .1
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown"),
+    );
     let desc = crate::tls::describe(tls_stream.get_ref().1);
     let session = Session::encrypted(cfg.clone(), peer.ip(), desc);
     // After STARTTLS the client speaks first (EHLO); on an implicit-TLS
     // port it waits for our greeting.
-    run_session(&mut tls_stream, session, &cfg, sink, implicit_tls).await?;
+    run_session(
+        &mut tls_stream,
+        session,
+        &cfg,
+        sink,
+        implicit_tls,
+        &mut stop,
+    )
+    .await?;
     Ok(())
+}
+
+/// Writes `r` to `out`, telling the sink about refusals.
+fn emit<S: MessageSink>(sink: &S, r: &Reply, out: &mut Vec<u8>) {
+    if r.is_error() {
+        sink.refused(r);
+    }
+    r.write_to(out);
+}
+
+/// Tells the sink a session ended, however it ends (panics included).
+struct OpenSession<'a, S: MessageSink>(&'a S);
+
+impl<S: MessageSink> Drop for OpenSession<'_, S> {
+    fn drop(&mut self) {
+        self.0.session_closed();
+    }
 }
 
 /// How a session loop ended.
@@ -201,11 +259,11 @@ async fn finish_bdat<S: MessageSink>(
     };
     match action {
         Action::Close(r) => {
-            r.write_to(out);
+            emit(sink, &r, out);
             true
         }
         Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
-            r.write_to(out);
+            emit(sink, &r, out);
             false
         }
         Action::Authenticate { .. } | Action::Bdat { .. } => false,
@@ -219,6 +277,7 @@ pub async fn run_session<T, S>(
     cfg: &SessionConfig,
     sink: &S,
     greet: bool,
+    stop: &mut watch::Receiver<bool>,
 ) -> std::io::Result<End>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -259,9 +318,9 @@ where
                         }
                     };
                     match action {
-                        Action::Reply(r) => r.write_to(&mut out),
+                        Action::Reply(r) => emit(sink, &r, &mut out),
                         Action::StartData(r) => {
-                            r.write_to(&mut out);
+                            emit(sink, &r, &mut out);
                             phase_deadline = None;
                             mode = Mode::Data(DataReceiver::new(
                                 cfg.max_message_size as usize,
@@ -269,11 +328,11 @@ where
                             ));
                         }
                         Action::Close(r) => {
-                            r.write_to(&mut out);
+                            emit(sink, &r, &mut out);
                             close = true;
                         }
                         Action::StartTls(r) => {
-                            r.write_to(&mut out);
+                            emit(sink, &r, &mut out);
                             starttls = true;
                         }
                         Action::Bdat { size: 0, last } => {
@@ -294,11 +353,11 @@ where
                             };
                             match session.auth_done(user, ok) {
                                 Action::Close(r) => {
-                                    r.write_to(&mut out);
+                                    emit(sink, &r, &mut out);
                                     close = true;
                                 }
                                 Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
-                                    r.write_to(&mut out)
+                                    emit(sink, &r, &mut out)
                                 }
                                 Action::Authenticate { .. } | Action::Bdat { .. } => {}
                             }
@@ -337,11 +396,11 @@ where
                     };
                     match reply {
                         Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
-                            r.write_to(&mut out)
+                            emit(sink, &r, &mut out)
                         }
                         Action::Authenticate { .. } | Action::Bdat { .. } => {}
                         Action::Close(r) => {
-                            r.write_to(&mut out);
+                            emit(sink, &r, &mut out);
                             close = true;
                         }
                     }
@@ -368,6 +427,16 @@ where
             Mode::Data(_) | Mode::Bdat { .. } => (cfg.data_timeout, cfg.data_total_timeout),
         };
         let pending = !buf.is_empty() || !matches!(mode, Mode::Commands);
+        // Shutting down: an idle session (between commands, nothing
+        // buffered) is closed now; a busy one when it next becomes idle.
+        let idle = !pending && !session.in_transaction();
+        // (A dropped sender counts as shutdown: nobody can stop us later.)
+        if idle && (*stop.borrow() || stop.has_changed().is_err()) {
+            let r = Reply::new(421, "4.3.2", "service shutting down, try again later");
+            stream.write_all(&r.to_bytes()).await?;
+            let _ = stream.shutdown().await;
+            return Ok(End::Closed);
+        }
         if !pending {
             phase_deadline = None;
         } else if phase_deadline.is_none() {
@@ -380,12 +449,18 @@ where
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
         }
-        match tokio::time::timeout(wait, stream.read_buf(&mut buf)).await {
+        let read = tokio::select! {
+            r = tokio::time::timeout(wait, stream.read_buf(&mut buf)) => r,
+            // Wakes the idle-session check above; changes only once.
+            _ = stop.changed(), if idle => continue,
+        };
+        match read {
             Ok(Ok(0)) => return Ok(End::Closed),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
             Err(_) => {
                 let r = Reply::new(421, "4.4.2", "timeout, closing connection");
+                sink.refused(&r);
                 stream.write_all(&r.to_bytes()).await?;
                 return Ok(End::Closed);
             }

@@ -317,6 +317,11 @@ impl Session {
         Reply::plain(220, vec![format!("{} ESMTP Postern", self.cfg.hostname)])
     }
 
+    /// Between MAIL FROM and the end of the message.
+    pub fn in_transaction(&self) -> bool {
+        matches!(self.state, State::Mail { .. } | State::Data { .. })
+    }
+
     pub fn state(&self) -> &State {
         &self.state
     }

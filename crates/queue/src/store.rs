@@ -509,6 +509,21 @@ impl Queue {
         })
     }
 
+    /// Makes a waiting (ready or deferred) message due now: "deliver now".
+    pub fn retry(&self, id: QueueId) -> Result<Record, QueueError> {
+        self.update(id, &|r| match r.state {
+            State::Ready | State::Deferred => {
+                r.due_ms = postern_core::now_ms();
+                Ok(())
+            }
+            state => Err(QueueError::WrongState {
+                id,
+                state,
+                action: "retry",
+            }),
+        })
+    }
+
     /// Stops a waiting message until it is released.
     pub fn hold(&self, id: QueueId) -> Result<Record, QueueError> {
         self.update(id, &|r| match r.state {

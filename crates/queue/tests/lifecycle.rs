@@ -141,6 +141,33 @@ async fn hold_release_quarantine() {
 }
 
 #[tokio::test]
+async fn retry_makes_a_deferred_message_due_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let (q, _) = Queue::open(&opts(&dir)).unwrap();
+    let e = env();
+    let id = e.id;
+    q.enqueue(e, b"x").await.unwrap();
+    let later = postern_core::now_ms() + 3_600_000;
+    q.update(id, &|r| {
+        r.state = State::Deferred;
+        r.due_ms = later;
+        Ok(())
+    })
+    .unwrap();
+    let now = postern_core::now_ms() + 1;
+    assert!(q.claim_due(now, 10, 100).unwrap().is_empty());
+    assert!(q.retry(id).unwrap().due_ms <= now);
+    assert_eq!(q.claim_due(now + 1, 10, 100).unwrap().len(), 1);
+    // Leased (being delivered) and held messages are not retried.
+    assert!(q.retry(id).is_err());
+    let e2 = env();
+    let id2 = e2.id;
+    q.enqueue(e2, b"y").await.unwrap();
+    q.hold(id2).unwrap();
+    assert!(q.retry(id2).is_err());
+}
+
+#[tokio::test]
 async fn corrupt_record_is_quarantined_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let good = env();

@@ -170,12 +170,14 @@ mod unix {
 
     /// Runs `cmd` (already configured, with `pipe.write` inherited) until it
     /// ends; kills it when an in-flight item overruns or `stop` turns true
-    /// (then with SIGTERM, and SIGKILL after `grace`).
+    /// (then with SIGTERM, and SIGKILL after `grace`). Signal numbers sent
+    /// on `forward` are passed on to the child (SIGHUP for a reload).
     pub async fn run_child(
         mut cmd: tokio::process::Command,
         pipe: InflightPipe,
         mut stop: watch::Receiver<bool>,
         grace: Duration,
+        forward: &mut tokio::sync::mpsc::UnboundedReceiver<i32>,
     ) -> std::io::Result<ChildEnd> {
         let started = Instant::now();
         let write_fd = pipe.write.as_raw_fd();
@@ -208,6 +210,12 @@ mod unix {
                             let _ = child.start_kill();
                             killed = Some(why);
                         }
+                    }
+                }
+                Some(sig) = forward.recv() => {
+                    if let Some(pid) = child.id() {
+                        // SAFETY: sending a signal to our own child.
+                        unsafe { libc::kill(pid as i32, sig) };
                     }
                 }
                 _ = stop.changed() => {

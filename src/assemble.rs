@@ -1,0 +1,199 @@
+//! Building the gateway's parts from a configuration. Used at start and by a
+//! reload ([`crate::reload`]), so both build exactly the same things and a
+//! part that cannot be built (a missing key file, an unreadable users file)
+//! fails the same way: at start it is fatal, at reload the old part stays.
+
+use crate::content::ContentProcessor;
+use crate::conversion::Conversion;
+use crate::intake::IntakePolicy;
+use crate::metrics::Metrics;
+use crate::scheduler::{Dns, Policy};
+use anyhow::Context;
+use postern_core::config::Config;
+use postern_core::RelayPolicy;
+use postern_delivery::{Deliverer, HickoryResolver};
+use postern_listener::SessionConfig;
+use postern_supervisor::pool::{PoolConfig, ProcessPool};
+use std::sync::atomic::AtomicU8;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The relay policy (accepted domains lower-cased).
+pub fn relay_policy(cfg: &Config) -> RelayPolicy {
+    RelayPolicy {
+        accepted_domains: cfg
+            .relay
+            .accepted_domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect(),
+        trusted_networks: cfg.relay.trusted_networks.clone(),
+    }
+}
+
+/// Session settings for the SMTP listeners and for submission. The
+/// back-pressure flag and the AUTH failure table are shared state that a
+/// reload keeps.
+pub fn session_configs(
+    cfg: &Config,
+    pressure: Arc<AtomicU8>,
+    auth_limiter: Arc<postern_listener::auth::AuthLimiter>,
+) -> anyhow::Result<(Arc<SessionConfig>, Arc<SessionConfig>)> {
+    let s = &cfg.server;
+    let smtp = SessionConfig {
+        hostname: s.hostname.clone(),
+        relay: relay_policy(cfg),
+        max_message_size: s.max_message_size.0,
+        max_recipients: s.max_recipients,
+        max_errors: s.max_errors,
+        max_command_line: s.max_command_line,
+        max_text_line: s.max_text_line,
+        command_timeout: s.command_timeout.0,
+        data_timeout: s.data_timeout.0,
+        max_connections: s.max_connections,
+        data_total_timeout: s.data_total_timeout.0,
+        max_connections_per_ip: s.max_connections_per_ip,
+        max_connection_rate_per_ip: s.max_connection_rate_per_ip,
+        greeting_delay: s.greeting_delay.0,
+        max_noops: s.max_noops,
+        pressure,
+        users: match &cfg.auth.users_file {
+            Some(f) => Some(Arc::new(
+                postern_listener::auth::UserDb::load(f)
+                    .map_err(|e| anyhow::anyhow!("auth.users_file: {e}"))?,
+            )),
+            None => None,
+        },
+        auth_limiter,
+        require_auth: false,
+        recipients: match &cfg.relay.recipients_file {
+            Some(f) => {
+                let text = std::fs::read_to_string(f)
+                    .with_context(|| format!("relay.recipients_file {}", f.display()))?;
+                Some(Arc::new(
+                    postern_core::relay::RecipientList::parse(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
+                ))
+            }
+            None => None,
+        },
+        tls: match (&cfg.tls.cert_file, &cfg.tls.key_file) {
+            (Some(c), Some(k)) => {
+                Some(postern_listener::tls::TlsConfig::load(c, k).context("TLS certificate")?)
+            }
+            _ => None,
+        },
+    };
+    let submission = SessionConfig {
+        require_auth: true,
+        ..smtp.clone()
+    };
+    Ok((Arc::new(smtp), Arc::new(submission)))
+}
+
+/// The deliverer: routes, DNS (counted), SMTP client settings, and the
+/// 8-bit downgrade with the conversion limits.
+pub fn deliverer(
+    cfg: &Config,
+    conversion: &Conversion,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Deliverer<Dns>> {
+    let resolver = HickoryResolver::new(&cfg.delivery.nameservers, cfg.delivery.dns_timeout.0)
+        .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
+    let dns = crate::dns::Counted {
+        inner: resolver,
+        lookups: metrics.dns_lookups.clone(),
+    };
+    let limits = conversion.limits;
+    let downgrade: Arc<postern_delivery::smtp::Downgrade> = Arc::new(move |body: &[u8]| {
+        postern_convert::downgrade::to_seven_bit(body, &limits).map_err(|e| e.reply().2)
+    });
+    let connections = metrics.delivery_connections.clone();
+    Ok(Deliverer::new(
+        &cfg.delivery,
+        &cfg.routes,
+        cfg.server.hostname.clone(),
+        dns,
+        downgrade,
+    )
+    .on_connect(Arc::new(move |tls| {
+        connections
+            .with_label_values(&[if tls { "yes" } else { "no" }])
+            .inc()
+    })))
+}
+
+/// Retry, expiry and classification policy of the scheduler.
+pub fn policy(cfg: &Config) -> Policy {
+    Policy {
+        retry_intervals: cfg.queue.retry_intervals.iter().map(|d| d.0).collect(),
+        max_age: cfg.queue.max_age.0,
+        lease: cfg.queue.lease.0,
+        hostname: cfg.server.hostname.clone(),
+        accepted_domains: relay_policy(cfg).accepted_domains,
+    }
+}
+
+/// The intake's reloadable policy.
+pub fn intake_policy(
+    cfg: &Config,
+    conversion: Arc<Conversion>,
+    content: Arc<ContentProcessor>,
+) -> IntakePolicy {
+    IntakePolicy {
+        content,
+        poison_threshold: cfg.workers.poison_threshold,
+        relay: relay_policy(cfg),
+        conversion,
+        receive_deadline: cfg.workers.message_deadline.0 + Duration::from_secs(5),
+    }
+}
+
+/// Content workers (`workers.processes > 0`) or in-process processing.
+pub async fn content(
+    cfg: &Config,
+    conv: &Arc<Conversion>,
+    config_path: Option<&std::path::Path>,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<ContentProcessor> {
+    let w = &cfg.workers;
+    if w.processes == 0 {
+        let auth = match conv.inbound.is_some() {
+            true => Some(
+                conv.authenticator()
+                    .map_err(|e| anyhow::anyhow!("DNS for authentication: {e}"))?,
+            ),
+            false => None,
+        };
+        return Ok(ContentProcessor::InProcess {
+            conv: conv.clone(),
+            auth: auth.map(Box::new),
+        });
+    }
+    let exe = std::env::current_exe().context("cannot find our own executable")?;
+    let m = metrics.clone();
+    let mut args = vec![
+        "worker".to_string(),
+        format!("--memory={}", w.memory_limit.0),
+        format!("--deadline-ms={}", w.message_deadline.0.as_millis()),
+    ];
+    if let Some(p) = config_path {
+        args.push(format!("--config={}", p.display()));
+    }
+    let pool = ProcessPool::new(
+        PoolConfig {
+            program: exe,
+            args,
+            env: vec![],
+            size: w.processes,
+            deadline: w.message_deadline.0,
+            backoff: postern_supervisor::Backoff::default(),
+            max_frame: cfg.server.max_message_size.0.saturating_mul(2) + 1024,
+        },
+        Arc::new(move |_reason: &str| m.worker_restarts.with_label_values(&["content"]).inc()),
+    );
+    pool.prestart()
+        .await
+        .map_err(|e| anyhow::anyhow!("content workers: {e}"))?;
+    Ok(ContentProcessor::Workers(Box::new(pool)))
+}

@@ -1,0 +1,181 @@
+//! Configuration reload (SIGHUP) inside a running gateway.
+//!
+//! The new file is loaded and validated, and every part built from it (the
+//! conversion policy with its DKIM keys and maps, session settings with the
+//! TLS certificate, users and recipients files, the deliverer with routes
+//! and DNS, new content workers) is built completely *before* anything is
+//! swapped: if one step fails the running configuration stays, whole, and
+//! the error is logged and counted (`postern_config_reloads_total{result=
+//! "failure"}`). Work in progress keeps the rules it started with (see
+//! [`crate::live::Live`]); new sessions, messages and delivery attempts get
+//! the new ones.
+//!
+//! Reloaded: relay domains and trusted networks, recipients and users files,
+//! TLS certificate, session limits and timeouts (except connection caps),
+//! routes, DNS servers and delivery timeouts, retry intervals, max age and
+//! lease, conversion (DKIM, masquerading, disclaimer, TNEF, authentication),
+//! worker settings. Needs a restart (logged when changed): listen addresses,
+//! admin endpoint and token, queue path, cache and back-pressure limits,
+//! connection caps, delivery concurrency, tracking and log settings.
+
+use crate::assemble;
+use crate::conversion::Conversion;
+use crate::intake::Intake;
+use crate::metrics::Metrics;
+use crate::scheduler::Scheduler;
+use postern_core::config::Config;
+use postern_listener::SessionConfig;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU8;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+pub struct Reloader {
+    /// The file the gateway was started with (`None`: embedded default).
+    pub path: Option<PathBuf>,
+    /// The configuration in force, to tell what changed.
+    pub running: Mutex<Config>,
+    pub metrics: Arc<Metrics>,
+    pub pressure: Arc<AtomicU8>,
+    pub auth_limiter: Arc<postern_listener::auth::AuthLimiter>,
+    pub smtp: watch::Sender<Arc<SessionConfig>>,
+    pub submission: watch::Sender<Arc<SessionConfig>>,
+    pub intake: Arc<Intake>,
+    pub scheduler: Arc<Scheduler>,
+}
+
+impl Reloader {
+    /// Reloads; on success returns the changed settings that need a restart.
+    pub async fn reload(&self) -> Result<Vec<String>, String> {
+        let result = self.try_reload().await;
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .inc();
+        result
+    }
+
+    async fn try_reload(&self) -> Result<Vec<String>, String> {
+        let loaded = crate::config::load(self.path.as_deref()).map_err(|e| e.to_string())?;
+        let cfg = loaded.config;
+        let conversion = Arc::new(Conversion::from_config(&cfg)?);
+        let (smtp, submission) =
+            assemble::session_configs(&cfg, self.pressure.clone(), self.auth_limiter.clone())
+                .map_err(|e| format!("{e:#}"))?;
+        let deliverer =
+            assemble::deliverer(&cfg, &conversion, &self.metrics).map_err(|e| format!("{e:#}"))?;
+        let content = assemble::content(&cfg, &conversion, loaded.path.as_deref(), &self.metrics)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        // Everything is built: swap.
+        let intake = assemble::intake_policy(&cfg, conversion, Arc::new(content));
+        self.intake.policy.set(intake);
+        self.scheduler.deliverer.set(deliverer);
+        self.scheduler.policy.set(assemble::policy(&cfg));
+        self.smtp.send_replace(smtp);
+        self.submission.send_replace(submission);
+        let mut running = match self.running.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let restart = restart_only_changes(&running, &cfg);
+        *running = cfg;
+        Ok(restart)
+    }
+}
+
+/// Settings that differ between `old` and `new` but only take effect after
+/// a restart.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let d = |v: &dyn std::fmt::Debug| format!("{v:?}");
+    let pairs: [(&str, String, String); 14] = [
+        (
+            "server.listen",
+            d(&old.server.listen),
+            d(&new.server.listen),
+        ),
+        (
+            "server.submission_listen",
+            d(&old.server.submission_listen),
+            d(&new.server.submission_listen),
+        ),
+        (
+            "tls.implicit_listen",
+            d(&old.tls.implicit_listen),
+            d(&new.tls.implicit_listen),
+        ),
+        ("admin", d(&old.admin), d(&new.admin)),
+        ("queue.path", d(&old.queue.path), d(&new.queue.path)),
+        (
+            "queue.cache_size",
+            d(&old.queue.cache_size),
+            d(&new.queue.cache_size),
+        ),
+        (
+            "queue back-pressure limits",
+            d(&(
+                old.queue.max_messages,
+                &old.queue.min_free_disk,
+                &old.queue.max_memory,
+            )),
+            d(&(
+                new.queue.max_messages,
+                &new.queue.min_free_disk,
+                &new.queue.max_memory,
+            )),
+        ),
+        (
+            "server.max_connections",
+            d(&old.server.max_connections),
+            d(&new.server.max_connections),
+        ),
+        (
+            "server.max_connections_per_ip",
+            d(&old.server.max_connections_per_ip),
+            d(&new.server.max_connections_per_ip),
+        ),
+        (
+            "server.max_connection_rate_per_ip",
+            d(&old.server.max_connection_rate_per_ip),
+            d(&new.server.max_connection_rate_per_ip),
+        ),
+        (
+            "delivery.max_concurrency",
+            d(&old.delivery.max_concurrency),
+            d(&new.delivery.max_concurrency),
+        ),
+        (
+            "auth.max_failures",
+            d(&old.auth.max_failures),
+            d(&new.auth.max_failures),
+        ),
+        ("tracking", d(&old.tracking), d(&new.tracking)),
+        ("log", d(&old.log), d(&new.log)),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, _, _)| name.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_only_settings_are_named() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.routes.clear();
+        new.queue.max_age = postern_core::units::HumanDuration(std::time::Duration::from_secs(9));
+        assert!(restart_only_changes(&old, &new).is_empty());
+        new.server.listen = vec!["127.0.0.1:1".parse().unwrap()];
+        new.tracking.keep = 1;
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            ["server.listen", "tracking"]
+        );
+    }
+}

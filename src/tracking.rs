@@ -1,0 +1,332 @@
+//! The message tracking log: one JSON line per message event, in the spirit
+//! of Exchange's message tracking and Postfix's per-queue-ID log lines.
+//!
+//! Every line has `ts` (RFC 3339, UTC, ms), `event`, `id`, `message_id`,
+//! `from` and `to`, then event fields (`rcpt`, `hop`, `reply`, `attempt`,
+//! `next_attempt`, `stage`, `reason`, `size`, `client`, `dsn`, `by`).
+//! Events: received, converted, rejected, queued, quarantined, attempt,
+//! delivered, deferred, bounced, dsn, held, released, retried, deleted.
+//!
+//! Writing never blocks a session or a delivery: lines go through a bounded
+//! channel to one writer thread, which flushes whenever the channel runs dry
+//! and rotates the file at `max_size` (`tracking.log.1` newest …
+//! `.keep` oldest). A full channel drops the line and counts it
+//! (`postern_tracking_dropped_total`). [`read_events`] is the reading side
+//! used by `postern trace`.
+
+use postern_core::config::TrackingConfig;
+use postern_core::Envelope;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+
+/// Lines that may wait for the writer before new ones are dropped.
+const CHANNEL_LINES: usize = 65_536;
+
+/// The tracking log handle. Cheap to share; a disabled one does nothing.
+pub struct Tracker {
+    tx: Option<SyncSender<String>>,
+    dropped: prometheus::IntCounter,
+}
+
+impl Tracker {
+    /// Starts the writer for `cfg` (file in `queue_dir` by default).
+    pub fn start(
+        cfg: &TrackingConfig,
+        queue_dir: &Path,
+        dropped: prometheus::IntCounter,
+    ) -> std::io::Result<Tracker> {
+        let sink = match cfg.destination.as_str() {
+            "off" => return Ok(Tracker { tx: None, dropped }),
+            "stdout" => Sink::Stdout,
+            _ => {
+                let path = cfg.file(queue_dir);
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                let file = open_append(&path)?;
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                Sink::File(RotatingFile {
+                    path,
+                    out: std::io::BufWriter::with_capacity(64 * 1024, file),
+                    size,
+                    max_size: cfg.max_size.0.max(4096),
+                    keep: cfg.keep,
+                })
+            }
+        };
+        let (tx, rx) = sync_channel(CHANNEL_LINES);
+        std::thread::Builder::new()
+            .name("tracking".into())
+            .spawn(move || writer(rx, sink))?;
+        Ok(Tracker {
+            tx: Some(tx),
+            dropped,
+        })
+    }
+
+    /// Records one event about `env`; `fields` is a JSON object of extras.
+    pub fn event(&self, event: &str, env: &Envelope, fields: serde_json::Value) {
+        let Some(tx) = &self.tx else { return };
+        let line = format_line(postern_core::now_ms(), event, env, &fields);
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+/// One line, fields in a fixed order (common ones first), newline-terminated.
+pub fn format_line(ms: u64, event: &str, env: &Envelope, fields: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let s = |v: &str| Value::String(v.to_string()).to_string();
+    let to: Vec<String> = env
+        .recipients
+        .iter()
+        .map(|r| r.address.to_string())
+        .collect();
+    let mut line = format!(
+        "{{\"ts\":\"{}\",\"event\":{},\"id\":\"{}\",\"message_id\":{},\"from\":{},\"to\":{}",
+        rfc3339(ms),
+        s(event),
+        env.id,
+        env.message_id.as_deref().map(s).unwrap_or("null".into()),
+        s(&env
+            .sender
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default()),
+        Value::from(to),
+    );
+    if let Some(obj) = fields.as_object() {
+        for (k, v) in obj {
+            line.push(',');
+            line.push_str(&s(k));
+            line.push(':');
+            line.push_str(&v.to_string());
+        }
+    }
+    line.push_str("}\n");
+    line
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the epoch.
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil from days (H. Hinnant), for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+enum Sink {
+    Stdout,
+    File(RotatingFile),
+}
+
+struct RotatingFile {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    size: u64,
+    max_size: u64,
+    keep: usize,
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// The `n`th rotated file (`n` ≥ 1).
+pub fn rotated(path: &Path, n: usize) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+impl RotatingFile {
+    fn write(&mut self, line: &str) -> std::io::Result<()> {
+        if self.size + line.len() as u64 > self.max_size && self.size > 0 {
+            self.rotate()?;
+        }
+        self.out.write_all(line.as_bytes())?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.out.flush()?;
+        if self.keep == 0 {
+            let f = std::fs::File::create(&self.path)?;
+            self.out = std::io::BufWriter::with_capacity(64 * 1024, f);
+        } else {
+            for n in (1..self.keep).rev() {
+                let from = rotated(&self.path, n);
+                if from.exists() {
+                    std::fs::rename(&from, rotated(&self.path, n + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, rotated(&self.path, 1))?;
+            self.out = std::io::BufWriter::with_capacity(64 * 1024, open_append(&self.path)?);
+        }
+        self.size = 0;
+        Ok(())
+    }
+}
+
+fn writer(rx: Receiver<String>, mut sink: Sink) {
+    let mut failing = false;
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(4096));
+        let res = match &mut sink {
+            Sink::Stdout => {
+                let mut out = std::io::stdout().lock();
+                batch
+                    .iter()
+                    .try_for_each(|l| out.write_all(l.as_bytes()))
+                    .and_then(|_| out.flush())
+            }
+            Sink::File(f) => batch
+                .iter()
+                .try_for_each(|l| f.write(l))
+                .and_then(|_| f.out.flush()),
+        };
+        // Report a failing disk once, not once per line.
+        match res {
+            Err(e) if !failing => {
+                tracing::error!(error = %e, "tracking log write failed");
+                failing = true;
+            }
+            Ok(()) => failing = false,
+            Err(_) => {}
+        }
+    }
+}
+
+/// Every event line about `key` (a queue ID or a Message-ID, with or
+/// without angle brackets), oldest file first.
+pub fn read_events(path: &Path, keep: usize, key: &str) -> std::io::Result<Vec<serde_json::Value>> {
+    let bare = key.trim().trim_start_matches('<').trim_end_matches('>');
+    let mut files: Vec<PathBuf> = (1..=keep).rev().map(|n| rotated(path, n)).collect();
+    files.push(path.to_path_buf());
+    let mut out = Vec::new();
+    let mut found_any_file = false;
+    for f in files {
+        let text = match std::fs::read_to_string(&f) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        found_any_file = true;
+        for line in text.lines() {
+            // Cheap filter before parsing; lines that do not parse are skipped.
+            if !line.contains(bare) {
+                continue;
+            }
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let mid = v["message_id"]
+                .as_str()
+                .unwrap_or("")
+                .trim_start_matches('<')
+                .trim_end_matches('>');
+            if v["id"].as_str() == Some(bare) || mid == bare {
+                out.push(v);
+            }
+        }
+    }
+    if !found_any_file {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no tracking log at {}", path.display()),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_core::{Address, QueueId, Recipient};
+
+    fn env() -> Envelope {
+        Envelope {
+            id: QueueId::generate(),
+            sender: Address::parse("a@x.test").ok(),
+            recipients: vec![Recipient::new(Address::parse("b@y.test").unwrap())],
+            client: "127.0.0.1".into(),
+            helo: "h".into(),
+            received_ms: 0,
+            size: 1,
+            eight_bit: false,
+            message_id: Some("<m1@x.test>".into()),
+            smtputf8: false,
+            dsn_ret_full: false,
+            dsn_envid: None,
+        }
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339(1_795_693_026_000), "2026-11-26T11:37:06.000Z");
+    }
+
+    #[test]
+    fn lines_are_json_with_common_fields_first() {
+        let e = env();
+        let l = format_line(0, "delivered", &e, &serde_json::json!({"rcpt": "b@y.test"}));
+        assert!(l.starts_with("{\"ts\":\"1970-01-01T00:00:00.000Z\",\"event\":\"delivered\""));
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        assert_eq!(v["message_id"], "<m1@x.test>");
+        assert_eq!(v["to"][0], "b@y.test");
+        assert_eq!(v["rcpt"], "b@y.test");
+    }
+
+    #[test]
+    fn rotation_and_reading_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.log");
+        let e = env();
+        let mut f = RotatingFile {
+            path: path.clone(),
+            out: std::io::BufWriter::new(open_append(&path).unwrap()),
+            size: 0,
+            max_size: 600,
+            keep: 2,
+        };
+        for i in 0..10 {
+            let l = format_line(i, "attempt", &e, &serde_json::json!({ "n": i }));
+            f.write(&l).unwrap();
+        }
+        f.out.flush().unwrap();
+        assert!(rotated(&path, 1).exists() && rotated(&path, 2).exists());
+        assert!(!rotated(&path, 3).exists());
+        let by_id = read_events(&path, 2, &e.id.to_string()).unwrap();
+        let by_mid = read_events(&path, 2, "m1@x.test").unwrap();
+        assert_eq!(by_id.len(), by_mid.len());
+        // Oldest surviving first, in order.
+        let ns: Vec<u64> = by_id.iter().filter_map(|v| v["n"].as_u64()).collect();
+        assert!(ns.windows(2).all(|w| w[0] < w[1]) && *ns.last().unwrap() == 9);
+        assert!(read_events(&dir.path().join("none"), 2, "x").is_err());
+    }
+}
