@@ -1,6 +1,6 @@
 //! Service integration: systemd readiness and watchdog notifications from
 //! `postern run`, over a real datagram socket, and the unit file verified by
-//! `systemd-analyze verify` when it is installed.
+//! `systemd-analyze verify` (CI installs systemd).
 
 mod common;
 
@@ -41,13 +41,10 @@ async fn ready_and_watchdog_notifications() {
 
 #[test]
 fn systemd_unit_verifies() {
-    let Ok(out) = std::process::Command::new("systemd-analyze")
+    let out = std::process::Command::new("systemd-analyze")
         .arg("--version")
         .output()
-    else {
-        eprintln!("systemd-analyze not installed; unit not verified");
-        return;
-    };
+        .expect("systemd-analyze (Debian package systemd; .ci/run installs it)");
     assert!(out.status.success());
     // Point the unit at the test binary so ExecStart= resolves.
     let dir = tempfile::tempdir().unwrap();
