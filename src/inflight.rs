@@ -14,6 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Environment variable naming the inherited pipe's file descriptor.
+#[cfg_attr(not(unix), allow(dead_code))]
 pub const FD_ENV: &str = "POSTERN_INFLIGHT_FD";
 
 #[derive(Default)]

@@ -23,6 +23,7 @@ mod inflight;
 mod intake;
 mod live;
 mod metrics;
+#[cfg(unix)]
 mod notify;
 mod pressure;
 mod queue_api;
@@ -35,6 +36,8 @@ mod supervise;
 mod suspects;
 mod trace_cli;
 mod tracking;
+#[cfg(windows)]
+mod winservice;
 mod worker;
 
 use clap::{Args, Parser, Subcommand};
@@ -80,6 +83,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Windows: install, remove or run (as the SCM does) the Windows service.
+    #[cfg(windows)]
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
     /// Internal: the gateway process started by `run`.
     #[command(hide = true)]
     Gateway(ConfigArg),
@@ -93,6 +102,17 @@ enum Command {
         #[arg(long)]
         deadline_ms: u64,
     },
+}
+
+#[cfg(windows)]
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Register the service (auto start, restart on failure).
+    Install(ConfigArg),
+    /// Stop and remove the service.
+    Uninstall,
+    /// Run under the Service Control Manager (what `install` registers).
+    Run(ConfigArg),
 }
 
 #[derive(Args, Default)]
@@ -192,6 +212,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(windows)]
+        Command::Service { cmd } => {
+            let r = match cmd {
+                ServiceCmd::Install(a) => winservice::install(a.config),
+                ServiceCmd::Uninstall => winservice::uninstall(),
+                ServiceCmd::Run(a) => winservice::run(a.config),
+            };
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("postern: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Gateway(a) => serve(a.config, false),
         Command::Run {
             config,
@@ -209,7 +244,7 @@ fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    init_logging(&loaded.config.log);
+    init_logging(&loaded.config.log, None);
     #[cfg(unix)]
     if supervised {
         return block_on(async move { supervise::run(loaded, path).await });
@@ -240,22 +275,54 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCo
     }
 }
 
-/// Logs on stderr, human-readable or JSON (`[log] format`); the level is
-/// `[log] level` unless `POSTERN_LOG` = error|warn|info|debug|trace is set.
-fn init_logging(cfg: &postern_core::config::LogConfig) {
+/// Logs on stderr (or `[log] file`; `default_dir/postern.log` when a
+/// service has no stderr), human-readable or JSON (`[log] format`); the
+/// level is `[log] level` unless `POSTERN_LOG` = error|..|trace is set.
+fn init_logging(cfg: &postern_core::config::LogConfig, default_dir: Option<&std::path::Path>) {
     let level = std::env::var("POSTERN_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())
         .or_else(|| cfg.level.parse().ok())
         .unwrap_or(tracing::Level::INFO);
+    let file = cfg
+        .file
+        .clone()
+        .or_else(|| default_dir.map(|d| d.join("postern.log")));
+    let writer = match file {
+        Some(path) => {
+            let opened = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|_| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                });
+            match opened {
+                Ok(f) => {
+                    tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(f))
+                }
+                Err(e) => {
+                    eprintln!(
+                        "postern: cannot open log file {}: {e}; logging to stderr",
+                        path.display()
+                    );
+                    tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+                }
+            }
+        }
+        None => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    };
+    let ansi = cfg.file.is_none()
+        && default_dir.is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if cfg.format == "json" {
         builder.json().with_current_span(false).init();
     } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+        builder.with_ansi(ansi).init();
     }
 }

@@ -4,7 +4,6 @@
 //! while it runs, and `STOPPING=1` on shutdown. Without the variable every
 //! call does nothing, so the same binary runs anywhere.
 
-#[cfg(unix)]
 fn send(msg: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
@@ -32,9 +31,6 @@ fn send(msg: &str) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
 }
-
-#[cfg(not(unix))]
-fn send(_msg: &str) {}
 
 pub fn ready() {
     send("READY=1");

@@ -1,4 +1,5 @@
-//! Process signals as events: SIGTERM/SIGINT (Ctrl-C) stop, SIGHUP reloads.
+//! Process signals as events: SIGTERM/SIGINT (Ctrl-C) stop, SIGHUP reloads;
+//! on Windows, Ctrl-C and the Service Control Manager (through a channel).
 //! The handlers are installed once, in [`Signals::new`], so a signal that
 //! arrives between two waits is not lost.
 
@@ -10,6 +11,8 @@ pub enum Sig {
 }
 
 pub struct Signals {
+    /// Requests from elsewhere (the Windows Service Control Manager).
+    external: Option<tokio::sync::mpsc::UnboundedReceiver<Sig>>,
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
@@ -22,16 +25,46 @@ impl Signals {
         {
             use tokio::signal::unix::{signal, SignalKind};
             Signals {
+                external: None,
                 term: signal(SignalKind::terminate()).ok(),
                 hup: signal(SignalKind::hangup()).ok(),
             }
         }
         #[cfg(not(unix))]
-        Signals {}
+        Signals { external: None }
+    }
+
+    /// Also takes requests sent on `rx`.
+    #[cfg_attr(not(windows), allow(dead_code))]
+    pub fn with_channel(mut self, rx: tokio::sync::mpsc::UnboundedReceiver<Sig>) -> Signals {
+        self.external = Some(rx);
+        self
     }
 
     /// The next stop or reload request.
     pub async fn next(&mut self) -> Sig {
+        let external = async {
+            match &mut self.external {
+                // A closed channel stops: nobody is left to ask.
+                Some(rx) => rx.recv().await.unwrap_or(Sig::Stop),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            s = external => s,
+            s = Self::os(
+                #[cfg(unix)]
+                &mut self.term,
+                #[cfg(unix)]
+                &mut self.hup,
+            ) => s,
+        }
+    }
+
+    async fn os(
+        #[cfg(unix)] term: &mut Option<tokio::signal::unix::Signal>,
+        #[cfg(unix)] hup: &mut Option<tokio::signal::unix::Signal>,
+    ) -> Sig {
         #[cfg(unix)]
         {
             async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
@@ -43,9 +76,9 @@ impl Signals {
                 }
             }
             tokio::select! {
-                _ = recv(&mut self.term) => Sig::Stop,
+                _ = recv(term) => Sig::Stop,
                 _ = tokio::signal::ctrl_c() => Sig::Stop,
-                _ = recv(&mut self.hup) => Sig::Reload,
+                _ = recv(hup) => Sig::Reload,
             }
         }
         #[cfg(not(unix))]

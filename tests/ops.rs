@@ -108,7 +108,10 @@ async fn queue_cli_and_trace_end_to_end() {
     })
     .await;
     stdout(&q(&["release", &beta[0]]));
-    wait_until(Duration::from_secs(15), "beta delivered", || sink.count() == 3).await;
+    wait_until(Duration::from_secs(15), "beta delivered", || {
+        sink.count() == 3
+    })
+    .await;
 
     // The tracking log tells each life, by queue ID or by Message-ID.
     let trace = |key: &str| stdout(&gw.cli(&["trace", "--config", &cfg, key]));
@@ -136,7 +139,10 @@ async fn queue_cli_and_trace_end_to_end() {
         ],
         "{t}"
     );
-    assert!(t.contains("reply=250") && t.contains("hop=127.0.0.1"), "{t}");
+    assert!(
+        t.contains("reply=250") && t.contains("hop=127.0.0.1"),
+        "{t}"
+    );
     let by_mid = stdout(&gw.cli(&["trace", "--config", &cfg, "<ops-b1@test>"]));
     for e in ["held", "by=admin", "released", "delivered"] {
         assert!(by_mid.contains(e), "{e} missing:\n{by_mid}");
@@ -176,10 +182,7 @@ async fn admin_token_guards_metrics_and_queue_but_not_health() {
         "",
         "",
         "",
-        &[(
-            "POSTERN__ADMIN__TOKEN_FILE",
-            token.display().to_string(),
-        )],
+        &[("POSTERN__ADMIN__TOKEN_FILE", token.display().to_string())],
     );
     assert!(gw.admin_get("/metrics").starts_with("HTTP/1.1 401"));
     assert!(gw.admin_get("/queue").starts_with("HTTP/1.1 401"));
@@ -281,7 +284,11 @@ async fn sighup_reloads_routes_and_never_takes_a_bad_file() {
     let before = gateway_pid(&gw);
     signal(&gw, libc::SIGHUP);
     gw.wait_log("configuration reloaded", Duration::from_secs(15));
-    assert_eq!(gateway_pid(&gw), before, "reload must not restart the gateway");
+    assert_eq!(
+        gateway_pid(&gw),
+        before,
+        "reload must not restart the gateway"
+    );
     try_send(gw.smtp, "s@example.test", "r@example.test", &body("hup-2"))
         .await
         .unwrap();
@@ -312,8 +319,7 @@ async fn sighup_reloads_routes_and_never_takes_a_bad_file() {
     unsafe { libc::kill(gateway_pid(&gw), libc::SIGKILL) };
     gw.wait_log("gateway died; restarting", Duration::from_secs(10));
     let reply = loop {
-        if let Ok(r) = try_send(gw.smtp, "s@example.test", "r@example.test", &body("hup-3")).await
-        {
+        if let Ok(r) = try_send(gw.smtp, "s@example.test", "r@example.test", &body("hup-3")).await {
             break r;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -376,6 +382,9 @@ async fn sigterm_with_sessions_open_loses_nothing() {
     // Restart on the same queue with the next hop up: all five arrive.
     let sink = Sink::start(&format!("127.0.0.1:{port}")).await;
     let gw = Gateway::start_in(dir, "", &route(port));
-    wait_until(Duration::from_secs(20), "five delivered", || sink.count() == 5).await;
+    wait_until(Duration::from_secs(20), "five delivered", || {
+        sink.count() == 5
+    })
+    .await;
     drop(gw);
 }

@@ -40,6 +40,9 @@ pub struct LogConfig {
     pub format: String,
     /// error, warn, info, debug or trace; `POSTERN_LOG` wins when set.
     pub level: String,
+    /// Append to this file instead of standard error (a Windows service
+    /// without one logs to `postern.log` in the queue directory).
+    pub file: Option<PathBuf>,
 }
 
 impl Default for LogConfig {
@@ -47,6 +50,7 @@ impl Default for LogConfig {
         LogConfig {
             format: "text".into(),
             level: "info".into(),
+            file: None,
         }
     }
 }
