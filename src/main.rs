@@ -73,6 +73,14 @@ enum Command {
         #[command(subcommand)]
         cmd: queue_cli::QueueCmd,
     },
+    /// Exit 0 when the running daemon answers /healthz (or /readyz with
+    /// --ready): for container health checks and scripts.
+    Health {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        ready: bool,
+    },
     /// Print a message's life from the tracking log, by queue ID or Message-ID.
     Trace {
         #[command(flatten)]
@@ -155,40 +163,23 @@ fn main() -> ExitCode {
             memory,
             std::time::Duration::from_millis(deadline_ms),
         ),
-        Command::Queue { config, cmd } => {
-            let loaded = match config::load(config.config.as_deref()) {
-                Ok(l) => l,
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::from(1);
-                }
-            };
-            let token = match &loaded.config.admin.token_file {
-                Some(f) => match std::fs::read_to_string(f) {
-                    Ok(t) => Some(t.trim().to_string()),
-                    Err(e) => {
-                        eprintln!("admin.token_file {}: {e}", f.display());
-                        return ExitCode::from(1);
-                    }
-                },
-                None => None,
-            };
-            let mut admin = loaded.config.admin.listen;
-            if admin.port() == 0 {
-                let file = loaded.config.queue.path.join(gateway::ADMIN_ADDR_FILE);
-                match std::fs::read_to_string(&file)
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok())
-                {
-                    Some(a) => admin = a,
-                    None => {
-                        eprintln!("admin port is 0 and {} names no address", file.display());
-                        return ExitCode::from(1);
-                    }
-                }
+        Command::Queue { config, cmd } => match admin_target(config.config.as_deref()) {
+            Ok((admin, token)) => block_on(async move { queue_cli::run(admin, token, cmd).await }),
+            Err(e) => {
+                eprintln!("{}", e.trim_end());
+                ExitCode::from(1)
             }
-            block_on(async move { queue_cli::run(admin, token, cmd).await })
-        }
+        },
+        Command::Health { config, ready } => match admin_target(config.config.as_deref()) {
+            Ok((admin, token)) => block_on(async move {
+                let path = if ready { "/readyz" } else { "/healthz" };
+                queue_cli::check(admin, token, path).await
+            }),
+            Err(e) => {
+                eprintln!("{}", e.trim_end());
+                ExitCode::from(1)
+            }
+        },
         Command::Trace { config, key, json } => match config::load(config.config.as_deref()) {
             Ok(loaded) => trace_cli::run(&loaded.config, &key, json),
             Err(e) => {
@@ -233,6 +224,40 @@ fn main() -> ExitCode {
             no_supervisor,
         } => serve(config.config, !no_supervisor),
     }
+}
+
+/// The running daemon's admin address and token, from the configuration
+/// (port 0: the address the daemon wrote beside its queue).
+fn admin_target(
+    path: Option<&std::path::Path>,
+) -> Result<(std::net::SocketAddr, Option<String>), String> {
+    let loaded = config::load(path).map_err(|e| e.to_string())?;
+    let cfg = &loaded.config;
+    let token = match &cfg.admin.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("admin.token_file {}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let mut admin = cfg.admin.listen;
+    if admin.ip().is_unspecified() {
+        // Listening everywhere: talk to it over loopback.
+        admin.set_ip(match admin {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    if admin.port() == 0 {
+        let file = cfg.queue.path.join(gateway::ADMIN_ADDR_FILE);
+        admin = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| format!("admin port is 0 and {} names no address", file.display()))?;
+    }
+    Ok((admin, token))
 }
 
 /// Loads the configuration and runs the supervisor or the gateway.

@@ -212,6 +212,7 @@ impl Metrics {
         // Series that exist from the start, so dashboards and alerts see 0
         // rather than nothing.
         for class in ["internal", "internet"] {
+            m.delivery_latency.with_label_values(&[class]);
             m.delivered.with_label_values(&[class]);
             m.deferred.with_label_values(&[class]);
             m.bounced.with_label_values(&[class]);
@@ -219,6 +220,30 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.config_reloads.with_label_values(&[result]);
         }
+        for listener in ["smtp", "smtps", "submission"] {
+            m.sessions.with_label_values(&[listener]);
+        }
+        for reason in postern_listener::Reply::REASONS {
+            m.smtp_rejections.with_label_values(&[reason]);
+            m.rejected.with_label_values(&[reason]);
+        }
+        for version in ["TLSv1_2", "TLSv1_3"] {
+            m.tls_sessions.with_label_values(&[version]);
+        }
+        for kind in ["mx", "address"] {
+            for result in ["ok", "nxdomain", "nodata", "error"] {
+                m.dns_lookups.with_label_values(&[kind, result]);
+            }
+        }
+        for tls in ["yes", "no"] {
+            m.delivery_connections.with_label_values(&[tls]);
+        }
+        for stage in ["receive", "content", "queue", "delivery"] {
+            m.quarantined.with_label_values(&[stage]);
+            m.crashes.with_label_values(&[stage, "1"]);
+        }
+        m.crashes.with_label_values(&["content", "2"]);
+        m.worker_restarts.with_label_values(&["content"]);
         Ok(m)
     }
 

@@ -121,6 +121,16 @@ async fn request(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// `postern health`: 0 when `path` answers 200.
+pub async fn check(admin: SocketAddr, token: Option<String>, path: &str) -> anyhow::Result<()> {
+    let (status, body) = request(admin, token.as_deref(), "GET", path).await?;
+    if status != 200 {
+        bail!("{path}: {status} {}", body.trim_end());
+    }
+    print!("{body}");
+    Ok(())
+}
+
 /// The method and path of one CLI command.
 fn route(cmd: &QueueCmd) -> (&'static str, String) {
     let one_or_all = |t: &Target, action: &str| match &t.id {

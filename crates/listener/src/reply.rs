@@ -36,6 +36,25 @@ impl Reply {
         self.code >= 400
     }
 
+    /// Every value [`Reply::reason`] can return.
+    pub const REASONS: [&'static str; 15] = [
+        "policy",
+        "unknown_recipient",
+        "bad_address",
+        "too_big",
+        "too_many_recipients",
+        "back_pressure",
+        "connection_limit",
+        "rate_limit",
+        "auth",
+        "timeout",
+        "internal_error",
+        "content",
+        "protocol",
+        "other_temporary",
+        "other_permanent",
+    ];
+
     /// A short, fixed name for why an error reply was sent (a metric label):
     /// decided by our own enhanced status code, never by the text.
     pub fn reason(&self) -> &'static str {
