@@ -88,75 +88,42 @@ impl Reloader {
 /// Settings that differ between `old` and `new` but only take effect after
 /// a restart.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
-    let d = |v: &dyn std::fmt::Debug| format!("{v:?}");
-    let pairs: [(&str, String, String); 14] = [
-        (
-            "server.listen",
-            d(&old.server.listen),
-            d(&new.server.listen),
-        ),
-        (
-            "server.submission_listen",
-            d(&old.server.submission_listen),
-            d(&new.server.submission_listen),
-        ),
-        (
-            "tls.implicit_listen",
-            d(&old.tls.implicit_listen),
-            d(&new.tls.implicit_listen),
-        ),
-        ("admin", d(&old.admin), d(&new.admin)),
-        ("queue.path", d(&old.queue.path), d(&new.queue.path)),
-        (
-            "queue.cache_size",
-            d(&old.queue.cache_size),
-            d(&new.queue.cache_size),
-        ),
-        (
-            "queue back-pressure limits",
-            d(&(
-                old.queue.max_messages,
-                &old.queue.min_free_disk,
-                &old.queue.max_memory,
-            )),
-            d(&(
-                new.queue.max_messages,
-                &new.queue.min_free_disk,
-                &new.queue.max_memory,
-            )),
-        ),
-        (
-            "server.max_connections",
-            d(&old.server.max_connections),
-            d(&new.server.max_connections),
-        ),
-        (
-            "server.max_connections_per_ip",
-            d(&old.server.max_connections_per_ip),
-            d(&new.server.max_connections_per_ip),
-        ),
-        (
-            "server.max_connection_rate_per_ip",
-            d(&old.server.max_connection_rate_per_ip),
-            d(&new.server.max_connection_rate_per_ip),
-        ),
-        (
-            "delivery.max_concurrency",
-            d(&old.delivery.max_concurrency),
-            d(&new.delivery.max_concurrency),
-        ),
-        (
-            "auth.max_failures",
-            d(&old.auth.max_failures),
-            d(&new.auth.max_failures),
-        ),
-        ("tracking", d(&old.tracking), d(&new.tracking)),
-        ("log", d(&old.log), d(&new.log)),
+    type Show = fn(&Config) -> String;
+    let fields: [(&str, Show); 14] = [
+        ("server.listen", |c| format!("{:?}", c.server.listen)),
+        ("server.submission_listen", |c| {
+            format!("{:?}", c.server.submission_listen)
+        }),
+        ("tls.implicit_listen", |c| {
+            format!("{:?}", c.tls.implicit_listen)
+        }),
+        ("admin", |c| format!("{:?}", c.admin)),
+        ("queue.path", |c| format!("{:?}", c.queue.path)),
+        ("queue.cache_size", |c| format!("{:?}", c.queue.cache_size)),
+        ("queue back-pressure limits", |c| {
+            let q = &c.queue;
+            format!("{:?}", (q.max_messages, &q.min_free_disk, &q.max_memory))
+        }),
+        ("server.max_connections", |c| {
+            c.server.max_connections.to_string()
+        }),
+        ("server.max_connections_per_ip", |c| {
+            c.server.max_connections_per_ip.to_string()
+        }),
+        ("server.max_connection_rate_per_ip", |c| {
+            c.server.max_connection_rate_per_ip.to_string()
+        }),
+        ("delivery.max_concurrency", |c| {
+            c.delivery.max_concurrency.to_string()
+        }),
+        ("auth.max_failures", |c| c.auth.max_failures.to_string()),
+        ("tracking", |c| format!("{:?}", c.tracking)),
+        ("log", |c| format!("{:?}", c.log)),
     ];
-    pairs
+    fields
         .into_iter()
-        .filter(|(_, a, b)| a != b)
-        .map(|(name, _, _)| name.to_string())
+        .filter(|(_, show)| show(old) != show(new))
+        .map(|(name, _)| name.to_string())
         .collect()
 }
 
