@@ -8,6 +8,7 @@
 #   direct   smtp-source -> smtp-sink                     (the ceiling)
 #   postern  smtp-source -> postern (fsync before 250) -> smtp-sink
 #   inproc   the same with workers.processes = 0 (content in the gateway)
+#   notrack  postern with the tracking log off (the cost of tracking)
 #   postfix  smtp-source -> postfix (loopback relay)   -> smtp-sink
 # For each it prints accepted/s (smtp-source finished: every message got its
 # 250) and delivered/s (the sink has counted every message), then the ratios,
@@ -86,7 +87,7 @@ stop_sink
 # 2. postern, content processing in worker processes (the default), then
 #    in-process (workers.processes = 0): the cost of crash isolation.
 run_postern() {
-  local name=$1 workers=$2
+  local name=$1 workers=$2 tracking=${3:-file}
   start_sink
   rm -rf "$WORK/queue"
   cat > "$WORK/postern.toml" <<CONF
@@ -99,6 +100,8 @@ path = "$WORK/queue"
 starttls = false
 [workers]
 processes = $workers
+[tracking]
+destination = "$tracking"
 [[route]]
 domain = "*"
 hosts = ["127.0.0.1:$SINK_PORT"]
@@ -131,6 +134,7 @@ RSS=()
 for _ in $(seq 1 "$ROUNDS"); do
   run_postern postern 2
   run_postern inproc 0
+  run_postern notrack 2 off
 done
 
 # 3. postfix as a loopback relay (private instance in $WORK)
@@ -184,6 +188,7 @@ chown postfix "$WORK/pfdata"
 postfix -c "$PF" start-fg > "$WORK/postfix.log" 2>&1 &
 PIDS+=("$!")
 wait_port "$POSTFIX_PORT" || { cat "$WORK/postfix.log" >&2; exit 1; }
+sleep 1   # master binds before its smtpd is ready to serve
 results+=("$(run postfix "$POSTFIX_PORT")")
 postfix -c "$PF" stop >/dev/null 2>&1 || true
 stop_sink
@@ -198,7 +203,7 @@ for r in "${results[@]}"; do
   read -r name a d <<<"$r"
   printf '%-8s %12.0f %12.0f\n' "$name" "$a" "$d"
 done
-for name in direct postern inproc postfix; do
+for name in direct postern inproc notrack postfix; do
   ACC[$name]=$(printf '%s\n' "${results[@]}" | awk -v n="$name" '$1==n {print $2}' | median)
   DEL[$name]=$(printf '%s\n' "${results[@]}" | awk -v n="$name" '$1==n {print $3}' | median)
 done
@@ -210,4 +215,6 @@ printf 'postern/direct:  accepted %.2fx, delivered %.2fx\n' \
   "$(echo "${ACC[postern]} / ${ACC[direct]}" | bc -l)" "$(echo "${DEL[postern]} / ${DEL[direct]}" | bc -l)"
 printf 'isolation cost (workers vs in-process): accepted %.1f%%, delivered %.1f%%\n' \
   "$(echo "(1 - ${ACC[postern]} / ${ACC[inproc]}) * 100" | bc -l)" "$(echo "(1 - ${DEL[postern]} / ${DEL[inproc]}) * 100" | bc -l)"
+printf 'tracking log cost (file vs off): accepted %.1f%%, delivered %.1f%%\n' \
+  "$(echo "(1 - ${ACC[postern]} / ${ACC[notrack]}) * 100" | bc -l)" "$(echo "(1 - ${DEL[postern]} / ${DEL[notrack]}) * 100" | bc -l)"
 for r in "${RSS[@]}"; do echo "RSS $r"; done
