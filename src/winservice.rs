@@ -7,7 +7,8 @@
 //! `run` is what the SCM starts: it reports Running, runs the gateway in
 //! this process (there is no process supervisor on Windows; the SCM's
 //! restart is the outer level) and turns Stop/Shutdown into a drain and
-//! ParamChange (`sc control postern paramchange`) into a reload.
+//! ParamChange (`sc control postern paramchange`) into a reload. Relative
+//! paths in the configuration are taken from the configuration's directory.
 
 use crate::signals::{Sig, Signals};
 use std::ffi::OsString;
@@ -64,7 +65,11 @@ pub fn install(config: Option<PathBuf>) -> anyhow::Result<()> {
         command: None,
         actions: Some(vec![restart(5), restart(5), restart(30)]),
     })?;
-    service.set_failure_actions_on_non_crash_failures(true)?;
+    // Also restart after an exit with an error status (a failed start). Some
+    // SCM implementations (Wine) lack this setting: crashes still restart.
+    if let Err(e) = service.set_failure_actions_on_non_crash_failures(true) {
+        eprintln!("note: restart on non-crash failures not set: {e}");
+    }
     println!("service {NAME} installed; start it with `sc start {NAME}`");
     Ok(())
 }
@@ -137,6 +142,13 @@ fn run_service() -> anyhow::Result<()> {
     })?;
     handle.set_service_status(status(ServiceState::StartPending, 0))?;
     let path = CONFIG.get().cloned().flatten();
+    // Services start in the system directory: relative paths in the
+    // configuration (queue, keys) mean "beside the configuration file".
+    if let Some(dir) = path.as_deref().and_then(|p| p.parent()) {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            tracing::warn!(error = %e, "cannot change to the configuration's directory");
+        }
+    }
     let result = match crate::config::load(path.as_deref()) {
         Ok(loaded) => {
             crate::init_logging(&loaded.config.log, Some(&loaded.config.queue.path));

@@ -24,7 +24,11 @@ pub struct Committer {
 impl Committer {
     /// `log` is sled's log file (`<queue>/db`), fsynced after each flush.
     pub fn start(db: sled::Db, log: &std::path::Path) -> Committer {
-        let log = std::fs::File::open(log)
+        // Write access: Windows' FlushFileBuffers refuses a read-only handle.
+        let log = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(log)
             .map_err(|e| tracing::error!(error = %e, "cannot open the queue log for fsync"))
             .ok();
         let (tx, rx) = mpsc::channel::<Waiter>();

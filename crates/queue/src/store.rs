@@ -242,12 +242,22 @@ impl Queue {
             record::frame_inline(body)
         };
         i.bodies.insert(id.0, stored)?;
+        i.messages.insert(id.0, record::encode(&r))?;
+        if let Err(e) = i.committer.flush().await {
+            // Not durable, so the client hears 4xx and will send it again:
+            // take it back, or it would be delivered twice. (A crash right
+            // here leaves a record that recovery delivers: at least once.)
+            let _ = i.messages.remove(id.0);
+            let _ = i.bodies.remove(id.0);
+            i.spool.remove(id);
+            return Err(QueueError::Flush(e));
+        }
+        // Only a durable message becomes visible to the scheduler (indexes
+        // are derived from records; recovery rebuilds them).
         {
             let _guard = self.lock();
-            i.messages.insert(id.0, record::encode(&r))?;
             i.set_index(&r, true)?;
         }
-        i.committer.flush().await.map_err(QueueError::Flush)?;
         if r.state == State::Ready {
             i.wake.notify_one();
         }
