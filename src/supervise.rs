@@ -147,14 +147,17 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
                 .env(DEATH_ENV, &death);
         }
         let fds = inherit.clone();
-        // SAFETY: the closure only calls prctl, fcntl and setrlimit, all
-        // async-signal-safe.
+        // SAFETY: the closure only calls prctl, signal, fcntl and setrlimit,
+        // all async-signal-safe.
         unsafe {
             cmd.pre_exec(move || {
                 // If the supervisor dies, so does the gateway: no orphan
                 // keeps the queue locked.
                 #[cfg(target_os = "linux")]
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // A SIGHUP before the gateway installs its handler must not
+                // kill it (the default action); its handler replaces this.
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
                 for fd in &fds {
                     clear_cloexec(*fd)?;
                 }

@@ -185,6 +185,9 @@ mod unix {
         unsafe {
             cmd.pre_exec(move || clear_cloexec(write_fd));
         }
+        // A reload asked for before this child existed is moot: it reads
+        // the current configuration anyway.
+        while forward.try_recv().is_ok() {}
         let mut child = cmd.spawn()?;
         drop(pipe.write); // our copy: EOF arrives when the child's closes
                           // The child writes a few lines per message; waking for each would
