@@ -272,7 +272,7 @@ fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
     init_logging(&loaded.config.log, None);
     #[cfg(unix)]
     if supervised {
-        return block_on(async move { supervise::run(loaded, path).await });
+        return block_on(async move { supervise::run(loaded).await });
     }
     #[cfg(not(unix))]
     let _ = supervised;

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 pub const LISTEN_ENV: &str = "POSTERN_LISTEN_FDS";
 pub const RESTARTS_ENV: &str = "POSTERN_GATEWAY_RESTARTS";
 
-pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let cfg = &loaded.config;
     let mut smtp = Vec::new();
     for addr in &cfg.server.listen {
@@ -80,7 +80,8 @@ pub async fn run(loaded: Loaded, config: Option<PathBuf>) -> anyhow::Result<()> 
     // The gateway runs on a snapshot of the last configuration that passed
     // validation, so a broken file never reaches it: not on SIGHUP, and not
     // when it restarts after a crash.
-    let snapshot = match &config {
+    // (`loaded.path`: the file actually read, `--config` or the default one.)
+    let snapshot = match &loaded.path {
         Some(path) => Some(Snapshot::create(path, &cfg.queue.path)?),
         None => None,
     };
