@@ -18,6 +18,19 @@ use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Everything `check-config` and a reload check before a configuration is
+/// used: the conversion policy (DKIM keys, maps), session settings (TLS
+/// certificate, users and recipients files) and the deliverer (routes,
+/// DNS servers). Needs a tokio runtime (the resolver is built).
+pub fn validate(cfg: &Config) -> Result<(), String> {
+    let conversion = Conversion::from_config(cfg)?;
+    let limiter = postern_listener::auth::AuthLimiter::new(cfg.auth.max_failures);
+    session_configs(cfg, Arc::new(AtomicU8::new(0)), limiter).map_err(|e| format!("{e:#}"))?;
+    let metrics = Arc::new(Metrics::new().map_err(|e| e.to_string())?);
+    deliverer(cfg, &conversion, &metrics).map_err(|e| format!("{e:#}"))?;
+    Ok(())
+}
+
 /// The relay policy (accepted domains lower-cased).
 pub fn relay_policy(cfg: &Config) -> RelayPolicy {
     RelayPolicy {
@@ -131,6 +144,8 @@ pub fn policy(cfg: &Config) -> Policy {
         lease: cfg.queue.lease.0,
         hostname: cfg.server.hostname.clone(),
         accepted_domains: relay_policy(cfg).accepted_domains,
+        poison_threshold: cfg.workers.poison_threshold,
+        delivery_deadline: cfg.workers.delivery_deadline.0,
     }
 }
 

@@ -34,11 +34,8 @@ use tokio::sync::{watch, Semaphore};
 /// File in the queue directory holding the admin endpoint's bound address.
 pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 
-pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
-    run_until(loaded, Signals::new()).await
-}
-
-/// Runs until `signals` asks to stop (a Windows service passes its own).
+/// Runs until `signals` asks to stop (SIGTERM/SIGINT, or the Windows SCM
+/// through a channel); SIGHUP (or ParamChange) reloads.
 pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let metrics = Arc::new(Metrics::new().context("metrics registry")?);
@@ -168,8 +165,6 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         slots: slots.clone(),
         gate,
         inflight,
-        poison_threshold: threshold,
-        delivery_deadline: cfg.workers.delivery_deadline.0,
     });
     let sched_rx = stop_rx.clone();
     let m = metrics.clone();

@@ -315,7 +315,12 @@ impl MessageSink for Intake {
         let size = body.len();
         let rcpts = envelope.recipients.len();
         let tracked = envelope.clone();
-        match self.queue.enqueue(envelope, &body).await {
+        // A policy hold is stored held: the scheduler never sees it waiting.
+        let stored = match hold {
+            Some(_) => self.queue.enqueue_held(envelope, &body).await,
+            None => self.queue.enqueue(envelope, &body).await,
+        };
+        match stored {
             Ok(()) => {
                 self.tracker
                     .event("queued", &tracked, serde_json::json!({ "size": size }));
@@ -324,14 +329,11 @@ impl MessageSink for Intake {
                 }
                 if let Some(reason) = hold {
                     tracing::warn!(%id, %reason, "held by policy");
-                    match self.queue.hold(id) {
-                        Ok(_) => self.tracker.event(
-                            "held",
-                            &tracked,
-                            serde_json::json!({ "by": "policy", "reason": reason }),
-                        ),
-                        Err(e) => tracing::error!(%id, error = %e, "cannot hold"),
-                    }
+                    self.tracker.event(
+                        "held",
+                        &tracked,
+                        serde_json::json!({ "by": "policy", "reason": reason }),
+                    );
                 }
                 self.metrics.accepted.inc();
                 self.metrics.message_size.observe(size as f64);

@@ -138,17 +138,14 @@ fn main() -> ExitCode {
     });
     match command {
         Command::CheckConfig(a) => match config::load(a.config.as_deref()) {
-            // Loading the conversion policy reads the DKIM keys and maps too.
-            Ok(loaded) => match conversion::Conversion::from_config(&loaded.config) {
-                Ok(_) => {
-                    println!("{}: configuration OK", loaded.source);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("{}: {e}", loaded.source);
-                    ExitCode::from(1)
-                }
-            },
+            // Building the parts reads the DKIM keys, maps, TLS certificate,
+            // users and recipients files too.
+            Ok(loaded) => block_on(async move {
+                assemble::validate(&loaded.config)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", loaded.source))?;
+                println!("{}: configuration OK", loaded.source);
+                Ok(())
+            }),
             Err(e) => {
                 eprint!("{e}");
                 ExitCode::from(1)
@@ -262,21 +259,21 @@ fn admin_target(
 
 /// Loads the configuration and runs the supervisor or the gateway.
 fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
-    let loaded = match config::load(path.as_deref()) {
-        Ok(l) => l,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(1);
+    block_on(async move {
+        // Handlers first: from here on SIGHUP is a reload request, never
+        // the default action (which would end the process).
+        let signals = signals::Signals::new();
+        let loaded = config::load(path.as_deref())
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
+        init_logging(&loaded.config.log, None);
+        #[cfg(unix)]
+        if supervised {
+            return supervise::run(loaded, signals).await;
         }
-    };
-    init_logging(&loaded.config.log, None);
-    #[cfg(unix)]
-    if supervised {
-        return block_on(async move { supervise::run(loaded).await });
-    }
-    #[cfg(not(unix))]
-    let _ = supervised;
-    block_on(async move { gateway::run(loaded).await })
+        #[cfg(not(unix))]
+        let _ = supervised;
+        gateway::run_until(loaded, signals).await
+    })
 }
 
 fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {

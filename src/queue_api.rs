@@ -89,6 +89,8 @@ impl Filter {
         let mut f = Filter::default();
         for kv in query.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let v = percent_decode(v).ok_or(format!("bad encoding in {k}"))?;
+            let v = v.as_str();
             match k {
                 _ if v.is_empty() => {}
                 "state" => {
@@ -117,6 +119,32 @@ impl Filter {
                 .older_than_ms
                 .is_none_or(|ms| now_ms.saturating_sub(e.received_ms) >= ms)
     }
+}
+
+/// Decodes `%XX` escapes (and `+` as space); `None` on a broken escape or
+/// invalid UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Age buckets of the summary, in minutes (qshape's): a message falls in

@@ -16,7 +16,10 @@
 //! lease, conversion (DKIM, masquerading, disclaimer, TNEF, authentication),
 //! worker settings. Needs a restart (logged when changed): listen addresses,
 //! admin endpoint and token, queue path, cache and back-pressure limits,
-//! connection caps, delivery concurrency, tracking and log settings.
+//! connection caps, delivery concurrency, shutdown timeout, tracking and log
+//! settings. (The new deliverer starts with fresh per-destination counters:
+//! while attempts begun under the old one finish, a destination can briefly
+//! see up to twice `max_per_destination` connections.)
 
 use crate::assemble;
 use crate::conversion::Conversion;
@@ -89,7 +92,7 @@ impl Reloader {
 /// a restart.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     type Show = fn(&Config) -> String;
-    let fields: [(&str, Show); 14] = [
+    let fields: [(&str, Show); 15] = [
         ("server.listen", |c| format!("{:?}", c.server.listen)),
         ("server.submission_listen", |c| {
             format!("{:?}", c.server.submission_listen)
@@ -106,6 +109,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         }),
         ("server.max_connections", |c| {
             c.server.max_connections.to_string()
+        }),
+        ("server.shutdown_timeout", |c| {
+            format!("{:?}", c.server.shutdown_timeout)
         }),
         ("server.max_connections_per_ip", |c| {
             c.server.max_connections_per_ip.to_string()

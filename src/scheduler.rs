@@ -43,6 +43,10 @@ pub struct Policy {
     /// Lower-case accepted domains: their recipients are the `internal`
     /// destination class, everything else `internet`.
     pub accepted_domains: Vec<String>,
+    /// Crashes before a message is quarantined.
+    pub poison_threshold: u32,
+    /// In-flight deadline of one attempt (then the gateway counts as hung).
+    pub delivery_deadline: Duration,
 }
 
 impl Policy {
@@ -89,9 +93,6 @@ pub struct Scheduler {
     pub gate: Arc<Gate>,
     /// In-flight reports to the supervisor.
     pub inflight: Arc<Inflight>,
-    pub poison_threshold: u32,
-    /// In-flight deadline of one attempt (then the gateway counts as hung).
-    pub delivery_deadline: Duration,
 }
 
 impl Scheduler {
@@ -151,10 +152,9 @@ impl Scheduler {
     /// One delivery attempt of one leased message; never panics outward.
     async fn attempt(self: Arc<Self>, rec: Record) {
         let id = rec.envelope.id;
+        let deadline = self.policy.get().delivery_deadline;
         let _pass = self.gate.enter(rec.crashes > 0).await;
-        let reading = self
-            .inflight
-            .enter(format!("q:{id}"), self.delivery_deadline);
+        let reading = self.inflight.enter(format!("q:{id}"), deadline);
         let body = match self.queue.body(id) {
             Ok(b) => b,
             Err(e) => {
@@ -168,9 +168,7 @@ impl Scheduler {
             return;
         }
         drop(reading);
-        let _inflight = self
-            .inflight
-            .enter(format!("d:{id}"), self.delivery_deadline);
+        let _inflight = self.inflight.enter(format!("d:{id}"), deadline);
         let env = rec.envelope.clone();
         let deliverer = self.deliverer.get();
         let task = tokio::spawn(async move {
@@ -223,7 +221,7 @@ impl Scheduler {
         self.metrics.crashes.with_label_values(&[stage, "1"]).inc();
         let due = postern_core::now_ms()
             + self.policy.get().retry_delay(rec.attempts + 1).as_millis() as u64;
-        let threshold = self.poison_threshold;
+        let threshold = self.policy.get().poison_threshold;
         let res = self.queue.update(id, &|r| {
             r.crashes += 1;
             r.last_error = Some(format!("{stage} crash: {why}"));

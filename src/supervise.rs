@@ -29,7 +29,7 @@ use tokio::sync::watch;
 pub const LISTEN_ENV: &str = "POSTERN_LISTEN_FDS";
 pub const RESTARTS_ENV: &str = "POSTERN_GATEWAY_RESTARTS";
 
-pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
+pub async fn run(loaded: Loaded, mut signals: crate::signals::Signals) -> anyhow::Result<()> {
     let cfg = &loaded.config;
     let mut smtp = Vec::new();
     for addr in &cfg.server.listen {
@@ -90,7 +90,6 @@ pub async fn run(loaded: Loaded) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut signals = crate::signals::Signals::new();
         while signals.next().await == crate::signals::Sig::Reload {
             let Some(snap) = &snapshot else {
                 // Embedded default: nothing can have changed.
@@ -230,13 +229,14 @@ impl Snapshot {
         Ok(s)
     }
 
-    /// Validates the source file as `check-config` does (DKIM keys and maps
-    /// included); when valid, replaces the running copy atomically.
+    /// Validates the source file as `check-config` does (DKIM keys, maps,
+    /// TLS certificate, users and recipients files, routes); when valid,
+    /// replaces the running copy atomically.
     fn refresh(&self) -> Result<(), String> {
         let text = std::fs::read_to_string(&self.source)
             .map_err(|e| format!("{}: cannot read: {e}", self.source.display()))?;
         let loaded = crate::config::load(Some(&self.source)).map_err(|e| e.to_string())?;
-        crate::conversion::Conversion::from_config(&loaded.config)
+        crate::assemble::validate(&loaded.config)
             .map_err(|e| format!("{}: {e}", self.source.display()))?;
         let tmp = self.running.with_extension("toml.new");
         std::fs::write(&tmp, text)

@@ -163,7 +163,11 @@ pub fn rotated(path: &Path, n: usize) -> PathBuf {
 impl RotatingFile {
     fn write(&mut self, line: &str) -> std::io::Result<()> {
         if self.size + line.len() as u64 > self.max_size && self.size > 0 {
-            self.rotate()?;
+            // A failed rotation is tried again after another max_size bytes,
+            // not on every line (each try would shift the old files again).
+            let rotated = self.rotate();
+            self.size = 0;
+            rotated?;
         }
         self.out.write_all(line.as_bytes())?;
         self.size += line.len() as u64;
@@ -229,12 +233,14 @@ pub fn read_events(path: &Path, keep: usize, key: &str) -> std::io::Result<Vec<s
     let mut out = Vec::new();
     let mut found_any_file = false;
     for f in files {
-        let text = match std::fs::read_to_string(&f) {
+        // Bytes, not a String: one damaged line must not hide the others.
+        let raw = match std::fs::read(&f) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
         found_any_file = true;
+        let text = String::from_utf8_lossy(&raw);
         for line in text.lines() {
             // Cheap filter before parsing; lines that do not parse are skipped.
             if !line.contains(bare) {

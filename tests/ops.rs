@@ -294,8 +294,8 @@ async fn sighup_reloads_routes_and_never_takes_a_bad_file() {
         .unwrap();
     wait_until(Duration::from_secs(10), "to b", || b.count() == 1).await;
 
-    // A broken file (syntax) and an unusable one (missing DKIM key) are
-    // refused; mail still goes to b.
+    // A broken file (syntax) and unusable ones (missing DKIM key, missing
+    // TLS certificate) are refused; mail still goes to b.
     for (broken, says) in [
         (format!("{good_a}\n[server\n"), "line"),
         (
@@ -303,6 +303,12 @@ async fn sighup_reloads_routes_and_never_takes_a_bad_file() {
                 "{good_a}\n[[convert.dkim]]\ndomain = \"example.test\"\nselector = \"s\"\nkey_file = \"/nonexistent/key.pem\"\n"
             ),
             "key.pem",
+        ),
+        (
+            format!(
+                "{good_a}\n[tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n"
+            ),
+            "TLS certificate",
         ),
     ] {
         std::fs::write(&gw.config, broken).unwrap();

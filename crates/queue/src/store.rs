@@ -213,6 +213,13 @@ impl Queue {
         self.store_new(r, body).await
     }
 
+    /// Stores a new message durably in the held state (policy holds).
+    pub async fn enqueue_held(&self, envelope: Envelope, body: &[u8]) -> Result<(), QueueError> {
+        let mut r = Record::new(envelope, postern_core::now_ms());
+        r.state = State::Held;
+        self.store_new(r, body).await
+    }
+
     /// Stores a new message straight into quarantine, durably.
     pub async fn enqueue_quarantined(
         &self,
@@ -255,8 +262,14 @@ impl Queue {
         // Only a durable message becomes visible to the scheduler (indexes
         // are derived from records; recovery rebuilds them).
         {
+            // The record as it is now: an admin action may have changed it
+            // (e.g. `retry`) while the flush ran.
             let _guard = self.lock();
-            i.set_index(&r, true)?;
+            match i.read(id) {
+                Ok(current) => i.set_index(&current, true)?,
+                Err(QueueError::NotFound(_)) => {} // deleted meanwhile
+                Err(e) => return Err(e),
+            }
         }
         if r.state == State::Ready {
             i.wake.notify_one();
@@ -364,6 +377,9 @@ impl Queue {
             let Some((_, id)) = split_due_key(&k) else {
                 continue;
             };
+            if leases.contains_key(&id) {
+                continue; // a second index entry of a message being delivered
+            }
             match i.read(id) {
                 Ok(mut r) if matches!(r.state, State::Ready | State::Deferred) => {
                     leases.insert(id, now_ms + lease_ms);
