@@ -102,8 +102,33 @@ sys.stdout.write(by[("ConfigMap", "postern-config")]["data"]["postern.toml"])
             .arg(root().join("deploy/kubernetes")),
         "manifest cross-check (python3 with PyYAML)",
     );
-    // The ConfigMap's configuration is one Postern accepts.
+    // The ConfigMap's configuration is one Postern accepts, with the mounted
+    // Secret files (certificate, token) where the pod would have them.
     let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    run(
+        Command::new("openssl").args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=postern",
+            "-keyout",
+            &format!("{d}/tls.key"),
+            "-out",
+            &format!("{d}/tls.crt"),
+        ]),
+        "openssl",
+    );
+    std::fs::write(dir.path().join("admin-token"), "t0ken\n").unwrap();
+    assert!(toml.contains("/etc/postern/tls/") && toml.contains("/etc/postern/secret/"));
+    let toml = toml
+        .replace("/etc/postern/tls/", &format!("{d}/"))
+        .replace("/etc/postern/secret/", &format!("{d}/"));
     let cfg = dir.path().join("postern.toml");
     std::fs::write(&cfg, toml).unwrap();
     run(
