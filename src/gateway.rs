@@ -112,7 +112,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         inflight: inflight.clone(),
         policy: Live::new(assemble::intake_policy(&cfg, conversion, content)),
     });
-    let (smtp_listeners, smtps_listeners, submission_listeners, admin_l) = listeners(&cfg).await?;
+    let (smtp_listeners, smtps_listeners, submission_listeners, admin_l) = listeners(&cfg)?;
     let mut bound = Vec::new();
     let mut bound_tls = Vec::new();
     let mut bound_sub = Vec::new();
@@ -239,8 +239,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
     Ok(())
 }
 
-/// The SMTP, implicit-TLS SMTP and admin listeners: inherited from
-/// `postern run`, or bound.
+/// SMTP, implicit-TLS SMTP, submission and admin listeners.
 type Listeners = (
     Vec<TcpListener>,
     Vec<TcpListener>,
@@ -248,45 +247,28 @@ type Listeners = (
     TcpListener,
 );
 
-async fn listeners(cfg: &postern_core::config::Config) -> anyhow::Result<Listeners> {
+/// The listeners: inherited from `postern run`, or bound here.
+fn listeners(cfg: &postern_core::config::Config) -> anyhow::Result<Listeners> {
     #[cfg(unix)]
-    if let Some(inh) = crate::supervise::inherited_from_env()? {
-        let conv = |v: Vec<std::net::TcpListener>| -> std::io::Result<Vec<TcpListener>> {
-            v.into_iter().map(TcpListener::from_std).collect()
-        };
-        return Ok((
-            conv(inh.smtp)?,
-            conv(inh.smtps)?,
-            conv(inh.submission)?,
-            TcpListener::from_std(inh.admin)?,
-        ));
-    }
-    let mut smtp = Vec::new();
-    for addr in &cfg.server.listen {
-        smtp.push(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for SMTP on {addr}"))?,
-        );
-    }
-    let mut smtps = Vec::new();
-    for addr in &cfg.tls.implicit_listen {
-        smtps.push(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for implicit TLS on {addr}"))?,
-        );
-    }
-    let admin = TcpListener::bind(cfg.admin.listen)
-        .await
-        .with_context(|| format!("cannot listen for admin HTTP on {}", cfg.admin.listen))?;
-    let mut submission = Vec::new();
-    for addr in &cfg.server.submission_listen {
-        submission.push(
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen for submission on {addr}"))?,
-        );
-    }
-    Ok((smtp, smtps, submission, admin))
+    let inherited = crate::supervise::inherited_from_env()?;
+    #[cfg(not(unix))]
+    let inherited = None;
+    let s = match inherited {
+        Some(s) => s,
+        None => crate::listen::bind(cfg)?,
+    };
+    let conv = |v: Vec<std::net::TcpListener>| -> std::io::Result<Vec<TcpListener>> {
+        v.into_iter().map(tokio_listener).collect()
+    };
+    Ok((
+        conv(s.smtp)?,
+        conv(s.smtps)?,
+        conv(s.submission)?,
+        tokio_listener(s.admin)?,
+    ))
+}
+
+fn tokio_listener(l: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
 }

@@ -156,10 +156,7 @@ impl Intake {
             }
             Err(e) => {
                 tracing::error!(%id, error = %e, "cannot store quarantined message");
-                self.refuse(
-                    &env,
-                    Reply::new(451, "4.3.0", "queue write failed, try again later"),
-                )
+                self.queue_failed(&env)
             }
         }
     }
@@ -181,6 +178,14 @@ impl Intake {
             }),
         );
         reply
+    }
+
+    /// The message could not be stored: the client must try again.
+    fn queue_failed(&self, env: &postern_core::Envelope) -> Reply {
+        self.refuse(
+            env,
+            Reply::new(451, "4.3.0", "queue write failed, try again later"),
+        )
     }
 
     /// What content processing needs to know about the transaction.
@@ -342,10 +347,7 @@ impl MessageSink for Intake {
             }
             Err(e) => {
                 tracing::error!(%id, error = %e, "queue write failed; message refused");
-                self.refuse(
-                    &tracked,
-                    Reply::new(451, "4.3.0", "queue write failed, try again later"),
-                )
+                self.queue_failed(&tracked)
             }
         }
     }

@@ -21,6 +21,7 @@ mod gate;
 mod gateway;
 mod inflight;
 mod intake;
+mod listen;
 mod live;
 mod metrics;
 #[cfg(unix)]

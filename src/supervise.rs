@@ -31,29 +31,12 @@ pub const RESTARTS_ENV: &str = "POSTERN_GATEWAY_RESTARTS";
 
 pub async fn run(loaded: Loaded, mut signals: crate::signals::Signals) -> anyhow::Result<()> {
     let cfg = &loaded.config;
-    let mut smtp = Vec::new();
-    for addr in &cfg.server.listen {
-        smtp.push(
-            std::net::TcpListener::bind(addr)
-                .with_context(|| format!("cannot listen for SMTP on {addr}"))?,
-        );
-    }
-    let mut smtps = Vec::new();
-    for addr in &cfg.tls.implicit_listen {
-        smtps.push(
-            std::net::TcpListener::bind(addr)
-                .with_context(|| format!("cannot listen for implicit TLS on {addr}"))?,
-        );
-    }
-    let mut submission = Vec::new();
-    for addr in &cfg.server.submission_listen {
-        submission.push(
-            std::net::TcpListener::bind(addr)
-                .with_context(|| format!("cannot listen for submission on {addr}"))?,
-        );
-    }
-    let admin = std::net::TcpListener::bind(cfg.admin.listen)
-        .with_context(|| format!("cannot listen for admin HTTP on {}", cfg.admin.listen))?;
+    let crate::listen::Sockets {
+        smtp,
+        smtps,
+        submission,
+        admin,
+    } = crate::listen::bind(cfg)?;
     let smtp_fds: Vec<RawFd> = smtp.iter().map(|l| l.as_raw_fd()).collect();
     let smtps_fds: Vec<RawFd> = smtps.iter().map(|l| l.as_raw_fd()).collect();
     let sub_fds: Vec<RawFd> = submission.iter().map(|l| l.as_raw_fd()).collect();
@@ -245,16 +228,8 @@ impl Snapshot {
     }
 }
 
-/// The gateway side: the listeners passed down by the supervisor.
-pub struct Inherited {
-    pub smtp: Vec<std::net::TcpListener>,
-    pub smtps: Vec<std::net::TcpListener>,
-    pub submission: Vec<std::net::TcpListener>,
-    pub admin: std::net::TcpListener,
-}
-
 /// Parses `POSTERN_LISTEN_FDS`, if set.
-pub fn inherited_from_env() -> anyhow::Result<Option<Inherited>> {
+pub fn inherited_from_env() -> anyhow::Result<Option<crate::listen::Sockets>> {
     use std::os::fd::FromRawFd;
     let Ok(v) = std::env::var(LISTEN_ENV) else {
         return Ok(None);
@@ -268,7 +243,6 @@ pub fn inherited_from_env() -> anyhow::Result<Option<Inherited>> {
             postern_supervisor::child::set_cloexec(fd)?;
             // SAFETY: the supervisor handed us this listening socket.
             let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-            l.set_nonblocking(true)?;
             match name {
                 "smtp" => smtp.push(l),
                 "smtps" => smtps.push(l),
@@ -278,7 +252,7 @@ pub fn inherited_from_env() -> anyhow::Result<Option<Inherited>> {
             }
         }
     }
-    Ok(Some(Inherited {
+    Ok(Some(crate::listen::Sockets {
         smtp,
         smtps,
         submission,
