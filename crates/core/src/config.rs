@@ -514,6 +514,9 @@ impl Config {
         if self.delivery.max_per_destination == 0 {
             errs.push("delivery.max_per_destination must be at least 1".to_string());
         }
+        if self.auth.max_failures == 0 {
+            errs.push("auth.max_failures must be at least 1 (0 would refuse every AUTH)".into());
+        }
         if self.workers.poison_threshold == 0 {
             errs.push("workers.poison_threshold must be at least 1".to_string());
         }

@@ -43,13 +43,13 @@ pub async fn serve<S: MessageSink>(
     mut shutdown: watch::Receiver<bool>,
     implicit_tls: bool,
 ) -> Result<(), ListenerError> {
-    let cfg = configs.borrow().clone();
+    let caps = configs.borrow().clone();
     // Bounds concurrent sessions; a permit lives as long as its session.
-    let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let slots = Arc::new(Semaphore::new(caps.max_connections));
     // Per-client-IP concurrency and rate (trusted networks exempt).
     let per_ip =
-        crate::limits::IpLimiter::new(cfg.max_connections_per_ip, cfg.max_connection_rate_per_ip);
-    let listener_name = match (implicit_tls, cfg.require_auth) {
+        crate::limits::IpLimiter::new(caps.max_connections_per_ip, caps.max_connection_rate_per_ip);
+    let listener_name = match (implicit_tls, caps.require_auth) {
         (true, _) => "smtps",
         (false, true) => "submission",
         (false, false) => "smtp",
@@ -69,12 +69,12 @@ pub async fn serve<S: MessageSink>(
         };
         let _ = stream.set_nodelay(true);
         let permit = slots.clone().try_acquire_owned();
+        let (cfg, sink) = (configs.borrow().clone(), sink.clone());
         let ip_slot = if cfg.relay.is_trusted(peer.ip()) {
             Ok(None)
         } else {
             per_ip.admit(peer.ip(), std::time::Instant::now()).map(Some)
         };
-        let (cfg, sink) = (configs.borrow().clone(), sink.clone());
         let stop = shutdown.clone();
         tokio::spawn(async move {
             let mut stream = stream;
@@ -323,7 +323,7 @@ where
                             emit(sink, &r, &mut out);
                             phase_deadline = None;
                             mode = Mode::Data(DataReceiver::new(
-                                cfg.max_message_size as usize,
+                                usize::try_from(cfg.max_message_size).unwrap_or(usize::MAX),
                                 cfg.max_text_line,
                             ));
                         }
@@ -440,7 +440,7 @@ where
         if !pending {
             phase_deadline = None;
         } else if phase_deadline.is_none() {
-            phase_deadline = Some(now + phase);
+            phase_deadline = now.checked_add(phase);
         }
         let wait = match phase_deadline {
             Some(d) => per_read.min(d.saturating_duration_since(now)),

@@ -137,6 +137,8 @@ pub struct Session {
     bdat: Option<Vec<u8>>,
     /// The BDAT message passed the size limit: the rest is discarded.
     bdat_too_big: bool,
+    /// The current BDAT chunk was refused (its reply, sent when it ends).
+    bdat_refused: Option<Reply>,
 }
 
 /// Where a SASL exchange stands.
@@ -160,18 +162,26 @@ impl Session {
             sasl: None,
             bdat: None,
             bdat_too_big: false,
+            bdat_refused: None,
         }
     }
 
     fn bdat(&mut self, size: u64, last: bool) -> Action {
-        let State::Mail { tx, .. } = &self.state else {
-            return Action::Reply(Reply::new(503, "5.5.1", "need MAIL and RCPT before BDAT"));
+        // A refused chunk is still read (and dropped), so its octets are
+        // never taken for commands; the refusal is the chunk's reply.
+        let refusal = match &self.state {
+            State::Mail { tx, .. } if tx.recipients.is_empty() => {
+                Some(Reply::new(554, "5.5.1", "no valid recipients"))
+            }
+            State::Mail { .. } => None,
+            _ => Some(Reply::new(503, "5.5.1", "need MAIL and RCPT before BDAT")),
         };
-        if tx.recipients.is_empty() {
-            return Action::Reply(Reply::new(554, "5.5.1", "no valid recipients"));
+        if refusal.is_some() {
+            self.bdat_refused = refusal;
+            return Action::Bdat { size, last };
         }
         let so_far = self.bdat.get_or_insert_with(Vec::new).len() as u64;
-        if so_far + size > self.cfg.max_message_size {
+        if size > self.cfg.max_message_size.saturating_sub(so_far) {
             self.bdat_too_big = true;
         }
         Action::Bdat { size, last }
@@ -179,7 +189,7 @@ impl Session {
 
     /// Octets of the current BDAT chunk.
     pub fn bdat_chunk(&mut self, data: &[u8]) {
-        if self.bdat_too_big {
+        if self.bdat_too_big || self.bdat_refused.is_some() {
             return;
         }
         if let Some(b) = &mut self.bdat {
@@ -190,6 +200,9 @@ impl Session {
     /// The chunk is complete: 250 for a middle chunk; for the LAST one, the
     /// message (or the refusal), as at the end of DATA.
     pub fn bdat_end(&mut self, size: u64, last: bool) -> Result<Option<ReceivedMessage>, Action> {
+        if let Some(r) = self.bdat_refused.take() {
+            return Err(self.finish(Action::Reply(r)));
+        }
         if !last {
             return Err(Action::Reply(Reply::new(
                 250,
@@ -565,17 +578,16 @@ impl Session {
         if self.bdat.is_some() {
             return Action::Reply(Reply::new(503, "5.5.1", "DATA not allowed after BDAT"));
         }
-        let State::Mail { helo, esmtp, tx } = &self.state else {
-            return Action::Reply(Reply::new(503, "5.5.1", "need MAIL and RCPT before DATA"));
-        };
-        if tx.recipients.is_empty() {
-            return Action::Reply(Reply::new(554, "5.5.1", "no valid recipients"));
+        match &self.state {
+            State::Mail { tx, .. } if tx.recipients.is_empty() => {
+                return Action::Reply(Reply::new(554, "5.5.1", "no valid recipients"));
+            }
+            State::Mail { .. } => {}
+            _ => return Action::Reply(Reply::new(503, "5.5.1", "need MAIL and RCPT before DATA")),
         }
-        self.state = State::Data {
-            helo: helo.clone(),
-            esmtp: *esmtp,
-            tx: tx.clone(),
-        };
+        if let State::Mail { helo, esmtp, tx } = std::mem::replace(&mut self.state, State::Fresh) {
+            self.state = State::Data { helo, esmtp, tx };
+        }
         Action::StartData(Reply::plain(
             354,
             vec!["end data with <CR><LF>.<CR><LF>".into()],
@@ -644,7 +656,7 @@ impl Session {
         };
         let id = QueueId::generate();
         let now = postern_core::now_ms();
-        let mut out = received_header(
+        let out = received_header(
             &self.cfg.hostname,
             &helo,
             self.peer,
@@ -654,7 +666,11 @@ impl Session {
             &tx,
         );
         let trace_len = out.len();
-        out.extend_from_slice(&body);
+        // The header goes in front of the received buffer: no second copy
+        // of the body.
+        let mut body = body;
+        body.splice(0..0, out);
+        let out = body;
         let envelope = Envelope {
             id,
             sender: tx.sender,
@@ -750,6 +766,38 @@ mod tests {
             }
             Action::Authenticate { .. } | Action::Bdat { .. } => 0,
         }
+    }
+
+    #[test]
+    fn refused_bdat_chunk_is_consumed_and_sizes_cannot_wrap() {
+        let mut s = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        s.command(b"EHLO c.test");
+        // No transaction: the chunk is still read (its octets are not
+        // commands), then refused.
+        let Action::Bdat { size: 10, .. } = s.command(b"BDAT 10") else {
+            panic!("chunk must be read")
+        };
+        s.bdat_chunk(b"RSET\r\nQUIT");
+        let Err(Action::Reply(r)) = s.bdat_end(10, false) else {
+            panic!("refusal expected")
+        };
+        assert_eq!(r.code, 503);
+        // A size that would wrap the running total is too big, not small.
+        s.command(b"MAIL FROM:<a@b.test>");
+        s.command(b"RCPT TO:<x@example.test>");
+        let Action::Bdat { .. } = s.command(b"BDAT 1") else {
+            panic!()
+        };
+        s.bdat_chunk(b"x");
+        let _ = s.bdat_end(1, false);
+        let Action::Bdat { .. } = s.command(b"BDAT 18446744073709551615 LAST") else {
+            panic!()
+        };
+        s.bdat_chunk(b"more");
+        let Err(Action::Reply(r)) = s.bdat_end(u64::MAX, true) else {
+            panic!("refusal expected")
+        };
+        assert_eq!(r.code, 552);
     }
 
     #[test]
