@@ -75,6 +75,9 @@ pub struct Conn {
     pub uses: usize,
     /// When it was last returned to the pool.
     pub idle_since: Instant,
+    /// False when the server may still be inside a transaction we could not
+    /// reset: such a connection is closed, never pooled.
+    clean: bool,
 }
 
 impl Conn {
@@ -84,7 +87,7 @@ impl Conn {
 
     /// True when the connection can take another transaction.
     pub fn is_usable(&self) -> bool {
-        !self.inner.has_broken()
+        self.clean && !self.inner.has_broken()
     }
 
     /// Checks a pooled connection is alive and resets its state.
@@ -129,6 +132,8 @@ fn reason_of(e: &SmtpError, host: &str) -> Reason {
 
 /// Splits a leading enhanced status code off reply text, or derives one.
 fn split_status(text: &str, code: u16) -> (String, String) {
+    // `first` is cut off the front of `text` below: no leading whitespace.
+    let text = text.trim_start();
     let first = text.split_whitespace().next().unwrap_or("");
     let parts: Vec<&str> = first.split('.').collect();
     let looks_like = parts.len() == 3
@@ -225,6 +230,7 @@ pub async fn connect(host: &str, addr: SocketAddr, p: &ClientParams) -> Result<C
         host: host.to_string(),
         uses: 0,
         idle_since: Instant::now(),
+        clean: true,
     })
 }
 
@@ -380,13 +386,17 @@ pub async fn transact(
         if data_ok {
             // A server that said 354 with no recipients gets an empty message.
             let _ = conn.inner.message(b"").await;
+        } else {
+            // MAIL was accepted and no DATA followed: the transaction is
+            // still open on the server, and the next one would be "nested".
+            conn.clean = conn.reset(timeout).await;
         }
         return Ok(outcomes.into_iter().flatten().collect());
     }
     let final_outcome = match replies.get(n + 1) {
         Some(Ok(_)) => {
             // RFC 5321 4.5.3.2.6: allow 10 minutes for the final reply.
-            match tokio::time::timeout(timeout * 2, conn.inner.message(&body)).await {
+            match tokio::time::timeout(timeout.saturating_mul(2), conn.inner.message(&body)).await {
                 Err(_) => return Err(timed_out("end of data reply", &host)),
                 Ok(Err(e)) if e.status().is_none() => return Err(reason_of(&e, &host)),
                 Ok(Err(e)) => outcome_of(&e, &host),
@@ -464,5 +474,11 @@ mod tests {
             ("4.0.0".to_string(), "mailbox full".to_string())
         );
         assert_eq!(split_status("", 421).0, "4.0.0");
+        // Leading whitespace from a remote server, ASCII or not.
+        assert_eq!(
+            split_status("  5.1.1 no user", 550),
+            ("5.1.1".to_string(), "no user".to_string())
+        );
+        assert_eq!(split_status("\u{3000}\u{3000}5.1.1 x", 550).1, "x");
     }
 }

@@ -382,9 +382,10 @@ impl Queue {
             }
             match i.read(id) {
                 Ok(mut r) if matches!(r.state, State::Ready | State::Deferred) => {
-                    leases.insert(id, now_ms + lease_ms);
+                    let until = now_ms.saturating_add(lease_ms);
+                    leases.insert(id, until);
                     r.state = State::Leased;
-                    r.lease_until_ms = now_ms + lease_ms;
+                    r.lease_until_ms = until;
                     out.push(r);
                 }
                 Ok(_) | Err(QueueError::NotFound(_)) => {} // stale index entry
@@ -410,7 +411,14 @@ impl Queue {
             .collect();
         for id in &expired {
             leases.remove(id);
-            self.inner.due.insert(due_key(now_ms, id), &[][..])?;
+            // Indexed under the record's own due time, the key every later
+            // transition removes (a key of its own would be left behind and
+            // skip the next retry's backoff).
+            match self.inner.read(*id) {
+                Ok(r) => self.inner.set_index(&r, true)?,
+                Err(QueueError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(expired.len())
     }
