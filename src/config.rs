@@ -34,6 +34,21 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The bearer token named by `[admin] token_file`, trimmed; an empty file
+/// is an error (it would make every request look authorised to nobody).
+pub fn admin_token(cfg: &Config) -> Result<Option<String>, String> {
+    let Some(f) = &cfg.admin.token_file else {
+        return Ok(None);
+    };
+    let t =
+        std::fs::read_to_string(f).map_err(|e| format!("admin.token_file {}: {e}", f.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(format!("admin.token_file {} is empty", f.display()));
+    }
+    Ok(Some(t.to_string()))
+}
+
 /// The default file looked for when `--config` is not given.
 pub const DEFAULT_PATH: &str = "config/postern.toml";
 
@@ -43,24 +58,30 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
         Some(p) => Some(p.to_path_buf()),
         None => Some(Path::new(DEFAULT_PATH).to_path_buf()).filter(|p| p.exists()),
     };
+    let text = match &path {
+        None => String::new(),
+        Some(p) => std::fs::read_to_string(p).map_err(|e| ConfigError {
+            source: p.display().to_string(),
+            problems: vec![format!("cannot read: {e}")],
+        })?,
+    };
+    load_text(path, &text)
+}
+
+/// Loads configuration `text` that was read from `path` (`None`: the
+/// embedded default), with environment overrides, and validates it.
+pub fn load_text(path: Option<std::path::PathBuf>, text: &str) -> Result<Loaded, ConfigError> {
     let file = path.clone();
-    let (mut source, text) = match path {
-        None => ("<embedded default>".to_string(), String::new()),
-        Some(p) => {
-            let source = p.display().to_string();
-            let text = std::fs::read_to_string(&p).map_err(|e| ConfigError {
-                source: source.clone(),
-                problems: vec![format!("cannot read: {e}")],
-            })?;
-            (source, text)
-        }
+    let mut source = match &path {
+        None => "<embedded default>".to_string(),
+        Some(p) => p.display().to_string(),
     };
     let overrides = env_overrides(std::env::vars());
     if !overrides.is_empty() {
         let names: Vec<&str> = overrides.iter().map(|(k, _)| k.as_str()).collect();
         source = format!("{source} + environment ({})", names.join(", "));
     }
-    let mut config = parse_with(&text, &overrides).map_err(|problem| ConfigError {
+    let mut config = parse_with(text, &overrides).map_err(|problem| ConfigError {
         source: source.clone(),
         problems: vec![problem],
     })?;

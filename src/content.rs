@@ -154,7 +154,12 @@ pub fn decode(raw: &[u8]) -> Verdict {
         Some((2, rest)) => {
             let t = text(rest);
             let mut it = t.splitn(3, ' ');
-            let code = it.next().and_then(|c| c.parse().ok()).unwrap_or(554);
+            // Only a refusal code: a worker must never make us say 2xx.
+            let code = it
+                .next()
+                .and_then(|c| c.parse().ok())
+                .filter(|c| (400..=599).contains(c))
+                .unwrap_or(554);
             let status = it.next().unwrap_or("5.6.0").to_string();
             Verdict::Reject {
                 code,

@@ -49,7 +49,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         .with_context(|| format!("cannot open the queue at {}", cfg.queue.path.display()))?;
     let inflight = Arc::new(Inflight::from_env());
     let threshold = cfg.workers.poison_threshold;
-    if let Some(n) = std::env::var("POSTERN_GATEWAY_RESTARTS")
+    if let Some(n) = std::env::var(crate::suspects::RESTARTS_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
     {
@@ -72,16 +72,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         )
         .context("cannot open the tracking log")?,
     );
-    let admin_token = match &cfg.admin.token_file {
-        Some(f) => {
-            let t = std::fs::read_to_string(f)
-                .with_context(|| format!("admin.token_file {}", f.display()))?;
-            let t = t.trim().to_string();
-            anyhow::ensure!(!t.is_empty(), "admin.token_file {} is empty", f.display());
-            Some(t)
-        }
-        None => None,
-    };
+    let admin_token = crate::config::admin_token(&cfg).map_err(|e| anyhow::anyhow!(e))?;
 
     // Built once: its limits serve the delivery-time downgrade, its policy
     // the intake (and in-process content processing).

@@ -127,9 +127,13 @@ impl Intake {
         }
     }
 
+    /// Stores the message in quarantine; only then is its suspect record
+    /// (content `hash`) cleared — if storing fails, the count must survive
+    /// the client's retry.
     async fn quarantine(
         &self,
         msg: ReceivedMessage,
+        hash: u64,
         stage: &str,
         reason: String,
         crashes: u32,
@@ -148,6 +152,7 @@ impl Intake {
             .await
         {
             Ok(()) => {
+                let _ = self.queue.clear_suspect(hash);
                 self.tracker.event("quarantined", &env, event);
                 self.metrics.accepted.inc();
                 self.metrics.quarantined.with_label_values(&[stage]).inc();
@@ -240,9 +245,8 @@ impl MessageSink for Intake {
             .flatten()
             .unwrap_or((0, String::new()));
         if crashes >= p.poison_threshold {
-            let _ = self.queue.clear_suspect(hash);
             let stage = last.split(':').next().unwrap_or("receive").to_string();
-            return self.quarantine(msg, &stage, last, crashes).await;
+            return self.quarantine(msg, hash, &stage, last, crashes).await;
         }
         let meta = self.meta(&p, &msg);
         let mut hold = None;
@@ -278,8 +282,7 @@ impl MessageSink for Intake {
                     .unwrap_or(p.poison_threshold);
                 tracing::error!(%id, stage, level, %reason, crashes = n, "receive-time crash");
                 if n >= p.poison_threshold {
-                    let _ = self.queue.clear_suspect(hash);
-                    return self.quarantine(msg, stage, reason, n).await;
+                    return self.quarantine(msg, hash, stage, reason, n).await;
                 }
                 return self.refuse(
                     &msg.envelope,

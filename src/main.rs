@@ -231,15 +231,7 @@ fn admin_target(
 ) -> Result<(std::net::SocketAddr, Option<String>), String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
     let cfg = &loaded.config;
-    let token = match &cfg.admin.token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .map_err(|e| format!("admin.token_file {}: {e}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
+    let token = config::admin_token(cfg)?;
     let mut admin = cfg.admin.listen;
     if admin.ip().is_unspecified() {
         // Listening everywhere: talk to it over loopback.

@@ -43,7 +43,8 @@ pub fn stopping() {
 /// Half the watchdog interval systemd asked for, if it asked.
 pub fn watchdog_interval() -> Option<std::time::Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
+    // Half of it, and never zero (a zero interval would panic the ticker).
+    (usec > 0).then(|| std::time::Duration::from_micros((usec / 2).max(1)))
 }
 
 pub fn watchdog() {

@@ -16,7 +16,7 @@
 
 use crate::config::Loaded;
 use crate::inflight::FD_ENV;
-use crate::suspects::{DEATH_ENV, SUSPECTS_ENV};
+use crate::suspects::{DEATH_ENV, RESTARTS_ENV, SUSPECTS_ENV};
 use anyhow::Context;
 use postern_supervisor::child::{clear_cloexec, run_child, InflightPipe};
 use std::os::fd::{AsRawFd, RawFd};
@@ -27,7 +27,6 @@ use tokio::sync::watch;
 /// Environment variable listing inherited listening sockets:
 /// `smtp=3,4;admin=5`.
 pub const LISTEN_ENV: &str = "POSTERN_LISTEN_FDS";
-pub const RESTARTS_ENV: &str = "POSTERN_GATEWAY_RESTARTS";
 
 pub async fn run(loaded: Loaded, mut signals: crate::signals::Signals) -> anyhow::Result<()> {
     let cfg = &loaded.config;
@@ -216,9 +215,12 @@ impl Snapshot {
     /// TLS certificate, users and recipients files, routes); when valid,
     /// replaces the running copy atomically.
     fn refresh(&self) -> Result<(), String> {
+        // Read once: the text validated is the text written (an editor
+        // half-way through saving cannot slip a different one in).
         let text = std::fs::read_to_string(&self.source)
             .map_err(|e| format!("{}: cannot read: {e}", self.source.display()))?;
-        let loaded = crate::config::load(Some(&self.source)).map_err(|e| e.to_string())?;
+        let loaded = crate::config::load_text(Some(self.source.clone()), &text)
+            .map_err(|e| e.to_string())?;
         crate::assemble::validate(&loaded.config)
             .map_err(|e| format!("{}: {e}", self.source.display()))?;
         let tmp = self.running.with_extension("toml.new");

@@ -13,6 +13,8 @@ use crate::metrics::Metrics;
 use postern_core::QueueId;
 use postern_queue::{QuarantineInfo, Queue, State};
 
+/// Environment variable: how many times the supervisor restarted the gateway.
+pub const RESTARTS_ENV: &str = "POSTERN_GATEWAY_RESTARTS";
 pub const SUSPECTS_ENV: &str = "POSTERN_SUSPECTS";
 pub const DEATH_ENV: &str = "POSTERN_LAST_DEATH";
 

@@ -64,11 +64,14 @@ pub fn strip_forged_results(msg: &[u8], authserv_id: &str) -> Vec<u8> {
         if headers::field_name(f).eq_ignore_ascii_case("Authentication-Results") {
             let text = String::from_utf8_lossy(f);
             let value = text.split_once(':').map(|(_, v)| v).unwrap_or("");
-            let id = value
-                .trim_start()
-                .split([';', ' ', '\t', '\r'])
-                .next()
-                .unwrap_or("");
+            // The authserv-id is the first word that is not a comment
+            // (RFC 8601 allows CFWS before it), possibly quoted.
+            let id = without_comments(value);
+            let id = id
+                .split([';', ' ', '\t', '\r', '\n'])
+                .find(|w| !w.is_empty())
+                .unwrap_or("")
+                .trim_matches('"');
             if id.eq_ignore_ascii_case(authserv_id) {
                 continue;
             }
@@ -176,6 +179,24 @@ pub async fn authenticate(
     out
 }
 
+/// `text` with parenthesised comments (nesting and `\` escapes included)
+/// removed.
+fn without_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut depth, mut escaped) = (0u32, false);
+    for c in text.chars() {
+        match (depth, c) {
+            _ if escaped => escaped = false,
+            (d, '\\') if d > 0 => escaped = true,
+            (_, '(') => depth += 1,
+            (d, ')') if d > 0 => depth -= 1,
+            (0, c) => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
 fn prepend(h: &str, msg: &[u8]) -> Vec<u8> {
     let mut v = h.as_bytes().to_vec();
     v.extend_from_slice(msg);
@@ -188,7 +209,7 @@ mod tests {
 
     #[test]
     fn forged_results_are_removed() {
-        let m = b"Authentication-Results: gw.example.test; dkim=pass\r\nAuthentication-Results: other.test; spf=fail\r\nAUTHENTICATION-RESULTS:  GW.example.test ;\r\n dmarc=pass\r\nSubject: x\r\n\r\nb\r\n";
+        let m = b"Authentication-Results: gw.example.test; dkim=pass\r\nAuthentication-Results: other.test; spf=fail\r\nAUTHENTICATION-RESULTS:  GW.example.test ;\r\n dmarc=pass\r\nAuthentication-Results: (x (y)) \"gw.example.test\"; dmarc=pass\r\nSubject: x\r\n\r\nb\r\n";
         let out = String::from_utf8(strip_forged_results(m, "gw.example.test")).unwrap();
         assert_eq!(
             out,

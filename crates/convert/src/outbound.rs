@@ -120,7 +120,9 @@ pub fn process(
         // Repair: lines over 998 octets are re-encoded, never cut.
         rebuilt = crate::downgrade::to_seven_bit(&rebuilt, &p.limits)?;
     }
-    let from_domain = headers::get(&rebuilt, "From").and_then(|f| domain_of(&f));
+    // From the header section only: a body line "From: ..." must never
+    // choose the signing key.
+    let from_domain = headers::get(headers::split(&rebuilt).0, "From").and_then(|f| domain_of(&f));
     if let Some(key) = from_domain.as_deref().and_then(|d| key_for(&p.dkim, d)) {
         let seven = crate::downgrade::to_seven_bit(&rebuilt, &p.limits)?;
         let sig = key.sign(&seven).map_err(ContentError::Conversion)?;

@@ -8,7 +8,12 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::time::Duration;
 
-/// Parses `"<number><unit>"` with unit ms, s, m, h or d.
+/// The longest duration accepted anywhere (100 years): every timeout,
+/// interval and age can then be added to "now" or doubled without overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses `"<number><unit>"` with unit ms, s, m, h or d, up to
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -16,8 +21,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"30s\", \"5m\", \"1h\""))?;
+    let too_large = || format!("duration {s:?} is too large (at most 100 years)");
     let secs = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(n)),
+        "ms" => {
+            return Some(Duration::from_millis(n))
+                .filter(|d| *d <= MAX_DURATION)
+                .ok_or_else(too_large)
+        }
         "s" | "" => 1,
         "m" => 60,
         "h" => 3600,
@@ -30,7 +40,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     };
     n.checked_mul(secs)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("duration {s:?} is too large"))
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(too_large)
 }
 
 /// Parses `"<number><unit>"` with unit B, KB, KiB, MB, MiB, GB, GiB.
@@ -117,6 +128,10 @@ mod tests {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
+        assert!(parse_duration("200000000000000d").is_err());
+        assert!(parse_duration("36500d").is_ok());
+        assert!(parse_duration("36501d").is_err());
+        assert!(parse_duration("18446744073709551615ms").is_err());
         assert_eq!(parse_size("50MiB"), Ok(50 * 1024 * 1024));
         assert_eq!(parse_size("10 KB"), Ok(10_000));
         assert!(parse_size("1TB").is_err());
