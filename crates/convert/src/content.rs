@@ -173,40 +173,91 @@ pub fn multipart_boundary(hdrs: &[u8]) -> Option<String> {
     valid.then(|| b.to_string())
 }
 
+/// A multipart body taken apart: what precedes the first delimiter, the
+/// parts, and what follows the close delimiter (RFC 2046 5.1.1).
+pub struct Multipart<'a> {
+    pub preamble: &'a [u8],
+    pub parts: Vec<&'a [u8]>,
+    pub epilogue: &'a [u8],
+}
+
+impl<'a> Multipart<'a> {
+    /// Splits `body` at `--boundary` lines; `None` when there is none (the
+    /// body is then not a multipart at all, and must be kept as it is).
+    pub fn split(body: &'a [u8], boundary: &[u8]) -> Option<Multipart<'a>> {
+        let mut parts = Vec::new();
+        let mut start: Option<usize> = None;
+        let mut preamble: &[u8] = &[];
+        let mut pos = 0;
+        while pos <= body.len() {
+            let end = body[pos..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .map(|i| pos + i)
+                .unwrap_or(body.len());
+            let line = &body[pos..end];
+            if let Some(rest) = line
+                .strip_prefix(b"--")
+                .and_then(|l| l.strip_prefix(boundary))
+            {
+                let closing = rest.starts_with(b"--");
+                if rest.iter().all(|b| *b == b' ' || *b == b'\t') || closing {
+                    // The CRLF before the delimiter belongs to the delimiter.
+                    let before = pos.saturating_sub(2);
+                    match start {
+                        Some(s) => parts.push(&body[s..before.max(s)]),
+                        None => preamble = &body[..before.min(pos)],
+                    }
+                    let next = (end + 2).min(body.len());
+                    if closing {
+                        return Some(Multipart {
+                            preamble,
+                            parts,
+                            epilogue: &body[next..],
+                        });
+                    }
+                    start = Some(next);
+                }
+            }
+            pos = end + 2;
+        }
+        let s = start?;
+        parts.push(&body[s.min(body.len())..]);
+        Some(Multipart {
+            preamble,
+            parts,
+            epilogue: &[],
+        })
+    }
+
+    /// Writes the multipart back with `parts` (already converted) in place
+    /// of the originals, preamble and epilogue kept.
+    pub fn write<P: AsRef<[u8]>>(&self, boundary: &str, parts: &[P], out: &mut Vec<u8>) {
+        if !self.preamble.is_empty() {
+            out.extend_from_slice(self.preamble);
+            out.extend_from_slice(b"\r\n");
+        }
+        for p in parts {
+            let p = p.as_ref();
+            out.extend_from_slice(b"--");
+            out.extend_from_slice(boundary.as_bytes());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(p);
+            // The CRLF that belongs to the next delimiter.
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"--");
+        out.extend_from_slice(boundary.as_bytes());
+        out.extend_from_slice(b"--\r\n");
+        out.extend_from_slice(self.epilogue);
+    }
+}
+
 /// The parts between `--boundary` delimiter lines, up to `--boundary--`.
 pub fn split_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
-    let mut parts = Vec::new();
-    let mut start: Option<usize> = None;
-    let mut pos = 0;
-    while pos <= body.len() {
-        let end = body[pos..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map(|i| pos + i)
-            .unwrap_or(body.len());
-        let line = &body[pos..end];
-        if let Some(rest) = line
-            .strip_prefix(b"--")
-            .and_then(|l| l.strip_prefix(boundary))
-        {
-            let closing = rest.starts_with(b"--");
-            if rest.iter().all(|b| *b == b' ' || *b == b'\t') || closing {
-                if let Some(s) = start {
-                    // The CRLF before the delimiter belongs to the delimiter.
-                    parts.push(&body[s..pos.saturating_sub(2).max(s)]);
-                }
-                if closing {
-                    return parts;
-                }
-                start = Some((end + 2).min(body.len()));
-            }
-        }
-        pos = end + 2;
-    }
-    if let Some(s) = start {
-        parts.push(&body[s.min(body.len())..]);
-    }
-    parts
+    Multipart::split(body, boundary)
+        .map(|m| m.parts)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

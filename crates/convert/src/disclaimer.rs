@@ -5,7 +5,7 @@
 //! or quoted-printable are decoded, extended and re-encoded the same way.
 //! Runs before DKIM signing, so our own signatures stay valid.
 
-use crate::content::{multipart_boundary, split_parts};
+use crate::content::{multipart_boundary, Multipart};
 use crate::encode::{base64_decode, base64_lines, quoted_printable, quoted_printable_decode};
 use crate::headers;
 
@@ -22,17 +22,18 @@ fn entity(e: &[u8], text: &str, depth: usize, done: &mut (bool, bool)) -> Vec<u8
         .unwrap_or_else(|| "text/plain".into())
         .to_ascii_lowercase();
     if let Some(boundary) = multipart_boundary(hdrs) {
-        if depth >= 2 {
+        // Not really multipart (no delimiter): left exactly as it is.
+        let Some(m) = Multipart::split(body, boundary.as_bytes()).filter(|_| depth < 2) else {
             return e.to_vec();
-        }
+        };
+        let parts: Vec<Vec<u8>> = m
+            .parts
+            .iter()
+            .map(|p| entity(p, text, depth + 1, done))
+            .collect();
         let mut out = hdrs.to_vec();
         out.extend_from_slice(b"\r\n");
-        for part in split_parts(body, boundary.as_bytes()) {
-            out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-            out.extend_from_slice(&entity(part, text, depth + 1, done));
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        m.write(&boundary, &parts, &mut out);
         return out;
     }
     let is_plain = ct.trim_start().starts_with("text/plain");
@@ -96,13 +97,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn multipart_text_outside_the_parts_is_kept() {
+        // No delimiter at all: the body stays exactly as it was.
+        let bare = "Content-Type: multipart/mixed; boundary=x\r\n\r\nGrüße\r\n";
+        assert_eq!(append(bare.as_bytes(), "C."), bare.as_bytes());
+        // Preamble and epilogue survive the rebuild.
+        let m = b"Content-Type: multipart/mixed; boundary=x\r\n\r\nThis is MIME.\r\n--x\r\nContent-Type: text/plain\r\n\r\nHi\r\n--x--\r\nafter\r\n";
+        let out = String::from_utf8(append(m, "C.")).unwrap();
+        assert!(out.contains("\r\n\r\nThis is MIME.\r\n--x\r\n"), "{out}");
+        assert!(
+            out.ends_with("Hi\r\n-- \r\nC.\r\n\r\n--x--\r\nafter\r\n"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn plain_html_and_alternative() {
         let out = append(b"Subject: x\r\n\r\nHello\r\n", "Confidential.");
         assert!(out.ends_with(b"Hello\r\n-- \r\nConfidential.\r\n"));
         let alt = b"Content-Type: multipart/alternative; boundary=a\r\n\r\n--a\r\nContent-Type: text/plain\r\n\r\nHi\r\n--a\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\nPGh0bWw+PGJvZHk+SGk8L2JvZHk+PC9odG1sPg==\r\n--a--\r\n";
         let out = String::from_utf8(append(alt, "Be <nice>")).unwrap();
         assert!(out.contains("Hi\r\n-- \r\nBe <nice>\r\n"));
-        let parts = split_parts(headers::split(out.as_bytes()).1, b"a");
+        let parts = crate::content::split_parts(headers::split(out.as_bytes()).1, b"a");
         let html = base64_decode(headers::split(parts[1]).1).unwrap();
         assert_eq!(
             String::from_utf8(html).unwrap(),

@@ -10,7 +10,7 @@
 //! re-encoded rather than cut. A message that is already 7-bit with short
 //! lines is returned unchanged.
 
-use crate::content::{multipart_boundary, split_parts};
+use crate::content::{multipart_boundary, Multipart};
 use crate::encode::{base64_lines, encoded_words, quoted_printable};
 use crate::headers;
 use crate::{ContentError, ContentLimits};
@@ -47,16 +47,27 @@ fn entity(
         });
     }
     let (hdrs, body) = headers::split(e);
-    if let Some(boundary) = multipart_boundary(hdrs) {
+    // A multipart without any delimiter is converted as a leaf: its body
+    // is kept (encoded), never dropped.
+    if let Some((boundary, mut m)) =
+        multipart_boundary(hdrs).and_then(|b| Multipart::split(body, b.as_bytes()).map(|m| (b, m)))
+    {
+        // Preamble and epilogue are for readers without MIME, and ignored by
+        // everyone else: kept when they are 7-bit, else left out.
+        for text in [&mut m.preamble, &mut m.epilogue] {
+            if !text.is_ascii() || has_long_line(text) {
+                *text = &[];
+            }
+        }
         write_headers(hdrs, None, out);
         out.extend_from_slice(b"\r\n");
-        let parts = split_parts(body, boundary.as_bytes());
-        for part in parts {
-            out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-            entity(part, depth + 1, lim, out)?;
-            out.extend_from_slice(b"\r\n");
+        let mut parts = Vec::with_capacity(m.parts.len());
+        for part in &m.parts {
+            let mut p = Vec::with_capacity(part.len());
+            entity(part, depth + 1, lim, &mut p)?;
+            parts.push(p);
         }
-        out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        m.write(&boundary, &parts, out);
         return Ok(());
     }
     if body.is_ascii() && !has_long_line(body) {
@@ -134,7 +145,7 @@ mod tests {
         assert!(s.contains("From: =?UTF-8?B?SsO8cmdlbg==?= <j@x.test>"));
         assert!(s.contains("Content-Transfer-Encoding: quoted-printable\r\n\r\nGr=C3=BC=C3=9Fe"));
         assert!(!s.contains("8bit"));
-        let parts = split_parts(crate::headers::split(&out).1, b"b");
+        let parts = crate::content::split_parts(crate::headers::split(&out).1, b"b");
         assert_eq!(parts.len(), 2);
         let (_, body) = crate::headers::split(parts[0]);
         assert_eq!(quoted_printable_decode(body), "Grüße".as_bytes());

@@ -9,7 +9,7 @@
 //! never a panic. [`convert_message`] replaces every TNEF part of a message
 //! with the files it carries (or removes it, or leaves it, per [`TnefMode`]).
 
-use crate::content::{multipart_boundary, split_parts};
+use crate::content::{multipart_boundary, Multipart};
 use crate::encode::base64_lines;
 use crate::headers;
 
@@ -317,11 +317,14 @@ pub fn convert_message(msg: &[u8], mode: TnefMode) -> (Option<Vec<u8>>, Vec<Tnef
     let Some(boundary) = multipart_boundary(hdrs) else {
         return (None, vec![]);
     };
-    let parts = split_parts(body, boundary.as_bytes());
+    let Some(m) = Multipart::split(body, boundary.as_bytes()) else {
+        return (None, Vec::new());
+    };
+    let parts = &m.parts;
     let mut errors = Vec::new();
     let mut new_parts: Vec<Vec<u8>> = Vec::new();
     let mut changed = false;
-    for part in &parts {
+    for part in parts {
         let (ph, pb) = headers::split(part);
         if !is_tnef(ph) {
             new_parts.push(part.to_vec());
@@ -334,7 +337,13 @@ pub fn convert_message(msg: &[u8], mode: TnefMode) -> (Option<Vec<u8>>, Vec<Tnef
         match parse(&decode_body(ph, pb)) {
             Ok(t) => {
                 changed = true;
-                new_parts.extend(parts_for(&t));
+                // A part ends where its delimiter's CRLF begins.
+                new_parts.extend(parts_for(&t).into_iter().map(|mut p| {
+                    if p.ends_with(b"\r\n") {
+                        p.truncate(p.len() - 2);
+                    }
+                    p
+                }));
             }
             Err(e) => {
                 errors.push(e);
@@ -347,14 +356,7 @@ pub fn convert_message(msg: &[u8], mode: TnefMode) -> (Option<Vec<u8>>, Vec<Tnef
     }
     let mut out = hdrs.to_vec();
     out.extend_from_slice(b"\r\n");
-    for p in new_parts {
-        out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-        out.extend_from_slice(&p);
-        if !p.ends_with(b"\r\n") {
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    m.write(&boundary, &new_parts, &mut out);
     (Some(out), errors)
 }
 
