@@ -20,7 +20,7 @@ use crate::gate::Gate;
 use crate::inflight::{content_hash, Inflight};
 use crate::live::Live;
 use crate::metrics::Metrics;
-use crate::tracking::Tracker;
+use crate::tracking::{Subject, Tracker};
 use futures_util::FutureExt;
 use postern_listener::{MessageSink, ReceivedMessage, Reply};
 use postern_queue::{QuarantineInfo, Queue};
@@ -68,6 +68,12 @@ enum Staged {
         level: &'static str,
         reason: String,
     },
+}
+
+/// The Message-ID header of a message (bounded), for the queue and tracking.
+fn message_id(msg: &[u8]) -> Option<String> {
+    let (hdrs, _) = postern_convert::headers::split(msg);
+    postern_convert::headers::get(hdrs, "Message-ID").map(|m| m.chars().take(998).collect())
 }
 
 /// Enhanced status codes a content refusal may carry.
@@ -145,7 +151,7 @@ impl Intake {
             at_ms: postern_core::now_ms(),
         };
         let event = serde_json::json!({"stage": stage, "reason": &reason, "crashes": crashes});
-        let env = msg.envelope.clone();
+        let env = self.tracker.subject(&msg.envelope);
         match self
             .queue
             .enqueue_quarantined(msg.envelope, &msg.body, info, crashes)
@@ -169,7 +175,7 @@ impl Intake {
 
 impl Intake {
     /// Counts and tracks a refusal at the end of DATA; returns the reply.
-    fn refuse(&self, env: &postern_core::Envelope, reply: Reply) -> Reply {
+    fn refuse(&self, env: &Subject, reply: Reply) -> Reply {
         self.metrics
             .rejected
             .with_label_values(&[reply.reason()])
@@ -186,7 +192,7 @@ impl Intake {
     }
 
     /// The message could not be stored: the client must try again.
-    fn queue_failed(&self, env: &postern_core::Envelope) -> Reply {
+    fn queue_failed(&self, env: &Subject) -> Reply {
         self.refuse(
             env,
             Reply::new(451, "4.3.0", "queue write failed, try again later"),
@@ -223,14 +229,13 @@ impl Intake {
 impl MessageSink for Intake {
     async fn accept(&self, mut msg: ReceivedMessage) -> Reply {
         let id = msg.envelope.id;
-        let (hdrs, _) = postern_convert::headers::split(&msg.body);
-        msg.envelope.message_id = postern_convert::headers::get(hdrs, "Message-ID")
-            .map(|m| m.chars().take(998).collect());
+        msg.envelope.message_id = message_id(&msg.body);
         let p = self.policy.get();
         self.metrics.received.inc();
+        let received = self.tracker.subject(&msg.envelope);
         self.tracker.event(
             "received",
-            &msg.envelope,
+            &received,
             serde_json::json!({
                 "client": &msg.envelope.client,
                 "helo": &msg.envelope.helo,
@@ -263,7 +268,7 @@ impl MessageSink for Intake {
                 let _ = self.queue.clear_suspect(hash);
                 tracing::info!(%id, code, %text, "refused by content processing");
                 return self.refuse(
-                    &msg.envelope,
+                    &received,
                     Reply::new(code, static_status(&status, code), text),
                 );
             }
@@ -285,7 +290,7 @@ impl MessageSink for Intake {
                     return self.quarantine(msg, hash, stage, reason, n).await;
                 }
                 return self.refuse(
-                    &msg.envelope,
+                    &received,
                     Reply::new(
                         451,
                         "4.3.0",
@@ -307,10 +312,15 @@ impl MessageSink for Intake {
                 }
             }
         }
+        // Conversion may have added the Message-ID.
+        if let (Some(new), None) = (&body, &envelope.message_id) {
+            envelope.message_id = message_id(new);
+        }
+        let tracked = self.tracker.subject(&envelope);
         if let Some(new) = &body {
             self.tracker.event(
                 "converted",
-                &envelope,
+                &tracked,
                 serde_json::json!({
                     "direction": if meta.outbound { "outbound" } else { "inbound" },
                     "size_before": msg.body.len(),
@@ -322,7 +332,6 @@ impl MessageSink for Intake {
         envelope.size = body.len() as u64;
         let size = body.len();
         let rcpts = envelope.recipients.len();
-        let tracked = envelope.clone();
         // A policy hold is stored held: the scheduler never sees it waiting.
         let stored = match hold {
             Some(_) => self.queue.enqueue_held(envelope, &body).await,

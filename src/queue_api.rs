@@ -217,7 +217,11 @@ pub fn handle(
     let act = |id: &str, name: &'static str, f: &dyn Fn(QueueId) -> Result<Record, QueueError>| {
         with_id(id, |id| {
             let r = f(id)?;
-            tracker.event(name, &r.envelope, serde_json::json!({ "by": "admin" }));
+            tracker.event(
+                name,
+                &tracker.subject(&r.envelope),
+                serde_json::json!({ "by": "admin" }),
+            );
             Ok(json(&Summary::of(&r)))
         })
     };
@@ -237,7 +241,11 @@ pub fn handle(
         ("DELETE", [id]) => with_id(id, |id| {
             let r = queue.get(id)?;
             queue.remove(id)?;
-            tracker.event("deleted", &r.envelope, serde_json::json!({ "by": "admin" }));
+            tracker.event(
+                "deleted",
+                &tracker.subject(&r.envelope),
+                serde_json::json!({ "by": "admin" }),
+            );
             Ok((
                 200,
                 serde_json::json!({ "deleted": id.to_string() }).to_string(),
@@ -280,7 +288,11 @@ fn bulk(
         .filter(|r| matches!(r.state, State::Ready | State::Deferred))
     {
         if let Ok(done) = action(r.envelope.id) {
-            tracker.event(name, &done.envelope, serde_json::json!({ "by": "admin" }));
+            tracker.event(
+                name,
+                &tracker.subject(&done.envelope),
+                serde_json::json!({ "by": "admin" }),
+            );
             ids.push(done.envelope.id.to_string());
         }
     }

@@ -173,9 +173,11 @@ impl Scheduler {
         let deliverer = self.deliverer.get();
         let task = tokio::spawn(async move {
             fault::check(Stage::Delivery, &body);
-            deliverer.deliver(&env, &body).await
+            let outcomes = deliverer.deliver(&env, &body).await;
+            // The body comes back for a DSN: no second read from the queue.
+            (outcomes, body)
         });
-        let outcomes = match task.await {
+        let (outcomes, body) = match task.await {
             Ok(o) => o,
             Err(j) => {
                 let why = if j.is_panic() {
@@ -190,7 +192,7 @@ impl Scheduler {
                 return;
             }
         };
-        if let Err(e) = self.apply(rec, outcomes).await {
+        if let Err(e) = self.apply(rec, outcomes, &body).await {
             tracing::error!(%id, error = %e, "cannot record delivery outcome");
         }
     }
@@ -200,7 +202,7 @@ impl Scheduler {
         tracing::error!(%id, stage, reason, "message quarantined");
         self.tracker.event(
             "quarantined",
-            &rec.envelope,
+            &self.tracker.subject(&rec.envelope),
             serde_json::json!({ "stage": stage, "reason": reason }),
         );
         self.metrics.quarantined.with_label_values(&[stage]).inc();
@@ -244,7 +246,7 @@ impl Scheduler {
                 self.metrics.quarantined.with_label_values(&[stage]).inc();
                 self.tracker.event(
                     "quarantined",
-                    &r.envelope,
+                    &self.tracker.subject(&r.envelope),
                     serde_json::json!({ "stage": stage, "reason": why, "crashes": r.crashes }),
                 );
                 tracing::error!(%id, stage, %why, crashes = r.crashes, "message quarantined");
@@ -252,7 +254,7 @@ impl Scheduler {
             Ok(r) => {
                 self.tracker.event(
                     "deferred",
-                    &r.envelope,
+                    &self.tracker.subject(&r.envelope),
                     serde_json::json!({
                         "attempt": r.attempts,
                         "reason": format!("{stage} crash: {why}"),
@@ -266,13 +268,18 @@ impl Scheduler {
     }
 
     /// Records outcomes, sends DSNs, removes or defers the message.
-    async fn apply(&self, rec: Record, outcomes: Vec<(usize, Outcome)>) -> Result<(), QueueError> {
+    async fn apply(
+        &self,
+        rec: Record,
+        outcomes: Vec<(usize, Outcome)>,
+        original: &[u8],
+    ) -> Result<(), QueueError> {
         let now = postern_core::now_ms();
         let policy = self.policy.get();
         let mut env = rec.envelope;
         let id = env.id;
         let attempt = rec.attempts + 1;
-        let tracked = env.clone();
+        let tracked = self.tracker.subject(&env);
         let mut bounced: Vec<(String, String)> = Vec::new();
         // (address, reason, ORCPT) for the DSN: failures the sender wants to
         // hear of, and successes relayed to hops without DSN (NOTIFY=SUCCESS).
@@ -362,7 +369,10 @@ impl Scheduler {
         }
         let dsn = match failed.is_empty() {
             true => None,
-            false => self.send_dsn(&env, &failed, &policy.hostname).await,
+            false => {
+                self.send_dsn(&env, &failed, &policy.hostname, original)
+                    .await
+            }
         };
         for (rcpt, reply) in bounced {
             self.tracker.event(
@@ -390,9 +400,8 @@ impl Scheduler {
                 "next_attempt": crate::tracking::rfc3339(due),
             }),
         );
-        let env2 = env.clone();
         self.queue.update(id, &|r| {
-            r.envelope = env2.clone();
+            r.envelope = env.clone();
             r.attempts = attempts;
             r.state = State::Deferred;
             r.due_ms = due;
@@ -408,12 +417,12 @@ impl Scheduler {
         env: &Envelope,
         failed: &[(Address, Reason, Option<String>)],
         hostname: &str,
+        original: &[u8],
     ) -> Option<QueueId> {
         let Some(to) = env.sender.clone() else {
             tracing::info!(id = %env.id, "not bouncing a bounce");
             return None;
         };
-        let original = self.queue.body(env.id).unwrap_or_default();
         let dsn_id = QueueId::generate();
         let now = postern_core::now_ms();
         let body = build_dsn(&DsnInput {
@@ -428,7 +437,7 @@ impl Scheduler {
                     action: if r.code < 300 { "relayed" } else { "failed" },
                 })
                 .collect(),
-            original: &original,
+            original,
             now_ms: now,
             token: dsn_id.to_string(),
         });
@@ -446,7 +455,7 @@ impl Scheduler {
             dsn_ret_full: false,
             dsn_envid: None,
         };
-        let tracked = dsn_env.clone();
+        let tracked = self.tracker.subject(&dsn_env);
         match self.queue.enqueue(dsn_env, &body).await {
             Ok(()) => {
                 self.metrics.dsn_sent.inc();

@@ -65,10 +65,19 @@ impl Tracker {
         })
     }
 
-    /// Records one event about `env`; `fields` is a JSON object of extras.
-    pub fn event(&self, event: &str, env: &Envelope, fields: serde_json::Value) {
+    /// The common fields of `env`'s lines, rendered once for all its events
+    /// (nothing when tracking is off).
+    pub fn subject(&self, env: &Envelope) -> Subject {
+        match self.tx {
+            Some(_) => Subject::of(env),
+            None => Subject(String::new()),
+        }
+    }
+
+    /// Records one event; `fields` is a JSON object of extras.
+    pub fn event(&self, event: &str, subject: &Subject, fields: serde_json::Value) {
         let Some(tx) = &self.tx else { return };
-        let line = format_line(postern_core::now_ms(), event, env, &fields);
+        let line = format_line(postern_core::now_ms(), event, subject, &fields);
         match tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
@@ -76,27 +85,40 @@ impl Tracker {
     }
 }
 
+/// `"id":…,"message_id":…,"from":…,"to":[…]` of one message, as JSON text.
+pub struct Subject(String);
+
+impl Subject {
+    pub fn of(env: &Envelope) -> Subject {
+        use serde_json::Value;
+        let s = |v: &str| Value::String(v.to_string()).to_string();
+        let to: Vec<String> = env
+            .recipients
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
+        Subject(format!(
+            "\"id\":\"{}\",\"message_id\":{},\"from\":{},\"to\":{}",
+            env.id,
+            env.message_id.as_deref().map(s).unwrap_or("null".into()),
+            s(&env
+                .sender
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_default()),
+            Value::from(to),
+        ))
+    }
+}
+
 /// One line, fields in a fixed order (common ones first), newline-terminated.
-pub fn format_line(ms: u64, event: &str, env: &Envelope, fields: &serde_json::Value) -> String {
-    use serde_json::Value;
-    let s = |v: &str| Value::String(v.to_string()).to_string();
-    let to: Vec<String> = env
-        .recipients
-        .iter()
-        .map(|r| r.address.to_string())
-        .collect();
+pub fn format_line(ms: u64, event: &str, subject: &Subject, fields: &serde_json::Value) -> String {
+    let s = |v: &str| serde_json::Value::String(v.to_string()).to_string();
     let mut line = format!(
-        "{{\"ts\":\"{}\",\"event\":{},\"id\":\"{}\",\"message_id\":{},\"from\":{},\"to\":{}",
+        "{{\"ts\":\"{}\",\"event\":{},{}",
         rfc3339(ms),
         s(event),
-        env.id,
-        env.message_id.as_deref().map(s).unwrap_or("null".into()),
-        s(&env
-            .sender
-            .as_ref()
-            .map(|a| a.to_string())
-            .unwrap_or_default()),
-        Value::from(to),
+        subject.0
     );
     if let Some(obj) = fields.as_object() {
         for (k, v) in obj {
@@ -300,7 +322,12 @@ mod tests {
     #[test]
     fn lines_are_json_with_common_fields_first() {
         let e = env();
-        let l = format_line(0, "delivered", &e, &serde_json::json!({"rcpt": "b@y.test"}));
+        let l = format_line(
+            0,
+            "delivered",
+            &Subject::of(&e),
+            &serde_json::json!({"rcpt": "b@y.test"}),
+        );
         assert!(l.starts_with("{\"ts\":\"1970-01-01T00:00:00.000Z\",\"event\":\"delivered\""));
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         assert_eq!(v["message_id"], "<m1@x.test>");
@@ -321,7 +348,12 @@ mod tests {
             keep: 2,
         };
         for i in 0..10 {
-            let l = format_line(i, "attempt", &e, &serde_json::json!({ "n": i }));
+            let l = format_line(
+                i,
+                "attempt",
+                &Subject::of(&e),
+                &serde_json::json!({ "n": i }),
+            );
             f.write(&l).unwrap();
         }
         f.out.flush().unwrap();
