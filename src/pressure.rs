@@ -25,7 +25,7 @@ pub fn free_disk(path: &std::path::Path) -> Option<u64> {
         if libc::statvfs(c.as_ptr(), &mut s) != 0 {
             return None;
         }
-        Some(s.f_bavail as u64 * s.f_frsize as u64)
+        (s.f_bavail as u64).checked_mul(s.f_frsize as u64)
     }
 }
 
@@ -35,10 +35,19 @@ pub fn free_disk(_path: &std::path::Path) -> Option<u64> {
 }
 
 /// Resident memory of this process, from /proc (Linux).
+#[cfg(unix)]
 fn rss() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    // SAFETY: sysconf has no preconditions. (Pages are 16 or 64 KiB on
+    // some arm64 kernels.)
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages.checked_mul(u64::try_from(page).ok().filter(|p| *p > 0)?)
+}
+
+#[cfg(not(unix))]
+fn rss() -> Option<u64> {
+    None
 }
 
 /// The level for the given measures.

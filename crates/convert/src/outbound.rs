@@ -148,16 +148,25 @@ pub fn domain_of(value: &str) -> Option<String> {
 
 fn rewrite_field(f: &[u8], p: &OutboundPolicy) -> Vec<u8> {
     let text = String::from_utf8_lossy(f);
-    let mut out = text.to_string();
-    // Every token that looks like an address is a candidate.
-    for token in
-        text.split(|c: char| c == '<' || c == '>' || c == ',' || c.is_whitespace() || c == ':')
-    {
-        if token.contains('@') {
-            if let Some(new) = rewrite_address(token, p) {
-                out = out.replace(token, &new);
-            }
+    let is_sep = |c: char| c == '<' || c == '>' || c == ',' || c.is_whitespace() || c == ':';
+    // One pass over the tokens, each rewritten in place: an address that
+    // merely contains another one (bjdoe@ vs jdoe@) is never touched.
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_ref();
+    while !rest.is_empty() {
+        let end = rest.find(is_sep).unwrap_or(rest.len());
+        let (token, after) = rest.split_at(end);
+        match token
+            .contains('@')
+            .then(|| rewrite_address(token, p))
+            .flatten()
+        {
+            Some(new) => out.push_str(&new),
+            None => out.push_str(token),
         }
+        let sep_len = after.chars().next().map_or(0, char::len_utf8);
+        out.push_str(&after[..sep_len]);
+        rest = &after[sep_len..];
     }
     out.into_bytes()
 }
@@ -196,6 +205,16 @@ mod tests {
         assert!(s.contains("Message-ID: <tok@gw.example.test>\r\n"));
         assert!(s.ends_with("\r\n\r\nbody\r\n"));
         assert!(out.signed_by.is_none());
+    }
+
+    #[test]
+    fn rewriting_never_touches_an_address_containing_another() {
+        let msg = b"From: a@x.test\r\nReply-To: jdoe@corp.example.test, bjdoe@corp.example.test\r\n\r\nFrom: body@signed.test\r\n";
+        let s = String::from_utf8(process(msg, &[], &policy(), 0, "t").unwrap().body).unwrap();
+        assert!(
+            s.contains("Reply-To: john.doe@example.test, bjdoe@example.test\r\n"),
+            "{s}"
+        );
     }
 
     #[test]

@@ -134,10 +134,16 @@ pub enum StoredBody<'a> {
 
 /// A body stored in sled itself.
 pub fn frame_inline(body: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(body.len() + 1);
-    p.push(0);
-    p.extend_from_slice(body);
-    frame(&p)
+    // frame(&[0] ++ body), built in one buffer without a copy in between.
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&[0]);
+    crc.update(body);
+    let mut v = Vec::with_capacity(HEADER + 1 + body.len());
+    v.push(VERSION);
+    v.extend_from_slice(&crc.finalize().to_le_bytes());
+    v.push(0);
+    v.extend_from_slice(body);
+    v
 }
 
 /// A reference to a body in the spool.
