@@ -106,6 +106,15 @@ fn write_headers(hdrs: &[u8], cte: Option<&str>, out: &mut Vec<u8>) {
         let value = text[name.len() + 1..].replace("\r\n", "");
         let value = value.trim();
         let address_ascii = value.find('<').filter(|lt| value[*lt..].is_ascii());
+        let structured = ["content-type", "content-disposition"]
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n));
+        if structured {
+            out.extend_from_slice(
+                format!("{name}: {}\r\n", crate::encode::seven_bit_params(value)).as_bytes(),
+            );
+            continue;
+        }
         match (address_ascii, is_address_field(name)) {
             (Some(lt), true) => {
                 // Encode the display name only; the address stays as it is.

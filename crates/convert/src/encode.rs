@@ -95,6 +95,57 @@ pub fn encoded_words(text: &str) -> String {
     words.join("\r\n ")
 }
 
+/// A MIME parameter `key="value"`, or RFC 2231 `key*=UTF-8''%XX..` when
+/// the value is not ASCII (file names, in Content-Type and -Disposition).
+pub fn rfc2231_param(key: &str, value: &str) -> String {
+    if value.is_ascii() {
+        return format!("{key}=\"{}\"", value.replace(['"', '\\'], "_"));
+    }
+    let mut enc = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("{key}*=UTF-8''{enc}")
+}
+
+/// A structured Content-Type or Content-Disposition value made 7-bit: the
+/// type and ASCII parameters as they are, 8-bit parameter values in RFC
+/// 2231 form (an encoded-word is not allowed there and would hide the type).
+pub fn seven_bit_params(value: &str) -> String {
+    let mut pieces = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                pieces.push(&value[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    pieces.push(&value[start..]);
+    let mut out: Vec<String> = Vec::with_capacity(pieces.len());
+    for (n, piece) in pieces.iter().map(|p| p.trim()).enumerate() {
+        match piece.split_once('=') {
+            Some((k, v)) if n > 0 && !piece.is_ascii() => {
+                // A parameter name is an ASCII token; anything else in it is noise.
+                let key: String = k.chars().filter(char::is_ascii_graphic).collect();
+                let key = key.trim_end_matches('*');
+                out.push(rfc2231_param(key, v.trim().trim_matches('"')))
+            }
+            _ if piece.is_ascii() => out.push(piece.to_string()),
+            // An 8-bit type or a bare 8-bit word: nothing 7-bit can say it.
+            _ => out.push(piece.chars().filter(char::is_ascii).collect()),
+        }
+    }
+    out.join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +172,18 @@ mod tests {
         }
         assert_eq!(quoted_printable_decode(&enc), text);
         assert!(String::from_utf8_lossy(&enc).contains("end=20\r\n"));
+    }
+
+    #[test]
+    fn structured_values_keep_their_type() {
+        assert_eq!(
+            seven_bit_params("application/pdf; name=\"Bericht für.pdf\""),
+            "application/pdf; name*=UTF-8''Bericht%20f%C3%BCr.pdf"
+        );
+        assert_eq!(
+            seven_bit_params("attachment; filename=\"a;ü\"; size=3"),
+            "attachment; filename*=UTF-8''a%3B%C3%BC; size=3"
+        );
     }
 
     #[test]

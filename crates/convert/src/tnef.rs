@@ -241,24 +241,6 @@ pub fn safe_name(name: &str, index: usize) -> String {
 }
 
 /// `filename` parameter, RFC 2231-encoded when not ASCII.
-fn filename_param(key: &str, name: &str) -> String {
-    if name.is_ascii() {
-        format!("{key}=\"{name}\"")
-    } else {
-        let enc: String = name
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        format!("{key}*=UTF-8''{enc}")
-    }
-}
-
 /// MIME parts for what a TNEF stream carried.
 fn parts_for(t: &Tnef) -> Vec<Vec<u8>> {
     let mut parts = Vec::new();
@@ -274,8 +256,8 @@ fn parts_for(t: &Tnef) -> Vec<Vec<u8>> {
         let name = safe_name(&a.name, i + 1);
         let mut p = format!(
             "Content-Type: application/octet-stream; {}\r\nContent-Disposition: attachment; {}\r\nContent-Transfer-Encoding: base64\r\n\r\n",
-            filename_param("name", &name),
-            filename_param("filename", &name)
+            crate::encode::rfc2231_param("name", &name),
+            crate::encode::rfc2231_param("filename", &name)
         )
         .into_bytes();
         p.extend_from_slice(&base64_lines(&a.data));
