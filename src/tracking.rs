@@ -8,8 +8,8 @@
 //! delivered, deferred, bounced, dsn, held, released, retried, deleted.
 //!
 //! Writing never blocks a session or a delivery: lines go through a bounded
-//! channel to one writer thread, which flushes whenever the channel runs dry
-//! and rotates the file at `max_size` (`tracking.log.1` newest …
+//! channel to one writer thread, which flushes at once when traffic is quiet
+//! and at most every 50 ms under load (a crash loses at most that), and rotates the file at `max_size` (`tracking.log.1` newest …
 //! `.keep` oldest). A full channel drops the line and counts it
 //! (`postern_tracking_dropped_total`). [`read_events`] is the reading side
 //! used by `postern trace`.
@@ -38,7 +38,10 @@ impl Tracker {
     ) -> std::io::Result<Tracker> {
         let sink = match cfg.destination.as_str() {
             "off" => return Ok(Tracker { tx: None, dropped }),
-            "stdout" => Sink::Stdout,
+            "stdout" => Sink::Stdout(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stdout(),
+            )),
             _ => {
                 let path = cfg.file(queue_dir);
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -156,7 +159,7 @@ pub fn rfc3339(ms: u64) -> String {
 }
 
 enum Sink {
-    Stdout,
+    Stdout(std::io::BufWriter<std::io::Stdout>),
     File(RotatingFile),
 }
 
@@ -216,24 +219,60 @@ impl RotatingFile {
     }
 }
 
+/// How long a written line may wait in the buffer under load. When quiet,
+/// a line is flushed at once (nothing else was written in the last period).
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl Sink {
+    fn write(&mut self, line: &str) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(out) => out.write_all(line.as_bytes()),
+            Sink::File(f) => f.write(line),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Stdout(out) => out.flush(),
+            Sink::File(f) => f.out.flush(),
+        }
+    }
+}
+
 fn writer(rx: Receiver<String>, mut sink: Sink) {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut failing = false;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter().take(4096));
-        let res = match &mut sink {
-            Sink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                batch
-                    .iter()
-                    .try_for_each(|l| out.write_all(l.as_bytes()))
-                    .and_then(|_| out.flush())
+    // Written but not yet flushed, and when the last flush was.
+    let mut pending = false;
+    let mut last_flush = std::time::Instant::now();
+    loop {
+        let next = if pending {
+            match rx.recv_timeout(FLUSH_EVERY.saturating_sub(last_flush.elapsed())) {
+                Ok(l) => Some(l),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = sink.flush();
+                    return;
+                }
             }
-            Sink::File(f) => batch
-                .iter()
-                .try_for_each(|l| f.write(l))
-                .and_then(|_| f.out.flush()),
+        } else {
+            match rx.recv() {
+                Ok(l) => Some(l),
+                Err(_) => return,
+            }
         };
+        let mut res = Ok(());
+        if let Some(first) = next {
+            res = std::iter::once(first)
+                .chain(rx.try_iter().take(4096))
+                .try_for_each(|l| sink.write(&l));
+            pending = true;
+        }
+        if pending && last_flush.elapsed() >= FLUSH_EVERY {
+            res = res.and_then(|_| sink.flush());
+            pending = false;
+            last_flush = std::time::Instant::now();
+        }
         // Report a failing disk once, not once per line.
         match res {
             Err(e) if !failing => {

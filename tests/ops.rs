@@ -143,6 +143,11 @@ async fn queue_cli_and_trace_end_to_end() {
         t.contains("reply=250") && t.contains("hop=127.0.0.1"),
         "{t}"
     );
+    // Lines reach the file within the tracking writer's flush period.
+    wait_until(Duration::from_secs(5), "b1 delivered tracked", || {
+        trace("<ops-b1@test>").contains("delivered")
+    })
+    .await;
     let by_mid = stdout(&gw.cli(&["trace", "--config", &cfg, "<ops-b1@test>"]));
     for e in ["held", "by=admin", "released", "delivered"] {
         assert!(by_mid.contains(e), "{e} missing:\n{by_mid}");
