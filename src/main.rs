@@ -10,36 +10,12 @@
 //! internal child processes. Without `--config`, `./config/postern.toml` is
 //! used if it exists, else the embedded default configuration.
 
-mod admin;
-mod assemble;
+mod cli;
 mod config;
 mod content;
-mod conversion;
-mod dns;
-mod fault;
-mod gate;
 mod gateway;
-mod inflight;
-mod intake;
-mod listen;
-mod live;
-mod metrics;
-#[cfg(unix)]
-mod notify;
-mod pressure;
-mod queue_api;
-mod queue_cli;
-mod reload;
-mod scheduler;
-mod signals;
-#[cfg(unix)]
-mod supervise;
-mod suspects;
-mod trace_cli;
-mod tracking;
-#[cfg(windows)]
-mod winservice;
-mod worker;
+mod ops;
+mod run;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -72,7 +48,7 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
         #[command(subcommand)]
-        cmd: queue_cli::QueueCmd,
+        cmd: cli::queue::QueueCmd,
     },
     /// Exit 0 when the running daemon answers /healthz (or /readyz with
     /// --ready): for container health checks and scripts.
@@ -142,7 +118,7 @@ fn main() -> ExitCode {
             // Building the parts reads the DKIM keys, maps, TLS certificate,
             // users and recipients files too.
             Ok(loaded) => block_on(async move {
-                assemble::validate(&loaded.config)
+                gateway::assemble::validate(&loaded.config)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", loaded.source))?;
                 println!("{}: configuration OK", loaded.source);
                 Ok(())
@@ -156,13 +132,13 @@ fn main() -> ExitCode {
             config,
             memory,
             deadline_ms,
-        } => worker::main(
+        } => content::worker::main(
             config,
             memory,
             std::time::Duration::from_millis(deadline_ms),
         ),
         Command::Queue { config, cmd } => match admin_target(config.config.as_deref()) {
-            Ok((admin, token)) => block_on(async move { queue_cli::run(admin, token, cmd).await }),
+            Ok((admin, token)) => block_on(async move { cli::queue::run(admin, token, cmd).await }),
             Err(e) => {
                 eprintln!("{}", e.trim_end());
                 ExitCode::from(1)
@@ -171,7 +147,7 @@ fn main() -> ExitCode {
         Command::Health { config, ready } => match admin_target(config.config.as_deref()) {
             Ok((admin, token)) => block_on(async move {
                 let path = if ready { "/readyz" } else { "/healthz" };
-                queue_cli::check(admin, token, path).await
+                cli::queue::check(admin, token, path).await
             }),
             Err(e) => {
                 eprintln!("{}", e.trim_end());
@@ -179,7 +155,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Trace { config, key, json } => match config::load(config.config.as_deref()) {
-            Ok(loaded) => trace_cli::run(&loaded.config, &key, json),
+            Ok(loaded) => cli::trace::run(&loaded.config, &key, json),
             Err(e) => {
                 eprint!("{e}");
                 ExitCode::from(1)
@@ -204,9 +180,9 @@ fn main() -> ExitCode {
         #[cfg(windows)]
         Command::Service { cmd } => {
             let r = match cmd {
-                ServiceCmd::Install(a) => winservice::install(a.config),
-                ServiceCmd::Uninstall => winservice::uninstall(),
-                ServiceCmd::Run(a) => winservice::run(a.config),
+                ServiceCmd::Install(a) => run::winservice::install(a.config),
+                ServiceCmd::Uninstall => run::winservice::uninstall(),
+                ServiceCmd::Run(a) => run::winservice::run(a.config),
             };
             match r {
                 Ok(()) => ExitCode::SUCCESS,
@@ -241,7 +217,7 @@ fn admin_target(
         });
     }
     if admin.port() == 0 {
-        let file = cfg.queue.path.join(gateway::ADMIN_ADDR_FILE);
+        let file = cfg.queue.path.join(gateway::wiring::ADMIN_ADDR_FILE);
         admin = std::fs::read_to_string(&file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -255,17 +231,17 @@ fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
     block_on(async move {
         // Handlers first: from here on SIGHUP is a reload request, never
         // the default action (which would end the process).
-        let signals = signals::Signals::new();
+        let signals = run::signals::Signals::new();
         let loaded = config::load(path.as_deref())
             .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         init_logging(&loaded.config.log, None);
         #[cfg(unix)]
         if supervised {
-            return supervise::run(loaded, signals).await;
+            return run::supervise::run(loaded, signals).await;
         }
         #[cfg(not(unix))]
         let _ = supervised;
-        gateway::run_until(loaded, signals).await
+        gateway::wiring::run_until(loaded, signals).await
     })
 }
 

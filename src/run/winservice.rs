@@ -10,7 +10,7 @@
 //! ParamChange (`sc control postern paramchange`) into a reload. Relative
 //! paths in the configuration are taken from the configuration's directory.
 
-use crate::signals::{Sig, Signals};
+use crate::run::signals::{Sig, Signals};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -157,7 +157,7 @@ fn run_service() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let signals = Signals::new().with_channel(rx);
-            rt.block_on(crate::gateway::run_until(loaded, signals))
+            rt.block_on(crate::gateway::wiring::run_until(loaded, signals))
         }
         Err(e) => Err(anyhow::anyhow!("{e}")),
     };

@@ -9,7 +9,7 @@
 //! every waiting message matching the filters. Errors come back as
 //! `{"error": "..."}` with 400/404/409.
 
-use crate::tracking::Tracker;
+use crate::ops::tracking::Tracker;
 use postern_core::QueueId;
 use postern_queue::{QuarantineInfo, Queue, QueueError, Record, State};
 use serde::Serialize;

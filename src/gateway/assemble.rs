@@ -1,13 +1,13 @@
 //! Building the gateway's parts from a configuration. Used at start and by a
-//! reload ([`crate::reload`]), so both build exactly the same things and a
+//! reload ([`crate::gateway::reload`]), so both build exactly the same things and a
 //! part that cannot be built (a missing key file, an unreadable users file)
 //! fails the same way: at start it is fatal, at reload the old part stays.
 
-use crate::content::ContentProcessor;
-use crate::conversion::Conversion;
-use crate::intake::IntakePolicy;
-use crate::metrics::Metrics;
-use crate::scheduler::{Dns, Policy};
+use crate::content::conversion::Conversion;
+use crate::content::processor::ContentProcessor;
+use crate::gateway::intake::IntakePolicy;
+use crate::gateway::scheduler::{Dns, Policy};
+use crate::ops::metrics::Metrics;
 use anyhow::Context;
 use postern_core::config::Config;
 use postern_core::RelayPolicy;
@@ -113,7 +113,7 @@ pub fn deliverer(
 ) -> anyhow::Result<Deliverer<Dns>> {
     let resolver = HickoryResolver::new(&cfg.delivery.nameservers, cfg.delivery.dns_timeout.0)
         .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
-    let dns = crate::dns::Counted {
+    let dns = crate::gateway::dns::Counted {
         inner: resolver,
         lookups: metrics.dns_lookups.clone(),
     };

@@ -2,7 +2,7 @@
 //! admin endpoint (found through the configuration file's `[admin] listen`,
 //! with its `token_file`), in the spirit of postqueue/postsuper and qshape.
 
-use crate::queue_api::{QueueSummary, Summary, AGE_BUCKETS_MIN};
+use crate::ops::queue_api::{QueueSummary, Summary, AGE_BUCKETS_MIN};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Empty};

@@ -13,14 +13,14 @@
 //!    quarantine with the reason. A content refusal gets its 5xx.
 //! 4. Otherwise the message is queued durably, then `250`.
 
-use crate::content::{ContentProcessor, Verdict};
-use crate::conversion::Meta;
-use crate::fault::{self, Stage};
-use crate::gate::Gate;
-use crate::inflight::{content_hash, Inflight};
-use crate::live::Live;
-use crate::metrics::Metrics;
-use crate::tracking::{Subject, Tracker};
+use crate::content::conversion::Meta;
+use crate::content::processor::{ContentProcessor, Verdict};
+use crate::gateway::crash::fault::{self, Stage};
+use crate::gateway::crash::gate::Gate;
+use crate::gateway::crash::inflight::{content_hash, Inflight};
+use crate::gateway::live::Live;
+use crate::ops::metrics::Metrics;
+use crate::ops::tracking::{Subject, Tracker};
 use futures_util::FutureExt;
 use postern_listener::{MessageSink, ReceivedMessage, Reply};
 use postern_queue::{QuarantineInfo, Queue};
@@ -45,7 +45,7 @@ pub struct IntakePolicy {
     /// Decides inbound (untrusted client) from outbound (trusted).
     pub relay: postern_core::RelayPolicy,
     /// For envelope rewriting of outbound mail.
-    pub conversion: Arc<crate::conversion::Conversion>,
+    pub conversion: Arc<crate::content::conversion::Conversion>,
     /// In-flight deadline for the receive stage (after it the supervisor
     /// declares the gateway hung).
     pub receive_deadline: Duration,

@@ -1,7 +1,7 @@
 //! Charging the messages that were in flight when the gateway died.
 //!
-//! `postern run` passes them in `POSTERN_SUSPECTS` (space-separated keys)
-//! with the cause of death in `POSTERN_LAST_DEATH`. Before the gateway
+//! `postern run` passes them in the environment ([`crate::run::handoff`]:
+//! space-separated keys and the cause of death). Before the gateway
 //! starts any work, each suspect is charged one crash: a queued message
 //! (`q:<id>` while read back, `d:<id>` while delivered) reaching `poison_threshold` is quarantined at once, so even a
 //! poison message that is the first one read from the queue cannot cause a
@@ -9,21 +9,15 @@
 //! delivered alone. Content hashes (`r:<hash>`) are charged in the suspects
 //! table that intake consults.
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use postern_core::QueueId;
 use postern_queue::{QuarantineInfo, Queue, State};
 
-/// Environment variable: how many times the supervisor restarted the gateway.
-pub const RESTARTS_ENV: &str = "POSTERN_GATEWAY_RESTARTS";
-pub const SUSPECTS_ENV: &str = "POSTERN_SUSPECTS";
-pub const DEATH_ENV: &str = "POSTERN_LAST_DEATH";
-
 /// Charges every suspect named in the environment; returns how many.
 pub async fn charge_from_env(queue: &Queue, threshold: u32, metrics: &Metrics) -> usize {
-    let Ok(list) = std::env::var(SUSPECTS_ENV) else {
+    let Some((list, death)) = crate::run::handoff::suspects_from_env() else {
         return 0;
     };
-    let death = std::env::var(DEATH_ENV).unwrap_or_else(|_| "gateway died".into());
     let mut n = 0;
     for key in list.split_whitespace() {
         n += 1;

@@ -7,15 +7,12 @@
 //! supervisor knows exactly which messages were in flight. Keys: `q:<queue
 //! id>` while a message is read back, `d:<queue id>` while it is delivered,
 //! `r:<content hash>` while it is received. Without a supervisor
-//! (no `POSTERN_INFLIGHT_FD`), every call is a no-op.
+//! (no pipe named in the environment, see [`crate::run::handoff`]), every call is a no-op.
 
+use crate::run::handoff;
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
-
-/// Environment variable naming the inherited pipe's file descriptor.
-#[cfg_attr(not(unix), allow(dead_code))]
-pub const FD_ENV: &str = "POSTERN_INFLIGHT_FD";
 
 #[derive(Default)]
 pub struct Inflight {
@@ -29,7 +26,7 @@ impl Inflight {
         #[cfg(unix)]
         {
             use std::os::fd::FromRawFd;
-            if let Some(fd) = std::env::var(FD_ENV)
+            if let Some(fd) = std::env::var(handoff::INFLIGHT_FD_ENV)
                 .ok()
                 .and_then(|v| v.parse::<i32>().ok())
             {
@@ -53,12 +50,12 @@ impl Inflight {
 
     /// Suspects from the last death are accounted for.
     pub fn ready(&self) {
-        self.write("R\n");
+        self.write(handoff::READY_LINE);
     }
 
     /// Announces `key` in flight until the guard drops.
     pub fn enter(&self, key: String, deadline: Duration) -> Guard<'_> {
-        self.write(&format!("E {key} {}\n", deadline.as_millis()));
+        self.write(&handoff::enter_line(&key, deadline));
         Guard {
             inflight: self,
             key,
@@ -73,7 +70,7 @@ pub struct Guard<'a> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        self.inflight.write(&format!("L {}\n", self.key));
+        self.inflight.write(&handoff::leave_line(&self.key));
     }
 }
 

@@ -18,12 +18,12 @@
 //! The DSN is queued (durably) before the original's record changes, so a
 //! crash in between can duplicate a DSN but never lose one.
 
-use crate::fault::{self, Stage};
-use crate::gate::Gate;
-use crate::inflight::Inflight;
-use crate::live::Live;
-use crate::metrics::Metrics;
-use crate::tracking::Tracker;
+use crate::gateway::crash::fault::{self, Stage};
+use crate::gateway::crash::gate::Gate;
+use crate::gateway::crash::inflight::Inflight;
+use crate::gateway::live::Live;
+use crate::ops::metrics::Metrics;
+use crate::ops::tracking::Tracker;
 use postern_convert::{build_dsn, DsnInput, DsnRecipient};
 use postern_core::{Address, Envelope, Outcome, QueueId, Reason, Recipient, RecipientStatus};
 use postern_delivery::{Deliverer, HickoryResolver};
@@ -78,7 +78,7 @@ impl Policy {
 }
 
 /// The resolver delivery uses: hickory, counted.
-pub type Dns = crate::dns::Counted<HickoryResolver>;
+pub type Dns = crate::gateway::dns::Counted<HickoryResolver>;
 
 pub struct Scheduler {
     pub queue: Queue,
@@ -258,7 +258,7 @@ impl Scheduler {
                     serde_json::json!({
                         "attempt": r.attempts,
                         "reason": format!("{stage} crash: {why}"),
-                        "next_attempt": crate::tracking::rfc3339(r.due_ms),
+                        "next_attempt": crate::ops::tracking::rfc3339(r.due_ms),
                     }),
                 );
                 tracing::error!(%id, stage, %why, crashes = r.crashes, "delivery crashed; deferred")
@@ -397,7 +397,7 @@ impl Scheduler {
                 "pending": pending,
                 "attempt": attempts,
                 "reason": &last_temp,
-                "next_attempt": crate::tracking::rfc3339(due),
+                "next_attempt": crate::ops::tracking::rfc3339(due),
             }),
         );
         self.queue.update(id, &|r| {

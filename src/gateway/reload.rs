@@ -7,7 +7,7 @@
 //! swapped: if one step fails the running configuration stays, whole, and
 //! the error is logged and counted (`postern_config_reloads_total{result=
 //! "failure"}`). Work in progress keeps the rules it started with (see
-//! [`crate::live::Live`]); new sessions, messages and delivery attempts get
+//! [`crate::gateway::live::Live`]); new sessions, messages and delivery attempts get
 //! the new ones.
 //!
 //! Reloaded: relay domains and trusted networks, recipients and users files,
@@ -21,11 +21,11 @@
 //! while attempts begun under the old one finish, a destination can briefly
 //! see up to twice `max_per_destination` connections.)
 
-use crate::assemble;
-use crate::conversion::Conversion;
-use crate::intake::Intake;
-use crate::metrics::Metrics;
-use crate::scheduler::Scheduler;
+use crate::content::conversion::Conversion;
+use crate::gateway::assemble;
+use crate::gateway::intake::Intake;
+use crate::gateway::scheduler::Scheduler;
+use crate::ops::metrics::Metrics;
 use postern_core::config::Config;
 use postern_listener::SessionConfig;
 use std::path::PathBuf;

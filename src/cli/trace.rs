@@ -14,7 +14,7 @@ pub fn run(cfg: &Config, key: &str, json: bool) -> ExitCode {
         return ExitCode::from(1);
     }
     let path = cfg.tracking.file(&cfg.queue.path);
-    let events = match crate::tracking::read_events(&path, cfg.tracking.keep, key) {
+    let events = match crate::ops::tracking::read_events(&path, cfg.tracking.keep, key) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("{}: {e}", path.display());

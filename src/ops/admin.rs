@@ -1,13 +1,13 @@
 //! The admin HTTP endpoint (hyper): `/metrics` (Prometheus text format),
 //! `/healthz` (the process answers), `/readyz` (the queue answers, the
 //! listeners are bound, no back pressure) and the queue API
-//! ([`crate::queue_api`]). Loopback by default; anything else is 404.
+//! ([`crate::ops::queue_api`]). Loopback by default; anything else is 404.
 //!
 //! With `admin.token_file` set (mandatory off loopback), `/metrics` and
 //! `/queue` need `Authorization: Bearer <token>` (401 otherwise, compared
 //! in constant time); the health endpoints stay open for probes.
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
@@ -26,7 +26,7 @@ pub struct AdminState {
     pub queue: Queue,
     /// Back-pressure level (0 none); not ready while it is set.
     pub pressure: Arc<std::sync::atomic::AtomicU8>,
-    pub tracker: Arc<crate::tracking::Tracker>,
+    pub tracker: Arc<crate::ops::tracking::Tracker>,
     /// Bearer token for everything but the health endpoints.
     pub token: Option<String>,
 }
@@ -71,7 +71,7 @@ async fn handle(
         return Ok(r);
     }
     if let Some((code, body)) =
-        crate::queue_api::handle(&st.queue, &st.tracker, &method, &path, req.uri().query())
+        crate::ops::queue_api::handle(&st.queue, &st.tracker, &method, &path, req.uri().query())
     {
         let mut r = text(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), body);
         r.headers_mut().insert(

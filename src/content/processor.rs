@@ -11,8 +11,8 @@
 //! is killed and replaced, and only its message is charged), or the same
 //! function in-process when `workers.processes = 0`.
 
-use crate::conversion::{Conversion, Meta};
-use crate::fault::{self, Stage};
+use crate::content::conversion::{Conversion, Meta};
+use crate::gateway::crash::fault::{self, Stage};
 use futures_util::FutureExt;
 use mail_auth::MessageAuthenticator;
 use postern_convert::auth::{authenticate, Session};

@@ -7,7 +7,7 @@
 //! soon as the measure falls back. Exposed as `postern_back_pressure` and in
 //! `/readyz`.
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use postern_core::config::QueueConfig;
 use postern_queue::Queue;
 use std::sync::atomic::{AtomicU8, Ordering};

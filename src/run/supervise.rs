@@ -15,8 +15,9 @@
 //! is what the gateway reads, and the gateway is told to reload.
 
 use crate::config::Loaded;
-use crate::inflight::FD_ENV;
-use crate::suspects::{DEATH_ENV, RESTARTS_ENV, SUSPECTS_ENV};
+use crate::run::handoff::{
+    listen_value, DEATH_ENV, INFLIGHT_FD_ENV, LISTEN_ENV, RESTARTS_ENV, SUSPECTS_ENV,
+};
 use anyhow::Context;
 use postern_supervisor::child::{clear_cloexec, run_child, InflightPipe};
 use std::os::fd::{AsRawFd, RawFd};
@@ -24,34 +25,19 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Environment variable listing inherited listening sockets:
-/// `smtp=3,4;admin=5`.
-pub const LISTEN_ENV: &str = "POSTERN_LISTEN_FDS";
-
-pub async fn run(loaded: Loaded, mut signals: crate::signals::Signals) -> anyhow::Result<()> {
+pub async fn run(loaded: Loaded, mut signals: crate::run::signals::Signals) -> anyhow::Result<()> {
     let cfg = &loaded.config;
-    let crate::listen::Sockets {
+    let crate::run::listen::Sockets {
         smtp,
         smtps,
         submission,
         admin,
-    } = crate::listen::bind(cfg)?;
+    } = crate::run::listen::bind(cfg)?;
     let smtp_fds: Vec<RawFd> = smtp.iter().map(|l| l.as_raw_fd()).collect();
     let smtps_fds: Vec<RawFd> = smtps.iter().map(|l| l.as_raw_fd()).collect();
     let sub_fds: Vec<RawFd> = submission.iter().map(|l| l.as_raw_fd()).collect();
     let admin_fd = admin.as_raw_fd();
-    let list = |fds: &[RawFd]| {
-        fds.iter()
-            .map(|f| f.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let listen_env = format!(
-        "smtp={};smtps={};submission={};admin={admin_fd}",
-        list(&smtp_fds),
-        list(&smtps_fds),
-        list(&sub_fds)
-    );
+    let listen_env = listen_value(&smtp_fds, &smtps_fds, &sub_fds, admin_fd);
     let mut inherit = smtp_fds.clone();
     inherit.extend(&smtps_fds);
     inherit.extend(&sub_fds);
@@ -72,7 +58,7 @@ pub async fn run(loaded: Loaded, mut signals: crate::signals::Signals) -> anyhow
     let (stop_tx, stop_rx) = watch::channel(false);
     let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while signals.next().await == crate::signals::Sig::Reload {
+        while signals.next().await == crate::run::signals::Sig::Reload {
             let Some(snap) = &snapshot else {
                 // Embedded default: nothing can have changed.
                 let _ = fwd_tx.send(libc::SIGHUP);
@@ -89,23 +75,23 @@ pub async fn run(loaded: Loaded, mut signals: crate::signals::Signals) -> anyhow
                 ),
             }
         }
-        crate::notify::stopping();
+        crate::run::notify::stopping();
         let _ = stop_tx.send(true);
     });
-    if let Some(every) = crate::notify::watchdog_interval() {
+    if let Some(every) = crate::run::notify::watchdog_interval() {
         // The supervisor answers systemd's watchdog; the gateway's own
         // health is the supervisor's business (it restarts it).
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                crate::notify::watchdog();
+                crate::run::notify::watchdog();
             }
         });
     }
     // Readiness: the listening sockets are bound; connections queue in the
     // backlog until the gateway takes them.
-    crate::notify::ready();
+    crate::run::notify::ready();
 
     let mut suspects: Vec<String> = Vec::new();
     let mut death = String::new();
@@ -119,7 +105,7 @@ pub async fn run(loaded: Loaded, mut signals: crate::signals::Signals) -> anyhow
             cmd.arg("--config").arg(c);
         }
         cmd.env(LISTEN_ENV, &listen_env)
-            .env(FD_ENV, pipe.write.as_raw_fd().to_string())
+            .env(INFLIGHT_FD_ENV, pipe.write.as_raw_fd().to_string())
             .env(RESTARTS_ENV, restarts.to_string())
             .stdin(std::process::Stdio::null());
         if suspects.is_empty() {
@@ -221,43 +207,11 @@ impl Snapshot {
             .map_err(|e| format!("{}: cannot read: {e}", self.source.display()))?;
         let loaded = crate::config::load_text(Some(self.source.clone()), &text)
             .map_err(|e| e.to_string())?;
-        crate::assemble::validate(&loaded.config)
+        crate::gateway::assemble::validate(&loaded.config)
             .map_err(|e| format!("{}: {e}", self.source.display()))?;
         let tmp = self.running.with_extension("toml.new");
         std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, &self.running))
             .map_err(|e| format!("cannot write {}: {e}", self.running.display()))
     }
-}
-
-/// Parses `POSTERN_LISTEN_FDS`, if set.
-pub fn inherited_from_env() -> anyhow::Result<Option<crate::listen::Sockets>> {
-    use std::os::fd::FromRawFd;
-    let Ok(v) = std::env::var(LISTEN_ENV) else {
-        return Ok(None);
-    };
-    let (mut smtp, mut smtps, mut submission, mut admin) =
-        (Vec::new(), Vec::new(), Vec::new(), None);
-    for part in v.split(';') {
-        let (name, fds) = part.split_once('=').context("malformed listener list")?;
-        for fd in fds.split(',').filter(|f| !f.is_empty()) {
-            let fd: RawFd = fd.parse().context("malformed listener fd")?;
-            postern_supervisor::child::set_cloexec(fd)?;
-            // SAFETY: the supervisor handed us this listening socket.
-            let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-            match name {
-                "smtp" => smtp.push(l),
-                "smtps" => smtps.push(l),
-                "submission" => submission.push(l),
-                "admin" => admin = Some(l),
-                _ => anyhow::bail!("unknown listener kind {name}"),
-            }
-        }
-    }
-    Ok(Some(crate::listen::Sockets {
-        smtp,
-        smtps,
-        submission,
-        admin: admin.context("no admin listener passed")?,
-    }))
 }

@@ -10,8 +10,8 @@
 //! worker exits, since its state can no longer be trusted. DNS for the
 //! authentication checks runs on a single-threaded runtime of its own.
 
-use crate::content::{decode_request, encode, run_content, Verdict};
-use crate::conversion::Conversion;
+use crate::content::conversion::Conversion;
+use crate::content::processor::{decode_request, encode, run_content, Verdict};
 use futures_util::FutureExt;
 use postern_supervisor::pool::{read_frame, write_frame};
 use std::panic::AssertUnwindSafe;

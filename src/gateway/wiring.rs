@@ -5,25 +5,25 @@
 //!
 //! Start-up failures (queue cannot open, address in use) are fatal with a
 //! clear message; everything after start-up is contained per task.
-//! SIGHUP reloads the configuration ([`crate::reload`]). Shutdown (SIGTERM,
+//! SIGHUP reloads the configuration ([`crate::gateway::reload`]). Shutdown (SIGTERM,
 //! SIGINT): stop accepting, close idle sessions with 421, let transactions
 //! and deliveries in flight finish within `server.shutdown_timeout`, flush
 //! the queue. Nothing acknowledged is at risk at any point: a delivery cut
 //! short is simply due again at the next start.
 
-use crate::admin::{self, AdminState};
-use crate::assemble;
 use crate::config::Loaded;
-use crate::conversion::Conversion;
-use crate::gate::Gate;
-use crate::inflight::Inflight;
-use crate::intake::Intake;
-use crate::live::Live;
-use crate::metrics::Metrics;
-use crate::reload::Reloader;
-use crate::scheduler::Scheduler;
-use crate::signals::{Sig, Signals};
-use crate::tracking::Tracker;
+use crate::content::conversion::Conversion;
+use crate::gateway::assemble;
+use crate::gateway::crash::gate::Gate;
+use crate::gateway::crash::inflight::Inflight;
+use crate::gateway::intake::Intake;
+use crate::gateway::live::Live;
+use crate::gateway::reload::Reloader;
+use crate::gateway::scheduler::Scheduler;
+use crate::ops::admin::{self, AdminState};
+use crate::ops::metrics::Metrics;
+use crate::ops::tracking::Tracker;
+use crate::run::signals::{Sig, Signals};
 use anyhow::Context;
 use postern_queue::{Queue, QueueOptions};
 use std::sync::Arc;
@@ -49,13 +49,11 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         .with_context(|| format!("cannot open the queue at {}", cfg.queue.path.display()))?;
     let inflight = Arc::new(Inflight::from_env());
     let threshold = cfg.workers.poison_threshold;
-    if let Some(n) = std::env::var(crate::suspects::RESTARTS_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(n) = crate::run::handoff::restarts_from_env() {
         metrics.gateway_restarts.inc_by(n);
     }
-    let charged = crate::suspects::charge_from_env(&queue, threshold, &metrics).await;
+    let charged =
+        crate::gateway::crash::suspects::charge_from_env(&queue, threshold, &metrics).await;
     inflight.ready();
     tracing::info!(
         suspects = charged,
@@ -81,7 +79,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let pressure = Arc::new(std::sync::atomic::AtomicU8::new(0));
-    tokio::spawn(crate::pressure::watch(
+    tokio::spawn(crate::gateway::pressure::watch(
         queue.clone(),
         cfg.queue.clone(),
         pressure.clone(),
@@ -240,13 +238,9 @@ type Listeners = (
 
 /// The listeners: inherited from `postern run`, or bound here.
 fn listeners(cfg: &postern_core::config::Config) -> anyhow::Result<Listeners> {
-    #[cfg(unix)]
-    let inherited = crate::supervise::inherited_from_env()?;
-    #[cfg(not(unix))]
-    let inherited = None;
-    let s = match inherited {
+    let s = match crate::run::handoff::inherited_sockets()? {
         Some(s) => s,
-        None => crate::listen::bind(cfg)?,
+        None => crate::run::listen::bind(cfg)?,
     };
     let conv = |v: Vec<std::net::TcpListener>| -> std::io::Result<Vec<TcpListener>> {
         v.into_iter().map(tokio_listener).collect()
