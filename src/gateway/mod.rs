@@ -5,8 +5,9 @@
 //! a configuration and [`reload`] swaps them ([`live`] holds what a reload
 //! may replace); [`intake`] is where a message goes from the end of DATA to
 //! `250` (the one place that answers it); [`scheduler`] takes due messages
-//! from the queue, delivers them and settles each attempt (retry schedule,
-//! expiry, DSNs); [`pressure`] is back pressure; [`dns`] counts lookups.
+//! from the queue and delivers them; [`settle`] decides, as pure functions,
+//! what an attempt or a crash does to a message (statuses, retry schedule,
+//! expiry, DSNs, quarantine); [`pressure`] is back pressure; [`dns`] counts lookups.
 //! [`crash`] is the crash bookkeeping of the blast-radius ladder. Content
 //! work runs through [`crate::content`]; metrics and the tracking log are in
 //! [`crate::ops`].
@@ -19,4 +20,5 @@ pub mod live;
 pub mod pressure;
 pub mod reload;
 pub mod scheduler;
+pub mod settle;
 pub mod wiring;

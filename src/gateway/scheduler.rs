@@ -22,10 +22,11 @@ use crate::gateway::crash::fault::{self, Stage};
 use crate::gateway::crash::gate::Gate;
 use crate::gateway::crash::inflight::Inflight;
 use crate::gateway::live::Live;
+use crate::gateway::settle::{charge_crash, millis, settle, Crash, Next, Notice, Settlement};
 use crate::ops::metrics::Metrics;
 use crate::ops::tracking::Tracker;
 use postern_convert::{build_dsn, DsnInput, DsnRecipient};
-use postern_core::{Address, Envelope, Outcome, QueueId, Reason, Recipient, RecipientStatus};
+use postern_core::{Envelope, Outcome, QueueId, Reason, Recipient};
 use postern_delivery::{Deliverer, HickoryResolver};
 use postern_queue::{Queue, QueueError, Record, State};
 use rand::Rng;
@@ -221,24 +222,17 @@ impl Scheduler {
     fn crashed(&self, rec: Record, stage: &str, why: &str) {
         let id = rec.envelope.id;
         self.metrics.crashes.with_label_values(&[stage, "1"]).inc();
-        let due = postern_core::now_ms()
-            + self.policy.get().retry_delay(rec.attempts + 1).as_millis() as u64;
-        let threshold = self.policy.get().poison_threshold;
+        let policy = self.policy.get();
+        let now = postern_core::now_ms();
+        let due = now.saturating_add(millis(policy.retry_delay(rec.attempts + 1)));
+        let last_error = format!("{stage} crash: {why}");
+        let crash = Crash {
+            stage,
+            reason: why,
+            last_error: &last_error,
+        };
         let res = self.queue.update(id, &|r| {
-            r.crashes += 1;
-            r.last_error = Some(format!("{stage} crash: {why}"));
-            if r.crashes >= threshold {
-                r.state = State::Quarantine;
-                r.quarantine = Some(postern_queue::QuarantineInfo {
-                    stage: stage.to_string(),
-                    reason: why.to_string(),
-                    at_ms: postern_core::now_ms(),
-                });
-            } else {
-                r.attempts += 1;
-                r.state = State::Deferred;
-                r.due_ms = due;
-            }
+            charge_crash(r, crash, policy.poison_threshold, now, Some(due));
             Ok(())
         });
         match res {
@@ -257,7 +251,7 @@ impl Scheduler {
                     &self.tracker.subject(&r.envelope),
                     serde_json::json!({
                         "attempt": r.attempts,
-                        "reason": format!("{stage} crash: {why}"),
+                        "reason": &last_error,
                         "next_attempt": crate::ops::tracking::rfc3339(r.due_ms),
                     }),
                 );
@@ -267,7 +261,9 @@ impl Scheduler {
         }
     }
 
-    /// Records outcomes, sends DSNs, removes or defers the message.
+    /// Settles one attempt ([`settle`]), then acts on the answer: metrics
+    /// and tracking, the DSN (queued before the original changes), and the
+    /// message removed or deferred.
     async fn apply(
         &self,
         rec: Record,
@@ -276,47 +272,109 @@ impl Scheduler {
     ) -> Result<(), QueueError> {
         let now = postern_core::now_ms();
         let policy = self.policy.get();
-        let mut env = rec.envelope;
-        let id = env.id;
-        let attempt = rec.attempts + 1;
-        let tracked = self.tracker.subject(&env);
-        let mut bounced: Vec<(String, String)> = Vec::new();
-        // (address, reason, ORCPT) for the DSN: failures the sender wants to
-        // hear of, and successes relayed to hops without DSN (NOTIFY=SUCCESS).
-        let mut failed: Vec<(Address, Reason, Option<String>)> = Vec::new();
-        let mut last_temp = None;
-        for (i, outcome) in outcomes {
-            let Some(r) = env.recipients.get_mut(i) else {
-                continue;
-            };
-            let kind = outcome_kind(&outcome);
-            let class = policy.class(&r.address.domain);
-            let reason = outcome.reason();
-            tracing::info!(%id, rcpt = %r.address, result = kind, %reason, "delivery attempt");
-            let rcpt = r.address.to_string();
-            let reply = format!("{} {} {}", reason.code, reason.status, reason.text);
-            let hop = reason.remote.clone();
+        let id = rec.envelope.id;
+        let delay = policy.retry_delay(rec.attempts + 1);
+        let settled = settle(&rec, outcomes, now, policy.max_age, delay);
+        let tracked = self.tracker.subject(&settled.envelope);
+        self.record_attempts(&settled, rec.attempts + 1, now, &policy, &tracked);
+        let dsn = match settled.notices.is_empty() {
+            true => None,
+            false => {
+                self.send_dsn(
+                    &settled.envelope,
+                    &settled.notices,
+                    &policy.hostname,
+                    original,
+                )
+                .await
+            }
+        };
+        for (rcpt, reason) in &settled.bounced {
+            self.metrics
+                .bounced
+                .with_label_values(&[policy.class(&rcpt.domain)])
+                .inc();
             self.tracker.event(
-                "attempt",
+                "bounced",
                 &tracked,
                 serde_json::json!({
-                    "rcpt": &rcpt, "attempt": attempt, "result": kind, "hop": &hop, "reply": &reply,
+                    "rcpt": rcpt.to_string(), "reply": reply_text(reason),
+                    "dsn": dsn.map(|d| d.to_string()),
                 }),
             );
-            r.status = match outcome {
-                Outcome::Relayed(reason) => {
+        }
+        let Next::Defer {
+            attempts,
+            due_ms,
+            last_error,
+        } = settled.next
+        else {
+            tracing::info!(%id, "done; removed from queue");
+            return self.queue.remove(id);
+        };
+        let env = settled.envelope;
+        let pending: Vec<String> = env.pending().map(|(_, r)| r.address.to_string()).collect();
+        self.tracker.event(
+            "deferred",
+            &tracked,
+            serde_json::json!({
+                "pending": pending,
+                "attempt": attempts,
+                "reason": &last_error,
+                "next_attempt": crate::ops::tracking::rfc3339(due_ms),
+            }),
+        );
+        self.queue.update(id, &|r| {
+            r.envelope = env.clone();
+            r.attempts = attempts;
+            r.state = State::Deferred;
+            r.due_ms = due_ms;
+            r.last_error = last_error.clone();
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Logs, counts and tracks each recipient attempted.
+    fn record_attempts(
+        &self,
+        settled: &Settlement,
+        attempt: u32,
+        now: u64,
+        policy: &Policy,
+        tracked: &crate::ops::tracking::Subject,
+    ) {
+        let env = &settled.envelope;
+        for a in &settled.attempted {
+            let Some(r) = env.recipients.get(a.index) else {
+                continue;
+            };
+            let kind = outcome_kind(&a.outcome);
+            let class = policy.class(&r.address.domain);
+            let reason = a.outcome.reason();
+            tracing::info!(id = %env.id, rcpt = %r.address, result = kind, %reason, "delivery attempt");
+            let rcpt = r.address.to_string();
+            let reply = reply_text(reason);
+            let hop = &reason.remote;
+            self.tracker.event(
+                "attempt",
+                tracked,
+                serde_json::json!({
+                    "rcpt": &rcpt, "attempt": attempt, "result": kind, "hop": hop, "reply": &reply,
+                }),
+            );
+            match &a.outcome {
+                Outcome::Relayed(_) => {
                     self.metrics.delivered.with_label_values(&[class]).inc();
                     self.tracker.event(
                         "delivered",
-                        &tracked,
+                        tracked,
                         serde_json::json!({
-                            "rcpt": &rcpt, "hop": &hop, "reply": &reply, "relayed": true,
+                            "rcpt": &rcpt, "hop": hop, "reply": &reply, "relayed": true,
                         }),
                     );
-                    failed.push((r.address.clone(), reason.clone(), r.orcpt.clone()));
-                    RecipientStatus::Delivered(reason)
                 }
-                Outcome::Delivered(reason) => {
+                Outcome::Delivered(_) => {
                     let delay = now.saturating_sub(env.received_ms);
                     self.metrics.delivered.with_label_values(&[class]).inc();
                     self.metrics
@@ -325,97 +383,25 @@ impl Scheduler {
                         .observe(delay as f64 / 1000.0);
                     self.tracker.event(
                         "delivered",
-                        &tracked,
+                        tracked,
                         serde_json::json!({
-                            "rcpt": &rcpt, "hop": &hop, "reply": &reply, "delay_ms": delay,
+                            "rcpt": &rcpt, "hop": hop, "reply": &reply, "delay_ms": delay,
                         }),
                     );
-                    RecipientStatus::Delivered(reason)
                 }
-                Outcome::Permanent(reason) => {
-                    self.metrics.bounced.with_label_values(&[class]).inc();
-                    bounced.push((rcpt, reply));
-                    if r.wants_failure_dsn() {
-                        failed.push((r.address.clone(), reason.clone(), r.orcpt.clone()));
-                    }
-                    RecipientStatus::Failed(reason)
-                }
-                Outcome::Temporary(reason) => {
+                Outcome::Permanent(_) => {}
+                Outcome::Temporary(_) => {
                     self.metrics.deferred.with_label_values(&[class]).inc();
-                    last_temp = Some(reason.to_string());
-                    RecipientStatus::Pending { last: Some(reason) }
                 }
-            };
-        }
-        // Expiry: everything still pending past max_age fails.
-        let expired = now.saturating_sub(env.received_ms) >= policy.max_age.as_millis() as u64;
-        if expired {
-            for r in env.recipients.iter_mut().filter(|r| r.is_pending()) {
-                let last = match &r.status {
-                    RecipientStatus::Pending { last: Some(l) } => format!(": last error {l}"),
-                    _ => String::new(),
-                };
-                let reason = Reason::local(550, "4.4.7", format!("delivery time expired{last}"));
-                self.metrics
-                    .bounced
-                    .with_label_values(&[policy.class(&r.address.domain)])
-                    .inc();
-                bounced.push((r.address.to_string(), reason.to_string()));
-                if r.wants_failure_dsn() {
-                    failed.push((r.address.clone(), reason.clone(), r.orcpt.clone()));
-                }
-                r.status = RecipientStatus::Failed(reason);
             }
         }
-        let dsn = match failed.is_empty() {
-            true => None,
-            false => {
-                self.send_dsn(&env, &failed, &policy.hostname, original)
-                    .await
-            }
-        };
-        for (rcpt, reply) in bounced {
-            self.tracker.event(
-                "bounced",
-                &tracked,
-                serde_json::json!({
-                    "rcpt": rcpt, "reply": reply, "dsn": dsn.map(|d| d.to_string()),
-                }),
-            );
-        }
-        if env.pending().next().is_none() {
-            tracing::info!(%id, "done; removed from queue");
-            return self.queue.remove(id);
-        }
-        let attempts = attempt;
-        let due = now + policy.retry_delay(attempts).as_millis() as u64;
-        let pending: Vec<String> = env.pending().map(|(_, r)| r.address.to_string()).collect();
-        self.tracker.event(
-            "deferred",
-            &tracked,
-            serde_json::json!({
-                "pending": pending,
-                "attempt": attempts,
-                "reason": &last_temp,
-                "next_attempt": crate::ops::tracking::rfc3339(due),
-            }),
-        );
-        self.queue.update(id, &|r| {
-            r.envelope = env.clone();
-            r.attempts = attempts;
-            r.state = State::Deferred;
-            r.due_ms = due;
-            r.last_error = last_temp.clone();
-            Ok(())
-        })?;
-        Ok(())
     }
 
-    /// Queues a DSN to the original sender about `failed`; its queue ID.
+    /// Queues a DSN to the original sender about `notices`; its queue ID.
     async fn send_dsn(
         &self,
         env: &Envelope,
-        failed: &[(Address, Reason, Option<String>)],
+        notices: &[Notice],
         hostname: &str,
         original: &[u8],
     ) -> Option<QueueId> {
@@ -428,13 +414,17 @@ impl Scheduler {
         let body = build_dsn(&DsnInput {
             reporting_mta: hostname,
             envelope: env,
-            failed: failed
+            failed: notices
                 .iter()
-                .map(|(a, r, o)| DsnRecipient {
-                    address: a,
-                    reason: r,
-                    orcpt: o.as_deref(),
-                    action: if r.code < 300 { "relayed" } else { "failed" },
+                .map(|n| DsnRecipient {
+                    address: &n.address,
+                    reason: &n.reason,
+                    orcpt: n.orcpt.as_deref(),
+                    action: if n.reason.code < 300 {
+                        "relayed"
+                    } else {
+                        "failed"
+                    },
                 })
                 .collect(),
             original,
@@ -473,6 +463,11 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// A reply as the tracking log shows it: `code status text`.
+fn reply_text(r: &Reason) -> String {
+    format!("{} {} {}", r.code, r.status, r.text)
 }
 
 fn outcome_kind(o: &Outcome) -> &'static str {

@@ -9,9 +9,10 @@
 //! delivered alone. Content hashes (`r:<hash>`) are charged in the suspects
 //! table that intake consults.
 
+use crate::gateway::settle::{charge_crash, Crash};
 use crate::ops::metrics::Metrics;
 use postern_core::QueueId;
-use postern_queue::{QuarantineInfo, Queue, State};
+use postern_queue::{Queue, State};
 
 /// Charges every suspect named in the environment; returns how many.
 pub async fn charge_from_env(queue: &Queue, threshold: u32, metrics: &Metrics) -> usize {
@@ -54,17 +55,14 @@ fn charge_message(
 ) {
     metrics.crashes.with_label_values(&[stage, "3"]).inc();
     let reason = format!("gateway {death} while this message was in stage {stage}");
+    let crash = Crash {
+        stage,
+        reason: &reason,
+        last_error: &reason,
+    };
+    let now = postern_core::now_ms();
     let res = queue.update(id, &|r| {
-        r.crashes += 1;
-        r.last_error = Some(reason.clone());
-        if r.crashes >= threshold {
-            r.state = State::Quarantine;
-            r.quarantine = Some(QuarantineInfo {
-                stage: stage.into(),
-                reason: reason.clone(),
-                at_ms: postern_core::now_ms(),
-            });
-        }
+        charge_crash(r, crash, threshold, now, None);
         Ok(())
     });
     match res {

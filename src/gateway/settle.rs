@@ -1,0 +1,498 @@
+//! Settling a delivery attempt: the decisions, as pure functions of their
+//! inputs (no queue, no clock, no randomness, no I/O).
+//!
+//! [`settle`] turns one attempt's per-recipient outcomes into the
+//! recipients' new statuses, what the sender must be told (a DSN for
+//! permanent failures it asked to hear of, for expiry, and for "relayed"
+//! successes), and what happens to the message next: removed when nothing
+//! is pending, else deferred to `now + retry delay`. [`charge_crash`] is
+//! what a crash does to a record: one more crash, quarantined at the poison
+//! threshold, else deferred (or left where it is, for a crash found after
+//! a death). The scheduler ([`crate::gateway::scheduler`]) and the suspect
+//! charging ([`crate::gateway::crash::suspects`]) act on these answers.
+
+use postern_core::{Address, Envelope, Outcome, Reason, RecipientStatus};
+use postern_queue::{QuarantineInfo, Record, State};
+use std::time::Duration;
+
+/// How one recipient fared in this attempt (for logs, metrics, tracking).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempted {
+    /// Index of the recipient in the envelope.
+    pub index: usize,
+    /// The outcome as the next hop (or our own check) decided it.
+    pub outcome: Outcome,
+}
+
+/// A recipient the sender is told about in a DSN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The recipient.
+    pub address: Address,
+    /// Why: a 5xx for failures, 2xx for "relayed".
+    pub reason: Reason,
+    /// RFC 3461 ORCPT, echoed in the DSN.
+    pub orcpt: Option<String>,
+}
+
+/// What happens to the message after this attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Every recipient is settled: remove the message.
+    Remove,
+    /// Some recipients are pending: try again at `due_ms`.
+    Defer {
+        /// Attempts made, this one included.
+        attempts: u32,
+        /// When the next attempt is due (ms since the epoch).
+        due_ms: u64,
+        /// The last temporary failure of this attempt, for `queue list`.
+        last_error: Option<String>,
+    },
+}
+
+/// The whole answer of [`settle`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The envelope with every recipient's new status.
+    pub envelope: Envelope,
+    /// Each recipient attempted, in the order the outcomes came.
+    pub attempted: Vec<Attempted>,
+    /// Recipients that failed for good in this settlement (attempted or
+    /// expired), with the reply text: `(recipient, reply)`.
+    pub bounced: Vec<(Address, Reason)>,
+    /// What the DSN to the sender must list; empty = no DSN.
+    pub notices: Vec<Notice>,
+    /// Remove or defer.
+    pub next: Next,
+}
+
+/// Settles one attempt of `rec`.
+///
+/// `outcomes` are `(recipient index, outcome)` (indexes out of range are
+/// ignored); `now_ms` is the time of settlement; `max_age` is the queue
+/// lifetime (pending recipients of an older message fail with `4.4.7`);
+/// `retry_delay` is the (already jittered) delay before the next attempt.
+pub fn settle(
+    rec: &Record,
+    outcomes: Vec<(usize, Outcome)>,
+    now_ms: u64,
+    max_age: Duration,
+    retry_delay: Duration,
+) -> Settlement {
+    let mut envelope = rec.envelope.clone();
+    let mut attempted = Vec::with_capacity(outcomes.len());
+    let mut bounced = Vec::new();
+    let mut notices = Vec::new();
+    let mut last_error = None;
+    for (index, outcome) in outcomes {
+        let Some(r) = envelope.recipients.get_mut(index) else {
+            continue;
+        };
+        let notice = |reason: &Reason| Notice {
+            address: r.address.clone(),
+            reason: reason.clone(),
+            orcpt: r.orcpt.clone(),
+        };
+        r.status = match &outcome {
+            Outcome::Relayed(reason) => {
+                notices.push(notice(reason));
+                RecipientStatus::Delivered(reason.clone())
+            }
+            Outcome::Delivered(reason) => RecipientStatus::Delivered(reason.clone()),
+            Outcome::Permanent(reason) => {
+                if r.wants_failure_dsn() {
+                    notices.push(notice(reason));
+                }
+                bounced.push((r.address.clone(), reason.clone()));
+                RecipientStatus::Failed(reason.clone())
+            }
+            Outcome::Temporary(reason) => {
+                last_error = Some(reason.to_string());
+                RecipientStatus::Pending {
+                    last: Some(reason.clone()),
+                }
+            }
+        };
+        attempted.push(Attempted { index, outcome });
+    }
+    let age = now_ms.saturating_sub(envelope.received_ms);
+    if u128::from(age) >= max_age.as_millis() {
+        expire(&mut envelope, &mut bounced, &mut notices);
+    }
+    let next = if envelope.pending().next().is_none() {
+        Next::Remove
+    } else {
+        Next::Defer {
+            attempts: rec.attempts + 1,
+            due_ms: now_ms.saturating_add(millis(retry_delay)),
+            last_error,
+        }
+    };
+    Settlement {
+        envelope,
+        attempted,
+        bounced,
+        notices,
+        next,
+    }
+}
+
+/// Every pending recipient of an expired message fails with `4.4.7`.
+fn expire(
+    envelope: &mut Envelope,
+    bounced: &mut Vec<(Address, Reason)>,
+    notices: &mut Vec<Notice>,
+) {
+    for r in envelope.recipients.iter_mut().filter(|r| r.is_pending()) {
+        let last = match &r.status {
+            RecipientStatus::Pending { last: Some(l) } => format!(": last error {l}"),
+            _ => String::new(),
+        };
+        let reason = Reason::local(550, "4.4.7", format!("delivery time expired{last}"));
+        bounced.push((r.address.clone(), reason.clone()));
+        if r.wants_failure_dsn() {
+            notices.push(Notice {
+                address: r.address.clone(),
+                reason: reason.clone(),
+                orcpt: r.orcpt.clone(),
+            });
+        }
+        r.status = RecipientStatus::Failed(reason);
+    }
+}
+
+/// One crash charged to a message.
+#[derive(Debug, Clone, Copy)]
+pub struct Crash<'a> {
+    /// The stage it crashed in (`delivery`, `queue`, ...).
+    pub stage: &'a str,
+    /// Why: the panic message, signal or deadline; the quarantine reason.
+    pub reason: &'a str,
+    /// What `queue list` shows as the last error.
+    pub last_error: &'a str,
+}
+
+/// Charges `crash` to `rec`: quarantined once it reaches `threshold`
+/// crashes; otherwise deferred to `defer_to` when given (a crash caught in a
+/// running attempt counts as an attempt) or left as it is (a suspect of a
+/// death, which runs alone next time).
+pub fn charge_crash(
+    rec: &mut Record,
+    crash: Crash<'_>,
+    threshold: u32,
+    now_ms: u64,
+    defer_to: Option<u64>,
+) {
+    let Crash {
+        stage,
+        reason,
+        last_error,
+    } = crash;
+    rec.crashes += 1;
+    rec.last_error = Some(last_error.to_string());
+    if rec.crashes >= threshold {
+        rec.state = State::Quarantine;
+        rec.quarantine = Some(QuarantineInfo {
+            stage: stage.to_string(),
+            reason: reason.to_string(),
+            at_ms: now_ms,
+        });
+    } else if let Some(due) = defer_to {
+        rec.attempts += 1;
+        rec.state = State::Deferred;
+        rec.due_ms = due;
+    }
+}
+
+/// A duration in whole milliseconds, saturating.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_core::{QueueId, Recipient};
+
+    const HOUR: u64 = 3_600_000;
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s).expect("test address")
+    }
+
+    fn record(rcpts: &[&str], sender: Option<&str>, received_ms: u64) -> Record {
+        let envelope = Envelope {
+            id: QueueId::generate(),
+            sender: sender.map(addr),
+            recipients: rcpts.iter().map(|r| Recipient::new(addr(r))).collect(),
+            client: "192.0.2.1".into(),
+            helo: "client.test".into(),
+            received_ms,
+            size: 10,
+            eight_bit: false,
+            message_id: None,
+            smtputf8: false,
+            dsn_ret_full: false,
+            dsn_envid: None,
+        };
+        Record::new(envelope, received_ms)
+    }
+
+    fn remote(code: u16, status: &str) -> Reason {
+        Reason {
+            code,
+            status: status.into(),
+            text: "text".into(),
+            remote: Some("mx.test".into()),
+        }
+    }
+
+    fn defer_due(s: &Settlement) -> Option<u64> {
+        match s.next {
+            Next::Defer { due_ms, .. } => Some(due_ms),
+            Next::Remove => None,
+        }
+    }
+
+    /// (case, outcomes for recipients a and b, age of the message in hours,
+    /// expected: removed?, bounced count, notice count, pending count)
+    #[test]
+    fn settlement_table() {
+        use Outcome::*;
+        let cases: Vec<(&str, Vec<Outcome>, u64, bool, usize, usize, usize)> = vec![
+            (
+                "all delivered",
+                vec![
+                    Delivered(remote(250, "2.0.0")),
+                    Delivered(remote(250, "2.0.0")),
+                ],
+                0,
+                true,
+                0,
+                0,
+                0,
+            ),
+            (
+                "one temporary",
+                vec![
+                    Delivered(remote(250, "2.0.0")),
+                    Temporary(remote(451, "4.3.0")),
+                ],
+                0,
+                false,
+                0,
+                0,
+                1,
+            ),
+            (
+                "one permanent",
+                vec![
+                    Permanent(remote(550, "5.1.1")),
+                    Delivered(remote(250, "2.0.0")),
+                ],
+                0,
+                true,
+                1,
+                1,
+                0,
+            ),
+            (
+                "permanent and temporary",
+                vec![
+                    Permanent(remote(550, "5.1.1")),
+                    Temporary(remote(421, "4.4.2")),
+                ],
+                0,
+                false,
+                1,
+                1,
+                1,
+            ),
+            (
+                "relayed: success notice",
+                vec![
+                    Relayed(remote(250, "2.0.0")),
+                    Delivered(remote(250, "2.0.0")),
+                ],
+                0,
+                true,
+                0,
+                1,
+                0,
+            ),
+            (
+                "temporary past max_age: expired",
+                vec![
+                    Temporary(remote(451, "4.3.0")),
+                    Delivered(remote(250, "2.0.0")),
+                ],
+                200,
+                true,
+                1,
+                1,
+                0,
+            ),
+            (
+                "both temporary past max_age",
+                vec![
+                    Temporary(remote(451, "4.3.0")),
+                    Temporary(remote(451, "4.3.0")),
+                ],
+                200,
+                true,
+                2,
+                2,
+                0,
+            ),
+            (
+                "young and temporary",
+                vec![
+                    Temporary(remote(451, "4.3.0")),
+                    Temporary(remote(451, "4.3.0")),
+                ],
+                1,
+                false,
+                0,
+                0,
+                2,
+            ),
+        ];
+        for (case, outs, age_h, removed, n_bounced, n_notices, n_pending) in cases {
+            let now = 1_000 * HOUR;
+            let rec = record(
+                &["a@x.test", "b@y.test"],
+                Some("s@z.test"),
+                now - age_h * HOUR,
+            );
+            let outcomes = outs.into_iter().enumerate().collect();
+            let s = settle(
+                &rec,
+                outcomes,
+                now,
+                Duration::from_secs(5 * 24 * 3600),
+                Duration::from_secs(60),
+            );
+            assert_eq!(s.next == Next::Remove, removed, "{case}: next {:?}", s.next);
+            assert_eq!(s.bounced.len(), n_bounced, "{case}: bounced");
+            assert_eq!(s.notices.len(), n_notices, "{case}: notices");
+            assert_eq!(s.envelope.pending().count(), n_pending, "{case}: pending");
+            assert_eq!(s.attempted.len(), 2, "{case}: attempted");
+            if !removed {
+                assert_eq!(defer_due(&s), Some(now + 60_000), "{case}: due");
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_names_the_last_error_and_4_4_7() {
+        let now = 100 * HOUR;
+        let mut rec = record(&["a@x.test"], Some("s@z.test"), 0);
+        rec.envelope.recipients[0].status = RecipientStatus::Pending {
+            last: Some(remote(451, "4.3.0")),
+        };
+        // Nothing attempted this time (e.g. no route): expiry alone.
+        let s = settle(
+            &rec,
+            Vec::new(),
+            now,
+            Duration::from_secs(3600),
+            Duration::ZERO,
+        );
+        assert_eq!(s.next, Next::Remove);
+        let (who, why) = &s.bounced[0];
+        assert_eq!(who.to_string(), "a@x.test");
+        assert_eq!(why.status, "4.4.7");
+        assert!(
+            why.text.contains("last error 451 4.3.0 text"),
+            "{}",
+            why.text
+        );
+    }
+
+    #[test]
+    fn notify_never_gets_no_notice_but_still_bounces() {
+        let rec = {
+            let mut r = record(&["a@x.test"], Some("s@z.test"), 0);
+            r.envelope.recipients[0].notify = Some("NEVER".into());
+            r
+        };
+        let s = settle(
+            &rec,
+            vec![(0, Outcome::Permanent(remote(550, "5.1.1")))],
+            HOUR,
+            Duration::from_secs(3600 * 24),
+            Duration::ZERO,
+        );
+        assert!(s.notices.is_empty());
+        assert_eq!(s.bounced.len(), 1);
+    }
+
+    #[test]
+    fn unknown_indexes_are_ignored_and_attempts_count() {
+        let mut rec = record(&["a@x.test"], None, 0);
+        rec.attempts = 3;
+        let s = settle(
+            &rec,
+            vec![
+                (7, Outcome::Delivered(remote(250, "2.0.0"))),
+                (0, Outcome::Temporary(remote(421, "4.4.2"))),
+            ],
+            HOUR,
+            Duration::from_secs(3600 * 24),
+            Duration::from_secs(10),
+        );
+        assert_eq!(s.attempted.len(), 1);
+        match s.next {
+            Next::Defer {
+                attempts,
+                last_error,
+                ..
+            } => {
+                assert_eq!(attempts, 4);
+                assert_eq!(last_error.as_deref(), Some("421 4.4.2 text (from mx.test)"));
+            }
+            Next::Remove => panic!("still pending"),
+        }
+    }
+
+    #[test]
+    fn crash_charging_table() {
+        // (crashes before, threshold, defer_to, expected state, attempts after)
+        let cases = [
+            (0, 2, Some(500), State::Deferred, 1),
+            (1, 2, Some(500), State::Quarantine, 0),
+            (0, 1, Some(500), State::Quarantine, 0),
+            (0, 2, None, State::Ready, 0),
+            (4, 2, None, State::Quarantine, 0),
+        ];
+        for (before, threshold, defer_to, state, attempts) in cases {
+            let mut rec = record(&["a@x.test"], None, 0);
+            rec.crashes = before;
+            let crash = Crash {
+                stage: "delivery",
+                reason: "panic: boom",
+                last_error: "delivery crash: panic: boom",
+            };
+            charge_crash(&mut rec, crash, threshold, 42, defer_to);
+            assert_eq!(rec.crashes, before + 1);
+            assert_eq!(rec.state, state, "{before}/{threshold}/{defer_to:?}");
+            assert_eq!(rec.attempts, attempts);
+            assert_eq!(
+                rec.last_error.as_deref(),
+                Some("delivery crash: panic: boom")
+            );
+            match state {
+                State::Quarantine => {
+                    let q = rec.quarantine.as_ref().expect("quarantine info");
+                    assert_eq!(
+                        (q.stage.as_str(), q.reason.as_str(), q.at_ms),
+                        ("delivery", "panic: boom", 42)
+                    );
+                }
+                State::Deferred => assert_eq!(rec.due_ms, 500),
+                _ => assert!(rec.quarantine.is_none()),
+            }
+        }
+    }
+}
