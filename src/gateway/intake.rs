@@ -76,6 +76,19 @@ fn message_id(msg: &[u8]) -> Option<String> {
     postern_convert::headers::get(hdrs, "Message-ID").map(|m| m.chars().take(998).collect())
 }
 
+/// Masquerading and the canonical map apply to the envelope sender of
+/// outbound mail too.
+fn rewrite_sender(envelope: &mut postern_core::Envelope, p: &IntakePolicy) {
+    let Some(s) = &envelope.sender else {
+        return;
+    };
+    let rewritten =
+        postern_convert::outbound::rewrite_address(&s.to_string(), &p.conversion.outbound);
+    if let Some(a) = rewritten.and_then(|r| postern_core::Address::parse(&r).ok()) {
+        envelope.sender = Some(a);
+    }
+}
+
 /// Enhanced status codes a content refusal may carry.
 fn static_status(s: &str, code: u16) -> &'static str {
     match s {
@@ -173,7 +186,109 @@ impl Intake {
     }
 }
 
+/// What the content stage made of a message that is to be queued.
+struct Converted {
+    /// The converted message, when conversion changed it.
+    body: Option<Vec<u8>>,
+    /// A policy hold (DMARC quarantine): stored held, with this reason.
+    hold: Option<String>,
+    /// Outbound mail (trusted client): the envelope is rewritten too.
+    outbound: bool,
+    /// The content had crashed before: its suspect record is cleared once
+    /// it is stored.
+    was_suspect: bool,
+    /// The content hash (the suspect record's key).
+    hash: u64,
+}
+
 impl Intake {
+    /// A crash in the receive or content stage: the content hash is
+    /// charged; below the threshold the client hears 451 and retries, at
+    /// the threshold the message is stored in quarantine.
+    async fn crashed(
+        &self,
+        p: &IntakePolicy,
+        msg: ReceivedMessage,
+        hash: u64,
+        (stage, level): (&'static str, &'static str),
+        reason: String,
+        received: &Subject,
+    ) -> Reply {
+        self.metrics
+            .crashes
+            .with_label_values(&[stage, level])
+            .inc();
+        let n = self
+            .queue
+            .charge_suspect(hash, &format!("{stage}: {reason}"))
+            .unwrap_or(p.poison_threshold);
+        let id = msg.envelope.id;
+        tracing::error!(%id, stage, level, %reason, crashes = n, "receive-time crash");
+        if n >= p.poison_threshold {
+            return self.quarantine(msg, hash, stage, reason, n).await;
+        }
+        let reply = Reply::new(
+            451,
+            "4.3.0",
+            "content processing failed; please try again later",
+        );
+        self.refuse(received, reply)
+    }
+
+    /// Queues the (converted) message durably; `250` only once it is on
+    /// disk. This is the one place a message is acknowledged.
+    async fn store(&self, p: &IntakePolicy, msg: ReceivedMessage, c: Converted) -> Reply {
+        let mut envelope = msg.envelope;
+        if c.outbound {
+            rewrite_sender(&mut envelope, p);
+        }
+        // Conversion may have added the Message-ID.
+        if let (Some(new), None) = (&c.body, &envelope.message_id) {
+            envelope.message_id = message_id(new);
+        }
+        let tracked = self.tracker.subject(&envelope);
+        if let Some(new) = &c.body {
+            self.tracker.event(
+                "converted",
+                &tracked,
+                serde_json::json!({
+                    "direction": if c.outbound { "outbound" } else { "inbound" },
+                    "size_before": msg.body.len(),
+                    "size_after": new.len(),
+                }),
+            );
+        }
+        let body = c.body.unwrap_or(msg.body);
+        envelope.size = body.len() as u64;
+        let (id, size, rcpts) = (envelope.id, body.len(), envelope.recipients.len());
+        // A policy hold is stored held: the scheduler never sees it waiting.
+        let stored = match c.hold {
+            Some(_) => self.queue.enqueue_held(envelope, &body).await,
+            None => self.queue.enqueue(envelope, &body).await,
+        };
+        if let Err(e) = stored {
+            tracing::error!(%id, error = %e, "queue write failed; message refused");
+            return self.queue_failed(&tracked);
+        }
+        self.tracker
+            .event("queued", &tracked, serde_json::json!({ "size": size }));
+        if c.was_suspect {
+            let _ = self.queue.clear_suspect(c.hash);
+        }
+        if let Some(reason) = c.hold {
+            tracing::warn!(%id, %reason, "held by policy");
+            self.tracker.event(
+                "held",
+                &tracked,
+                serde_json::json!({ "by": "policy", "reason": reason }),
+            );
+        }
+        self.metrics.accepted.inc();
+        self.metrics.message_size.observe(size as f64);
+        tracing::info!(%id, rcpts, size, "queued");
+        Reply::new(250, "2.0.0", format!("queued as {id}"))
+    }
+
     /// Counts and tracks a refusal at the end of DATA; returns the reply.
     fn refuse(&self, env: &Subject, reply: Reply) -> Reply {
         self.metrics
@@ -228,7 +343,6 @@ impl Intake {
 
 impl MessageSink for Intake {
     async fn accept(&self, mut msg: ReceivedMessage) -> Reply {
-        let id = msg.envelope.id;
         msg.envelope.message_id = message_id(&msg.body);
         let p = self.policy.get();
         self.metrics.received.inc();
@@ -254,114 +368,36 @@ impl MessageSink for Intake {
             return self.quarantine(msg, hash, &stage, last, crashes).await;
         }
         let meta = self.meta(&p, &msg);
-        let mut hold = None;
-        let body = match self
+        let staged = self
             .run_stages(&p, &msg.body, &meta, hash, crashes > 0)
-            .await
-        {
-            Staged::Accept(new) => new,
-            Staged::Hold { body, reason } => {
-                hold = Some(reason);
-                Some(body)
-            }
+            .await;
+        let (body, hold) = match staged {
+            Staged::Accept(new) => (new, None),
+            Staged::Hold { body, reason } => (Some(body), Some(reason)),
             Staged::Reject { code, status, text } => {
                 let _ = self.queue.clear_suspect(hash);
-                tracing::info!(%id, code, %text, "refused by content processing");
-                return self.refuse(
-                    &received,
-                    Reply::new(code, static_status(&status, code), text),
-                );
+                tracing::info!(id = %msg.envelope.id, code, %text, "refused by content processing");
+                let reply = Reply::new(code, static_status(&status, code), text);
+                return self.refuse(&received, reply);
             }
             Staged::Crashed {
                 stage,
                 level,
                 reason,
             } => {
-                self.metrics
-                    .crashes
-                    .with_label_values(&[stage, level])
-                    .inc();
-                let n = self
-                    .queue
-                    .charge_suspect(hash, &format!("{stage}: {reason}"))
-                    .unwrap_or(p.poison_threshold);
-                tracing::error!(%id, stage, level, %reason, crashes = n, "receive-time crash");
-                if n >= p.poison_threshold {
-                    return self.quarantine(msg, hash, stage, reason, n).await;
-                }
-                return self.refuse(
-                    &received,
-                    Reply::new(
-                        451,
-                        "4.3.0",
-                        "content processing failed; please try again later",
-                    ),
-                );
+                return self
+                    .crashed(&p, msg, hash, (stage, level), reason, &received)
+                    .await
             }
         };
-        let mut envelope = msg.envelope;
-        if meta.outbound {
-            // Masquerading and the canonical map apply to the envelope too.
-            if let Some(s) = &envelope.sender {
-                let rewritten = postern_convert::outbound::rewrite_address(
-                    &s.to_string(),
-                    &p.conversion.outbound,
-                );
-                if let Some(a) = rewritten.and_then(|r| postern_core::Address::parse(&r).ok()) {
-                    envelope.sender = Some(a);
-                }
-            }
-        }
-        // Conversion may have added the Message-ID.
-        if let (Some(new), None) = (&body, &envelope.message_id) {
-            envelope.message_id = message_id(new);
-        }
-        let tracked = self.tracker.subject(&envelope);
-        if let Some(new) = &body {
-            self.tracker.event(
-                "converted",
-                &tracked,
-                serde_json::json!({
-                    "direction": if meta.outbound { "outbound" } else { "inbound" },
-                    "size_before": msg.body.len(),
-                    "size_after": new.len(),
-                }),
-            );
-        }
-        let body = body.unwrap_or(msg.body);
-        envelope.size = body.len() as u64;
-        let size = body.len();
-        let rcpts = envelope.recipients.len();
-        // A policy hold is stored held: the scheduler never sees it waiting.
-        let stored = match hold {
-            Some(_) => self.queue.enqueue_held(envelope, &body).await,
-            None => self.queue.enqueue(envelope, &body).await,
+        let converted = Converted {
+            body,
+            hold,
+            outbound: meta.outbound,
+            was_suspect: crashes > 0,
+            hash,
         };
-        match stored {
-            Ok(()) => {
-                self.tracker
-                    .event("queued", &tracked, serde_json::json!({ "size": size }));
-                if crashes > 0 {
-                    let _ = self.queue.clear_suspect(hash);
-                }
-                if let Some(reason) = hold {
-                    tracing::warn!(%id, %reason, "held by policy");
-                    self.tracker.event(
-                        "held",
-                        &tracked,
-                        serde_json::json!({ "by": "policy", "reason": reason }),
-                    );
-                }
-                self.metrics.accepted.inc();
-                self.metrics.message_size.observe(size as f64);
-                tracing::info!(%id, rcpts, size, "queued");
-                Reply::new(250, "2.0.0", format!("queued as {id}"))
-            }
-            Err(e) => {
-                tracing::error!(%id, error = %e, "queue write failed; message refused");
-                self.queue_failed(&tracked)
-            }
-        }
+        self.store(&p, msg, converted).await
     }
 
     fn session_panicked(&self, panic: &str) {
