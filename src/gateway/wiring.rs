@@ -39,29 +39,8 @@ pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let metrics = Arc::new(Metrics::new().context("metrics registry")?);
-    let qopts = QueueOptions {
-        path: cfg.queue.path.clone(),
-        cache_bytes: cfg.queue.cache_size.0,
-    };
-    let (queue, recovery) = tokio::task::spawn_blocking(move || Queue::open(&qopts))
-        .await
-        .context("queue open task")?
-        .with_context(|| format!("cannot open the queue at {}", cfg.queue.path.display()))?;
     let inflight = Arc::new(Inflight::from_env());
-    let threshold = cfg.workers.poison_threshold;
-    if let Some(n) = crate::run::handoff::restarts_from_env() {
-        metrics.gateway_restarts.inc_by(n);
-    }
-    let charged =
-        crate::gateway::crash::suspects::charge_from_env(&queue, threshold, &metrics).await;
-    inflight.ready();
-    tracing::info!(
-        suspects = charged,
-        messages = recovery.messages,
-        orphans = recovery.orphans,
-        corrupt = recovery.corrupt,
-        "queue recovered"
-    );
+    let queue = open_queue(&cfg, &metrics, &inflight).await?;
     let tracker = Arc::new(
         Tracker::start(
             &cfg.tracking,
@@ -101,48 +80,17 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         inflight: inflight.clone(),
         policy: Live::new(assemble::intake_policy(&cfg, conversion, content)),
     });
-    let (smtp_listeners, smtps_listeners, submission_listeners, admin_l) = listeners(&cfg)?;
-    let mut bound = Vec::new();
-    let mut bound_tls = Vec::new();
-    let mut bound_sub = Vec::new();
-    let all = smtp_listeners
-        .into_iter()
-        .map(|l| (l, false, false))
-        .chain(smtps_listeners.into_iter().map(|l| (l, true, false)))
-        .chain(submission_listeners.into_iter().map(|l| (l, false, true)));
-    for (l, implicit, submission) in all {
-        let addr = l.local_addr()?.to_string();
-        match (implicit, submission) {
-            (true, _) => bound_tls.push(addr),
-            (_, true) => bound_sub.push(addr),
-            _ => bound.push(addr),
-        }
-        let c = if submission {
-            sub_rx.clone()
-        } else {
-            smtp_rx.clone()
-        };
-        let (s, r) = (intake.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            if let Err(e) = postern_listener::serve(l, c, s, r, implicit).await {
-                tracing::error!(error = %e, "SMTP listener stopped");
-            }
-        });
-    }
-    let admin_addr = admin_l.local_addr()?;
-    // The CLI finds us through the configuration; with port 0 it needs the
-    // real address, so it is written beside the queue.
-    if let Err(e) = std::fs::write(cfg.queue.path.join(ADMIN_ADDR_FILE), admin_addr.to_string()) {
-        tracing::warn!(error = %e, "cannot record the admin address for the CLI");
-    }
-    let st = Arc::new(AdminState {
+    let (smtp_l, smtps_l, submission_l, admin_l) = listeners(&cfg)?;
+    let configs = (smtp_rx, sub_rx);
+    let smtp = start_smtp((smtp_l, smtps_l, submission_l), configs, &intake, &stop_rx)?;
+    let admin_state = AdminState {
         metrics: metrics.clone(),
         queue: queue.clone(),
         pressure: pressure.clone(),
         tracker: tracker.clone(),
         token: admin_token,
-    });
-    tokio::spawn(admin::serve(admin_l, st, stop_rx.clone()));
+    };
+    let admin_addr = start_admin(admin_l, admin_state, &cfg.queue.path, &stop_rx)?;
 
     let slots = Arc::new(Semaphore::new(cfg.delivery.max_concurrency));
     let scheduler = Arc::new(Scheduler {
@@ -155,22 +103,14 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         gate,
         inflight,
     });
-    let sched_rx = stop_rx.clone();
-    let m = metrics.clone();
-    let sched = scheduler.clone();
-    let sched_task = tokio::spawn(async move {
-        postern_supervisor::supervise(
-            "scheduler",
-            postern_supervisor::Backoff::default(),
-            move || sched.clone().run(sched_rx.clone()),
-            move |_, _, _| m.crashes.with_label_values(&["scheduler", "1"]).inc(),
-        )
-        .await
-    });
+    let sched_task = start_scheduler(&scheduler, &metrics, &stop_rx);
 
     let hostname = cfg.server.hostname.clone();
-    let shutdown_timeout = cfg.server.shutdown_timeout.0;
-    let max_concurrency = cfg.delivery.max_concurrency;
+    let stop = Drain {
+        timeout: cfg.server.shutdown_timeout.0,
+        max_concurrency: cfg.delivery.max_concurrency,
+        slots,
+    };
     let reloader = Reloader {
         path: loaded.path.clone(),
         running: std::sync::Mutex::new(cfg),
@@ -184,13 +124,142 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
     };
     tracing::info!(
         config = %loaded.source,
-        smtp = %bound.join(","),
-        smtps = %bound_tls.join(","),
-        submission = %bound_sub.join(","),
+        smtp = %smtp.bound[0].join(","),
+        smtps = %smtp.bound[1].join(","),
+        submission = %smtp.bound[2].join(","),
         admin = %admin_addr,
         hostname = %hostname,
         "postern ready"
     );
+    reload_until_stop(&mut signals, &reloader).await;
+    drop(reloader);
+
+    let _ = stop_tx.send(true);
+    stop.drain(smtp.tasks, sched_task, &metrics).await;
+    queue.flush().await.context("final queue flush")?;
+    tracing::info!("queue flushed; bye");
+    Ok(())
+}
+
+/// Opens the queue, charges the suspects of a previous death (before any
+/// work), and tells the supervisor they are charged.
+async fn open_queue(
+    cfg: &postern_core::config::Config,
+    metrics: &Metrics,
+    inflight: &Inflight,
+) -> anyhow::Result<Queue> {
+    let qopts = QueueOptions {
+        path: cfg.queue.path.clone(),
+        cache_bytes: cfg.queue.cache_size.0,
+    };
+    let (queue, recovery) = tokio::task::spawn_blocking(move || Queue::open(&qopts))
+        .await
+        .context("queue open task")?
+        .with_context(|| format!("cannot open the queue at {}", cfg.queue.path.display()))?;
+    if let Some(n) = crate::run::handoff::restarts_from_env() {
+        metrics.gateway_restarts.inc_by(n);
+    }
+    let threshold = cfg.workers.poison_threshold;
+    let charged =
+        crate::gateway::crash::suspects::charge_from_env(&queue, threshold, metrics).await;
+    inflight.ready();
+    tracing::info!(
+        suspects = charged,
+        messages = recovery.messages,
+        orphans = recovery.orphans,
+        corrupt = recovery.corrupt,
+        "queue recovered"
+    );
+    Ok(queue)
+}
+
+/// The SMTP listeners' tasks and the addresses they serve.
+struct Smtp {
+    /// One task per listener; each ends once its sessions have ended.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Bound addresses of the smtp, smtps and submission listeners.
+    bound: [Vec<String>; 3],
+}
+
+/// Starts one [`postern_listener::serve`] task per listening socket.
+fn start_smtp(
+    (smtp, smtps, submission): (Vec<TcpListener>, Vec<TcpListener>, Vec<TcpListener>),
+    (smtp_rx, sub_rx): (SessionConfigs, SessionConfigs),
+    intake: &Arc<Intake>,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<Smtp> {
+    let mut out = Smtp {
+        tasks: Vec::new(),
+        bound: Default::default(),
+    };
+    let all = smtp
+        .into_iter()
+        .map(|l| (l, false, false))
+        .chain(smtps.into_iter().map(|l| (l, true, false)))
+        .chain(submission.into_iter().map(|l| (l, false, true)));
+    for (l, implicit, submission) in all {
+        let kind = match (implicit, submission) {
+            (true, _) => 1,
+            (_, true) => 2,
+            _ => 0,
+        };
+        out.bound[kind].push(l.local_addr()?.to_string());
+        let c = if submission {
+            sub_rx.clone()
+        } else {
+            smtp_rx.clone()
+        };
+        let (s, r) = (intake.clone(), stop_rx.clone());
+        out.tasks.push(tokio::spawn(async move {
+            if let Err(e) = postern_listener::serve(l, c, s, r, implicit).await {
+                tracing::error!(error = %e, "SMTP listener stopped");
+            }
+        }));
+    }
+    Ok(out)
+}
+
+/// The session settings of one kind of listener, as reloads replace them.
+type SessionConfigs = watch::Receiver<Arc<postern_listener::SessionConfig>>;
+
+/// Starts the admin endpoint; records its address for the CLI.
+fn start_admin(
+    listener: TcpListener,
+    state: AdminState,
+    queue_dir: &std::path::Path,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let addr = listener.local_addr()?;
+    // The CLI finds us through the configuration; with port 0 it needs the
+    // real address, so it is written beside the queue.
+    if let Err(e) = std::fs::write(queue_dir.join(ADMIN_ADDR_FILE), addr.to_string()) {
+        tracing::warn!(error = %e, "cannot record the admin address for the CLI");
+    }
+    tokio::spawn(admin::serve(listener, Arc::new(state), stop_rx.clone()));
+    Ok(addr)
+}
+
+/// Runs the scheduler under supervision: a failed loop (a queue error) is
+/// restarted with backoff and counted as a crash.
+fn start_scheduler(
+    scheduler: &Arc<Scheduler>,
+    metrics: &Arc<Metrics>,
+    stop_rx: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let (sched, m, rx) = (scheduler.clone(), metrics.clone(), stop_rx.clone());
+    tokio::spawn(async move {
+        postern_supervisor::supervise(
+            "scheduler",
+            postern_supervisor::Backoff::default(),
+            move || sched.clone().run(rx.clone()),
+            move |_, _, _| m.crashes.with_label_values(&["scheduler", "1"]).inc(),
+        )
+        .await
+    })
+}
+
+/// Reloads on every SIGHUP (ParamChange) until a stop signal.
+async fn reload_until_stop(signals: &mut Signals, reloader: &Reloader) {
     while signals.next().await == Sig::Reload {
         match reloader.reload().await {
             Ok(restart) if restart.is_empty() => tracing::info!("configuration reloaded"),
@@ -204,28 +273,45 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
             ),
         }
     }
-    drop(reloader);
+}
 
-    // Stop: no new connections or claims; idle sessions get 421 now, busy
-    // ones at the end of their transaction; deliveries in flight finish.
-    tracing::info!(?shutdown_timeout, "shutting down");
-    let _ = stop_tx.send(true);
-    let deadline = tokio::time::Instant::now() + shutdown_timeout;
-    while metrics.sessions_active.get() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// What shutdown waits for, and how long.
+struct Drain {
+    /// `server.shutdown_timeout`: the whole drain's bound.
+    timeout: Duration,
+    /// All delivery slots free = no delivery in flight.
+    max_concurrency: usize,
+    /// The scheduler's delivery slots.
+    slots: Arc<Semaphore>,
+}
+
+impl Drain {
+    /// Stop was signalled: listeners stop accepting, idle sessions get 421
+    /// now and busy ones at the end of their transaction, deliveries in
+    /// flight finish — all within the timeout. Waits on the listener tasks
+    /// (each ends when its last session has) and the delivery slots.
+    async fn drain(
+        self,
+        listeners: Vec<tokio::task::JoinHandle<()>>,
+        scheduler: tokio::task::JoinHandle<()>,
+        metrics: &Metrics,
+    ) {
+        tracing::info!(shutdown_timeout = ?self.timeout, "shutting down");
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let sessions = futures_util::future::join_all(listeners);
+        let sessions_ended = tokio::time::timeout_at(deadline, sessions).await.is_ok();
+        let _ = tokio::time::timeout_at(deadline, scheduler).await;
+        let all = u32::try_from(self.max_concurrency).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout_at(deadline, self.slots.acquire_many(all))
+            .await
+            .is_ok();
+        tracing::info!(
+            sessions_ended,
+            sessions_left = metrics.sessions_active.get(),
+            deliveries_finished = drained,
+            "drained"
+        );
     }
-    let _ = tokio::time::timeout_at(deadline, sched_task).await;
-    let drained = tokio::time::timeout_at(deadline, slots.acquire_many(max_concurrency as u32))
-        .await
-        .is_ok();
-    tracing::info!(
-        sessions_left = metrics.sessions_active.get(),
-        deliveries_finished = drained,
-        "drained"
-    );
-    queue.flush().await.context("final queue flush")?;
-    tracing::info!("queue flushed; bye");
-    Ok(())
 }
 
 /// SMTP, implicit-TLS SMTP, submission and admin listeners.
