@@ -115,13 +115,13 @@ pub fn deliverer(
         .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
     let dns = crate::gateway::dns::Counted {
         inner: resolver,
-        lookups: metrics.dns_lookups.clone(),
+        lookups: metrics.delivery.dns_lookups.clone(),
     };
     let limits = conversion.limits;
     let downgrade: Arc<postern_delivery::smtp::Downgrade> = Arc::new(move |body: &[u8]| {
         postern_convert::downgrade::to_seven_bit(body, &limits).map_err(|e| e.reply().2)
     });
-    let connections = metrics.delivery_connections.clone();
+    let connections = metrics.delivery.delivery_connections.clone();
     Ok(Deliverer::new(
         &cfg.delivery,
         &cfg.routes,
@@ -205,7 +205,12 @@ pub async fn content(
             backoff: postern_supervisor::Backoff::default(),
             max_frame: cfg.server.max_message_size.0.saturating_mul(2) + 1024,
         },
-        Arc::new(move |_reason: &str| m.worker_restarts.with_label_values(&["content"]).inc()),
+        Arc::new(move |_reason: &str| {
+            m.process
+                .worker_restarts
+                .with_label_values(&["content"])
+                .inc()
+        }),
     );
     pool.prestart()
         .await

@@ -173,8 +173,12 @@ impl Intake {
             Ok(()) => {
                 let _ = self.queue.clear_suspect(hash);
                 self.tracker.event("quarantined", &env, event);
-                self.metrics.accepted.inc();
-                self.metrics.quarantined.with_label_values(&[stage]).inc();
+                self.metrics.messages.accepted.inc();
+                self.metrics
+                    .messages
+                    .quarantined
+                    .with_label_values(&[stage])
+                    .inc();
                 tracing::error!(%id, stage, %reason, crashes, "message quarantined at receive");
                 Reply::new(250, "2.0.0", format!("queued as {id} (quarantined)"))
             }
@@ -215,6 +219,7 @@ impl Intake {
         received: &Subject,
     ) -> Reply {
         self.metrics
+            .process
             .crashes
             .with_label_values(&[stage, level])
             .inc();
@@ -283,8 +288,8 @@ impl Intake {
                 serde_json::json!({ "by": "policy", "reason": reason }),
             );
         }
-        self.metrics.accepted.inc();
-        self.metrics.message_size.observe(size as f64);
+        self.metrics.messages.accepted.inc();
+        self.metrics.messages.message_size.observe(size as f64);
         tracing::info!(%id, rcpts, size, "queued");
         Reply::new(250, "2.0.0", format!("queued as {id}"))
     }
@@ -292,6 +297,7 @@ impl Intake {
     /// Counts and tracks a refusal at the end of DATA; returns the reply.
     fn refuse(&self, env: &Subject, reply: Reply) -> Reply {
         self.metrics
+            .messages
             .rejected
             .with_label_values(&[reply.reason()])
             .inc();
@@ -345,7 +351,7 @@ impl MessageSink for Intake {
     async fn accept(&self, mut msg: ReceivedMessage) -> Reply {
         msg.envelope.message_id = message_id(&msg.body);
         let p = self.policy.get();
-        self.metrics.received.inc();
+        self.metrics.messages.received.inc();
         let received = self.tracker.subject(&msg.envelope);
         self.tracker.event(
             "received",
@@ -402,6 +408,7 @@ impl MessageSink for Intake {
 
     fn session_panicked(&self, panic: &str) {
         self.metrics
+            .process
             .crashes
             .with_label_values(&["receive", "1"])
             .inc();
@@ -409,16 +416,21 @@ impl MessageSink for Intake {
     }
 
     fn session_opened(&self, listener: &'static str) {
-        self.metrics.sessions.with_label_values(&[listener]).inc();
-        self.metrics.sessions_active.inc();
+        self.metrics
+            .smtp
+            .sessions
+            .with_label_values(&[listener])
+            .inc();
+        self.metrics.smtp.sessions_active.inc();
     }
 
     fn session_closed(&self) {
-        self.metrics.sessions_active.dec();
+        self.metrics.smtp.sessions_active.dec();
     }
 
     fn refused(&self, reply: &Reply) {
         self.metrics
+            .smtp
             .smtp_rejections
             .with_label_values(&[reply.reason()])
             .inc();
@@ -426,6 +438,7 @@ impl MessageSink for Intake {
 
     fn tls_established(&self, version: &'static str) {
         self.metrics
+            .smtp
             .tls_sessions
             .with_label_values(&[version])
             .inc();

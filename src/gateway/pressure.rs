@@ -89,7 +89,7 @@ pub async fn watch(queue: Queue, q: QueueConfig, state: Arc<AtomicU8>, metrics: 
         if old != new {
             tracing::warn!(level = new, messages, "back pressure changed");
         }
-        metrics.back_pressure.set(i64::from(new));
+        metrics.process.back_pressure.set(i64::from(new));
     }
 }
 

@@ -53,6 +53,7 @@ impl Reloader {
         let result = self.try_reload().await;
         let label = if result.is_ok() { "success" } else { "failure" };
         self.metrics
+            .process
             .config_reloads
             .with_label_values(&[label])
             .inc();

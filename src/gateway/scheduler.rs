@@ -206,7 +206,11 @@ impl Scheduler {
             &self.tracker.subject(&rec.envelope),
             serde_json::json!({ "stage": stage, "reason": reason }),
         );
-        self.metrics.quarantined.with_label_values(&[stage]).inc();
+        self.metrics
+            .messages
+            .quarantined
+            .with_label_values(&[stage])
+            .inc();
         let info = postern_queue::QuarantineInfo {
             stage: stage.to_string(),
             reason: reason.to_string(),
@@ -221,7 +225,11 @@ impl Scheduler {
     /// quarantine it at the threshold.
     fn crashed(&self, rec: Record, stage: &str, why: &str) {
         let id = rec.envelope.id;
-        self.metrics.crashes.with_label_values(&[stage, "1"]).inc();
+        self.metrics
+            .process
+            .crashes
+            .with_label_values(&[stage, "1"])
+            .inc();
         let policy = self.policy.get();
         let now = postern_core::now_ms();
         let due = now.saturating_add(millis(policy.retry_delay(rec.attempts + 1)));
@@ -237,7 +245,11 @@ impl Scheduler {
         });
         match res {
             Ok(r) if r.state == State::Quarantine => {
-                self.metrics.quarantined.with_label_values(&[stage]).inc();
+                self.metrics
+                    .messages
+                    .quarantined
+                    .with_label_values(&[stage])
+                    .inc();
                 self.tracker.event(
                     "quarantined",
                     &self.tracker.subject(&r.envelope),
@@ -291,6 +303,7 @@ impl Scheduler {
         };
         for (rcpt, reason) in &settled.bounced {
             self.metrics
+                .delivery
                 .bounced
                 .with_label_values(&[policy.class(&rcpt.domain)])
                 .inc();
@@ -365,7 +378,11 @@ impl Scheduler {
             );
             match &a.outcome {
                 Outcome::Relayed(_) => {
-                    self.metrics.delivered.with_label_values(&[class]).inc();
+                    self.metrics
+                        .delivery
+                        .delivered
+                        .with_label_values(&[class])
+                        .inc();
                     self.tracker.event(
                         "delivered",
                         tracked,
@@ -376,8 +393,13 @@ impl Scheduler {
                 }
                 Outcome::Delivered(_) => {
                     let delay = now.saturating_sub(env.received_ms);
-                    self.metrics.delivered.with_label_values(&[class]).inc();
                     self.metrics
+                        .delivery
+                        .delivered
+                        .with_label_values(&[class])
+                        .inc();
+                    self.metrics
+                        .delivery
                         .delivery_latency
                         .with_label_values(&[class])
                         .observe(delay as f64 / 1000.0);
@@ -391,7 +413,11 @@ impl Scheduler {
                 }
                 Outcome::Permanent(_) => {}
                 Outcome::Temporary(_) => {
-                    self.metrics.deferred.with_label_values(&[class]).inc();
+                    self.metrics
+                        .delivery
+                        .deferred
+                        .with_label_values(&[class])
+                        .inc();
                 }
             }
         }
@@ -448,7 +474,7 @@ impl Scheduler {
         let tracked = self.tracker.subject(&dsn_env);
         match self.queue.enqueue(dsn_env, &body).await {
             Ok(()) => {
-                self.metrics.dsn_sent.inc();
+                self.metrics.messages.dsn_sent.inc();
                 self.tracker.event(
                     "queued",
                     &tracked,

@@ -45,7 +45,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         Tracker::start(
             &cfg.tracking,
             &cfg.queue.path,
-            metrics.tracking_dropped.clone(),
+            metrics.process.tracking_dropped.clone(),
         )
         .context("cannot open the tracking log")?,
     );
@@ -157,7 +157,7 @@ async fn open_queue(
         .context("queue open task")?
         .with_context(|| format!("cannot open the queue at {}", cfg.queue.path.display()))?;
     if let Some(n) = crate::run::handoff::restarts_from_env() {
-        metrics.gateway_restarts.inc_by(n);
+        metrics.process.gateway_restarts.inc_by(n);
     }
     let threshold = cfg.workers.poison_threshold;
     let charged =
@@ -252,7 +252,12 @@ fn start_scheduler(
             "scheduler",
             postern_supervisor::Backoff::default(),
             move || sched.clone().run(rx.clone()),
-            move |_, _, _| m.crashes.with_label_values(&["scheduler", "1"]).inc(),
+            move |_, _, _| {
+                m.process
+                    .crashes
+                    .with_label_values(&["scheduler", "1"])
+                    .inc()
+            },
         )
         .await
     })
@@ -307,7 +312,7 @@ impl Drain {
             .is_ok();
         tracing::info!(
             sessions_ended,
-            sessions_left = metrics.sessions_active.get(),
+            sessions_left = metrics.smtp.sessions_active.get(),
             deliveries_finished = drained,
             "drained"
         );

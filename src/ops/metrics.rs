@@ -14,30 +14,79 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// Every metric, in groups by what they describe.
 pub struct Metrics {
+    /// What `/metrics` renders.
     registry: Registry,
+    /// SMTP sessions and replies.
+    pub smtp: SmtpMetrics,
+    /// Messages as the intake sees them.
+    pub messages: MessageMetrics,
+    /// Delivery attempts, DNS and outbound connections.
+    pub delivery: DeliveryMetrics,
+    /// The process: crashes, restarts, back pressure, reloads.
+    pub process: ProcessMetrics,
+}
+
+/// SMTP sessions and the replies they got.
+pub struct SmtpMetrics {
+    /// Sessions accepted, by listener.
     pub sessions: IntCounterVec,
+    /// Sessions open now.
     pub sessions_active: IntGauge,
+    /// 4xx/5xx replies sent, by reason.
     pub smtp_rejections: IntCounterVec,
+    /// Sessions that negotiated TLS, by version.
     pub tls_sessions: IntCounterVec,
+}
+
+/// Messages between the end of DATA and the queue.
+pub struct MessageMetrics {
+    /// Completely received (end of DATA or BDAT LAST).
     pub received: IntCounter,
+    /// Queued durably and answered 250.
     pub accepted: IntCounter,
+    /// Refused at the end of DATA, by reason.
     pub rejected: IntCounterVec,
-    pub delivered: IntCounterVec,
-    pub deferred: IntCounterVec,
-    pub bounced: IntCounterVec,
-    pub dsn_sent: IntCounter,
-    pub queue_size: IntGaugeVec,
+    /// Size of accepted messages.
     pub message_size: Histogram,
-    pub delivery_latency: HistogramVec,
-    pub dns_lookups: IntCounterVec,
-    pub delivery_connections: IntCounterVec,
-    pub crashes: IntCounterVec,
+    /// DSNs generated.
+    pub dsn_sent: IntCounter,
+    /// Messages put in quarantine, by stage.
     pub quarantined: IntCounterVec,
+    /// Messages in the queue by state (refreshed at each scrape).
+    pub queue_size: IntGaugeVec,
+}
+
+/// Delivery, by destination class (internal or internet).
+pub struct DeliveryMetrics {
+    /// Recipients delivered.
+    pub delivered: IntCounterVec,
+    /// Recipient attempts that failed temporarily.
+    pub deferred: IntCounterVec,
+    /// Recipients that failed permanently or expired.
+    pub bounced: IntCounterVec,
+    /// Time from acceptance to delivery.
+    pub delivery_latency: HistogramVec,
+    /// DNS lookups by type and result.
+    pub dns_lookups: IntCounterVec,
+    /// Outbound connections by whether STARTTLS was negotiated.
+    pub delivery_connections: IntCounterVec,
+}
+
+/// The process's own health.
+pub struct ProcessMetrics {
+    /// Crashes caught, by stage and level of the ladder.
+    pub crashes: IntCounterVec,
+    /// Worker processes replaced.
     pub worker_restarts: IntCounterVec,
+    /// Gateway restarts by the supervisor.
     pub gateway_restarts: IntCounter,
+    /// Back-pressure level (0, 1, 2).
     pub back_pressure: IntGauge,
+    /// Configuration reloads by result.
     pub config_reloads: IntCounterVec,
+    /// Tracking lines dropped because the writer fell behind.
     pub tracking_dropped: IntCounter,
 }
 
@@ -60,7 +109,161 @@ fn counter_vec(
     reg(r, IntCounterVec::new(Opts::new(name, help), labels)?)
 }
 
+fn gauge(r: &Registry, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+    reg(r, IntGauge::new(name, help)?)
+}
+
+impl SmtpMetrics {
+    fn new(r: &Registry) -> Result<SmtpMetrics, prometheus::Error> {
+        Ok(SmtpMetrics {
+            sessions: counter_vec(
+                r,
+                "postern_smtp_sessions_total",
+                "SMTP sessions accepted, by listener.",
+                &["listener"],
+            )?,
+            sessions_active: gauge(r, "postern_smtp_sessions_active", "SMTP sessions open now.")?,
+            smtp_rejections: counter_vec(
+                r,
+                "postern_smtp_rejections_total",
+                "4xx and 5xx replies sent to SMTP clients, by reason.",
+                &["reason"],
+            )?,
+            tls_sessions: counter_vec(
+                r,
+                "postern_smtp_tls_sessions_total",
+                "Inbound sessions that negotiated TLS, by protocol version.",
+                &["version"],
+            )?,
+        })
+    }
+}
+
+impl MessageMetrics {
+    fn new(r: &Registry) -> Result<MessageMetrics, prometheus::Error> {
+        let sizes = HistogramOpts::new("postern_message_size_bytes", "Size of accepted messages.")
+            .buckets(prometheus::exponential_buckets(1024.0, 4.0, 9)?);
+        Ok(MessageMetrics {
+            received: counter(
+                r,
+                "postern_messages_received_total",
+                "Messages received completely (end of DATA or BDAT LAST).",
+            )?,
+            accepted: counter(
+                r,
+                "postern_messages_accepted_total",
+                "Messages queued durably and answered 250.",
+            )?,
+            rejected: counter_vec(
+                r,
+                "postern_messages_rejected_total",
+                "Received messages refused at the end of DATA, by reason.",
+                &["reason"],
+            )?,
+            message_size: reg(r, Histogram::with_opts(sizes)?)?,
+            dsn_sent: counter(r, "postern_dsn_generated_total", "DSNs generated.")?,
+            quarantined: counter_vec(
+                r,
+                "postern_messages_quarantined_total",
+                "Messages put in quarantine, by the stage that failed.",
+                &["stage"],
+            )?,
+            queue_size: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new("postern_queue_messages", "Messages in the queue by state."),
+                    &["state"],
+                )?,
+            )?,
+        })
+    }
+}
+
+impl DeliveryMetrics {
+    fn new(r: &Registry) -> Result<DeliveryMetrics, prometheus::Error> {
+        let latency = HistogramOpts::new(
+            "postern_delivery_latency_seconds",
+            "Time from acceptance to delivery, by destination class.",
+        )
+        .buckets(prometheus::exponential_buckets(0.005, 4.0, 10)?);
+        Ok(DeliveryMetrics {
+            delivered: counter_vec(
+                r,
+                "postern_recipients_delivered_total",
+                "Recipients delivered, by destination class.",
+                &["class"],
+            )?,
+            deferred: counter_vec(
+                r,
+                "postern_recipients_deferred_total",
+                "Recipient delivery attempts that failed temporarily, by destination class.",
+                &["class"],
+            )?,
+            bounced: counter_vec(
+                r,
+                "postern_recipients_bounced_total",
+                "Recipients that failed permanently or expired, by destination class.",
+                &["class"],
+            )?,
+            delivery_latency: reg(r, HistogramVec::new(latency, &["class"])?)?,
+            dns_lookups: counter_vec(
+                r,
+                "postern_dns_lookups_total",
+                "DNS lookups made for delivery, by type and result.",
+                &["type", "result"],
+            )?,
+            delivery_connections: counter_vec(
+                r,
+                "postern_delivery_connections_total",
+                "Outbound SMTP connections opened, by whether STARTTLS was negotiated.",
+                &["tls"],
+            )?,
+        })
+    }
+}
+
+impl ProcessMetrics {
+    fn new(r: &Registry) -> Result<ProcessMetrics, prometheus::Error> {
+        Ok(ProcessMetrics {
+            crashes: counter_vec(
+                r,
+                "postern_crashes_total",
+                "Crashes caught, by stage and level.",
+                &["stage", "level"],
+            )?,
+            worker_restarts: counter_vec(
+                r,
+                "postern_worker_restarts_total",
+                "Worker processes replaced after dying or overrunning.",
+                &["kind"],
+            )?,
+            gateway_restarts: counter(
+                r,
+                "postern_gateway_restarts_total",
+                "Times the supervisor restarted the gateway process.",
+            )?,
+            back_pressure: gauge(
+                r,
+                "postern_back_pressure",
+                "Back-pressure level: 0 none, 1 refusing untrusted clients, 2 refusing all.",
+            )?,
+            config_reloads: counter_vec(
+                r,
+                "postern_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result.",
+                &["result"],
+            )?,
+            tracking_dropped: counter(
+                r,
+                "postern_tracking_dropped_total",
+                "Tracking log lines dropped because the writer fell behind.",
+            )?,
+        })
+    }
+}
+
 impl Metrics {
+    /// Registers every metric, with the label sets dashboards expect.
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let r = Registry::new();
         let build = reg(
@@ -72,179 +275,53 @@ impl Metrics {
         )?;
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let m = Metrics {
-            sessions: counter_vec(
-                &r,
-                "postern_smtp_sessions_total",
-                "SMTP sessions accepted, by listener.",
-                &["listener"],
-            )?,
-            sessions_active: reg(
-                &r,
-                IntGauge::new("postern_smtp_sessions_active", "SMTP sessions open now.")?,
-            )?,
-            smtp_rejections: counter_vec(
-                &r,
-                "postern_smtp_rejections_total",
-                "4xx and 5xx replies sent to SMTP clients, by reason.",
-                &["reason"],
-            )?,
-            tls_sessions: counter_vec(
-                &r,
-                "postern_smtp_tls_sessions_total",
-                "Inbound sessions that negotiated TLS, by protocol version.",
-                &["version"],
-            )?,
-            received: counter(
-                &r,
-                "postern_messages_received_total",
-                "Messages received completely (end of DATA or BDAT LAST).",
-            )?,
-            accepted: counter(
-                &r,
-                "postern_messages_accepted_total",
-                "Messages queued durably and answered 250.",
-            )?,
-            rejected: counter_vec(
-                &r,
-                "postern_messages_rejected_total",
-                "Received messages refused at the end of DATA, by reason.",
-                &["reason"],
-            )?,
-            delivered: counter_vec(
-                &r,
-                "postern_recipients_delivered_total",
-                "Recipients delivered, by destination class.",
-                &["class"],
-            )?,
-            deferred: counter_vec(
-                &r,
-                "postern_recipients_deferred_total",
-                "Recipient delivery attempts that failed temporarily, by destination class.",
-                &["class"],
-            )?,
-            bounced: counter_vec(
-                &r,
-                "postern_recipients_bounced_total",
-                "Recipients that failed permanently or expired, by destination class.",
-                &["class"],
-            )?,
-            dsn_sent: counter(&r, "postern_dsn_generated_total", "DSNs generated.")?,
-            queue_size: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new("postern_queue_messages", "Messages in the queue by state."),
-                    &["state"],
-                )?,
-            )?,
-            message_size: reg(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new("postern_message_size_bytes", "Size of accepted messages.")
-                        .buckets(prometheus::exponential_buckets(1024.0, 4.0, 9)?),
-                )?,
-            )?,
-            delivery_latency: reg(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "postern_delivery_latency_seconds",
-                        "Time from acceptance to delivery, by destination class.",
-                    )
-                    .buckets(prometheus::exponential_buckets(0.005, 4.0, 10)?),
-                    &["class"],
-                )?,
-            )?,
-            dns_lookups: counter_vec(
-                &r,
-                "postern_dns_lookups_total",
-                "DNS lookups made for delivery, by type and result.",
-                &["type", "result"],
-            )?,
-            delivery_connections: counter_vec(
-                &r,
-                "postern_delivery_connections_total",
-                "Outbound SMTP connections opened, by whether STARTTLS was negotiated.",
-                &["tls"],
-            )?,
-            crashes: counter_vec(
-                &r,
-                "postern_crashes_total",
-                "Crashes caught, by stage and level.",
-                &["stage", "level"],
-            )?,
-            quarantined: counter_vec(
-                &r,
-                "postern_messages_quarantined_total",
-                "Messages put in quarantine, by the stage that failed.",
-                &["stage"],
-            )?,
-            worker_restarts: counter_vec(
-                &r,
-                "postern_worker_restarts_total",
-                "Worker processes replaced after dying or overrunning.",
-                &["kind"],
-            )?,
-            gateway_restarts: counter(
-                &r,
-                "postern_gateway_restarts_total",
-                "Times the supervisor restarted the gateway process.",
-            )?,
-            back_pressure: reg(
-                &r,
-                IntGauge::new(
-                    "postern_back_pressure",
-                    "Back-pressure level: 0 none, 1 refusing untrusted clients, 2 refusing all.",
-                )?,
-            )?,
-            config_reloads: counter_vec(
-                &r,
-                "postern_config_reloads_total",
-                "Configuration reloads (SIGHUP), by result.",
-                &["result"],
-            )?,
-            tracking_dropped: counter(
-                &r,
-                "postern_tracking_dropped_total",
-                "Tracking log lines dropped because the writer fell behind.",
-            )?,
+            smtp: SmtpMetrics::new(&r)?,
+            messages: MessageMetrics::new(&r)?,
+            delivery: DeliveryMetrics::new(&r)?,
+            process: ProcessMetrics::new(&r)?,
             registry: r,
         };
-        // Series that exist from the start, so dashboards and alerts see 0
-        // rather than nothing.
+        m.create_series();
+        Ok(m)
+    }
+
+    /// Series that exist from the start, so dashboards and alerts see 0
+    /// rather than nothing.
+    fn create_series(&self) {
+        let (d, p) = (&self.delivery, &self.process);
         for class in ["internal", "internet"] {
-            m.delivery_latency.with_label_values(&[class]);
-            m.delivered.with_label_values(&[class]);
-            m.deferred.with_label_values(&[class]);
-            m.bounced.with_label_values(&[class]);
+            d.delivery_latency.with_label_values(&[class]);
+            d.delivered.with_label_values(&[class]);
+            d.deferred.with_label_values(&[class]);
+            d.bounced.with_label_values(&[class]);
         }
         for result in ["success", "failure"] {
-            m.config_reloads.with_label_values(&[result]);
+            p.config_reloads.with_label_values(&[result]);
         }
         for listener in ["smtp", "smtps", "submission"] {
-            m.sessions.with_label_values(&[listener]);
+            self.smtp.sessions.with_label_values(&[listener]);
         }
         for reason in postern_listener::Reply::REASONS {
-            m.smtp_rejections.with_label_values(&[reason]);
-            m.rejected.with_label_values(&[reason]);
+            self.smtp.smtp_rejections.with_label_values(&[reason]);
+            self.messages.rejected.with_label_values(&[reason]);
         }
         for version in ["TLSv1_2", "TLSv1_3"] {
-            m.tls_sessions.with_label_values(&[version]);
+            self.smtp.tls_sessions.with_label_values(&[version]);
         }
         for kind in ["mx", "address"] {
             for result in ["ok", "nxdomain", "nodata", "error"] {
-                m.dns_lookups.with_label_values(&[kind, result]);
+                d.dns_lookups.with_label_values(&[kind, result]);
             }
         }
         for tls in ["yes", "no"] {
-            m.delivery_connections.with_label_values(&[tls]);
+            d.delivery_connections.with_label_values(&[tls]);
         }
         for stage in ["receive", "content", "queue", "delivery"] {
-            m.quarantined.with_label_values(&[stage]);
-            m.crashes.with_label_values(&[stage, "1"]);
+            self.messages.quarantined.with_label_values(&[stage]);
+            p.crashes.with_label_values(&[stage, "1"]);
         }
-        m.crashes.with_label_values(&["content", "2"]);
-        m.worker_restarts.with_label_values(&["content"]);
-        Ok(m)
+        p.crashes.with_label_values(&["content", "2"]);
+        p.worker_restarts.with_label_values(&["content"]);
     }
 
     /// The text exposition of every metric.
@@ -256,7 +333,10 @@ impl Metrics {
             ("held", c.held),
             ("quarantine", c.quarantine),
         ] {
-            self.queue_size.with_label_values(&[state]).set(n as i64);
+            self.messages
+                .queue_size
+                .with_label_values(&[state])
+                .set(n as i64);
         }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {

@@ -30,7 +30,11 @@ pub async fn charge_from_env(queue: &Queue, threshold: u32, metrics: &Metrics) -
             .strip_prefix("r:")
             .and_then(|h| u64::from_str_radix(h, 16).ok())
         {
-            metrics.crashes.with_label_values(&["receive", "3"]).inc();
+            metrics
+                .process
+                .crashes
+                .with_label_values(&["receive", "3"])
+                .inc();
             match queue.charge_suspect(h, &format!("receive: gateway {death}")) {
                 Ok(c) => {
                     tracing::error!(content = %format!("{h:016x}"), crashes = c, %death, "receive-stage suspect charged")
@@ -53,7 +57,11 @@ fn charge_message(
     death: &str,
     metrics: &Metrics,
 ) {
-    metrics.crashes.with_label_values(&[stage, "3"]).inc();
+    metrics
+        .process
+        .crashes
+        .with_label_values(&[stage, "3"])
+        .inc();
     let reason = format!("gateway {death} while this message was in stage {stage}");
     let crash = Crash {
         stage,
@@ -67,7 +75,11 @@ fn charge_message(
     });
     match res {
         Ok(r) if r.state == State::Quarantine => {
-            metrics.quarantined.with_label_values(&[stage]).inc();
+            metrics
+                .messages
+                .quarantined
+                .with_label_values(&[stage])
+                .inc();
             tracing::error!(%id, crashes = r.crashes, %reason, "suspect quarantined");
         }
         Ok(r) => {
