@@ -25,24 +25,138 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
 
-pub async fn run(loaded: Loaded, mut signals: crate::run::signals::Signals) -> anyhow::Result<()> {
+/// What every gateway child inherits: the listening sockets and limits.
+struct Inherit {
+    /// The sockets themselves: kept open here for the whole run, so the
+    /// kernel's backlog holds connections while a child restarts.
+    _sockets: crate::run::listen::Sockets,
+    /// Their descriptors, cleared of close-on-exec in the child.
+    fds: Vec<RawFd>,
+    /// The value of [`LISTEN_ENV`] naming them by kind.
+    listen_env: String,
+    /// RLIMIT_AS of the gateway (0 = none).
+    memory: u64,
+    /// Where the gateway reads its configuration: the validated snapshot.
+    config: Option<PathBuf>,
+}
+
+impl Inherit {
+    fn bind(
+        cfg: &postern_core::config::Config,
+        config: Option<PathBuf>,
+    ) -> anyhow::Result<Inherit> {
+        let sockets = crate::run::listen::bind(cfg)?;
+        let fds_of =
+            |v: &[std::net::TcpListener]| v.iter().map(|l| l.as_raw_fd()).collect::<Vec<_>>();
+        let (smtp, smtps, sub) = (
+            fds_of(&sockets.smtp),
+            fds_of(&sockets.smtps),
+            fds_of(&sockets.submission),
+        );
+        let admin = sockets.admin.as_raw_fd();
+        let listen_env = listen_value(&smtp, &smtps, &sub, admin);
+        let mut fds = smtp;
+        fds.extend(&smtps);
+        fds.extend(&sub);
+        fds.push(admin);
+        Ok(Inherit {
+            _sockets: sockets,
+            fds,
+            listen_env,
+            memory: cfg.workers.gateway_memory_limit.0,
+            config,
+        })
+    }
+
+    /// The command that starts one gateway child.
+    fn command(
+        &self,
+        exe: &std::path::Path,
+        pipe: &InflightPipe,
+        restarts: u64,
+        last: &LastDeath,
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("gateway");
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.env(LISTEN_ENV, &self.listen_env)
+            .env(INFLIGHT_FD_ENV, pipe.write.as_raw_fd().to_string())
+            .env(RESTARTS_ENV, restarts.to_string())
+            .stdin(std::process::Stdio::null());
+        if last.suspects.is_empty() {
+            cmd.env_remove(SUSPECTS_ENV);
+        } else {
+            cmd.env(SUSPECTS_ENV, last.suspects.join(" "))
+                .env(DEATH_ENV, &last.death);
+        }
+        let (fds, memory) = (self.fds.clone(), self.memory);
+        // SAFETY: the closure only calls prctl, signal, fcntl and setrlimit,
+        // all async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || child_setup(&fds, memory));
+        }
+        cmd
+    }
+}
+
+/// In the child, between fork and exec.
+fn child_setup(fds: &[RawFd], memory: u64) -> std::io::Result<()> {
+    // SAFETY: prctl, signal and setrlimit with valid arguments; called
+    // between fork and exec, where only async-signal-safe calls are allowed
+    // (these are).
+    unsafe {
+        // If the supervisor dies, so does the gateway: no orphan keeps the
+        // queue locked.
+        #[cfg(target_os = "linux")]
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        // A SIGHUP before the gateway installs its handler must not kill it
+        // (the default action); its handler replaces this.
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
+    for fd in fds {
+        clear_cloexec(*fd)?;
+    }
+    if memory > 0 {
+        let lim = libc::rlimit {
+            rlim_cur: memory as libc::rlim_t,
+            rlim_max: memory as libc::rlim_t,
+        };
+        // SAFETY: setrlimit with a valid, initialised struct.
+        unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) };
+    }
+    Ok(())
+}
+
+/// What the next gateway must charge: the keys in flight at the last death
+/// and how it died.
+#[derive(Default)]
+struct LastDeath {
+    suspects: Vec<String>,
+    death: String,
+}
+
+impl LastDeath {
+    /// A child ended: if it had charged the previous suspects, its own keys
+    /// in flight replace them; if it died before, they are kept too.
+    fn update(&mut self, end: &postern_supervisor::child::ChildEnd) {
+        if end.was_ready {
+            self.suspects = end.suspects.clone();
+        } else {
+            for s in &end.suspects {
+                if !self.suspects.contains(s) {
+                    self.suspects.push(s.clone());
+                }
+            }
+        }
+        self.death = end.reason.clone();
+    }
+}
+
+/// Runs the supervisor until a stop signal or a clean gateway exit.
+pub async fn run(loaded: Loaded, signals: crate::run::signals::Signals) -> anyhow::Result<()> {
     let cfg = &loaded.config;
-    let crate::run::listen::Sockets {
-        smtp,
-        smtps,
-        submission,
-        admin,
-    } = crate::run::listen::bind(cfg)?;
-    let smtp_fds: Vec<RawFd> = smtp.iter().map(|l| l.as_raw_fd()).collect();
-    let smtps_fds: Vec<RawFd> = smtps.iter().map(|l| l.as_raw_fd()).collect();
-    let sub_fds: Vec<RawFd> = submission.iter().map(|l| l.as_raw_fd()).collect();
-    let admin_fd = admin.as_raw_fd();
-    let listen_env = listen_value(&smtp_fds, &smtps_fds, &sub_fds, admin_fd);
-    let mut inherit = smtp_fds.clone();
-    inherit.extend(&smtps_fds);
-    inherit.extend(&sub_fds);
-    inherit.push(admin_fd);
-    let memory = cfg.workers.gateway_memory_limit.0;
     let grace = cfg.server.shutdown_timeout.0 + Duration::from_secs(10);
     let exe = std::env::current_exe().context("cannot find our own executable")?;
     // The gateway runs on a snapshot of the last configuration that passed
@@ -53,31 +167,10 @@ pub async fn run(loaded: Loaded, mut signals: crate::run::signals::Signals) -> a
         Some(path) => Some(Snapshot::create(path, &cfg.queue.path)?),
         None => None,
     };
-    let gateway_config = snapshot.as_ref().map(|s| s.running.clone());
-
+    let inherit = Inherit::bind(cfg, snapshot.as_ref().map(|s| s.running.clone()))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (fwd_tx, mut fwd_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while signals.next().await == crate::run::signals::Sig::Reload {
-            let Some(snap) = &snapshot else {
-                // Embedded default: nothing can have changed.
-                let _ = fwd_tx.send(libc::SIGHUP);
-                continue;
-            };
-            match snap.refresh() {
-                Ok(()) => {
-                    tracing::info!(config = %snap.source.display(), "configuration valid; reloading the gateway");
-                    let _ = fwd_tx.send(libc::SIGHUP);
-                }
-                Err(e) => tracing::error!(
-                    error = %e.trim_end(),
-                    "configuration reload refused; the running configuration stays"
-                ),
-            }
-        }
-        crate::run::notify::stopping();
-        let _ = stop_tx.send(true);
-    });
+    tokio::spawn(forward_signals(signals, snapshot, fwd_tx, stop_tx));
     if let Some(every) = crate::run::notify::watchdog_interval() {
         // The supervisor answers systemd's watchdog; the gateway's own
         // health is the supervisor's business (it restarts it).
@@ -93,68 +186,18 @@ pub async fn run(loaded: Loaded, mut signals: crate::run::signals::Signals) -> a
     // backlog until the gateway takes them.
     crate::run::notify::ready();
 
-    let mut suspects: Vec<String> = Vec::new();
-    let mut death = String::new();
+    let mut last = LastDeath::default();
     let mut restarts: u64 = 0;
     let mut delay = Duration::from_millis(250);
     loop {
         let pipe = InflightPipe::new().context("cannot create the in-flight pipe")?;
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.arg("gateway");
-        if let Some(c) = &gateway_config {
-            cmd.arg("--config").arg(c);
-        }
-        cmd.env(LISTEN_ENV, &listen_env)
-            .env(INFLIGHT_FD_ENV, pipe.write.as_raw_fd().to_string())
-            .env(RESTARTS_ENV, restarts.to_string())
-            .stdin(std::process::Stdio::null());
-        if suspects.is_empty() {
-            cmd.env_remove(SUSPECTS_ENV);
-        } else {
-            cmd.env(SUSPECTS_ENV, suspects.join(" "))
-                .env(DEATH_ENV, &death);
-        }
-        let fds = inherit.clone();
-        // SAFETY: the closure only calls prctl, signal, fcntl and setrlimit,
-        // all async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                // If the supervisor dies, so does the gateway: no orphan
-                // keeps the queue locked.
-                #[cfg(target_os = "linux")]
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                // A SIGHUP before the gateway installs its handler must not
-                // kill it (the default action); its handler replaces this.
-                libc::signal(libc::SIGHUP, libc::SIG_IGN);
-                for fd in &fds {
-                    clear_cloexec(*fd)?;
-                }
-                if memory > 0 {
-                    let lim = libc::rlimit {
-                        rlim_cur: memory as libc::rlim_t,
-                        rlim_max: memory as libc::rlim_t,
-                    };
-                    libc::setrlimit(libc::RLIMIT_AS, &lim);
-                }
-                Ok(())
-            });
-        }
+        let cmd = inherit.command(&exe, &pipe, restarts, &last);
         let end = run_child(cmd, pipe, stop_rx.clone(), grace, &mut fwd_rx).await?;
         if end.clean || *stop_rx.borrow() {
             tracing::info!(reason = %end.reason, "gateway stopped; supervisor exits");
             return Ok(());
         }
-        if end.was_ready {
-            suspects = end.suspects;
-        } else {
-            // The child died before charging the previous suspects: keep them.
-            for s in end.suspects {
-                if !suspects.contains(&s) {
-                    suspects.push(s);
-                }
-            }
-        }
-        death = end.reason.clone();
+        last.update(&end);
         restarts += 1;
         delay = if end.ran_for > Duration::from_secs(10) {
             Duration::from_millis(250)
@@ -165,7 +208,7 @@ pub async fn run(loaded: Loaded, mut signals: crate::run::signals::Signals) -> a
         };
         tracing::error!(
             reason = %end.reason,
-            suspects = ?suspects,
+            suspects = ?last.suspects,
             ?delay,
             restarts,
             "gateway died; restarting"
@@ -176,6 +219,35 @@ pub async fn run(loaded: Loaded, mut signals: crate::run::signals::Signals) -> a
             _ = stop.changed() => return Ok(()),
         }
     }
+}
+
+/// SIGHUP: validate and snapshot the configuration, then forward the
+/// reload to the gateway; SIGTERM/SIGINT: tell systemd and stop.
+async fn forward_signals(
+    mut signals: crate::run::signals::Signals,
+    snapshot: Option<Snapshot>,
+    fwd_tx: tokio::sync::mpsc::UnboundedSender<i32>,
+    stop_tx: watch::Sender<bool>,
+) {
+    while signals.next().await == crate::run::signals::Sig::Reload {
+        let Some(snap) = &snapshot else {
+            // Embedded default: nothing can have changed.
+            let _ = fwd_tx.send(libc::SIGHUP);
+            continue;
+        };
+        match snap.refresh() {
+            Ok(()) => {
+                tracing::info!(config = %snap.source.display(), "configuration valid; reloading the gateway");
+                let _ = fwd_tx.send(libc::SIGHUP);
+            }
+            Err(e) => tracing::error!(
+                error = %e.trim_end(),
+                "configuration reload refused; the running configuration stays"
+            ),
+        }
+    }
+    crate::run::notify::stopping();
+    let _ = stop_tx.send(true);
 }
 
 /// The configuration file and its last valid copy, which the gateway reads.
