@@ -114,20 +114,7 @@ fn main() -> ExitCode {
         no_supervisor: false,
     });
     match command {
-        Command::CheckConfig(a) => match config::load(a.config.as_deref()) {
-            // Building the parts reads the DKIM keys, maps, TLS certificate,
-            // users and recipients files too.
-            Ok(loaded) => block_on(async move {
-                gateway::assemble::validate(&loaded.config)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", loaded.source))?;
-                println!("{}: configuration OK", loaded.source);
-                Ok(())
-            }),
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::from(1)
-            }
-        },
+        Command::CheckConfig(a) => cli::check_config(a.config.as_deref()),
         Command::Worker {
             config,
             memory,
@@ -137,23 +124,8 @@ fn main() -> ExitCode {
             memory,
             std::time::Duration::from_millis(deadline_ms),
         ),
-        Command::Queue { config, cmd } => match admin_target(config.config.as_deref()) {
-            Ok((admin, token)) => block_on(async move { cli::queue::run(admin, token, cmd).await }),
-            Err(e) => {
-                eprintln!("{}", e.trim_end());
-                ExitCode::from(1)
-            }
-        },
-        Command::Health { config, ready } => match admin_target(config.config.as_deref()) {
-            Ok((admin, token)) => block_on(async move {
-                let path = if ready { "/readyz" } else { "/healthz" };
-                cli::queue::check(admin, token, path).await
-            }),
-            Err(e) => {
-                eprintln!("{}", e.trim_end());
-                ExitCode::from(1)
-            }
-        },
+        Command::Queue { config, cmd } => cli::queue_command(config.config.as_deref(), cmd),
+        Command::Health { config, ready } => cli::health(config.config.as_deref(), ready),
         Command::Trace { config, key, json } => match config::load(config.config.as_deref()) {
             Ok(loaded) => cli::trace::run(&loaded.config, &key, json),
             Err(e) => {
@@ -161,22 +133,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::HashPassword => {
-            let mut line = String::new();
-            if std::io::stdin().read_line(&mut line).is_err() {
-                return ExitCode::from(1);
-            }
-            match postern_listener::auth::hash_password(line.trim_end_matches(['\r', '\n'])) {
-                Ok(h) => {
-                    println!("{h}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("postern: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        Command::HashPassword => cli::hash_password(),
         #[cfg(windows)]
         Command::Service { cmd } => {
             let r = match cmd {
@@ -200,32 +157,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The running daemon's admin address and token, from the configuration
-/// (port 0: the address the daemon wrote beside its queue).
-fn admin_target(
-    path: Option<&std::path::Path>,
-) -> Result<(std::net::SocketAddr, Option<String>), String> {
-    let loaded = config::load(path).map_err(|e| e.to_string())?;
-    let cfg = &loaded.config;
-    let token = config::admin_token(cfg)?;
-    let mut admin = cfg.admin.listen;
-    if admin.ip().is_unspecified() {
-        // Listening everywhere: talk to it over loopback.
-        admin.set_ip(match admin {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    if admin.port() == 0 {
-        let file = cfg.queue.path.join(gateway::wiring::ADMIN_ADDR_FILE);
-        admin = std::fs::read_to_string(&file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| format!("admin port is 0 and {} names no address", file.display()))?;
-    }
-    Ok((admin, token))
-}
-
 /// Loads the configuration and runs the supervisor or the gateway.
 fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
     block_on(async move {
@@ -245,7 +176,7 @@ fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
     })
 }
 
-fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
+pub(crate) fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -25,7 +25,9 @@ use crate::ops::metrics::Metrics;
 use crate::ops::tracking::Tracker;
 use crate::run::signals::{Sig, Signals};
 use anyhow::Context;
+use postern_core::config::Config;
 use postern_queue::{Queue, QueueOptions};
+use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -38,74 +40,51 @@ pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 /// through a channel); SIGHUP (or ParamChange) reloads.
 pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<()> {
     let cfg = loaded.config;
-    let metrics = Arc::new(Metrics::new().context("metrics registry")?);
-    let inflight = Arc::new(Inflight::from_env());
-    let queue = open_queue(&cfg, &metrics, &inflight).await?;
-    let tracker = Arc::new(
-        Tracker::start(
-            &cfg.tracking,
-            &cfg.queue.path,
-            metrics.process.tracking_dropped.clone(),
-        )
-        .context("cannot open the tracking log")?,
-    );
+    let common = Common::open(&cfg).await?;
     let admin_token = crate::config::admin_token(&cfg).map_err(|e| anyhow::anyhow!(e))?;
-
     // Built once: its limits serve the delivery-time downgrade, its policy
     // the intake (and in-process content processing).
     let conversion = Arc::new(Conversion::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?);
-    let deliverer = assemble::deliverer(&cfg, &conversion, &metrics)?;
+    let deliverer = assemble::deliverer(&cfg, &conversion, &common.metrics)?;
+    let front = Front::build(&cfg, &common, conversion, loaded.path.as_deref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-
-    let pressure = Arc::new(std::sync::atomic::AtomicU8::new(0));
-    tokio::spawn(crate::gateway::pressure::watch(
-        queue.clone(),
-        cfg.queue.clone(),
-        pressure.clone(),
-        metrics.clone(),
-    ));
-    let auth_limiter = postern_listener::auth::AuthLimiter::new(cfg.auth.max_failures);
-    let (smtp_cfg, sub_cfg) =
-        assemble::session_configs(&cfg, pressure.clone(), auth_limiter.clone())?;
-    let (smtp_tx, smtp_rx) = watch::channel(smtp_cfg);
-    let (sub_tx, sub_rx) = watch::channel(sub_cfg);
-    let content =
-        Arc::new(assemble::content(&cfg, &conversion, loaded.path.as_deref(), &metrics).await?);
-    let gate = Arc::new(Gate::default());
-    let intake = Arc::new(Intake {
-        queue: queue.clone(),
-        metrics: metrics.clone(),
-        tracker: tracker.clone(),
-        gate: gate.clone(),
-        inflight: inflight.clone(),
-        policy: Live::new(assemble::intake_policy(&cfg, conversion, content)),
-    });
     let (smtp_l, smtps_l, submission_l, admin_l) = listeners(&cfg)?;
-    let configs = (smtp_rx, sub_rx);
-    let smtp = start_smtp((smtp_l, smtps_l, submission_l), configs, &intake, &stop_rx)?;
+    let configs = (front.smtp.subscribe(), front.submission.subscribe());
+    let smtp = start_smtp(
+        (smtp_l, smtps_l, submission_l),
+        configs,
+        &front.intake,
+        &stop_rx,
+    )?;
     let admin_state = AdminState {
-        metrics: metrics.clone(),
-        queue: queue.clone(),
-        pressure: pressure.clone(),
-        tracker: tracker.clone(),
+        metrics: common.metrics.clone(),
+        queue: common.queue.clone(),
+        pressure: common.pressure.clone(),
+        tracker: common.tracker.clone(),
         token: admin_token,
     };
     let admin_addr = start_admin(admin_l, admin_state, &cfg.queue.path, &stop_rx)?;
-
     let slots = Arc::new(Semaphore::new(cfg.delivery.max_concurrency));
     let scheduler = Arc::new(Scheduler {
-        queue: queue.clone(),
+        queue: common.queue.clone(),
         deliverer: Live::new(deliverer),
-        metrics: metrics.clone(),
-        tracker: tracker.clone(),
+        metrics: common.metrics.clone(),
+        tracker: common.tracker.clone(),
         policy: Live::new(assemble::policy(&cfg)),
         slots: slots.clone(),
-        gate,
-        inflight,
+        gate: common.gate.clone(),
+        inflight: common.inflight.clone(),
     });
-    let sched_task = start_scheduler(&scheduler, &metrics, &stop_rx);
-
-    let hostname = cfg.server.hostname.clone();
+    let sched_task = start_scheduler(&scheduler, &common.metrics, &stop_rx);
+    tracing::info!(
+        config = %loaded.source,
+        smtp = %smtp.bound[0].join(","),
+        smtps = %smtp.bound[1].join(","),
+        submission = %smtp.bound[2].join(","),
+        admin = %admin_addr,
+        hostname = %cfg.server.hostname,
+        "postern ready"
+    );
     let stop = Drain {
         timeout: cfg.server.shutdown_timeout.0,
         max_concurrency: cfg.delivery.max_concurrency,
@@ -114,40 +93,111 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
     let reloader = Reloader {
         path: loaded.path.clone(),
         running: std::sync::Mutex::new(cfg),
-        metrics: metrics.clone(),
-        pressure,
-        auth_limiter,
-        smtp: smtp_tx,
-        submission: sub_tx,
-        intake,
+        metrics: common.metrics.clone(),
+        pressure: common.pressure.clone(),
+        auth_limiter: front.auth_limiter,
+        smtp: front.smtp,
+        submission: front.submission,
+        intake: front.intake,
         scheduler,
     };
-    tracing::info!(
-        config = %loaded.source,
-        smtp = %smtp.bound[0].join(","),
-        smtps = %smtp.bound[1].join(","),
-        submission = %smtp.bound[2].join(","),
-        admin = %admin_addr,
-        hostname = %hostname,
-        "postern ready"
-    );
     reload_until_stop(&mut signals, &reloader).await;
     drop(reloader);
-
     let _ = stop_tx.send(true);
-    stop.drain(smtp.tasks, sched_task, &metrics).await;
-    queue.flush().await.context("final queue flush")?;
+    stop.drain(smtp.tasks, sched_task, &common.metrics).await;
+    common.queue.flush().await.context("final queue flush")?;
     tracing::info!("queue flushed; bye");
     Ok(())
 }
 
+/// What every part of the gateway shares.
+struct Common {
+    /// The registry every part counts into.
+    metrics: Arc<Metrics>,
+    /// The durable queue.
+    queue: Queue,
+    /// The message tracking log.
+    tracker: Arc<Tracker>,
+    /// Reports to the supervisor of what is in flight.
+    inflight: Arc<Inflight>,
+    /// Lets crash suspects run alone, at intake and at delivery.
+    gate: Arc<Gate>,
+    /// The back-pressure level, set by the watcher, read by sessions.
+    pressure: Arc<AtomicU8>,
+}
+
+impl Common {
+    /// Metrics, the queue (suspects charged), the tracking log and the
+    /// back-pressure watcher.
+    async fn open(cfg: &Config) -> anyhow::Result<Common> {
+        let metrics = Arc::new(Metrics::new().context("metrics registry")?);
+        let inflight = Arc::new(Inflight::from_env());
+        let queue = open_queue(cfg, &metrics, &inflight).await?;
+        let dropped = metrics.process.tracking_dropped.clone();
+        let tracker = Tracker::start(&cfg.tracking, &cfg.queue.path, dropped)
+            .context("cannot open the tracking log")?;
+        let pressure = Arc::new(AtomicU8::new(0));
+        tokio::spawn(crate::gateway::pressure::watch(
+            queue.clone(),
+            cfg.queue.clone(),
+            pressure.clone(),
+            metrics.clone(),
+        ));
+        Ok(Common {
+            metrics,
+            queue,
+            tracker: Arc::new(tracker),
+            inflight,
+            gate: Arc::new(Gate::default()),
+            pressure,
+        })
+    }
+}
+
+/// The receiving side: the intake and the session settings its listeners
+/// take (replaced by a reload through the senders).
+struct Front {
+    /// Where every listener hands its messages.
+    intake: Arc<Intake>,
+    /// Failed AUTH attempts, kept across reloads.
+    auth_limiter: Arc<postern_listener::auth::AuthLimiter>,
+    /// Session settings of the smtp and smtps listeners.
+    smtp: watch::Sender<Arc<postern_listener::SessionConfig>>,
+    /// Session settings of the submission listeners.
+    submission: watch::Sender<Arc<postern_listener::SessionConfig>>,
+}
+
+impl Front {
+    async fn build(
+        cfg: &Config,
+        c: &Common,
+        conversion: Arc<Conversion>,
+        path: Option<&std::path::Path>,
+    ) -> anyhow::Result<Front> {
+        let auth_limiter = postern_listener::auth::AuthLimiter::new(cfg.auth.max_failures);
+        let (smtp_cfg, sub_cfg) =
+            assemble::session_configs(cfg, c.pressure.clone(), auth_limiter.clone())?;
+        let content = Arc::new(assemble::content(cfg, &conversion, path, &c.metrics).await?);
+        let intake = Arc::new(Intake {
+            queue: c.queue.clone(),
+            metrics: c.metrics.clone(),
+            tracker: c.tracker.clone(),
+            gate: c.gate.clone(),
+            inflight: c.inflight.clone(),
+            policy: Live::new(assemble::intake_policy(cfg, conversion, content)),
+        });
+        Ok(Front {
+            intake,
+            auth_limiter,
+            smtp: watch::channel(smtp_cfg).0,
+            submission: watch::channel(sub_cfg).0,
+        })
+    }
+}
+
 /// Opens the queue, charges the suspects of a previous death (before any
 /// work), and tells the supervisor they are charged.
-async fn open_queue(
-    cfg: &postern_core::config::Config,
-    metrics: &Metrics,
-    inflight: &Inflight,
-) -> anyhow::Result<Queue> {
+async fn open_queue(cfg: &Config, metrics: &Metrics, inflight: &Inflight) -> anyhow::Result<Queue> {
     let qopts = QueueOptions {
         path: cfg.queue.path.clone(),
         cache_bytes: cfg.queue.cache_size.0,
