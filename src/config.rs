@@ -4,6 +4,7 @@
 //! Entry point: [`load`]. Every failure is a [`ConfigError`] whose message is
 //! fit to print as is.
 
+use anyhow::Context;
 use postern_core::config::Config;
 use std::fmt;
 use std::path::Path;
@@ -36,15 +37,15 @@ impl std::error::Error for ConfigError {}
 
 /// The bearer token named by `[admin] token_file`, trimmed; an empty file
 /// is an error (it would make every request look authorised to nobody).
-pub fn admin_token(cfg: &Config) -> Result<Option<String>, String> {
+pub fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
     let Some(f) = &cfg.admin.token_file else {
         return Ok(None);
     };
     let t =
-        std::fs::read_to_string(f).map_err(|e| format!("admin.token_file {}: {e}", f.display()))?;
+        std::fs::read_to_string(f).with_context(|| format!("admin.token_file {}", f.display()))?;
     let t = t.trim();
     if t.is_empty() {
-        return Err(format!("admin.token_file {} is empty", f.display()));
+        anyhow::bail!("admin.token_file {} is empty", f.display());
     }
     Ok(Some(t.to_string()))
 }
@@ -83,7 +84,7 @@ pub fn load_text(path: Option<std::path::PathBuf>, text: &str) -> Result<Loaded,
     }
     let mut config = parse_with(text, &overrides).map_err(|problem| ConfigError {
         source: source.clone(),
-        problems: vec![problem],
+        problems: vec![format!("{problem:#}")],
     })?;
     if config.server.hostname.is_empty() {
         config.server.hostname = system_hostname();
@@ -115,12 +116,12 @@ pub fn env_overrides(vars: impl Iterator<Item = (String, String)>) -> Vec<(Strin
 /// Parses TOML text with environment overrides applied. A value is read as
 /// a TOML value when it is one (`100`, `true`, `["0.0.0.0:25"]`), else as a
 /// string.
-pub fn parse_with(text: &str, overrides: &[(String, String)]) -> Result<Config, String> {
+pub fn parse_with(text: &str, overrides: &[(String, String)]) -> anyhow::Result<Config> {
     use serde::Deserialize;
     if overrides.is_empty() {
         return parse(text);
     }
-    let base: toml::Table = toml::from_str(text).map_err(|e| located(text, &e))?;
+    let base: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!(located(text, &e)))?;
     let mut table = base.clone();
     for (name, raw) in overrides {
         apply_override(&mut table, name, raw)?;
@@ -133,14 +134,14 @@ pub fn parse_with(text: &str, overrides: &[(String, String)]) -> Result<Config, 
                 || Config::deserialize(toml::Value::Table(t)).is_err()
         });
         match culprit {
-            Some((name, _)) => format!("{name}: {}", e.message().trim()),
-            None => format!("after environment overrides: {}", e.message().trim()),
+            Some((name, _)) => anyhow::anyhow!("{name}: {}", e.message().trim()),
+            None => anyhow::anyhow!("after environment overrides: {}", e.message().trim()),
         }
     })
 }
 
 /// Sets the key `name` (`POSTERN__SECTION__KEY`) names to `raw`.
-fn apply_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<(), String> {
+fn apply_override(table: &mut toml::Table, name: &str, raw: &str) -> anyhow::Result<()> {
     let path: Vec<String> = name[ENV_PREFIX.len()..]
         .split("__")
         .map(|p| p.to_ascii_lowercase())
@@ -149,7 +150,7 @@ fn apply_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<(), 
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let (last, parents) = path.split_last().ok_or("empty override name")?;
+    let (last, parents) = path.split_last().context("empty override name")?;
     let mut t = table;
     for p in parents {
         let entry = t
@@ -157,15 +158,15 @@ fn apply_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<(), 
             .or_insert_with(|| toml::Value::Table(Default::default()));
         t = entry
             .as_table_mut()
-            .ok_or_else(|| format!("{name}: {p} is not a section"))?;
+            .with_context(|| format!("{name}: {p} is not a section"))?;
     }
     t.insert(last.clone(), value);
     Ok(())
 }
 
 /// Parses TOML text; errors say `line L, column C: message`.
-pub fn parse(text: &str) -> Result<Config, String> {
-    toml::from_str::<Config>(text).map_err(|e| located(text, &e))
+pub fn parse(text: &str) -> anyhow::Result<Config> {
+    toml::from_str::<Config>(text).map_err(|e| anyhow::anyhow!(located(text, &e)))
 }
 
 /// A TOML error as `line L, column C: message`.

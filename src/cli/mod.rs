@@ -22,7 +22,7 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
     match crate::config::load(path) {
         Ok(loaded) => block_on(async move {
             crate::gateway::assemble::validate(&loaded.config)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", loaded.source))?;
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", loaded.source))?;
             println!("{}: configuration OK", loaded.source);
             Ok(())
         }),
@@ -38,7 +38,7 @@ pub fn queue_command(path: Option<&Path>, cmd: queue::QueueCmd) -> ExitCode {
     match admin_target(path) {
         Ok((admin, token)) => block_on(async move { queue::run(admin, token, cmd).await }),
         Err(e) => {
-            eprintln!("{}", e.trim_end());
+            eprintln!("{}", format!("{e:#}").trim_end());
             ExitCode::from(1)
         }
     }
@@ -52,7 +52,7 @@ pub fn health(path: Option<&Path>, ready: bool) -> ExitCode {
             queue::check(admin, token, path).await
         }),
         Err(e) => {
-            eprintln!("{}", e.trim_end());
+            eprintln!("{}", format!("{e:#}").trim_end());
             ExitCode::from(1)
         }
     }
@@ -79,8 +79,8 @@ pub fn hash_password() -> ExitCode {
 
 /// The running daemon's admin address and token, from the configuration
 /// (port 0: the address the daemon wrote beside its queue).
-fn admin_target(path: Option<&Path>) -> Result<(std::net::SocketAddr, Option<String>), String> {
-    let loaded = crate::config::load(path).map_err(|e| e.to_string())?;
+fn admin_target(path: Option<&Path>) -> anyhow::Result<(std::net::SocketAddr, Option<String>)> {
+    let loaded = crate::config::load(path)?;
     let cfg = &loaded.config;
     let token = crate::config::admin_token(cfg)?;
     let mut admin = cfg.admin.listen;
@@ -96,7 +96,9 @@ fn admin_target(path: Option<&Path>) -> Result<(std::net::SocketAddr, Option<Str
         admin = std::fs::read_to_string(&file)
             .ok()
             .and_then(|s| s.trim().parse().ok())
-            .ok_or_else(|| format!("admin port is 0 and {} names no address", file.display()))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("admin port is 0 and {} names no address", file.display())
+            })?;
     }
     Ok((admin, token))
 }

@@ -49,7 +49,7 @@ fn tnef_mode(s: &str) -> TnefMode {
 }
 
 impl Conversion {
-    pub fn from_config(cfg: &Config) -> Result<Conversion, String> {
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Conversion> {
         let c = &cfg.convert;
         let limits = ContentLimits {
             max_header_bytes: c.max_header_size.0 as usize,
@@ -59,7 +59,7 @@ impl Conversion {
         let mut dkim = Vec::new();
         for k in &c.dkim {
             let pem = std::fs::read(&k.key_file).map_err(|e| {
-                format!(
+                anyhow::anyhow!(
                     "convert.dkim ({}): cannot read {}: {e}",
                     k.domain,
                     k.key_file.display()
@@ -67,7 +67,7 @@ impl Conversion {
             })?;
             dkim.push(
                 DkimKey::from_pem(&k.domain, &k.selector, &k.algorithm, &pem, &k.headers)
-                    .map_err(|e| format!("convert.dkim ({}): {e}", k.domain))?,
+                    .map_err(|e| anyhow::anyhow!("convert.dkim ({}): {e}", k.domain))?,
             );
         }
         let canonical = match &c.canonical_map {
@@ -129,9 +129,10 @@ impl Conversion {
 }
 
 /// Reads "from to" address pairs, one per line; `#` starts a comment.
-fn read_map(path: &std::path::Path) -> Result<HashMap<String, String>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("convert.canonical_map: cannot read {}: {e}", path.display()))?;
+fn read_map(path: &std::path::Path) -> anyhow::Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!("convert.canonical_map: cannot read {}: {e}", path.display())
+    })?;
     let mut map = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -144,11 +145,11 @@ fn read_map(path: &std::path::Path) -> Result<HashMap<String, String>, String> {
                 map.insert(a.to_ascii_lowercase(), b.to_string());
             }
             _ => {
-                return Err(format!(
+                anyhow::bail!(
                     "{}:{}: expected \"internal@address public@address\"",
                     path.display(),
                     i + 1
-                ))
+                )
             }
         }
     }

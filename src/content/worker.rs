@@ -28,12 +28,12 @@ pub fn main(config: Option<PathBuf>, memory: u64, deadline: Duration) -> ExitCod
     // message deadline, and the verdict carries the message anyway.
     std::panic::set_hook(Box::new(|info| eprintln!("postern worker: {info}")));
     let conv = match crate::config::load(config.as_deref())
-        .map_err(|e| e.to_string())
+        .map_err(anyhow::Error::from)
         .and_then(|l| Conversion::from_config(&l.config))
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("postern worker: {e}");
+            eprintln!("postern worker: {e:#}");
             return ExitCode::from(78);
         }
     };

@@ -22,12 +22,12 @@ use std::time::Duration;
 /// used: the conversion policy (DKIM keys, maps), session settings (TLS
 /// certificate, users and recipients files) and the deliverer (routes,
 /// DNS servers). Needs a tokio runtime (the resolver is built).
-pub fn validate(cfg: &Config) -> Result<(), String> {
+pub fn validate(cfg: &Config) -> anyhow::Result<()> {
     let conversion = Conversion::from_config(cfg)?;
     let limiter = postern_listener::auth::AuthLimiter::new(cfg.auth.max_failures);
-    session_configs(cfg, Arc::new(AtomicU8::new(0)), limiter).map_err(|e| format!("{e:#}"))?;
-    let metrics = Arc::new(Metrics::new().map_err(|e| e.to_string())?);
-    deliverer(cfg, &conversion, &metrics).map_err(|e| format!("{e:#}"))?;
+    session_configs(cfg, Arc::new(AtomicU8::new(0)), limiter)?;
+    let metrics = Arc::new(Metrics::new()?);
+    deliverer(cfg, &conversion, &metrics)?;
     Ok(())
 }
 

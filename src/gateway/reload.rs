@@ -49,7 +49,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// Reloads; on success returns the changed settings that need a restart.
-    pub async fn reload(&self) -> Result<Vec<String>, String> {
+    pub async fn reload(&self) -> anyhow::Result<Vec<String>> {
         let result = self.try_reload().await;
         let label = if result.is_ok() { "success" } else { "failure" };
         self.metrics
@@ -60,18 +60,15 @@ impl Reloader {
         result
     }
 
-    async fn try_reload(&self) -> Result<Vec<String>, String> {
-        let loaded = crate::config::load(self.path.as_deref()).map_err(|e| e.to_string())?;
+    async fn try_reload(&self) -> anyhow::Result<Vec<String>> {
+        let loaded = crate::config::load(self.path.as_deref())?;
         let cfg = loaded.config;
         let conversion = Arc::new(Conversion::from_config(&cfg)?);
         let (smtp, submission) =
-            assemble::session_configs(&cfg, self.pressure.clone(), self.auth_limiter.clone())
-                .map_err(|e| format!("{e:#}"))?;
-        let deliverer =
-            assemble::deliverer(&cfg, &conversion, &self.metrics).map_err(|e| format!("{e:#}"))?;
-        let content = assemble::content(&cfg, &conversion, loaded.path.as_deref(), &self.metrics)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
+            assemble::session_configs(&cfg, self.pressure.clone(), self.auth_limiter.clone())?;
+        let deliverer = assemble::deliverer(&cfg, &conversion, &self.metrics)?;
+        let content =
+            assemble::content(&cfg, &conversion, loaded.path.as_deref(), &self.metrics).await?;
         // Everything is built: swap.
         let intake = assemble::intake_policy(&cfg, conversion, Arc::new(content));
         self.intake.policy.set(intake);

@@ -41,10 +41,10 @@ pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let common = Common::open(&cfg).await?;
-    let admin_token = crate::config::admin_token(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+    let admin_token = crate::config::admin_token(&cfg)?;
     // Built once: its limits serve the delivery-time downgrade, its policy
     // the intake (and in-process content processing).
-    let conversion = Arc::new(Conversion::from_config(&cfg).map_err(|e| anyhow::anyhow!(e))?);
+    let conversion = Arc::new(Conversion::from_config(&cfg)?);
     let deliverer = assemble::deliverer(&cfg, &conversion, &common.metrics)?;
     let front = Front::build(&cfg, &common, conversion, loaded.path.as_deref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -323,7 +323,7 @@ async fn reload_until_stop(signals: &mut Signals, reloader: &Reloader) {
                 "configuration reloaded; some changes take effect only after a restart"
             ),
             Err(e) => tracing::error!(
-                error = %e.trim_end(),
+                error = %format!("{e:#}").trim_end(),
                 "configuration reload failed; the running configuration stays"
             ),
         }

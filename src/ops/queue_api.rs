@@ -85,23 +85,24 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn parse(query: Option<&str>) -> Result<Filter, String> {
+    pub fn parse(query: Option<&str>) -> anyhow::Result<Filter> {
         let mut f = Filter::default();
         for kv in query.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            let v = percent_decode(v).ok_or(format!("bad encoding in {k}"))?;
+            let v = percent_decode(v).ok_or_else(|| anyhow::anyhow!("bad encoding in {k}"))?;
             let v = v.as_str();
             match k {
                 _ if v.is_empty() => {}
                 "state" => {
-                    f.state = Some(State::parse(v).ok_or(format!("unknown state {v:?}"))?);
+                    let state = State::parse(v);
+                    f.state = Some(state.ok_or_else(|| anyhow::anyhow!("unknown state {v:?}"))?);
                 }
                 "domain" => f.domain = Some(v.trim_end_matches('.').to_ascii_lowercase()),
                 "older_than" => {
-                    let d = postern_core::units::parse_duration(v)?;
+                    let d = postern_core::units::parse_duration(v).map_err(anyhow::Error::msg)?;
                     f.older_than_ms = Some(d.as_millis() as u64);
                 }
-                _ => return Err(format!("unknown filter {k:?}")),
+                _ => anyhow::bail!("unknown filter {k:?}"),
             }
         }
         Ok(f)
@@ -212,7 +213,7 @@ pub fn handle(
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let filter = match Filter::parse(query) {
         Ok(f) => f,
-        Err(e) => return Some(error(400, e)),
+        Err(e) => return Some(error(400, format!("{e:#}"))),
     };
     let act = |id: &str, name: &'static str, f: &dyn Fn(QueueId) -> Result<Record, QueueError>| {
         with_id(id, |id| {

@@ -241,7 +241,7 @@ async fn forward_signals(
                 let _ = fwd_tx.send(libc::SIGHUP);
             }
             Err(e) => tracing::error!(
-                error = %e.trim_end(),
+                error = %format!("{e:#}"),
                 "configuration reload refused; the running configuration stays"
             ),
         }
@@ -264,26 +264,25 @@ impl Snapshot {
             source: source.to_path_buf(),
             running: queue_dir.join("running-config.toml"),
         };
-        s.refresh()
-            .map_err(|e| anyhow::anyhow!("{}", e.trim_end()))?;
+        s.refresh()?;
         Ok(s)
     }
 
     /// Validates the source file as `check-config` does (DKIM keys, maps,
     /// TLS certificate, users and recipients files, routes); when valid,
     /// replaces the running copy atomically.
-    fn refresh(&self) -> Result<(), String> {
+    fn refresh(&self) -> anyhow::Result<()> {
         // Read once: the text validated is the text written (an editor
         // half-way through saving cannot slip a different one in).
         let text = std::fs::read_to_string(&self.source)
-            .map_err(|e| format!("{}: cannot read: {e}", self.source.display()))?;
+            .with_context(|| format!("{}: cannot read", self.source.display()))?;
         let loaded = crate::config::load_text(Some(self.source.clone()), &text)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
         crate::gateway::assemble::validate(&loaded.config)
-            .map_err(|e| format!("{}: {e}", self.source.display()))?;
+            .with_context(|| format!("{}", self.source.display()))?;
         let tmp = self.running.with_extension("toml.new");
         std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, &self.running))
-            .map_err(|e| format!("cannot write {}: {e}", self.running.display()))
+            .with_context(|| format!("cannot write {}", self.running.display()))
     }
 }
