@@ -204,11 +204,11 @@ mod tests {
 
     #[test]
     fn errors_have_line_and_column() {
-        let e = parse("[server]\nmax_recipients = \"lots\"\n").unwrap_err();
+        let e = parse("[server]\nmax_recipients = \"lots\"\n").unwrap_err().to_string();
         assert!(e.starts_with("line 2, column 18:"), "{e}");
-        let e = parse("[queue]\nmax_age = \"5 fortnights\"\n").unwrap_err();
+        let e = parse("[queue]\nmax_age = \"5 fortnights\"\n").unwrap_err().to_string();
         assert!(e.contains("line 2") && e.contains("duration"), "{e}");
-        let e = parse("[srever]\n").unwrap_err();
+        let e = parse("[srever]\n").unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("unknown field"), "{e}");
     }
 
@@ -239,7 +239,7 @@ mod tests {
             "POSTERN__SERVER__MAX_RECIPIENTS".to_string(),
             "many".to_string(),
         )];
-        let e = parse_with("", &bad).unwrap_err();
+        let e = parse_with("", &bad).unwrap_err().to_string();
         assert!(e.starts_with("POSTERN__SERVER__MAX_RECIPIENTS: "), "{e}");
     }
 
