@@ -5,8 +5,8 @@
 //! the ratio, plus resident memory per idle session.
 //!
 //! Run: `cargo bench --bench tls_load -- [MESSAGES] [SESSIONS]`
-//! (defaults 2000 and 10; needs `openssl` and a release build, which
-//! `cargo bench` makes).
+//! (defaults 2000 and 10; needs `openssl`, Debian package openssl, and a
+//! release build, which `cargo bench` makes).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -15,8 +15,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+#[path = "../tests/common/certs.rs"]
+#[allow(dead_code)]
+mod certs;
+#[path = "../tests/common/memory.rs"]
+mod memory;
 #[path = "../tests/common/tls_client.rs"]
 mod tls_client;
+#[path = "../tests/common/tools.rs"]
+#[allow(dead_code)]
+mod tools;
 
 async fn expect<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, code: &str) -> Result<(), String> {
     loop {
@@ -171,18 +179,6 @@ async fn sink() -> SocketAddr {
     addr
 }
 
-fn rss_tree(pid: u32) -> u64 {
-    let script = format!(
-        "for p in $(pgrep -g {pid}); do awk '/VmRSS/ {{print $2}}' /proc/$p/status; done | awk '{{s+=$1}} END {{print s}}'"
-    );
-    let out = Command::new("sh")
-        .args(["-c", &script])
-        .output()
-        .map(|o| o.stdout)
-        .unwrap_or_default();
-    String::from_utf8_lossy(&out).trim().parse().unwrap_or(0)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().filter(|a| !a.starts_with('-')).collect();
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
@@ -198,13 +194,7 @@ fn main() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path().display();
-    let ok = Command::new("sh")
-        .args(["-c", &format!("openssl req -x509 -newkey rsa:2048 -nodes -keyout {d}/key.pem -out {d}/cert.pem -days 2 -subj /CN=gw.example.test 2>/dev/null")])
-        .status();
-    if !ok.is_ok_and(|s| s.success()) {
-        eprintln!("openssl is needed");
-        return;
-    }
+    certs::self_signed(dir.path(), "gw.example.test");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -244,12 +234,12 @@ fn main() {
     let connector = tls_client::connector();
     let plain = rt.block_on(load(addr, None, n, c));
     let tls = rt.block_on(load(addr, Some(connector), n, c));
-    let idle_before = rss_tree(child.id());
+    let idle_before = memory::rss_tree_kib(child.id());
     let conns: Vec<std::net::TcpStream> = (0..1000)
         .filter_map(|_| std::net::TcpStream::connect(addr).ok())
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let idle_after = rss_tree(child.id());
+    let idle_after = memory::rss_tree_kib(child.id());
     println!("messages={n} sessions={c} (one message per session), 4 KB");
     println!("plain    {plain:8.0} accepted/s");
     println!("starttls {tls:8.0} accepted/s (TLS 1.3)");

@@ -204,9 +204,13 @@ mod tests {
 
     #[test]
     fn errors_have_line_and_column() {
-        let e = parse("[server]\nmax_recipients = \"lots\"\n").unwrap_err().to_string();
+        let e = parse("[server]\nmax_recipients = \"lots\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("line 2, column 18:"), "{e}");
-        let e = parse("[queue]\nmax_age = \"5 fortnights\"\n").unwrap_err().to_string();
+        let e = parse("[queue]\nmax_age = \"5 fortnights\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 2") && e.contains("duration"), "{e}");
         let e = parse("[srever]\n").unwrap_err().to_string();
         assert!(e.contains("line 1") && e.contains("unknown field"), "{e}");

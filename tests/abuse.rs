@@ -3,29 +3,18 @@
 
 mod common;
 
-use common::{wait_until, Gateway, RawClient, Sink};
+use common::{
+    closed_port, connect_tcp, memory, read_some, route, wait_until, Gateway, RawClient, Sink, RELAY,
+};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn read_some(s: &mut tokio::net::TcpStream) -> String {
-    let mut b = vec![0u8; 1024];
-    match tokio::time::timeout(Duration::from_secs(15), s.read(&mut b)).await {
-        Ok(Ok(n)) => String::from_utf8_lossy(&b[..n]).into_owned(),
-        _ => String::new(),
-    }
-}
-
 async fn connect_from(addr: std::net::SocketAddr, src: &str) -> tokio::net::TcpStream {
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    sock.connect(addr).await.unwrap()
+    connect_tcp(addr, Some(src)).await
 }
 
 fn untrusted(server: &str) -> Gateway {
-    Gateway::start(
-        server,
-        "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n",
-    )
+    Gateway::start(server, RELAY)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,25 +89,22 @@ async fn noop_cap_and_slowloris() {
 #[tokio::test(flavor = "multi_thread")]
 async fn back_pressure_refuses_untrusted_first_and_recovers() {
     // One queued message is the mark; the next hop is closed, so it stays.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = format!("127.0.0.1:{}", closed_port());
     let gw = Gateway::start_with_queue(
         "greeting_delay = \"0s\"",
         "max_messages = 1\nmin_free_disk = \"1\"",
-        &format!(
-            "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n\
-             [[route]]\ndomain = \"*\"\nhosts = [\"{closed}\"]\n"
-        ),
+        &format!("{RELAY}{}", route("*", closed)),
     );
     let mut t = RawClient::connect(gw.smtp).await;
     t.cmd("EHLO inside.test").await;
-    t.cmd("MAIL FROM:<a@example.test>").await;
-    t.cmd("RCPT TO:<b@example.test>").await;
-    t.cmd("DATA").await;
-    t.send(b"Subject: fills the queue\r\n\r\nx\r\n.\r\n").await;
-    assert!(t.reply().await.starts_with("250"));
+    let r = t
+        .transaction(
+            "<a@example.test>",
+            &["<b@example.test>"],
+            b"Subject: fills the queue\r\n\r\nx\r\n.\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
     wait_until(Duration::from_secs(10), "back pressure", || {
         gw.admin_get("/metrics").contains("postern_back_pressure 1")
     })
@@ -134,14 +120,10 @@ async fn back_pressure_refuses_untrusted_first_and_recovers() {
     assert!(t.cmd("MAIL FROM:<a@example.test>").await.starts_with("250"));
     t.cmd("RSET").await;
     // Draining the queue ends it.
-    let cfg = gw.config.display().to_string();
-    let list = gw.cli(&["queue", "--config", &cfg, "list", "--json"]);
+    let list = gw.queue(&["list", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     let id = rows[0]["id"].as_str().unwrap().to_string();
-    assert!(gw
-        .cli(&["queue", "--config", &cfg, "delete", &id])
-        .status
-        .success());
+    assert!(gw.queue(&["delete", &id]).status.success());
     wait_until(Duration::from_secs(10), "pressure released", || {
         gw.admin_get("/metrics").contains("postern_back_pressure 0")
     })
@@ -159,26 +141,10 @@ async fn two_thousand_idle_sessions() {
     // SAFETY: raising our own file limit.
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     let sink = Sink::start("127.0.0.1:0").await;
-    let gw = Gateway::start(
-        "max_connections = 3000",
-        &format!("[[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n", sink.addr),
-    );
+    let gw = Gateway::start("max_connections = 3000", &route("*", sink.addr));
     let pid = gw.child.id();
-    let rss = |pid: u32| -> u64 {
-        // The supervisor leads its own process group: sum the whole tree.
-        let script = format!(
-            "for p in $(pgrep -g {pid}); do awk '/VmRSS/ {{print $2}}' /proc/$p/status; done | awk '{{s+=$1}} END {{print s}}'"
-        );
-        let out = std::process::Command::new("sh")
-            .args(["-c", &script])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0)
-    };
-    let before = rss(pid);
+    // The supervisor leads its own process group: sum the whole tree.
+    let before = memory::rss_tree_kib(pid);
     assert!(
         before > 1000,
         "cannot measure the gateway's memory ({before} KiB)"
@@ -191,7 +157,7 @@ async fn two_thousand_idle_sessions() {
         assert!(b[..n].starts_with(b"220"));
         conns.push(s);
     }
-    let after = rss(pid);
+    let after = memory::rss_tree_kib(pid);
     eprintln!(
         "2000 idle sessions: tree RSS {before} KiB -> {after} KiB ({:.1} KiB per session)",
         (after.saturating_sub(before)) as f64 / 2000.0

@@ -4,18 +4,13 @@
 
 mod common;
 
-use common::{wait_until, Gateway, RawClient, Sink};
+use common::{certs, route, swaks, wait_until, Gateway, RawClient, Sink, SwaksRun, RELAY};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn setup(dir: &std::path::Path) {
-    let d = dir.display();
-    let ok = Command::new("sh")
-        .args(["-c", &format!("openssl req -x509 -newkey rsa:2048 -nodes -keyout {d}/key.pem -out {d}/cert.pem -days 2 -subj /CN=gw.example.test 2>/dev/null")])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    certs::self_signed(dir, "gw.example.test");
     let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
         .arg("hash-password")
         .stdin(Stdio::piped())
@@ -34,36 +29,39 @@ fn setup(dir: &std::path::Path) {
     std::fs::write(dir.join("users"), format!("# test users\nalice:{}", hash)).unwrap();
 }
 
-fn start(dir: &std::path::Path, sink: &Sink) -> Gateway {
-    let d = dir.display();
-    Gateway::start(
+/// A certificate and a users file (alice, "s3cret pass") in a new
+/// directory, a sink, and a gateway with STARTTLS, AUTH (at most 3
+/// failures) and a submission listener, routing all mail to the sink.
+async fn start() -> (tempfile::TempDir, Sink, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    let sink = Sink::start("127.0.0.1:0").await;
+    let d = dir.path().display();
+    let gw = Gateway::start(
         "greeting_delay = \"0s\"\nsubmission_listen = [\"127.0.0.1:0\"]",
         &format!(
-            "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n\
+            "{RELAY}\
              [tls]\ncert_file = \"{d}/cert.pem\"\nkey_file = \"{d}/key.pem\"\n\
              [auth]\nusers_file = \"{d}/users\"\nmax_failures = 3\n\
-             [[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n",
-            sink.addr
+             {}",
+            route("*", sink.addr)
         ),
-    )
+    );
+    (dir, sink, gw)
 }
 
-fn swaks(addr: std::net::SocketAddr, mech: &str, pass: &str) -> (bool, String) {
-    let out = Command::new("swaks")
-        .args([
-            "--server",
-            &addr.ip().to_string(),
-            "--port",
-            &addr.port().to_string(),
-        ])
-        .args(["--local-interface", "127.0.0.13"])
-        .args([
+/// alice relays to friend@elsewhere.test from the untrusted 127.0.0.13,
+/// with AUTH `mech` and password `pass` over STARTTLS.
+async fn swaks_auth(addr: std::net::SocketAddr, mech: &str, pass: &str) -> SwaksRun {
+    swaks(
+        addr,
+        &[
+            "--local-interface",
+            "127.0.0.13",
             "--from",
             "alice@example.test",
             "--to",
             "friend@elsewhere.test",
-        ])
-        .args([
             "--tls",
             "--auth",
             mech,
@@ -71,26 +69,17 @@ fn swaks(addr: std::net::SocketAddr, mech: &str, pass: &str) -> (bool, String) {
             "alice",
             "--auth-password",
             pass,
-        ])
-        .output()
-        .expect("swaks");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
+        ],
     )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_and_login_allow_relay_for_authenticated_users() {
-    let dir = tempfile::tempdir().unwrap();
-    setup(dir.path());
-    let sink = Sink::start("127.0.0.1:0").await;
-    let gw = start(dir.path(), &sink);
+    let (_dir, sink, gw) = start().await;
     let addr = gw.smtp;
     for mech in ["PLAIN", "LOGIN"] {
-        let (ok, text) = tokio::task::spawn_blocking(move || swaks(addr, mech, "s3cret pass"))
-            .await
-            .unwrap();
+        let SwaksRun { ok, text } = swaks_auth(addr, mech, "s3cret pass").await;
         assert!(
             ok && text.contains("235 2.7.0") && text.contains("queued as"),
             "{mech}: {text}"
@@ -114,21 +103,14 @@ async fn plain_and_login_allow_relay_for_authenticated_users() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_passwords_are_limited_and_submission_needs_auth() {
-    let dir = tempfile::tempdir().unwrap();
-    setup(dir.path());
-    let sink = Sink::start("127.0.0.1:0").await;
-    let gw = start(dir.path(), &sink);
+    let (_dir, sink, gw) = start().await;
     let addr = gw.smtp;
     for _ in 0..3 {
-        let (ok, text) = tokio::task::spawn_blocking(move || swaks(addr, "PLAIN", "wrong"))
-            .await
-            .unwrap();
+        let SwaksRun { ok, text } = swaks_auth(addr, "PLAIN", "wrong").await;
         assert!(!ok && text.contains("535 5.7.8"), "{text}");
     }
     // Past the limit even the right password is not checked.
-    let (ok, text) = tokio::task::spawn_blocking(move || swaks(addr, "PLAIN", "s3cret pass"))
-        .await
-        .unwrap();
+    let SwaksRun { ok, text } = swaks_auth(addr, "PLAIN", "s3cret pass").await;
     assert!(!ok && text.contains("454 4.7.0"), "{text}");
     // Submission: MAIL without AUTH is refused, even from a trusted address.
     let sub = gw.submission.expect("submission listener");

@@ -5,61 +5,55 @@
 
 mod common;
 
-use common::{wait_until, DnsServer, Gateway, RawClient, Sink, Zone};
+use common::tools::{self, Package, PYTHON3};
+use common::{certs, route, wait_until, DnsServer, Gateway, RawClient, Sink, Zone, RELAY};
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
-use std::process::Command;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-fn sh(cmd: &str) -> Vec<u8> {
-    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
-/// (rsa.pem, rsa p=, ed.pem, ed p=)
-fn keys(dir: &std::path::Path) -> (String, String, String, String) {
-    let d = dir.display();
-    sh(&format!(
-        "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {d}/rsa.pem 2>/dev/null"
-    ));
-    let rsa_p = String::from_utf8(sh(&format!(
-        "openssl pkey -in {d}/rsa.pem -pubout -outform DER | base64 -w0"
-    )))
-    .unwrap();
-    sh(&format!(
-        "openssl genpkey -algorithm ED25519 -out {d}/ed.pem"
-    ));
-    let der = sh(&format!("openssl pkey -in {d}/ed.pem -pubout -outform DER"));
-    let raw = &der[der.len() - 32..];
-    let ed_p = postern_convert::encode::base64(raw);
-    (format!("{d}/rsa.pem"), rsa_p, format!("{d}/ed.pem"), ed_p)
-}
-
 async fn send(addr: std::net::SocketAddr, src: &str, from: &str, to: &str, data: &[u8]) -> String {
     let mut c = RawClient::connect_from(addr, Some(src)).await;
     c.cmd("EHLO client.test").await;
-    let r = c.cmd(&format!("MAIL FROM:<{from}> BODY=8BITMIME")).await;
-    assert!(r.starts_with("250"), "{r}");
-    let r = c.cmd(&format!("RCPT TO:<{to}>")).await;
-    assert!(r.starts_with("250"), "{r}");
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    c.send(data).await;
-    c.send(b".\r\n").await;
-    c.reply().await
+    let mail = format!("<{from}> BODY=8BITMIME");
+    let rcpt = format!("<{to}>");
+    c.transaction(&mail, &[&rcpt], &[data, b".\r\n".as_slice()].concat())
+        .await
+}
+
+/// dkimpy (with PyNaCl for Ed25519) verifies `data`, its DNS answered from
+/// `zone` (name, TXT value pairs).
+fn dkimpy_verifies(data: &[u8], zone: &[(&str, &str)]) -> bool {
+    tools::require_python_module("dkim", Package::PyPI("dkimpy"));
+    tools::require_python_module("nacl", Package::PyPI("pynacl"));
+    let script = r#"
+import sys, dkim
+args = sys.argv[1:]
+zone = {args[i].encode(): args[i + 1].encode() for i in range(0, len(args), 2)}
+def dnsfunc(name, timeout=5):
+    return zone.get(name.rstrip(b'.'), b'')
+msg = sys.stdin.buffer.read()
+sys.exit(0 if dkim.verify(msg, dnsfunc=dnsfunc) else 1)
+"#;
+    let mut child = PYTHON3
+        .command()
+        .args(["-c", script])
+        .args(zone.iter().flat_map(|(name, value)| [*name, *value]))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), data).unwrap();
+    child.wait().unwrap().success()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dkim_signatures_verify_with_mail_auth_and_dkimpy() {
     let dir = tempfile::tempdir().unwrap();
-    let (rsa_pem, rsa_p, ed_pem, ed_p) = keys(dir.path());
-    let rsa_txt = format!("v=DKIM1; k=rsa; p={rsa_p}");
-    let ed_txt = format!("v=DKIM1; k=ed25519; p={ed_p}");
+    let rsa = certs::dkim_rsa(dir.path(), "rsa.pem");
+    let ed = certs::dkim_ed25519(dir.path(), "ed.pem");
+    let (rsa_pem, ed_pem) = (rsa.pem.display(), ed.pem.display());
+    let rsa_txt = format!("v=DKIM1; k=rsa; p={}", rsa.p);
+    let ed_txt = format!("v=DKIM1; k=ed25519; p={}", ed.p);
     let dns = DnsServer::start(
         Zone::new()
             .txt("s1._domainkey.example.test", &rsa_txt)
@@ -71,12 +65,12 @@ async fn dkim_signatures_verify_with_mail_auth_and_dkimpy() {
         "",
         &format!(
             "[delivery]\nnameservers = [\"{dns}\"]\nstarttls = false\n\
-             [[route]]\ndomain = \"*\"\nhosts = [\"{sink}\"]\n\
+             {route}\
              [convert]\ndisclaimer = \"This message is confidential.\"\n\
              [[convert.dkim]]\ndomain = \"example.test\"\nselector = \"s1\"\nkey_file = \"{rsa_pem}\"\n\
              [[convert.dkim]]\ndomain = \"ed.example.test\"\nselector = \"s2\"\nkey_file = \"{ed_pem}\"\nalgorithm = \"ed25519-sha256\"\n",
             dns = dns.addr,
-            sink = sink.addr
+            route = route("*", sink.addr)
         ),
     );
     let rsa_msg = "From: Ann <ann@example.test>\r\nTo: x@far.test\r\nSubject: Grüße signed\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHällo, signed with RSA\r\n";
@@ -106,28 +100,12 @@ async fn dkim_signatures_verify_with_mail_auth_and_dkimpy() {
             "{results:?}"
         );
         // An independent verifier: dkimpy, with DNS answered from our zone.
-        let script = r#"
-import sys, dkim
-zone = {sys.argv[1].encode(): sys.argv[2].encode(), sys.argv[3].encode(): sys.argv[4].encode()}
-def dnsfunc(name, timeout=5):
-    return zone.get(name.rstrip(b'.'), b'')
-msg = sys.stdin.buffer.read()
-sys.exit(0 if dkim.verify(msg, dnsfunc=dnsfunc) else 1)
-"#;
-        let mut child = Command::new("python3")
-            .args(["-c", script])
-            .args([
-                "s1._domainkey.example.test",
-                &rsa_txt,
-                "s2._domainkey.ed.example.test",
-                &ed_txt,
-            ])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 with dkimpy (pip install dkimpy pynacl)");
-        std::io::Write::write_all(child.stdin.as_mut().unwrap(), data).unwrap();
-        let status = child.wait().unwrap();
-        assert!(status.success(), "dkimpy rejected:\n{}", m.data);
+        let zone = [
+            ("s1._domainkey.example.test", rsa_txt.as_str()),
+            ("s2._domainkey.ed.example.test", ed_txt.as_str()),
+        ];
+        let status = dkimpy_verifies(data, &zone);
+        assert!(status, "dkimpy rejected:\n{}", m.data);
     }
 }
 
@@ -144,11 +122,12 @@ async fn inbound_authentication_and_dmarc_reject() {
     let gw = Gateway::start(
         "",
         &format!(
-            "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n\
+            "{RELAY}\
              [delivery]\nnameservers = [\"{}\"]\nstarttls = false\n\
-             [[route]]\ndomain = \"example.test\"\nhosts = [\"{}\"]\n\
+             {}\
              [convert]\ndmarc_reject = true\n",
-            dns.addr, sink.addr
+            dns.addr,
+            route("example.test", sink.addr)
         ),
     );
     let spoof = b"From: CEO <ceo@bank.test>\r\nSubject: wire money\r\n\r\nnow\r\n";
@@ -192,10 +171,7 @@ async fn inbound_authentication_and_dmarc_reject() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tnef_becomes_mime_attachments_outbound() {
     let sink = Sink::start("127.0.0.1:0").await;
-    let gw = Gateway::start(
-        "",
-        &format!("[[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n", sink.addr),
-    );
+    let gw = Gateway::start("", &route("*", sink.addr));
     let tnef = postern_convert::tnef::build(
         Some("The plain text body"),
         &[

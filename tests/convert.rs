@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{wait_until, Gateway, RawClient, Sink};
+use common::{route, wait_until, Gateway, RawClient, Sink};
 use postern_convert::encode::{base64_decode, quoted_printable_decode};
 use postern_convert::{content::split_parts, headers};
 use std::time::Duration;
@@ -11,10 +11,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread")]
 async fn eight_bit_message_is_downgraded_for_a_seven_bit_hop() {
     let sink = Sink::start_7bit("127.0.0.1:0").await;
-    let gw = Gateway::start(
-        "",
-        &format!("[[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n", sink.addr),
-    );
+    let gw = Gateway::start("", &route("*", sink.addr));
     let text = "Grüße aus Köln — ünïcödé text\r\nzweite Zeile\r\n";
     let binary: Vec<u8> = (0u8..=255).collect();
     let mut msg = format!(
@@ -34,14 +31,13 @@ async fn eight_bit_message_is_downgraded_for_a_seven_bit_hop() {
     msg.extend_from_slice(b"\r\n--zz--\r\n.\r\n");
     let mut c = RawClient::connect(gw.smtp).await;
     c.cmd("EHLO t.test").await;
-    assert!(c
-        .cmd("MAIL FROM:<a@example.test> BODY=8BITMIME")
-        .await
-        .starts_with("250"));
-    assert!(c.cmd("RCPT TO:<b@example.test>").await.starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    c.send(&msg).await;
-    let r = c.reply().await;
+    let r = c
+        .transaction(
+            "<a@example.test> BODY=8BITMIME",
+            &["<b@example.test>"],
+            &msg,
+        )
+        .await;
     assert!(r.starts_with("250"), "{r}");
     wait_until(Duration::from_secs(30), "delivery", || sink.count() == 1).await;
     let got = sink.all()[0].data.clone();

@@ -7,7 +7,8 @@
 
 mod common;
 
-use common::Gateway;
+use common::tools::{self, Package, HADOLINT, KUBERNETES_VALIDATE, PYTHON3};
+use common::{certs, Gateway};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,17 +16,9 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Runs `cmd`, which must succeed; returns what it printed.
 fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what} (installed by .ci/run): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{what} failed:\n{text}");
-    text
+    tools::output_text(&tools::run_ok(cmd, what))
 }
 
 fn manifests() -> Vec<PathBuf> {
@@ -41,23 +34,16 @@ fn manifests() -> Vec<PathBuf> {
 #[test]
 fn dockerfile_passes_hadolint() {
     run(
-        Command::new("hadolint").arg(root().join("deploy/Dockerfile")),
+        HADOLINT.command().arg(root().join("deploy/Dockerfile")),
         "hadolint",
     );
 }
 
-#[test]
-fn manifests_validate_and_reference_each_other() {
-    let text = run(
-        Command::new("kubernetes-validate")
-            .arg("--strict")
-            .args(manifests()),
-        "kubernetes-validate",
-    );
-    assert!(!text.contains("ERROR"), "{text}");
-    // Kinds without a schema there, and the wiring between files, in Python
-    // (PyYAML comes with kubernetes-validate).
-    let script = r#"
+/// Checks, in Python with PyYAML, what kubernetes-validate has no schema
+/// for (Kustomization, ServiceMonitor) and the wiring between the files
+/// (resources, probes and ports, volumes, selectors, the scrape token);
+/// prints the ConfigMap's postern.toml.
+const CROSS_CHECK: &str = r#"
 import sys, yaml, glob, os
 d = sys.argv[1]
 docs = [x for f in sorted(glob.glob(d + "/*.yaml")) for x in yaml.safe_load_all(open(f)) if x]
@@ -96,9 +82,24 @@ tok = sm["spec"]["endpoints"][0]["bearerTokenSecret"]
 assert tok["key"] in by[("Secret", tok["name"])]["stringData"]
 sys.stdout.write(by[("ConfigMap", "postern-config")]["data"]["postern.toml"])
 "#;
+
+#[test]
+fn manifests_validate_and_reference_each_other() {
+    let text = run(
+        KUBERNETES_VALIDATE
+            .command()
+            .arg("--strict")
+            .args(manifests()),
+        "kubernetes-validate",
+    );
+    assert!(!text.contains("ERROR"), "{text}");
+    // Kinds without a schema there, and the wiring between files (PyYAML
+    // comes with kubernetes-validate).
+    tools::require_python_module("yaml", Package::PyPI("PyYAML"));
     let toml = run(
-        Command::new("python3")
-            .args(["-c", script])
+        PYTHON3
+            .command()
+            .args(["-c", CROSS_CHECK])
             .arg(root().join("deploy/kubernetes")),
         "manifest cross-check (python3 with PyYAML)",
     );
@@ -106,23 +107,10 @@ sys.stdout.write(by[("ConfigMap", "postern-config")]["data"]["postern.toml"])
     // Secret files (certificate, token) where the pod would have them.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
-    run(
-        Command::new("openssl").args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=postern",
-            "-keyout",
-            &format!("{d}/tls.key"),
-            "-out",
-            &format!("{d}/tls.crt"),
-        ]),
-        "openssl",
+    certs::self_signed_at(
+        &dir.path().join("tls.key"),
+        &dir.path().join("tls.crt"),
+        "postern",
     );
     std::fs::write(dir.path().join("admin-token"), "t0ken\n").unwrap();
     assert!(toml.contains("/etc/postern/tls/") && toml.contains("/etc/postern/secret/"));

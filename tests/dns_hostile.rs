@@ -7,10 +7,21 @@ mod common;
 use common::{smtp_send, wait_until, DnsServer, Gateway, Hostile, Sink, Zone};
 use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hostile_answers_fail_one_destination_only() {
-    let sink = Sink::start("127.0.0.1:0").await;
-    let port = sink.addr.port();
+/// Destinations whose DNS misbehaves, one way each.
+const HOSTILE: [&str; 8] = [
+    "servfail.test",
+    "silent.test",
+    "loop.test",
+    "counts.test",
+    "garbage.test",
+    "cnameloop.test",
+    "empty.test",
+    "badmx.test",
+];
+
+/// good.test, and huge.test whose answer only TCP carries, lead to
+/// 127.0.0.1; every name in [`HOSTILE`] misbehaves.
+fn zone() -> Zone {
     let mut zone = Zone::new()
         .mx("good.test", 10, "mx.good.test")
         .a("mx.good.test", "127.0.0.1")
@@ -33,7 +44,14 @@ async fn hostile_answers_fail_one_destination_only() {
             &format!("backup-{i:04}-padding-padding-padding.huge.test"),
         );
     }
-    let dns = DnsServer::start(zone).await;
+    zone
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_answers_fail_one_destination_only() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let port = sink.addr.port();
+    let dns = DnsServer::start(zone()).await;
     let gw = Gateway::start(
         "",
         &format!(
@@ -41,17 +59,7 @@ async fn hostile_answers_fail_one_destination_only() {
             dns.addr
         ),
     );
-    let hostile = [
-        "servfail.test",
-        "silent.test",
-        "loop.test",
-        "counts.test",
-        "garbage.test",
-        "cnameloop.test",
-        "empty.test",
-        "badmx.test",
-    ];
-    for d in hostile {
+    for d in HOSTILE {
         smtp_send(
             gw.smtp,
             "me@example.test",
@@ -63,22 +71,16 @@ async fn hostile_answers_fail_one_destination_only() {
     }
     // Mail for good destinations is not held up by the broken ones.
     let start = Instant::now();
-    smtp_send(
-        gw.smtp,
-        "me@example.test",
-        &["u@good.test"],
-        &common::body("good"),
-    )
-    .await
-    .unwrap();
-    smtp_send(
-        gw.smtp,
-        "me@example.test",
-        &["u@huge.test"],
-        &common::body("huge"),
-    )
-    .await
-    .unwrap();
+    for tag in ["good", "huge"] {
+        smtp_send(
+            gw.smtp,
+            "me@example.test",
+            &[&format!("u@{tag}.test")],
+            &common::body(tag),
+        )
+        .await
+        .unwrap();
+    }
     wait_until(Duration::from_secs(20), "good and huge delivered", || {
         !sink.with("<good@test>").is_empty() && !sink.with("<huge@test>").is_empty()
     })
@@ -89,27 +91,34 @@ async fn hostile_answers_fail_one_destination_only() {
         start.elapsed()
     );
 
-    // Every hostile destination ends with a clear reason: deferred with a DNS
-    // error, or bounced (a DSN to me@example.test would go via MX too; the
-    // queue record or the log says why).
+    let log = clear_verdicts(&gw).await;
+    // Still the first gateway process: nothing crashed.
+    assert!(!log.contains("gateway died"), "{log}");
+    let metrics = gw.admin_get("/metrics");
+    assert!(
+        metrics.contains("postern_gateway_restarts_total 0"),
+        "{metrics}"
+    );
+}
+
+/// Waits until every hostile destination ends with a clear reason: deferred
+/// with a DNS error, or bounced (a DSN to me@example.test would go via MX
+/// too; the queue record or the log says why). Returns the log.
+async fn clear_verdicts(gw: &Gateway) -> String {
+    let attempt =
+        |l: &str, d: &str| l.contains("delivery attempt") && l.contains(&format!("u@{d}"));
     wait_until(
         Duration::from_secs(30),
         "a verdict for every hostile domain",
         || {
             let log = gw.log_text();
-            hostile.iter().all(|d| {
-                log.lines()
-                    .any(|l| l.contains("delivery attempt") && l.contains(&format!("u@{d}")))
-            })
+            HOSTILE.iter().all(|&d| log.lines().any(|l| attempt(l, d)))
         },
     )
     .await;
     let log = gw.log_text();
-    for d in hostile {
-        let line = log
-            .lines()
-            .find(|l| l.contains("delivery attempt") && l.contains(&format!("u@{d}")))
-            .unwrap();
+    for d in HOSTILE {
+        let line = log.lines().find(|&l| attempt(l, d)).unwrap();
         eprintln!("{d}: {}", &line[line.find("result").unwrap_or(0)..]);
         assert!(
             line.contains("deferred") || line.contains("failed"),
@@ -124,11 +133,5 @@ async fn hostile_answers_fail_one_destination_only() {
         );
     }
     assert!(log.contains("u@empty.test") && log.contains("has no MX and no address records"));
-    // Still the first gateway process: nothing crashed.
-    assert!(!log.contains("gateway died"), "{log}");
-    let metrics = gw.admin_get("/metrics");
-    assert!(
-        metrics.contains("postern_gateway_restarts_total 0"),
-        "{metrics}"
-    );
+    log
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{wait_until, Gateway, RawClient, Sink};
+use common::{closed_port, route, wait_until, Gateway, RawClient, Sink};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,39 +49,33 @@ DATA
     }
 }
 
+/// `batches` concurrent [`send_batch`]es of `n` messages each, the tags of
+/// batch `b` prefixed `{prefix}{b}`.
+fn spawn_batches(
+    addr: std::net::SocketAddr,
+    prefix: &str,
+    batches: usize,
+    n: usize,
+    acked: &Arc<Mutex<Vec<String>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..batches)
+        .map(|b| tokio::spawn(send_batch(addr, format!("{prefix}{b}"), n, acked.clone())))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_with_a_full_queue_loses_no_acknowledged_message() {
     // Reserve a port for the next hop, but leave it closed for now.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let extra = format!("[[route]]\ndomain = \"*\"\nhosts = [\"127.0.0.1:{port}\"]\n");
+    let port = closed_port();
+    let extra = route("*", format!("127.0.0.1:{port}"));
     let mut gw = Gateway::start("", &extra);
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for b in 0..10 {
-        tasks.push(tokio::spawn(send_batch(
-            gw.smtp,
-            format!("q{b}"),
-            100,
-            acked.clone(),
-        )));
-    }
-    for t in tasks {
+    for t in spawn_batches(gw.smtp, "q", 10, 100, &acked) {
         t.await.unwrap();
     }
     assert_eq!(acked.lock().unwrap().len(), 1000, "all 1000 accepted");
     // More arriving while the gateway dies: whatever got 250 must survive.
-    let mut late = Vec::new();
-    for b in 0..4 {
-        late.push(tokio::spawn(send_batch(
-            gw.smtp,
-            format!("late{b}"),
-            200,
-            acked.clone(),
-        )));
-    }
+    let late = spawn_batches(gw.smtp, "late", 4, 200, &acked);
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.kill9();
     for t in late {

@@ -7,26 +7,13 @@
 
 mod common;
 
-use common::{body, try_send, wait_until, Gateway, RawClient, Sink};
+use common::tools::{assert_success, stdout_ok, PROMTOOL};
+use common::{body, closed_port, route, try_send, wait_until, Gateway, RawClient, Sink};
 use std::time::Duration;
 
-fn route(port: u16) -> String {
-    format!("[[route]]\ndomain = \"*\"\nhosts = [\"127.0.0.1:{port}\"]\n")
-}
-
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-fn stdout(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "command failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+/// Routes all mail to 127.0.0.1:`port`.
+fn next_hop(port: u16) -> String {
+    route("*", format!("127.0.0.1:{port}"))
 }
 
 fn signal(gw: &Gateway, sig: i32) {
@@ -44,6 +31,13 @@ fn ids(listing: &str) -> Vec<String> {
         .collect()
 }
 
+/// The IDs `queue list <filter>` shows.
+fn listed(gw: &Gateway, filter: &[&str]) -> Vec<String> {
+    let mut args = vec!["list"];
+    args.extend_from_slice(filter);
+    ids(&stdout_ok(&gw.queue(&args)))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_cli_and_trace_end_to_end() {
     let port = closed_port();
@@ -52,15 +46,9 @@ async fn queue_cli_and_trace_end_to_end() {
     let gw = Gateway::start_full(
         "",
         "",
-        &route(port),
+        &next_hop(port),
         &[("POSTERN__QUEUE__RETRY_INTERVALS", "[\"1h\"]".into())],
     );
-    let cfg = gw.config.display().to_string();
-    let q = |args: &[&str]| {
-        let mut a = vec!["queue", "--config", &cfg];
-        a.extend_from_slice(args);
-        gw.cli(&a)
-    };
     for (tag, to) in [
         ("ops-a1", "x@alpha.test"),
         ("ops-a2", "y@alpha.test"),
@@ -73,54 +61,80 @@ async fn queue_cli_and_trace_end_to_end() {
     }
     // All four fail their first attempt (nothing listens) and wait an hour.
     wait_until(Duration::from_secs(20), "four deferred", || {
-        ids(&stdout(&q(&["list", "--state", "deferred"]))).len() == 4
+        listed(&gw, &["--state", "deferred"]).len() == 4
     })
     .await;
-    let alpha = ids(&stdout(&q(&["list", "--domain", "alpha.test"])));
-    assert_eq!(alpha.len(), 2);
-    assert!(ids(&stdout(&q(&["list", "--older-than", "1h"]))).is_empty());
-    let bad = q(&["list", "--older-than", "soon"]);
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("duration"));
-
-    let summary = stdout(&q(&["summary"]));
-    assert!(summary.contains("4 message(s): deferred 4"), "{summary}");
-    let alpha_row = summary.lines().find(|l| l.contains("alpha.test")).unwrap();
-    let cols: Vec<&str> = alpha_row.split_whitespace().collect();
-    assert_eq!(&cols[1..3], ["2", "2"], "{summary}");
-
-    let held = stdout(&q(&["hold", "--all", "--domain", "beta.test"]));
-    assert!(held.contains("1 message(s) held"), "{held}");
-    let beta = ids(&stdout(&q(&["list", "--state", "held"])));
-    assert_eq!(beta.len(), 1);
-    // A held message is not retried; a deleted one is gone.
-    assert!(!q(&["retry", &beta[0]]).status.success());
-    let gamma = ids(&stdout(&q(&["list", "--domain", "gamma.test"])));
-    assert!(stdout(&q(&["delete", &gamma[0]])).contains("deleted"));
-    assert!(!q(&["show", &gamma[0]]).status.success());
+    let alpha = filters_and_summary(&gw);
+    let (beta, gamma) = hold_and_delete(&gw);
 
     // The next hop comes up; `retry --all` delivers now, not in an hour.
     let sink = Sink::start(&format!("127.0.0.1:{port}")).await;
-    let retried = stdout(&q(&["retry", "--all"]));
+    let retried = stdout_ok(&gw.queue(&["retry", "--all"]));
     assert!(retried.contains("2 message(s) retried"), "{retried}");
     wait_until(Duration::from_secs(15), "alpha delivered", || {
         sink.count() == 2
     })
     .await;
-    stdout(&q(&["release", &beta[0]]));
+    stdout_ok(&gw.queue(&["release", &beta]));
     wait_until(Duration::from_secs(15), "beta delivered", || {
         sink.count() == 3
     })
     .await;
 
-    // The tracking log tells each life, by queue ID or by Message-ID.
-    let trace = |key: &str| stdout(&gw.cli(&["trace", "--config", &cfg, key]));
-    let a1 = alpha[0].clone();
+    traces_tell_each_life(&gw, &alpha[0], &gamma).await;
+
+    // The same numbers in the metrics.
+    let m = gw.admin_get("/metrics");
+    assert!(
+        m.contains("postern_recipients_delivered_total{class=\"internet\"} 3"),
+        "{m}"
+    );
+    assert!(m.contains("postern_smtp_sessions_total{listener=\"smtp\"} 4"));
+    assert!(m.contains("postern_messages_accepted_total 4"));
+    assert!(m.contains("postern_delivery_connections_total{tls=\"no\"}"));
+}
+
+/// `queue list` filters and `queue summary` over the four deferred
+/// messages; returns the IDs of the two for alpha.test.
+fn filters_and_summary(gw: &Gateway) -> Vec<String> {
+    let alpha = listed(gw, &["--domain", "alpha.test"]);
+    assert_eq!(alpha.len(), 2);
+    assert!(listed(gw, &["--older-than", "1h"]).is_empty());
+    let bad = gw.queue(&["list", "--older-than", "soon"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("duration"));
+
+    let summary = stdout_ok(&gw.queue(&["summary"]));
+    assert!(summary.contains("4 message(s): deferred 4"), "{summary}");
+    let alpha_row = summary.lines().find(|l| l.contains("alpha.test")).unwrap();
+    let cols: Vec<&str> = alpha_row.split_whitespace().collect();
+    assert_eq!(&cols[1..3], ["2", "2"], "{summary}");
+    alpha
+}
+
+/// Holds beta.test's message and deletes gamma.test's; returns their IDs.
+fn hold_and_delete(gw: &Gateway) -> (String, String) {
+    let held = stdout_ok(&gw.queue(&["hold", "--all", "--domain", "beta.test"]));
+    assert!(held.contains("1 message(s) held"), "{held}");
+    let beta = listed(gw, &["--state", "held"]);
+    assert_eq!(beta.len(), 1);
+    // A held message is not retried; a deleted one is gone.
+    assert!(!gw.queue(&["retry", &beta[0]]).status.success());
+    let gamma = listed(gw, &["--domain", "gamma.test"]);
+    assert!(stdout_ok(&gw.queue(&["delete", &gamma[0]])).contains("deleted"));
+    assert!(!gw.queue(&["show", &gamma[0]]).status.success());
+    (beta[0].clone(), gamma[0].clone())
+}
+
+/// The tracking log tells each life, by queue ID (`a1`, delivered after a
+/// retry; `gamma`, deleted) or by Message-ID (ops-b1, held and released).
+async fn traces_tell_each_life(gw: &Gateway, a1: &str, gamma: &str) {
+    let trace = |key: &str| stdout_ok(&gw.trace(&[key]));
     wait_until(Duration::from_secs(5), "delivered tracked", || {
-        trace(&a1).contains("delivered")
+        trace(a1).contains("delivered")
     })
     .await;
-    let t = trace(&a1);
+    let t = trace(a1);
     let events: Vec<&str> = t
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1))
@@ -148,33 +162,20 @@ async fn queue_cli_and_trace_end_to_end() {
         trace("<ops-b1@test>").contains("delivered")
     })
     .await;
-    let by_mid = stdout(&gw.cli(&["trace", "--config", &cfg, "<ops-b1@test>"]));
+    let by_mid = trace("<ops-b1@test>");
     for e in ["held", "by=admin", "released", "delivered"] {
         assert!(by_mid.contains(e), "{e} missing:\n{by_mid}");
     }
-    let g = trace(&gamma[0]);
+    let g = trace(gamma);
     assert!(g.contains("deleted"), "{g}");
-    let json = stdout(&gw.cli(&["trace", "--config", &cfg, "--json", &gamma[0]]));
+    let json = stdout_ok(&gw.trace(&["--json", gamma]));
     for line in json.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        assert_eq!(v["id"], gamma[0].as_str());
+        assert_eq!(v["id"], gamma);
         assert_eq!(v["from"], "s@example.test");
         assert_eq!(v["to"][0], "w@gamma.test");
     }
-    assert!(!gw
-        .cli(&["trace", "--config", &cfg, "nosuchid"])
-        .status
-        .success());
-
-    // The same numbers in the metrics.
-    let m = gw.admin_get("/metrics");
-    assert!(
-        m.contains("postern_recipients_delivered_total{class=\"internet\"} 3"),
-        "{m}"
-    );
-    assert!(m.contains("postern_smtp_sessions_total{listener=\"smtp\"} 4"));
-    assert!(m.contains("postern_messages_accepted_total 4"));
-    assert!(m.contains("postern_delivery_connections_total{tls=\"no\"}"));
+    assert!(!gw.trace(&["nosuchid"]).status.success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -201,7 +202,7 @@ async fn admin_token_guards_metrics_and_queue_but_not_health() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let out = gw.cli(&["queue", "--config", &cfg, "list"]);
+    let out = gw.queue(&["list"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bearer token required"));
 
@@ -216,7 +217,7 @@ async fn admin_token_guards_metrics_and_queue_but_not_health() {
 #[tokio::test(flavor = "multi_thread")]
 async fn promtool_accepts_a_live_scrape() {
     let sink = Sink::start("127.0.0.1:0").await;
-    let gw = Gateway::start("", &route(sink.addr.port()));
+    let gw = Gateway::start("", &next_hop(sink.addr.port()));
     try_send(gw.smtp, "s@example.test", "r@example.test", &body("prom"))
         .await
         .unwrap();
@@ -235,13 +236,14 @@ async fn promtool_accepts_a_live_scrape() {
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
-    let mut child = std::process::Command::new("promtool")
+    let mut child = PROMTOOL
+        .command()
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool (Debian package prometheus; .ci/run installs it)");
+        .expect("promtool");
     use std::io::Write;
     child
         .stdin
@@ -250,12 +252,7 @@ async fn promtool_accepts_a_live_scrape() {
         .write_all(text.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "promtool check metrics");
 }
 
 /// The gateway process under the supervisor.
@@ -273,7 +270,7 @@ fn gateway_pid(gw: &Gateway) -> i32 {
 async fn sighup_reloads_routes_and_never_takes_a_bad_file() {
     let a = Sink::start("127.0.0.1:0").await;
     let b = Sink::start("127.0.0.1:0").await;
-    let gw = Gateway::start("", &route(a.addr.port()));
+    let gw = Gateway::start("", &next_hop(a.addr.port()));
     let good_a = std::fs::read_to_string(&gw.config).unwrap();
     try_send(gw.smtp, "s@example.test", "r@example.test", &body("hup-1"))
         .await
@@ -346,7 +343,7 @@ async fn sighup_reloads_routes_and_never_takes_a_bad_file() {
 async fn sigterm_with_sessions_open_loses_nothing() {
     let port = closed_port();
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-    let mut gw = Gateway::start_in(dir.clone(), "", &route(port));
+    let mut gw = Gateway::start_in(dir.clone(), "", &next_hop(port));
     // Five idle sessions, five in the middle of DATA.
     let mut idle = Vec::new();
     for _ in 0..5 {
@@ -358,9 +355,8 @@ async fn sigterm_with_sessions_open_loses_nothing() {
     for i in 0..5 {
         let mut c = RawClient::connect(gw.smtp).await;
         assert!(c.cmd("EHLO busy.test").await.starts_with("250"));
-        assert!(c.cmd("MAIL FROM:<s@example.test>").await.starts_with("250"));
-        assert!(c.cmd("RCPT TO:<r@example.test>").await.starts_with("250"));
-        assert!(c.cmd("DATA").await.starts_with("354"));
+        c.begin_data("<s@example.test>", &["<r@example.test>"])
+            .await;
         c.send(format!("Message-ID: <term-{i}@test>\r\nSubject: half\r\n").as_bytes())
             .await;
         busy.push(c);
@@ -392,7 +388,7 @@ async fn sigterm_with_sessions_open_loses_nothing() {
     drop(gw);
     // Restart on the same queue with the next hop up: all five arrive.
     let sink = Sink::start(&format!("127.0.0.1:{port}")).await;
-    let gw = Gateway::start_in(dir, "", &route(port));
+    let gw = Gateway::start_in(dir, "", &next_hop(port));
     wait_until(Duration::from_secs(20), "five delivered", || {
         sink.count() == 5
     })

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{try_send, wait_until, Gateway, Sink};
+use common::{route, try_send, wait_until, Gateway, Sink};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -69,25 +69,23 @@ fn quarantined(gw: &Gateway) -> Vec<serde_json::Value> {
     serde_json::from_str(&body[start..end]).unwrap_or_default()
 }
 
-async fn poison_run(stage: &str, kind: &str, want_stage: &str, want_reason: &str) {
-    let sink = Sink::start("127.0.0.1:0").await;
-    let dir = tempfile::tempdir().unwrap();
-    let faults = dir.path().join("faults-on");
-    std::fs::write(&faults, b"on").unwrap();
-    let gw = Gateway::start_full(
-        "",
-        "",
-        &format!(
-            "[workers]\nprocesses = 2\nmemory_limit = \"256MiB\"\nmessage_deadline = \"2s\"\n\
-             poison_threshold = 2\ndelivery_deadline = \"3s\"\ngateway_memory_limit = \"2GiB\"\n\
-             [[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n",
-            sink.addr
-        ),
-        &[("POSTERN_FAULTS_FILE", faults.display().to_string())],
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let refused = start_prober(gw.smtp, stop.clone());
-    let addr = gw.smtp;
+/// The number of distinct good messages `sink` received.
+fn good_delivered(sink: &Sink) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for m in sink.all() {
+        if let Some(i) = m.data.find("<good-") {
+            let rest = &m.data[i + 6..];
+            if let Some(n) = rest.split('@').next().and_then(|n| n.parse::<usize>().ok()) {
+                seen.insert(n);
+            }
+        }
+    }
+    seen.len()
+}
+
+/// Sends the good messages (ten clients) and the poison one, each until
+/// it is accepted.
+async fn send_all(addr: SocketAddr, stage: &str, kind: &str) {
     let mut tasks = Vec::new();
     for chunk in 0..10 {
         tasks.push(tokio::spawn(async move {
@@ -103,20 +101,29 @@ async fn poison_run(stage: &str, kind: &str, want_stage: &str, want_reason: &str
     for t in tasks {
         t.await.unwrap();
     }
-    let delivered = |s: &Sink| {
-        let mut seen = std::collections::HashSet::new();
-        for m in s.all() {
-            if let Some(i) = m.data.find("<good-") {
-                let rest = &m.data[i + 6..];
-                if let Some(n) = rest.split('@').next().and_then(|n| n.parse::<usize>().ok()) {
-                    seen.insert(n);
-                }
-            }
-        }
-        seen.len()
-    };
+}
+
+async fn poison_run(stage: &str, kind: &str, want_stage: &str, want_reason: &str) {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let faults = dir.path().join("faults-on");
+    std::fs::write(&faults, b"on").unwrap();
+    let gw = Gateway::start_full(
+        "",
+        "",
+        &format!(
+            "[workers]\nprocesses = 2\nmemory_limit = \"256MiB\"\nmessage_deadline = \"2s\"\n\
+             poison_threshold = 2\ndelivery_deadline = \"3s\"\ngateway_memory_limit = \"2GiB\"\n\
+             {}",
+            route("*", sink.addr)
+        ),
+        &[("POSTERN_FAULTS_FILE", faults.display().to_string())],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = start_prober(gw.smtp, stop.clone());
+    send_all(gw.smtp, stage, kind).await;
     wait_until(LONG, "every good message delivered", || {
-        delivered(&sink) == GOOD
+        good_delivered(&sink) == GOOD
     })
     .await;
     wait_until(LONG, "the poison message in quarantine", || {
@@ -125,33 +132,7 @@ async fn poison_run(stage: &str, kind: &str, want_stage: &str, want_reason: &str
     .await;
     stop.store(true, Ordering::SeqCst);
     let q = quarantined(&gw);
-    if q.iter().any(|e| e["message_id"] != "<poison@poison>") {
-        for l in gw
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("died") || l.contains("quarantined"))
-        {
-            eprintln!("LOG {l}");
-        }
-    }
-    // Only the poison is blamed. It may be there more than once: a client
-    // whose connection died with the gateway after the message was stored
-    // sends it again (at-least-once, as with any MTA).
-    assert!(!q.is_empty());
-    for entry in &q {
-        assert_eq!(
-            entry["message_id"], "<poison@poison>",
-            "an innocent was blamed: {entry:#}"
-        );
-        let crashes = entry["crashes"].as_u64().unwrap();
-        assert!((1..=2).contains(&crashes), "crashes {crashes}");
-        assert_eq!(entry["quarantine"]["stage"], want_stage, "{entry:#}");
-        let reason = entry["quarantine"]["reason"].as_str().unwrap();
-        assert!(
-            reason.contains(want_reason),
-            "reason {reason:?} lacks {want_reason:?}"
-        );
-    }
+    assert_only_poison_blamed(&gw, &q, want_stage, want_reason);
     assert!(
         sink.with("<poison@poison>").is_empty(),
         "poison was delivered"
@@ -169,8 +150,7 @@ async fn poison_run(stage: &str, kind: &str, want_stage: &str, want_reason: &str
 
     // Fault off, release through the CLI: the message is delivered.
     std::fs::remove_file(&faults).unwrap();
-    let cfg = gw.config.display().to_string();
-    let out = gw.cli(&["queue", "--config", &cfg, "list", "--state", "quarantine"]);
+    let out = gw.queue(&["list", "--state", "quarantine"]);
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(
         listing.contains(want_stage) && listing.contains("quarantine"),
@@ -178,7 +158,7 @@ async fn poison_run(stage: &str, kind: &str, want_stage: &str, want_reason: &str
     );
     for entry in &q {
         let id = entry["id"].as_str().unwrap();
-        let out = gw.cli(&["queue", "--config", &cfg, "release", id]);
+        let out = gw.queue(&["release", id]);
         assert!(
             out.status.success(),
             "{}",
@@ -189,6 +169,42 @@ async fn poison_run(stage: &str, kind: &str, want_stage: &str, want_reason: &str
         !sink.with("<poison@poison>").is_empty()
     })
     .await;
+}
+
+/// Only the poison is blamed, at the right stage for the right reason,
+/// after one or two crashes. It may be there more than once: a client
+/// whose connection died with the gateway after the message was stored
+/// sends it again (at-least-once, as with any MTA).
+fn assert_only_poison_blamed(
+    gw: &Gateway,
+    q: &[serde_json::Value],
+    want_stage: &str,
+    want_reason: &str,
+) {
+    if q.iter().any(|e| e["message_id"] != "<poison@poison>") {
+        for l in gw
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("died") || l.contains("quarantined"))
+        {
+            eprintln!("LOG {l}");
+        }
+    }
+    assert!(!q.is_empty());
+    for entry in q {
+        assert_eq!(
+            entry["message_id"], "<poison@poison>",
+            "an innocent was blamed: {entry:#}"
+        );
+        let crashes = entry["crashes"].as_u64().unwrap();
+        assert!((1..=2).contains(&crashes), "crashes {crashes}");
+        assert_eq!(entry["quarantine"]["stage"], want_stage, "{entry:#}");
+        let reason = entry["quarantine"]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(want_reason),
+            "reason {reason:?} lacks {want_reason:?}"
+        );
+    }
 }
 
 macro_rules! poison_tests {

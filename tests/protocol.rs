@@ -3,18 +3,11 @@
 
 mod common;
 
-use common::{wait_until, Gateway, RawClient, Sink};
+use common::{read_some, route, swaks, wait_until, Gateway, RawClient, Sink, RELAY};
 use std::time::Duration;
 
 fn routed(sink: &Sink, server: &str) -> Gateway {
-    Gateway::start(
-        server,
-        &format!(
-            "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n\
-             [[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n",
-            sink.addr
-        ),
-    )
+    Gateway::start(server, &format!("{RELAY}{}", route("*", sink.addr)))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -68,9 +61,8 @@ async fn smuggling_sequences_are_rejected() {
     ] {
         let mut c = RawClient::connect(gw.smtp).await;
         c.cmd("EHLO smuggler.test").await;
-        c.cmd("MAIL FROM:<a@example.test>").await;
-        c.cmd("RCPT TO:<b@example.test>").await;
-        assert!(c.cmd("DATA").await.starts_with("354"));
+        c.begin_data("<a@example.test>", &["<b@example.test>"])
+            .await;
         let mut data = b"Subject: outer\r\n\r\nouter".to_vec();
         data.extend_from_slice(seq);
         data.extend_from_slice(
@@ -80,12 +72,11 @@ async fn smuggling_sequences_are_rejected() {
         let r = c.reply().await;
         assert!(r.starts_with("550 5.6.0"), "{name}: {r}");
         // The session goes on: a clean message is still accepted.
-        c.cmd("MAIL FROM:<a@example.test>").await;
-        c.cmd("RCPT TO:<b@example.test>").await;
-        c.cmd("DATA").await;
-        c.send(format!("Subject: clean {name}\r\n\r\nok\r\n.\r\n").as_bytes())
+        let clean = format!("Subject: clean {name}\r\n\r\nok\r\n.\r\n");
+        let r = c
+            .transaction("<a@example.test>", &["<b@example.test>"], clean.as_bytes())
             .await;
-        assert!(c.reply().await.starts_with("250"), "{name}");
+        assert!(r.starts_with("250"), "{name}: {r}");
     }
     wait_until(Duration::from_secs(30), "clean messages", || {
         sink.count() == 5
@@ -173,46 +164,30 @@ async fn connection_limit() {
     let _a = RawClient::connect(gw.smtp).await;
     let _b = RawClient::connect(gw.smtp).await;
     let mut s = tokio::net::TcpStream::connect(gw.smtp).await.unwrap();
-    let mut buf = vec![0u8; 256];
-    let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
-        .await
-        .unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("421 4.3.2"));
+    assert!(read_some(&mut s).await.starts_with("421 4.3.2"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn swaks_sends_through_the_gateway() {
     let sink = Sink::start("127.0.0.1:0").await;
     let gw = routed(&sink, "");
-    let gw_addr = gw.smtp;
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("swaks")
-            .args([
-                "--server",
-                &gw_addr.ip().to_string(),
-                "--port",
-                &gw_addr.port().to_string(),
-            ])
-            .args([
-                "--from",
-                "swaks@example.test",
-                "--to",
-                "user@example.test,other@example.test",
-            ])
-            .args([
-                "--pipeline",
-                "--header",
-                "Subject: via swaks",
-                "--body",
-                "hello from swaks",
-            ])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("swaks must be installed (apt-get install swaks; .ci/run does it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let run = swaks(
+        gw.smtp,
+        &[
+            "--from",
+            "swaks@example.test",
+            "--to",
+            "user@example.test,other@example.test",
+            "--pipeline",
+            "--header",
+            "Subject: via swaks",
+            "--body",
+            "hello from swaks",
+        ],
+    )
+    .await;
+    let text = run.text;
+    assert!(run.ok, "{text}");
     assert!(text.contains("queued as"), "{text}");
     wait_until(Duration::from_secs(30), "swaks delivery", || {
         sink.count() == 1
@@ -280,10 +255,9 @@ async fn smtputf8_nul_and_recipient_validation() {
     let gw = Gateway::start(
         "",
         &format!(
-            "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\nrecipients_file = \"{}\"\n\
-             [[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n",
+            "{RELAY}recipients_file = \"{}\"\n{}",
             list.display(),
-            sink.addr
+            route("*", sink.addr)
         ),
     );
     let mut c = RawClient::connect(gw.smtp).await;

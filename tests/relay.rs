@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{body, smtp_send, wait_until, DnsServer, Gateway, Sink, Zone};
+use common::{body, closed_port, route, smtp_send, wait_until, DnsServer, Gateway, Sink, Zone};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -40,9 +40,8 @@ async fn inbound_relay_to_a_route() {
     let gw = Gateway::start(
         "",
         &format!(
-            "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = []\n\
-             [[route]]\ndomain = \"example.test\"\nhosts = [\"{}\"]\n",
-            sink.addr
+            "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = []\n{}",
+            route("example.test", sink.addr)
         ),
     );
     let reply = smtp_send(
@@ -109,9 +108,9 @@ async fn implicit_mx_and_null_mx_bounce() {
     let gw = Gateway::start(
         "",
         &format!(
-            "{}[[route]]\ndomain = \"example.test\"\nhosts = [\"{}\"]\n",
+            "{}{}",
             delivery(port, &dns),
-            back.addr
+            route("example.test", back.addr)
         ),
     );
     smtp_send(
@@ -146,13 +145,7 @@ async fn implicit_mx_and_null_mx_bounce() {
 #[tokio::test(flavor = "multi_thread")]
 async fn temporary_failure_then_success() {
     let sink = Sink::start("127.0.0.1:0").await;
-    let gw = Gateway::start(
-        "",
-        &format!(
-            "[[route]]\ndomain = \"example.test\"\nhosts = [\"{}\"]\n",
-            sink.addr
-        ),
-    );
+    let gw = Gateway::start("", &route("example.test", sink.addr));
     smtp_send(
         gw.smtp,
         "a@example.test",
@@ -171,10 +164,7 @@ async fn temporary_failure_then_success() {
 #[tokio::test(flavor = "multi_thread")]
 async fn permanent_failure_bounces_and_partial_rcpt_failure() {
     let sink = Sink::start("127.0.0.1:0").await;
-    let gw = Gateway::start(
-        "",
-        &format!("[[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n", sink.addr),
-    );
+    let gw = Gateway::start("", &route("*", sink.addr));
     smtp_send(
         gw.smtp,
         "author@example.test",
@@ -217,17 +207,14 @@ async fn permanent_failure_bounces_and_partial_rcpt_failure() {
 async fn expiry_bounces_with_the_last_error() {
     let back = Sink::start("127.0.0.1:0").await;
     // other.test goes to a closed port: every attempt fails temporarily.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = format!("127.0.0.1:{}", closed_port());
     let gw = Gateway::start_with_queue(
         "",
         "max_age = \"2s\"",
         &format!(
-            "[[route]]\ndomain = \"other.test\"\nhosts = [\"{closed}\"]\n\
-             [[route]]\ndomain = \"example.test\"\nhosts = [\"{}\"]\n",
-            back.addr
+            "{}{}",
+            route("other.test", closed),
+            route("example.test", back.addr)
         ),
     );
     smtp_send(
@@ -249,20 +236,17 @@ async fn expiry_bounces_with_the_last_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bounce_of_a_bounce_is_never_sent() {
     let sink = Sink::start("127.0.0.1:0").await;
-    let gw = Gateway::start(
-        "",
-        &format!("[[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n", sink.addr),
-    );
+    let gw = Gateway::start("", &route("*", sink.addr));
     let mut c = common::RawClient::connect(gw.smtp).await;
     c.cmd("EHLO t").await;
-    assert!(c.cmd("MAIL FROM:<>").await.starts_with("250"));
-    assert!(c
-        .cmd("RCPT TO:<reject@example.test>")
-        .await
-        .starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    c.send(b"Subject: a bounce\r\n\r\nx\r\n.\r\n").await;
-    assert!(c.reply().await.starts_with("250"));
+    let r = c
+        .transaction(
+            "<>",
+            &["<reject@example.test>"],
+            b"Subject: a bounce\r\n\r\nx\r\n.\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
     gw.wait_log("not bouncing a bounce", T);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sink.count(), 0);
@@ -281,32 +265,21 @@ async fn admin_endpoints_answer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dsn_parameters_are_honoured() {
     let sink = Sink::start("127.0.0.1:0").await;
-    let gw = Gateway::start(
-        "",
-        &format!("[[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n", sink.addr),
-    );
+    let gw = Gateway::start("", &route("*", sink.addr));
     let mut c = common::RawClient::connect(gw.smtp).await;
     assert!(c.cmd("EHLO t.test").await.contains("DSN"));
-    assert!(c
-        .cmd("MAIL FROM:<author@example.test> RET=FULL ENVID=QQ314159")
-        .await
-        .starts_with("250"));
-    assert!(c
-        .cmd("RCPT TO:<reject-a@example.test> NOTIFY=FAILURE ORCPT=rfc822;first+40orig.test")
-        .await
-        .starts_with("250"));
-    assert!(c
-        .cmd("RCPT TO:<reject-b@example.test> NOTIFY=NEVER")
-        .await
-        .starts_with("250"));
-    assert!(c
-        .cmd("RCPT TO:<good@example.test> NOTIFY=SUCCESS")
-        .await
-        .starts_with("250"));
-    assert!(c.cmd("DATA").await.starts_with("354"));
-    c.send(b"Subject: dsn params\r\n\r\nthe full body\r\n.\r\n")
+    let r = c
+        .transaction(
+            "<author@example.test> RET=FULL ENVID=QQ314159",
+            &[
+                "<reject-a@example.test> NOTIFY=FAILURE ORCPT=rfc822;first+40orig.test",
+                "<reject-b@example.test> NOTIFY=NEVER",
+                "<good@example.test> NOTIFY=SUCCESS",
+            ],
+            b"Subject: dsn params\r\n\r\nthe full body\r\n.\r\n",
+        )
         .await;
-    assert!(c.reply().await.starts_with("250"));
+    assert!(r.starts_with("250"), "{r}");
     wait_until(T, "the message and the DSN", || sink.count() == 2).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(sink.count(), 2, "NOTIFY=NEVER still produced a DSN");

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::tools::{output_text, SYSTEMD_ANALYZE};
 use common::Gateway;
 use std::time::{Duration, Instant};
 
@@ -41,10 +42,11 @@ async fn ready_and_watchdog_notifications() {
 
 #[test]
 fn systemd_unit_verifies() {
-    let out = std::process::Command::new("systemd-analyze")
+    let out = SYSTEMD_ANALYZE
+        .command()
         .arg("--version")
         .output()
-        .expect("systemd-analyze (Debian package systemd; .ci/run installs it)");
+        .expect("systemd-analyze");
     assert!(out.status.success());
     // Point the unit at the test binary so ExecStart= resolves.
     let dir = tempfile::tempdir().unwrap();
@@ -56,16 +58,13 @@ fn systemd_unit_verifies() {
     let unit = unit.replace("/usr/local/bin/postern", env!("CARGO_BIN_EXE_postern"));
     let path = dir.path().join("postern.service");
     std::fs::write(&path, unit).unwrap();
-    let out = std::process::Command::new("systemd-analyze")
+    let out = SYSTEMD_ANALYZE
+        .command()
         .arg("verify")
         .arg(&path)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(
         out.status.success() && !text.contains("postern.service:"),
         "{text}"

@@ -5,55 +5,42 @@
 
 mod common;
 
-use common::{wait_until, Gateway, Sink};
+use common::{certs, read_some, route, swaks, tools, wait_until, Gateway, Sink};
 use std::process::Command;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-fn make_cert(dir: &std::path::Path, cn: &str) {
-    let d = dir.display();
-    let out = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "openssl req -x509 -newkey rsa:2048 -nodes -keyout {d}/key.tmp -out {d}/cert.tmp -days 2 -subj /CN={cn} 2>/dev/null && mv {d}/key.tmp {d}/key.pem && mv {d}/cert.tmp {d}/cert.pem"
-            ),
-        ])
-        .status()
-        .expect("openssl");
-    assert!(out.success());
-}
-
-fn start(dir: &std::path::Path, sink: &Sink) -> Gateway {
-    let d = dir.display();
-    Gateway::start(
+/// A certificate for `cn` in a new directory, a sink, and a gateway with
+/// STARTTLS and implicit TLS on that certificate, routing all mail to the
+/// sink.
+async fn start(cn: &str) -> (tempfile::TempDir, Sink, Gateway) {
+    let dir = tempfile::tempdir().unwrap();
+    certs::self_signed(dir.path(), cn);
+    let sink = Sink::start("127.0.0.1:0").await;
+    let d = dir.path().display();
+    let gw = Gateway::start(
         "",
         &format!(
             "[tls]\ncert_file = \"{d}/cert.pem\"\nkey_file = \"{d}/key.pem\"\nimplicit_listen = [\"127.0.0.1:0\"]\n\
-             [[route]]\ndomain = \"*\"\nhosts = [\"{}\"]\n",
-            sink.addr
+             {}",
+            route("*", sink.addr)
         ),
-    )
+    );
+    (dir, sink, gw)
 }
 
-fn swaks(addr: std::net::SocketAddr, extra: &[&str]) -> String {
-    let out = Command::new("swaks")
-        .args([
-            "--server",
-            &addr.ip().to_string(),
-            "--port",
-            &addr.port().to_string(),
-        ])
-        .args(["--from", "a@example.test", "--to", "b@example.test"])
-        .args(extra)
-        .output()
-        .expect("swaks");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}");
-    text
+/// swaks from a@example.test to b@example.test with `extra` arguments; it
+/// must succeed. Returns its transcript.
+async fn swaks_ok(addr: std::net::SocketAddr, extra: &[&str]) -> String {
+    let mut args = vec!["--from", "a@example.test", "--to", "b@example.test"];
+    args.extend_from_slice(extra);
+    let run = swaks(addr, &args).await;
+    assert!(run.ok, "{}", run.text);
+    run.text
 }
 
 fn s_client(addr: std::net::SocketAddr, args: &[&str]) -> (bool, String) {
+    tools::OPENSSL.require();
     let out = Command::new("sh")
         .args([
             "-c",
@@ -71,26 +58,15 @@ fn s_client(addr: std::net::SocketAddr, args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn starttls_and_implicit_tls_with_swaks_and_openssl() {
-    let dir = tempfile::tempdir().unwrap();
-    make_cert(dir.path(), "gw.example.test");
-    let sink = Sink::start("127.0.0.1:0").await;
-    let gw = start(dir.path(), &sink);
+    let (_dir, sink, gw) = start("gw.example.test").await;
     let smtp = gw.smtp;
-    let text = tokio::task::spawn_blocking(move || {
-        swaks(smtp, &["--tls", "--header", "Subject: starttls"])
-    })
-    .await
-    .unwrap();
+    let text = swaks_ok(smtp, &["--tls", "--header", "Subject: starttls"]).await;
     assert!(
         text.contains("STARTTLS") && text.contains("queued as"),
         "{text}"
     );
     let smtps = gw.smtps.expect("implicit TLS listener");
-    let text = tokio::task::spawn_blocking(move || {
-        swaks(smtps, &["--tlsc", "--header", "Subject: implicit"])
-    })
-    .await
-    .unwrap();
+    let text = swaks_ok(smtps, &["--tlsc", "--header", "Subject: implicit"]).await;
     assert!(text.contains("queued as"), "{text}");
     wait_until(Duration::from_secs(30), "both delivered", || {
         sink.count() == 2
@@ -113,10 +89,7 @@ async fn starttls_and_implicit_tls_with_swaks_and_openssl() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn certificate_is_reloaded_without_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    make_cert(dir.path(), "first.example.test");
-    let sink = Sink::start("127.0.0.1:0").await;
-    let gw = start(dir.path(), &sink);
+    let (dir, _sink, gw) = start("first.example.test").await;
     let smtp = gw.smtp;
     let (_, t) = tokio::task::spawn_blocking(move || s_client(smtp, &[]))
         .await
@@ -126,7 +99,7 @@ async fn certificate_is_reloaded_without_restart() {
         "{t}"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    make_cert(dir.path(), "second.example.test");
+    certs::self_signed(dir.path(), "second.example.test");
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // The first handshake after the change notices it; the next one shows it.
     let _ = tokio::task::spawn_blocking(move || s_client(smtp, &[])).await;
@@ -138,24 +111,16 @@ async fn certificate_is_reloaded_without_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plaintext_pipelined_after_starttls_is_discarded() {
-    let dir = tempfile::tempdir().unwrap();
-    make_cert(dir.path(), "gw.example.test");
-    let sink = Sink::start("127.0.0.1:0").await;
-    let gw = start(dir.path(), &sink);
+    let (_dir, _sink, gw) = start("gw.example.test").await;
     let mut s = tokio::net::TcpStream::connect(gw.smtp).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let mut read = async |s: &mut tokio::net::TcpStream| {
-        let n = s.read(&mut buf).await.unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    assert!(read(&mut s).await.starts_with("220"));
+    assert!(read_some(&mut s).await.starts_with("220"));
     s.write_all(b"EHLO attacker.test\r\n").await.unwrap();
-    assert!(read(&mut s).await.contains("STARTTLS"));
+    assert!(read_some(&mut s).await.contains("STARTTLS"));
     // The injection: a command smuggled after STARTTLS in the same packet.
     s.write_all(b"STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n")
         .await
         .unwrap();
-    let r = read(&mut s).await;
+    let r = read_some(&mut s).await;
     assert!(r.starts_with("220 2.0.0"), "{r}");
     assert!(
         !r.contains("250"),
@@ -168,8 +133,6 @@ async fn plaintext_pipelined_after_starttls_is_discarded() {
     tls.write_all(b"RCPT TO:<b@example.test>\r\n")
         .await
         .unwrap();
-    let mut b = vec![0u8; 4096];
-    let n = tls.read(&mut b).await.unwrap();
-    let r = String::from_utf8_lossy(&b[..n]).into_owned();
+    let r = read_some(&mut tls).await;
     assert!(r.starts_with("503"), "state survived STARTTLS: {r}");
 }

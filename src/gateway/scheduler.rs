@@ -264,7 +264,7 @@ impl Scheduler {
                     serde_json::json!({
                         "attempt": r.attempts,
                         "reason": &last_error,
-                        "next_attempt": crate::ops::tracking::rfc3339(r.due_ms),
+                        "next_attempt": postern_core::date::rfc3339_ms(r.due_ms),
                     }),
                 );
                 tracing::error!(%id, stage, %why, crashes = r.crashes, "delivery crashed; deferred")
@@ -334,7 +334,7 @@ impl Scheduler {
                 "pending": pending,
                 "attempt": attempts,
                 "reason": &last_error,
-                "next_attempt": crate::ops::tracking::rfc3339(due_ms),
+                "next_attempt": postern_core::date::rfc3339_ms(due_ms),
             }),
         );
         self.queue.update(id, &|r| {

@@ -255,117 +255,83 @@ mod tests {
         }
     }
 
-    /// (case, outcomes for recipients a and b, age of the message in hours,
-    /// expected: removed?, bounced count, notice count, pending count)
+    /// One row: outcomes for recipients a and b, the message's age in
+    /// hours, and what must come of it.
+    struct Case {
+        name: &'static str,
+        outcomes: [Outcome; 2],
+        age_hours: u64,
+        removed: bool,
+        bounced: usize,
+        notices: usize,
+        pending: usize,
+    }
+
     #[test]
     fn settlement_table() {
         use Outcome::*;
-        let cases: Vec<(&str, Vec<Outcome>, u64, bool, usize, usize, usize)> = vec![
-            (
-                "all delivered",
-                vec![
-                    Delivered(remote(250, "2.0.0")),
-                    Delivered(remote(250, "2.0.0")),
-                ],
-                0,
-                true,
-                0,
-                0,
-                0,
-            ),
-            (
-                "one temporary",
-                vec![
-                    Delivered(remote(250, "2.0.0")),
-                    Temporary(remote(451, "4.3.0")),
-                ],
-                0,
-                false,
-                0,
-                0,
-                1,
-            ),
-            (
-                "one permanent",
-                vec![
-                    Permanent(remote(550, "5.1.1")),
-                    Delivered(remote(250, "2.0.0")),
-                ],
-                0,
-                true,
-                1,
-                1,
-                0,
-            ),
-            (
+        let ok = || Delivered(remote(250, "2.0.0"));
+        let tmp = || Temporary(remote(451, "4.3.0"));
+        let perm = || Permanent(remote(550, "5.1.1"));
+        let case = |name, outcomes, age_hours, removed, bounced, notices, pending| Case {
+            name,
+            outcomes,
+            age_hours,
+            removed,
+            bounced,
+            notices,
+            pending,
+        };
+        let cases = [
+            case("all delivered", [ok(), ok()], 0, true, 0, 0, 0),
+            case("one temporary", [ok(), tmp()], 0, false, 0, 0, 1),
+            case("one permanent", [perm(), ok()], 0, true, 1, 1, 0),
+            case(
                 "permanent and temporary",
-                vec![
-                    Permanent(remote(550, "5.1.1")),
-                    Temporary(remote(421, "4.4.2")),
-                ],
+                [perm(), tmp()],
                 0,
                 false,
                 1,
                 1,
                 1,
             ),
-            (
+            case(
                 "relayed: success notice",
-                vec![
-                    Relayed(remote(250, "2.0.0")),
-                    Delivered(remote(250, "2.0.0")),
-                ],
+                [Relayed(remote(250, "2.0.0")), ok()],
                 0,
                 true,
                 0,
                 1,
                 0,
             ),
-            (
+            case(
                 "temporary past max_age: expired",
-                vec![
-                    Temporary(remote(451, "4.3.0")),
-                    Delivered(remote(250, "2.0.0")),
-                ],
+                [tmp(), ok()],
                 200,
                 true,
                 1,
                 1,
                 0,
             ),
-            (
+            case(
                 "both temporary past max_age",
-                vec![
-                    Temporary(remote(451, "4.3.0")),
-                    Temporary(remote(451, "4.3.0")),
-                ],
+                [tmp(), tmp()],
                 200,
                 true,
                 2,
                 2,
                 0,
             ),
-            (
-                "young and temporary",
-                vec![
-                    Temporary(remote(451, "4.3.0")),
-                    Temporary(remote(451, "4.3.0")),
-                ],
-                1,
-                false,
-                0,
-                0,
-                2,
-            ),
+            case("young and temporary", [tmp(), tmp()], 1, false, 0, 0, 2),
         ];
-        for (case, outs, age_h, removed, n_bounced, n_notices, n_pending) in cases {
+        for c in cases {
             let now = 1_000 * HOUR;
             let rec = record(
                 &["a@x.test", "b@y.test"],
                 Some("s@z.test"),
-                now - age_h * HOUR,
+                now - c.age_hours * HOUR,
             );
-            let outcomes = outs.into_iter().enumerate().collect();
+            let outcomes = c.outcomes.into_iter().enumerate().collect();
             let s = settle(
                 &rec,
                 outcomes,
@@ -373,13 +339,19 @@ mod tests {
                 Duration::from_secs(5 * 24 * 3600),
                 Duration::from_secs(60),
             );
-            assert_eq!(s.next == Next::Remove, removed, "{case}: next {:?}", s.next);
-            assert_eq!(s.bounced.len(), n_bounced, "{case}: bounced");
-            assert_eq!(s.notices.len(), n_notices, "{case}: notices");
-            assert_eq!(s.envelope.pending().count(), n_pending, "{case}: pending");
-            assert_eq!(s.attempted.len(), 2, "{case}: attempted");
-            if !removed {
-                assert_eq!(defer_due(&s), Some(now + 60_000), "{case}: due");
+            let name = c.name;
+            assert_eq!(
+                s.next == Next::Remove,
+                c.removed,
+                "{name}: next {:?}",
+                s.next
+            );
+            assert_eq!(s.bounced.len(), c.bounced, "{name}: bounced");
+            assert_eq!(s.notices.len(), c.notices, "{name}: notices");
+            assert_eq!(s.envelope.pending().count(), c.pending, "{name}: pending");
+            assert_eq!(s.attempted.len(), 2, "{name}: attempted");
+            if !c.removed {
+                assert_eq!(defer_due(&s), Some(now + 60_000), "{name}: due");
             }
         }
     }

@@ -99,7 +99,7 @@ impl Filter {
                 }
                 "domain" => f.domain = Some(v.trim_end_matches('.').to_ascii_lowercase()),
                 "older_than" => {
-                    let d = postern_core::units::parse_duration(v).map_err(anyhow::Error::msg)?;
+                    let d = postern_core::units::parse_duration(v)?;
                     f.older_than_ms = Some(d.as_millis() as u64);
                 }
                 _ => anyhow::bail!("unknown filter {k:?}"),

@@ -119,7 +119,7 @@ pub fn format_line(ms: u64, event: &str, subject: &Subject, fields: &serde_json:
     let s = |v: &str| serde_json::Value::String(v.to_string()).to_string();
     let mut line = format!(
         "{{\"ts\":\"{}\",\"event\":{},{}",
-        rfc3339(ms),
+        postern_core::date::rfc3339_ms(ms),
         s(event),
         subject.0
     );
@@ -133,29 +133,6 @@ pub fn format_line(ms: u64, event: &str, subject: &Subject, fields: &serde_json:
     }
     line.push_str("}\n");
     line
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the epoch.
-pub fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil from days (H. Hinnant), for days since 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        ms % 1000
-    )
 }
 
 enum Sink {
@@ -349,13 +326,6 @@ mod tests {
             dsn_ret_full: false,
             dsn_envid: None,
         }
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(rfc3339(1_795_693_026_000), "2026-11-26T11:37:06.000Z");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::run::handoff::{
 };
 use anyhow::Context;
 use postern_supervisor::child::{clear_cloexec, run_child, InflightPipe};
+use postern_supervisor::{Backoff, Restarts};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -154,6 +155,14 @@ impl LastDeath {
     }
 }
 
+/// Restarts of the gateway: 250 ms, doubling while it dies within 10 s of
+/// its start (one that cannot start is throttled, not spun), up to 30 s.
+const GATEWAY_BACKOFF: Backoff = Backoff {
+    initial: Duration::from_millis(250),
+    max: Duration::from_secs(30),
+    healthy_after: Duration::from_secs(10),
+};
+
 /// Runs the supervisor until a stop signal or a clean gateway exit.
 pub async fn run(loaded: Loaded, signals: crate::run::signals::Signals) -> anyhow::Result<()> {
     let cfg = &loaded.config;
@@ -187,30 +196,22 @@ pub async fn run(loaded: Loaded, signals: crate::run::signals::Signals) -> anyho
     crate::run::notify::ready();
 
     let mut last = LastDeath::default();
-    let mut restarts: u64 = 0;
-    let mut delay = Duration::from_millis(250);
+    let mut restarts = Restarts::new(GATEWAY_BACKOFF);
     loop {
         let pipe = InflightPipe::new().context("cannot create the in-flight pipe")?;
-        let cmd = inherit.command(&exe, &pipe, restarts, &last);
+        let cmd = inherit.command(&exe, &pipe, restarts.count(), &last);
         let end = run_child(cmd, pipe, stop_rx.clone(), grace, &mut fwd_rx).await?;
         if end.clean || *stop_rx.borrow() {
             tracing::info!(reason = %end.reason, "gateway stopped; supervisor exits");
             return Ok(());
         }
         last.update(&end);
-        restarts += 1;
-        delay = if end.ran_for > Duration::from_secs(10) {
-            Duration::from_millis(250)
-        } else if restarts == 1 {
-            delay
-        } else {
-            (delay * 2).min(Duration::from_secs(30))
-        };
+        let delay = restarts.after_run(end.ran_for);
         tracing::error!(
             reason = %end.reason,
             suspects = ?last.suspects,
             ?delay,
-            restarts,
+            restarts = restarts.count(),
             "gateway died; restarting"
         );
         let mut stop = stop_rx.clone();

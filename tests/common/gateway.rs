@@ -32,6 +32,17 @@ impl Drop for Gateway {
     }
 }
 
+/// A `[[route]]` sending mail for `domain` (`"*"` for all) to `hosts`.
+pub fn route(domain: &str, hosts: impl std::fmt::Display) -> String {
+    format!("[[route]]\ndomain = \"{domain}\"\nhosts = [\"{hosts}\"]\n")
+}
+
+/// A `[relay]` section: example.test is ours, only 127.0.0.1 may relay
+/// (other loopback addresses, 127.0.0.5 and up, are untrusted clients).
+/// More `[relay]` keys may follow it.
+pub const RELAY: &str =
+    "[relay]\naccepted_domains = [\"example.test\"]\ntrusted_networks = [\"127.0.0.1/32\"]\n";
+
 /// The test configuration; `extra` is appended (routes, nameservers...).
 pub fn config_text(dir: &std::path::Path, server: &str, queue: &str, extra: &str) -> String {
     format!(
@@ -178,6 +189,23 @@ impl Gateway {
             .args(args)
             .output()
             .expect("run postern CLI")
+    }
+
+    /// `postern queue --config <this config> <args>`.
+    pub fn queue(&self, args: &[&str]) -> std::process::Output {
+        self.with_config("queue", args)
+    }
+
+    /// `postern trace --config <this config> <args>`.
+    pub fn trace(&self, args: &[&str]) -> std::process::Output {
+        self.with_config("trace", args)
+    }
+
+    fn with_config(&self, subcommand: &str, args: &[&str]) -> std::process::Output {
+        let cfg = self.config.display().to_string();
+        let mut all = vec![subcommand, "--config", &cfg];
+        all.extend_from_slice(args);
+        self.cli(&all)
     }
 
     /// Waits until the log contains `needle`.

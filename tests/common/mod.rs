@@ -5,25 +5,40 @@
 //! - [`DnsServer`]: a DNS server (UDP and TCP) answering from a test zone,
 //!   truncating UDP answers over 512 bytes so resolvers must retry on TCP;
 //! - [`Gateway`]: the `postern` binary started on `127.0.0.1:0` with a
-//!   generated configuration, its log captured, killed on drop;
-//! - [`smtp_send`] and [`RawClient`]: clients (lettre, and raw bytes for
-//!   protocol abuse tests).
+//!   generated configuration, its log captured, killed on drop; [`route`]
+//!   and [`RELAY`] for the configuration sections most tests add;
+//! - [`smtp_send`], [`try_send`] and [`RawClient`]: clients (lettre, and raw
+//!   bytes for protocol abuse tests);
+//! - [`tools`]: the external tools the tests run, each with the package that
+//!   installs it (a missing one fails naming the package); [`swaks()`]; keys
+//!   and certificates made with openssl in [`certs`];
+//! - [`memory`]: the resident memory of the gateway's process tree.
+//!
+//! Every test binary compiles all of it and uses a part, hence the
+//! `allow(dead_code)` here and the `allow(unused_imports)` on re-exports.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod dns;
 pub mod gateway;
+pub mod memory;
 pub mod sink;
+pub mod swaks;
 pub mod tls_client;
+pub mod tools;
 
 #[allow(unused_imports)]
 pub use dns::{DnsServer, Hostile, Zone};
-pub use gateway::Gateway;
+#[allow(unused_imports)]
+pub use gateway::{route, Gateway, RELAY};
 #[allow(unused_imports)]
 pub use sink::Sink;
+#[allow(unused_imports)]
+pub use swaks::{swaks, SwaksRun};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Waits until `f` is true, panicking with `what` after `limit`.
@@ -32,6 +47,32 @@ pub async fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool
     while !f() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A loopback port with nothing listening on it (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A TCP connection to `addr`, from a chosen loopback source address
+/// (e.g. 127.0.0.5) when `src` is given.
+pub async fn connect_tcp(addr: SocketAddr, src: Option<&str>) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(src) = src {
+        sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    }
+    sock.connect(addr).await.unwrap()
+}
+
+/// What one read returns within 15 seconds, as text; empty on a timeout,
+/// an error or end of stream.
+pub async fn read_some<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut b = [0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(15), s.read(&mut b)).await {
+        Ok(Ok(n)) => String::from_utf8_lossy(&b[..n]).into_owned(),
+        _ => String::new(),
     }
 }
 
@@ -141,11 +182,7 @@ impl RawClient {
 
     /// Connects from a chosen loopback source address (e.g. 127.0.0.5).
     pub async fn connect_from(addr: SocketAddr, src: Option<&str>) -> RawClient {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        if let Some(src) = src {
-            sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-        }
-        let stream = sock.connect(addr).await.unwrap();
+        let stream = connect_tcp(addr, src).await;
         let mut c = RawClient {
             stream,
             buf: Vec::new(),
@@ -181,6 +218,28 @@ impl RawClient {
     /// Sends a command and returns the reply.
     pub async fn cmd(&mut self, line: &str) -> String {
         self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+
+    /// `MAIL FROM:{mail}`, `RCPT TO:{rcpt}` for each of `rcpts`, then
+    /// `DATA`, asserting 250 for each and 354 for DATA. Paths are given with
+    /// their brackets and any parameters: `"<a@example.test> BODY=8BITMIME"`.
+    pub async fn begin_data(&mut self, mail: &str, rcpts: &[&str]) {
+        let r = self.cmd(&format!("MAIL FROM:{mail}")).await;
+        assert!(r.starts_with("250"), "MAIL FROM:{mail}: {r}");
+        for rcpt in rcpts {
+            let r = self.cmd(&format!("RCPT TO:{rcpt}")).await;
+            assert!(r.starts_with("250"), "RCPT TO:{rcpt}: {r}");
+        }
+        let r = self.cmd("DATA").await;
+        assert!(r.starts_with("354"), "DATA: {r}");
+    }
+
+    /// One transaction: [`RawClient::begin_data`], then `data` (which must
+    /// end with the terminating `.` line); returns the final reply.
+    pub async fn transaction(&mut self, mail: &str, rcpts: &[&str], data: &[u8]) -> String {
+        self.begin_data(mail, rcpts).await;
+        self.send(data).await;
         self.reply().await
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! Replies to RCPT are scripted by the recipient's local part:
 //! `reject*` → 550 5.1.1; `tempfail*` → 451 4.2.0 for the first attempt,
-//! then accepted; `slow*` → accepted after a pause. It offers PIPELINING,
-//! 8BITMIME and SIZE, and un-stuffs dots like any server.
+//! then accepted. It offers PIPELINING, 8BITMIME (unless started with
+//! [`Sink::start_7bit`]) and SIZE, and un-stuffs dots like any server.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -119,42 +119,15 @@ async fn session(
             to.clear();
             "250 2.1.0 ok\r\n".into()
         } else if upper.starts_with("RCPT TO:") {
-            let rcpt = path(&cmd[8..]);
-            let n = {
-                let mut s = seen.lock().unwrap();
-                let n = s.entry(rcpt.clone()).or_insert(0);
-                *n += 1;
-                *n
-            };
-            let local = rcpt.split('@').next().unwrap_or("").to_string();
-            if local.starts_with("reject") {
-                "550 5.1.1 no such user here\r\n".into()
-            } else if local.starts_with("tempfail") && n == 1 {
-                "451 4.2.0 try again later\r\n".into()
-            } else {
-                to.push(rcpt);
-                "250 2.1.5 ok\r\n".into()
-            }
+            rcpt_reply(&seen, path(&cmd[8..]), &mut to)
         } else if upper == "DATA" {
             if to.is_empty() {
                 "554 no valid recipients\r\n".into()
             } else {
                 w.write_all(b"354 go ahead\r\n").await?;
-                let mut data = String::new();
-                loop {
-                    line.clear();
-                    if r.read_line(&mut line).await? == 0 {
-                        return Ok(());
-                    }
-                    if line == ".\r\n" {
-                        break;
-                    }
-                    if !eight_bit && !line.is_ascii() {
-                        data.push_str("!!8-BIT DATA TO A 7-BIT SINK!!");
-                    }
-                    let l = line.strip_prefix('.').unwrap_or(&line);
-                    data.push_str(l);
-                }
+                let Some(data) = receive_data(&mut r, eight_bit).await? else {
+                    return Ok(());
+                };
                 msgs.lock().unwrap().push(SinkMsg {
                     from: from.clone(),
                     to: std::mem::take(&mut to),
@@ -169,6 +142,50 @@ async fn session(
             "502 5.5.1 not here\r\n".into()
         };
         w.write_all(reply.as_bytes()).await?;
+    }
+}
+
+/// The scripted reply to `RCPT TO:<rcpt>` (see the module header); an
+/// accepted recipient joins `to`.
+fn rcpt_reply(seen: &Mutex<HashMap<String, u32>>, rcpt: String, to: &mut Vec<String>) -> String {
+    let n = {
+        let mut s = seen.lock().unwrap();
+        let n = s.entry(rcpt.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let local = rcpt.split('@').next().unwrap_or("").to_string();
+    if local.starts_with("reject") {
+        "550 5.1.1 no such user here\r\n".into()
+    } else if local.starts_with("tempfail") && n == 1 {
+        "451 4.2.0 try again later\r\n".into()
+    } else {
+        to.push(rcpt);
+        "250 2.1.5 ok\r\n".into()
+    }
+}
+
+/// The message after `354`, up to the lone dot, dots un-stuffed; `None`
+/// when the client hangs up first. A 7-bit sink marks 8-bit lines.
+async fn receive_data(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    eight_bit: bool,
+) -> std::io::Result<Option<String>> {
+    let mut data = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        if line == ".\r\n" {
+            return Ok(Some(data));
+        }
+        if !eight_bit && !line.is_ascii() {
+            data.push_str("!!8-BIT DATA TO A 7-BIT SINK!!");
+        }
+        let l = line.strip_prefix('.').unwrap_or(&line);
+        data.push_str(l);
     }
 }
 

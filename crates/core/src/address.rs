@@ -19,16 +19,22 @@ pub const MAX_PATH: usize = 256;
 /// Why an address or path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
+    /// The path is not enclosed in `<` and `>`.
     #[error("path must be enclosed in <>")]
     NotBracketed,
+    /// The path is longer than [`MAX_PATH`].
     #[error("path too long")]
     TooLong,
+    /// The path has a source route (`<@a,@b:user@c>`).
     #[error("source routes are not accepted")]
     SourceRoute,
+    /// There is no `@domain` (or the path is `<>` where that is refused).
     #[error("address has no @domain")]
     NoDomain,
+    /// The local part is empty, too long or malformed.
     #[error("invalid local part")]
     BadLocalPart,
+    /// The domain is empty, too long or malformed.
     #[error("invalid domain")]
     BadDomain,
 }

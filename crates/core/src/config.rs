@@ -17,18 +17,30 @@ use std::time::Duration;
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: the SMTP listener and its limits.
     pub server: ServerConfig,
+    /// `[relay]`: whose mail we accept for where.
     pub relay: RelayConfig,
+    /// `[queue]`: the durable queue and retry schedule.
     pub queue: QueueConfig,
+    /// `[delivery]`: outbound SMTP and DNS.
     pub delivery: DeliveryConfig,
+    /// `[[route]]`: static next hops, winning over MX.
     #[serde(rename = "route")]
     pub routes: Vec<Route>,
+    /// `[admin]`: the HTTP admin endpoint.
     pub admin: AdminConfig,
+    /// `[workers]`: crash isolation.
     pub workers: WorkersConfig,
+    /// `[convert]`: the conversion core.
     pub convert: ConvertConfig,
+    /// `[tls]`: certificate for STARTTLS and implicit TLS.
     pub tls: TlsConfig,
+    /// `[auth]`: SMTP AUTH.
     pub auth: AuthConfig,
+    /// `[log]`: the diagnostic log.
     pub log: LogConfig,
+    /// `[tracking]`: the message tracking log.
     pub tracking: TrackingConfig,
 }
 
@@ -198,7 +210,9 @@ pub struct ConvertConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DkimKeyConfig {
+    /// Sender domain signed for (the DKIM `d=` tag).
     pub domain: String,
+    /// Selector: the key is published at `<selector>._domainkey.<domain>`.
     pub selector: String,
     /// PEM file: RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8).
     pub key_file: PathBuf,
@@ -218,6 +232,7 @@ fn default_dkim_algorithm() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainConvertConfig {
+    /// Destination domain, exact match.
     pub domain: String,
     /// "convert", "leave" or "strip".
     pub tnef: String,
@@ -444,6 +459,8 @@ pub struct Route {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
+    /// Address of the admin HTTP endpoint (`/metrics`, `/queue`, `/healthz`,
+    /// `/readyz`).
     pub listen: SocketAddr,
     /// File holding the bearer token that `/metrics` and `/queue` require
     /// (`Authorization: Bearer ...`). Mandatory when `listen` is not loopback.
@@ -459,8 +476,27 @@ impl Default for AdminConfig {
     }
 }
 
+/// Why a route host was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostPortError {
+    /// What follows the last `:` is not a port number.
+    #[error("invalid port in {input:?}")]
+    Port {
+        /// The host as written.
+        input: String,
+        /// Why the port did not parse.
+        source: std::num::ParseIntError,
+    },
+    /// The host is neither an IP address nor a domain name.
+    #[error("invalid host {input:?}")]
+    Host {
+        /// The host as written.
+        input: String,
+    },
+}
+
 /// Splits a route host into name and port (default `default_port`).
-pub fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
+pub fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), HostPortError> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
         return Ok((sa.ip().to_string(), sa.port()));
     }
@@ -473,8 +509,10 @@ pub fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), Stri
     let (host, port) = match s.rsplit_once(':') {
         Some((h, p)) => (
             h,
-            p.parse::<u16>()
-                .map_err(|_| format!("invalid port in {s:?}"))?,
+            p.parse::<u16>().map_err(|source| HostPortError::Port {
+                input: s.to_string(),
+                source,
+            })?,
         ),
         None => (s, default_port),
     };
@@ -485,14 +523,28 @@ pub fn split_host_port(s: &str, default_port: u16) -> Result<(String, u16), Stri
     if ok {
         Ok((host.to_ascii_lowercase(), port))
     } else {
-        Err(format!("invalid host {s:?}"))
+        Err(HostPortError::Host {
+            input: s.to_string(),
+        })
     }
 }
 
 impl Config {
     /// Every semantic problem in the configuration, empty when it is usable.
+    /// The checks go section by section, in a fixed order, so the same file
+    /// always gives the same list.
     pub fn validate(&self) -> Vec<String> {
         let mut errs = Vec::new();
+        self.check_limits(&mut errs);
+        self.check_tls_and_auth(&mut errs);
+        self.check_convert(&mut errs);
+        self.check_names(&mut errs);
+        self.check_routes(&mut errs);
+        errs
+    }
+
+    /// Listener, queue, delivery, auth and worker limits.
+    fn check_limits(&self, errs: &mut Vec<String>) {
         if self.server.listen.is_empty() {
             errs.push("server.listen: at least one address is required".to_string());
         }
@@ -523,6 +575,10 @@ impl Config {
         if self.workers.processes > 0 && self.workers.memory_limit.0 < 16 * 1024 * 1024 {
             errs.push("workers.memory_limit below 16MiB cannot run a worker".to_string());
         }
+    }
+
+    /// Certificate and key pairing, and listeners that need them or AUTH.
+    fn check_tls_and_auth(&self, errs: &mut Vec<String>) {
         if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
             errs.push("tls.cert_file and tls.key_file go together".to_string());
         }
@@ -532,6 +588,10 @@ impl Config {
         if !self.tls.implicit_listen.is_empty() && self.tls.cert_file.is_none() {
             errs.push("tls.implicit_listen needs tls.cert_file and tls.key_file".to_string());
         }
+    }
+
+    /// `[convert]` choices: TNEF handling, DMARC quarantine, DKIM algorithms.
+    fn check_convert(&self, errs: &mut Vec<String>) {
         let tnef_ok = |m: &str| matches!(m, "convert" | "leave" | "strip");
         if !tnef_ok(&self.convert.tnef) || self.convert.domain.iter().any(|d| !tnef_ok(&d.tnef)) {
             errs.push("convert.tnef must be \"convert\", \"leave\" or \"strip\"".to_string());
@@ -547,6 +607,11 @@ impl Config {
                 ));
             }
         }
+    }
+
+    /// Accepted domains, the admin endpoint's exposure, log and tracking
+    /// choices.
+    fn check_names(&self, errs: &mut Vec<String>) {
         for d in &self.relay.accepted_domains {
             if crate::Address::parse(&format!("x@{d}")).is_err() || d.starts_with('[') {
                 errs.push(format!("relay.accepted_domains: {d:?} is not a domain"));
@@ -573,6 +638,10 @@ impl Config {
         ) {
             errs.push("tracking.destination must be \"file\", \"stdout\" or \"off\"".to_string());
         }
+    }
+
+    /// Every `[[route]]` has hosts, each a valid host or host:port.
+    fn check_routes(&self, errs: &mut Vec<String>) {
         for (i, r) in self.routes.iter().enumerate() {
             if r.hosts.is_empty() {
                 errs.push(format!(
@@ -586,7 +655,6 @@ impl Config {
                 }
             }
         }
-        errs
     }
 }
 
@@ -619,5 +687,33 @@ mod tests {
         );
         assert_eq!(split_host_port("[::1]:26", 25), Ok(("::1".into(), 26)));
         assert!(split_host_port("bad host:x", 25).is_err());
+    }
+
+    #[test]
+    fn validate_reports_every_problem_in_order() {
+        let mut c = Config::default();
+        c.server.listen.clear();
+        c.log.format = "xml".into();
+        c.routes.push(Route {
+            domain: "x.test".into(),
+            hosts: vec![],
+        });
+        c.routes.push(Route {
+            domain: "y.test".into(),
+            hosts: vec!["bad host:x".into(), "bad host".into()],
+        });
+        assert_eq!(
+            c.validate(),
+            vec![
+                "server.listen: at least one address is required",
+                "log.format must be \"text\" or \"json\"",
+                "route[0] (x.test): hosts must not be empty",
+                "route[1] (y.test): invalid port in \"bad host:x\"",
+                "route[1] (y.test): invalid host \"bad host\"",
+            ]
+        );
+        // The port's own parse error is kept as the source.
+        let e = split_host_port("mx.test:99999", 25).unwrap_err();
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 /// Where one recipient stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientStatus {
-    /// Not yet delivered; `last` is the most recent temporary failure.
-    Pending { last: Option<Reason> },
+    /// Not yet delivered.
+    Pending {
+        /// The most recent temporary failure, if any.
+        last: Option<Reason>,
+    },
     /// Accepted by the next hop.
     Delivered(Reason),
     /// Permanently failed; a DSN has been (or will be) generated.
@@ -21,7 +24,9 @@ pub enum RecipientStatus {
 /// One envelope recipient.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
+    /// The forward path (RCPT TO).
     pub address: Address,
+    /// Where delivery to it stands.
     pub status: RecipientStatus,
     /// RFC 3461 NOTIFY, upper-case ("NEVER" or a list of SUCCESS, FAILURE,
     /// DELAY); `None` means the default (failures and delays).
@@ -33,6 +38,7 @@ pub struct Recipient {
 }
 
 impl Recipient {
+    /// A pending recipient with the default NOTIFY and no ORCPT.
     pub fn new(address: Address) -> Recipient {
         Recipient {
             address,
@@ -49,6 +55,7 @@ impl Recipient {
             .is_none_or(|n| n.split(',').any(|k| k == "FAILURE"))
     }
 
+    /// True while it still awaits delivery.
     pub fn is_pending(&self) -> bool {
         matches!(self.status, RecipientStatus::Pending { .. })
     }
@@ -57,9 +64,11 @@ impl Recipient {
 /// The SMTP transaction of one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
+    /// The message's queue id.
     pub id: QueueId,
     /// Reverse path; `None` is the null sender `<>` (DSNs).
     pub sender: Option<Address>,
+    /// Every accepted recipient, in RCPT order.
     pub recipients: Vec<Recipient>,
     /// Client IP address as text, for logs and DSNs.
     pub client: String,
@@ -91,6 +100,7 @@ impl Envelope {
         self.sender.is_none()
     }
 
+    /// The recipients still awaiting delivery, with their index.
     pub fn pending(&self) -> impl Iterator<Item = (usize, &Recipient)> {
         self.recipients
             .iter()

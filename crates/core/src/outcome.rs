@@ -57,6 +57,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Why, whatever the outcome.
     pub fn reason(&self) -> &Reason {
         match self {
             Outcome::Delivered(r)

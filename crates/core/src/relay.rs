@@ -4,6 +4,8 @@
 //! time: a recipient in an accepted domain is accepted from anyone; any other
 //! recipient only from a trusted network. There is no other path to relay,
 //! so Postern is never an open relay by configuration mistake of omission.
+//! [`RecipientList`] answers the other RCPT question: is this user known in a
+//! domain we receive for? A malformed list is a [`RecipientListError`].
 
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -40,12 +42,22 @@ impl RelayPolicy {
     }
 }
 
+/// A line of a recipients file that is neither `user@domain` nor `@domain`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: expected user@domain or @domain")]
+pub struct RecipientListError {
+    /// The line's number, counted from 1.
+    pub line: usize,
+}
+
 /// Valid internal recipients, for the domains listed: `user@domain` lines,
 /// or `@domain` to accept every local part there. Domains without entries
 /// are not checked.
 #[derive(Debug, Clone, Default)]
 pub struct RecipientList {
+    /// `user@domain` entries, lower-case.
     exact: std::collections::HashSet<String>,
+    /// Domains listed as `@domain`: every local part is valid there.
     catch_all: std::collections::HashSet<String>,
     /// Domains the list speaks for.
     domains: std::collections::HashSet<String>,
@@ -53,7 +65,7 @@ pub struct RecipientList {
 
 impl RecipientList {
     /// Parses the file text; `#` starts a comment.
-    pub fn parse(text: &str) -> Result<RecipientList, String> {
+    pub fn parse(text: &str) -> Result<RecipientList, RecipientListError> {
         let mut l = RecipientList::default();
         for (i, line) in text.lines().enumerate() {
             let line = line
@@ -75,7 +87,7 @@ impl RecipientList {
                 l.domains.insert(domain.to_string());
                 l.exact.insert(line.clone());
             } else {
-                return Err(format!("line {}: expected user@domain or @domain", i + 1));
+                return Err(RecipientListError { line: i + 1 });
             }
         }
         Ok(l)
@@ -103,6 +115,12 @@ mod tests {
         assert!(!l.accepts("mallory", "example.test"));
         assert!(l.accepts("anyone", "sales.example.test"));
         assert!(l.accepts("anyone", "unlisted.test"));
+        assert_eq!(
+            super::RecipientList::parse("# ok\n@x.test\nnonsense")
+                .unwrap_err()
+                .to_string(),
+            "line 3: expected user@domain or @domain"
+        );
         assert!(super::RecipientList::parse("nonsense").is_err());
     }
 

@@ -2,26 +2,80 @@
 //! and sizes (`"50MiB"`, `"10MB"`, `"512"`).
 //!
 //! Entry points: [`parse_duration`], [`parse_size`], and the serde wrappers
-//! [`HumanDuration`] and [`ByteSize`]. Bad input is an error message naming
-//! the accepted forms, never a panic.
+//! [`HumanDuration`] and [`ByteSize`]. Bad input is a [`UnitError`] whose
+//! message names the accepted forms, never a panic.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::num::ParseIntError;
 use std::time::Duration;
 
 /// The longest duration accepted anywhere (100 years): every timeout,
 /// interval and age can then be added to "now" or doubled without overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
+/// Why a duration or size was refused. `input` is the text as given
+/// (trimmed); the message names the accepted forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    /// The duration does not start with a number.
+    #[error("invalid duration {input:?}: expected e.g. \"30s\", \"5m\", \"1h\"")]
+    BadDuration {
+        /// The text as given.
+        input: String,
+        /// Why the number did not parse.
+        source: ParseIntError,
+    },
+    /// The duration's unit is not ms, s, m, h or d.
+    #[error("invalid duration unit {unit:?} in {input:?}: use ms, s, m, h or d")]
+    DurationUnit {
+        /// The unit as written.
+        unit: String,
+        /// The text as given.
+        input: String,
+    },
+    /// The duration is longer than [`MAX_DURATION`].
+    #[error("duration {input:?} is too large (at most 100 years)")]
+    DurationTooLarge {
+        /// The text as given.
+        input: String,
+    },
+    /// The size does not start with a number.
+    #[error("invalid size {input:?}: expected e.g. \"50MiB\"")]
+    BadSize {
+        /// The text as given.
+        input: String,
+        /// Why the number did not parse.
+        source: ParseIntError,
+    },
+    /// The size's unit is not one of B, KB, KiB, MB, MiB, GB, GiB.
+    #[error("invalid size unit {unit:?} in {input:?}: use B, KiB, MiB, GiB, KB, MB, GB")]
+    SizeUnit {
+        /// The unit, lower-cased.
+        unit: String,
+        /// The text as given.
+        input: String,
+    },
+    /// The size does not fit in 64 bits.
+    #[error("size {input:?} is too large")]
+    SizeTooLarge {
+        /// The text as given.
+        input: String,
+    },
+}
+
 /// Parses `"<number><unit>"` with unit ms, s, m, h or d, up to
 /// [`MAX_DURATION`].
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. \"30s\", \"5m\", \"1h\""))?;
-    let too_large = || format!("duration {s:?} is too large (at most 100 years)");
+    let n: u64 = num.parse().map_err(|source| UnitError::BadDuration {
+        input: s.to_string(),
+        source,
+    })?;
+    let too_large = || UnitError::DurationTooLarge {
+        input: s.to_string(),
+    };
     let secs = match unit.trim() {
         "ms" => {
             return Some(Duration::from_millis(n))
@@ -33,9 +87,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => 3600,
         "d" => 86400,
         other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
-            ))
+            return Err(UnitError::DurationUnit {
+                unit: other.to_string(),
+                input: s.to_string(),
+            })
         }
     };
     n.checked_mul(secs)
@@ -45,13 +100,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses `"<number><unit>"` with unit B, KB, KiB, MB, MiB, GB, GiB.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected e.g. \"50MiB\""))?;
+    let n: u64 = num.parse().map_err(|source| UnitError::BadSize {
+        input: s.to_string(),
+        source,
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" | "k" => 1000,
@@ -61,16 +117,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "gb" | "g" => 1000 * 1000 * 1000,
         "gib" => 1024 * 1024 * 1024,
         other => {
-            return Err(format!(
-                "invalid size unit {other:?} in {s:?}: use B, KiB, MiB, GiB, KB, MB, GB"
-            ))
+            return Err(UnitError::SizeUnit {
+                unit: other.to_string(),
+                input: s.to_string(),
+            })
         }
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| UnitError::SizeTooLarge {
+        input: s.to_string(),
+    })
 }
 
-/// A duration written as text in configuration.
+/// A duration written as text in configuration (see [`parse_duration`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -136,5 +194,39 @@ mod tests {
         assert_eq!(parse_size("10 KB"), Ok(10_000));
         assert!(parse_size("1TB").is_err());
         assert!(parse_size("18446744073709551615GiB").is_err());
+    }
+
+    #[test]
+    fn messages_name_the_accepted_forms() {
+        let msg = |r: Result<Duration, UnitError>| r.unwrap_err().to_string();
+        assert_eq!(
+            msg(parse_duration(" 5x ")),
+            "invalid duration unit \"x\" in \"5x\": use ms, s, m, h or d"
+        );
+        assert_eq!(
+            msg(parse_duration("s")),
+            "invalid duration \"s\": expected e.g. \"30s\", \"5m\", \"1h\""
+        );
+        assert_eq!(
+            msg(parse_duration("36501d")),
+            "duration \"36501d\" is too large (at most 100 years)"
+        );
+        assert_eq!(
+            parse_size("1TB").unwrap_err().to_string(),
+            "invalid size unit \"tb\" in \"1TB\": use B, KiB, MiB, GiB, KB, MB, GB"
+        );
+        assert_eq!(
+            parse_size("x").unwrap_err().to_string(),
+            "invalid size \"x\": expected e.g. \"50MiB\""
+        );
+        assert_eq!(
+            parse_size("18446744073709551615GiB")
+                .unwrap_err()
+                .to_string(),
+            "size \"18446744073709551615GiB\" is too large"
+        );
+        // The number's own parse error is kept as the source.
+        let e = parse_duration("99999999999999999999d").unwrap_err();
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -4,17 +4,31 @@
 //! the first request, then every other already waiting, calls sled's flush
 //! once and answers them all. sled's flush ends in `sync_file_range`, which
 //! does not flush the device cache or file metadata, so the thread then calls
-//! `fdatasync` on sled's log file itself: that is the fsync behind a 250. Under load many sessions share
-//! one fsync; with one writer it costs what a plain flush costs.
+//! `fdatasync` on sled's log file itself: that is the fsync behind a 250.
+//! Under load many sessions share one fsync; with one writer it costs what a
+//! plain flush costs. Failures come back as [`StorageError`]s, one shared
+//! by every writer of the batch.
 
+use crate::error::StorageError;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+/// Where the commit thread answers one flush request.
+type Waiter = oneshot::Sender<Result<(), StorageError>>;
+
+/// The commit thread has ended (it could not start, or the queue is
+/// closing): nothing can be flushed any more.
+#[derive(Debug, thiserror::Error)]
+#[error("commit thread is gone")]
+struct CommitGone;
+
+fn gone<T>(_: T) -> StorageError {
+    StorageError::new(CommitGone)
+}
 
 /// Owner of the commit thread. Dropping it stops and joins the thread, so
 /// the database is closed (and its lock released) when the queue is dropped.
-pub struct Committer {
+pub(crate) struct Committer {
     /// Requests to the commit thread; dropping it ends the thread's loop.
     tx: Option<mpsc::Sender<Waiter>>,
     /// The thread, joined on drop.
@@ -23,7 +37,7 @@ pub struct Committer {
 
 impl Committer {
     /// `log` is sled's log file (`<queue>/db`), fsynced after each flush.
-    pub fn start(db: sled::Db, log: &std::path::Path) -> Committer {
+    pub(crate) fn start(db: sled::Db, log: &std::path::Path) -> Committer {
         // Write access: Windows' FlushFileBuffers refuses a read-only handle.
         let log = std::fs::OpenOptions::new()
             .read(true)
@@ -38,9 +52,11 @@ impl Committer {
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    let mut result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    let mut result = db.flush().map(|_| ()).map_err(StorageError::new);
                     if let (Ok(()), Some(f)) = (&result, &log) {
-                        result = f.sync_data().map_err(|e| format!("fsync: {e}"));
+                        result = f
+                            .sync_data()
+                            .map_err(|e| StorageError::with_context("fsync", e));
                     }
                     for w in batch {
                         let _ = w.send(result.clone());
@@ -61,14 +77,14 @@ impl Committer {
     }
 
     /// Returns once everything written before the call is on disk.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub(crate) async fn flush(&self) -> Result<(), StorageError> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .as_ref()
-            .ok_or_else(|| "commit thread is gone".to_string())?
+            .ok_or_else(|| gone(()))?
             .send(tx)
-            .map_err(|_| "commit thread is gone".to_string())?;
-        rx.await.map_err(|_| "commit thread is gone".to_string())?
+            .map_err(gone)?;
+        rx.await.map_err(gone)?
     }
 }
 

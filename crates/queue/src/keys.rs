@@ -6,9 +6,11 @@
 
 use postern_core::QueueId;
 
-pub const DUE_KEY_LEN: usize = 20;
+/// Length of a due index key.
+pub(crate) const DUE_KEY_LEN: usize = 20;
 
-pub fn due_key(due_ms: u64, id: &QueueId) -> [u8; DUE_KEY_LEN] {
+/// The due index key of message `id`, due at `due_ms`.
+pub(crate) fn due_key(due_ms: u64, id: &QueueId) -> [u8; DUE_KEY_LEN] {
     let mut k = [0u8; DUE_KEY_LEN];
     k[..8].copy_from_slice(&due_ms.to_be_bytes());
     k[8..].copy_from_slice(&id.0);
@@ -16,7 +18,7 @@ pub fn due_key(due_ms: u64, id: &QueueId) -> [u8; DUE_KEY_LEN] {
 }
 
 /// Splits a due key; `None` for a key of the wrong shape.
-pub fn split_due_key(k: &[u8]) -> Option<(u64, QueueId)> {
+pub(crate) fn split_due_key(k: &[u8]) -> Option<(u64, QueueId)> {
     if k.len() != DUE_KEY_LEN {
         return None;
     }
@@ -25,7 +27,7 @@ pub fn split_due_key(k: &[u8]) -> Option<(u64, QueueId)> {
 }
 
 /// The upper bound of a scan for everything due at or before `now_ms`.
-pub fn due_upper(now_ms: u64) -> [u8; DUE_KEY_LEN] {
+pub(crate) fn due_upper(now_ms: u64) -> [u8; DUE_KEY_LEN] {
     due_key(now_ms, &QueueId([0xff; 12]))
 }
 

@@ -2,15 +2,43 @@
 //!
 //! Every value written is `version (1 byte) ++ crc32 of payload (4 bytes LE)
 //! ++ payload`. Message records carry JSON of [`Record`]; bodies carry the raw
-//! message. [`decode`] checks version and checksum and returns a reason on
-//! failure, which recovery uses to quarantine the record instead of dying.
+//! message. [`decode`] checks version and checksum and returns a
+//! [`Corruption`] on failure, which recovery uses to quarantine the record
+//! instead of dying.
 
 use postern_core::Envelope;
 use serde::{Deserialize, Serialize};
 
 /// Current format version.
-pub const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 const HEADER: usize = 5;
+
+/// Why a stored value cannot be trusted. Its text says what was found; the
+/// underlying error (JSON, file system), if any, is its source.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Corruption(#[from] Found);
+
+/// What the checks found (private, so it may change freely).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Found {
+    #[error("record too short ({0} bytes)")]
+    TooShort(usize),
+    #[error("unknown record version {0}")]
+    UnknownVersion(u8),
+    #[error("checksum mismatch (stored {stored:08x}, computed {computed:08x})")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("unknown body storage tag")]
+    UnknownBodyTag,
+    #[error("undecodable record: {0}")]
+    Undecodable(#[source] serde_json::Error),
+    #[error("key and id differ")]
+    KeyMismatch,
+    #[error("spool file: {0}")]
+    SpoolFile(#[source] std::io::Error),
+    #[error("spool file length or checksum mismatch")]
+    SpoolMismatch,
+}
 
 /// Where a message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +56,7 @@ pub enum State {
 }
 
 impl State {
+    /// The lower-case name used by the CLI, the admin API and metrics.
     pub fn name(self) -> &'static str {
         match self {
             State::Ready => "ready",
@@ -38,6 +67,8 @@ impl State {
         }
     }
 
+    /// Parses a state name, case-insensitively; also accepts "active"
+    /// (ready), "hold" and "quarantined".
     pub fn parse(s: &str) -> Option<State> {
         Some(match s.to_ascii_lowercase().as_str() {
             "ready" | "active" => State::Ready,
@@ -57,13 +88,16 @@ pub struct QuarantineInfo {
     pub stage: String,
     /// Panic message, signal, deadline or decode error.
     pub reason: String,
+    /// When it was quarantined (ms since the epoch).
     pub at_ms: u64,
 }
 
 /// One queued message's metadata (the body is stored separately).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    /// The SMTP transaction, with each recipient's status.
     pub envelope: Envelope,
+    /// Where the message stands.
     pub state: State,
     /// Delivery attempts made so far.
     pub attempts: u32,
@@ -75,10 +109,12 @@ pub struct Record {
     pub crashes: u32,
     /// Last temporary failure, for `queue list`.
     pub last_error: Option<String>,
+    /// Why and when, when `Quarantine`.
     pub quarantine: Option<QuarantineInfo>,
 }
 
 impl Record {
+    /// A new message, `Ready` and due at `due_ms`.
     pub fn new(envelope: Envelope, due_ms: u64) -> Record {
         Record {
             envelope,
@@ -94,7 +130,7 @@ impl Record {
 }
 
 /// Frames a payload with version and checksum.
-pub fn frame(payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER + payload.len());
     v.push(VERSION);
     v.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
@@ -103,37 +139,33 @@ pub fn frame(payload: &[u8]) -> Vec<u8> {
 }
 
 /// Checks version and checksum; returns the payload.
-pub fn unframe(raw: &[u8]) -> Result<&[u8], String> {
+pub(crate) fn unframe(raw: &[u8]) -> Result<&[u8], Corruption> {
     if raw.len() < HEADER {
-        return Err(format!("record too short ({} bytes)", raw.len()));
+        return Err(Found::TooShort(raw.len()).into());
     }
     if raw[0] != VERSION {
-        return Err(format!("unknown record version {}", raw[0]));
+        return Err(Found::UnknownVersion(raw[0]).into());
     }
-    let want = u32::from_le_bytes([raw[1], raw[2], raw[3], raw[4]]);
+    let stored = u32::from_le_bytes([raw[1], raw[2], raw[3], raw[4]]);
     let payload = &raw[HEADER..];
-    let got = crc32fast::hash(payload);
-    if want != got {
-        return Err(format!(
-            "checksum mismatch (stored {want:08x}, computed {got:08x})"
-        ));
+    let computed = crc32fast::hash(payload);
+    if stored != computed {
+        return Err(Found::Checksum { stored, computed }.into());
     }
     Ok(payload)
 }
 
 /// Where a body's bytes are.
 #[derive(Debug, PartialEq, Eq)]
-pub enum StoredBody<'a> {
+pub(crate) enum StoredBody<'a> {
+    /// In sled itself.
     Inline(&'a [u8]),
     /// In the spool directory; length and CRC32 of the file.
-    External {
-        len: u64,
-        crc: u32,
-    },
+    External { len: u64, crc: u32 },
 }
 
 /// A body stored in sled itself.
-pub fn frame_inline(body: &[u8]) -> Vec<u8> {
+pub(crate) fn frame_inline(body: &[u8]) -> Vec<u8> {
     // frame(&[0] ++ body), built in one buffer without a copy in between.
     let mut crc = crc32fast::Hasher::new();
     crc.update(&[0]);
@@ -147,34 +179,44 @@ pub fn frame_inline(body: &[u8]) -> Vec<u8> {
 }
 
 /// A reference to a body in the spool.
-pub fn frame_external(body: &[u8]) -> Vec<u8> {
+pub(crate) fn frame_external(body: &[u8]) -> Vec<u8> {
     let mut p = vec![1];
     p.extend_from_slice(&(body.len() as u64).to_le_bytes());
     p.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
     frame(&p)
 }
 
-pub fn unframe_body(raw: &[u8]) -> Result<StoredBody<'_>, String> {
+/// Checks a stored body's frame and says where its bytes are.
+pub(crate) fn unframe_body(raw: &[u8]) -> Result<StoredBody<'_>, Corruption> {
     let p = unframe(raw)?;
     match p.split_first() {
         Some((0, body)) => Ok(StoredBody::Inline(body)),
-        Some((1, rest)) if rest.len() == 12 => {
-            let len = u64::from_le_bytes(rest[..8].try_into().map_err(|_| "bad length")?);
-            let crc = u32::from_le_bytes(rest[8..].try_into().map_err(|_| "bad crc")?);
-            Ok(StoredBody::External { len, crc })
+        Some((1, rest)) => {
+            // Exactly 12 bytes: length (8) and CRC32 (4), little-endian.
+            let len: Option<[u8; 8]> = rest.get(..8).and_then(|b| b.try_into().ok());
+            let crc: Option<[u8; 4]> = rest.get(8..).and_then(|b| b.try_into().ok());
+            match (len, crc) {
+                (Some(len), Some(crc)) => Ok(StoredBody::External {
+                    len: u64::from_le_bytes(len),
+                    crc: u32::from_le_bytes(crc),
+                }),
+                _ => Err(Found::UnknownBodyTag.into()),
+            }
         }
-        _ => Err("unknown body storage tag".into()),
+        _ => Err(Found::UnknownBodyTag.into()),
     }
 }
 
-pub fn encode(r: &Record) -> Vec<u8> {
+/// A record, framed for storage.
+pub(crate) fn encode(r: &Record) -> Vec<u8> {
     // Serialising plain data to JSON cannot fail.
     frame(&serde_json::to_vec(r).unwrap_or_default())
 }
 
-pub fn decode(raw: &[u8]) -> Result<Record, String> {
+/// Checks and decodes a stored record.
+pub(crate) fn decode(raw: &[u8]) -> Result<Record, Corruption> {
     let payload = unframe(raw)?;
-    serde_json::from_slice(payload).map_err(|e| format!("undecodable record: {e}"))
+    serde_json::from_slice(payload).map_err(|e| Found::Undecodable(e).into())
 }
 
 #[cfg(test)]
@@ -202,18 +244,43 @@ mod tests {
         )
     }
 
+    /// The reason's text, as recovery logs it.
+    fn why(raw: &[u8]) -> String {
+        decode(raw).unwrap_err().to_string()
+    }
+
     #[test]
     fn round_trip_and_corruption() {
         let r = rec();
         let mut raw = encode(&r);
-        assert_eq!(decode(&raw), Ok(r));
+        assert_eq!(decode(&raw).unwrap(), r);
         let last = raw.len() - 2;
         raw[last] ^= 0x40;
-        assert!(decode(&raw).unwrap_err().contains("checksum"));
-        assert!(decode(&[9, 0, 0, 0, 0]).unwrap_err().contains("version"));
-        assert!(decode(&[1]).unwrap_err().contains("short"));
-        assert!(decode(&frame(b"{not json"))
-            .unwrap_err()
-            .contains("undecodable"));
+        assert!(why(&raw).contains("checksum"));
+        assert!(why(&[9, 0, 0, 0, 0]).contains("version"));
+        assert!(why(&[1]).contains("short"));
+        assert!(why(&frame(b"{not json")).contains("undecodable"));
+        // The JSON error is kept as the source, not only as text.
+        let e = decode(&frame(b"{not json")).unwrap_err();
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn bodies_inline_and_external() {
+        let body = b"hello";
+        assert_eq!(
+            unframe_body(&frame_inline(body)).unwrap(),
+            StoredBody::Inline(body)
+        );
+        assert_eq!(
+            unframe_body(&frame_external(body)).unwrap(),
+            StoredBody::External {
+                len: 5,
+                crc: crc32fast::hash(body)
+            }
+        );
+        let bad = unframe_body(&frame(&[1, 2, 3])).unwrap_err();
+        assert_eq!(bad.to_string(), "unknown body storage tag");
+        assert!(unframe_body(&frame(&[7])).is_err());
     }
 }

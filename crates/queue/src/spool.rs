@@ -13,15 +13,17 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// Bodies up to this size are stored inline in sled.
-pub const INLINE_MAX: usize = 64 * 1024;
+pub(crate) const INLINE_MAX: usize = 64 * 1024;
 
 /// The spool directory.
-pub struct Spool {
+pub(crate) struct Spool {
+    /// `<queue>/spool`.
     dir: PathBuf,
 }
 
 impl Spool {
-    pub fn open(dir: &Path) -> io::Result<Spool> {
+    /// Opens the directory, creating it if needed.
+    pub(crate) fn open(dir: &Path) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
         Ok(Spool {
             dir: dir.to_path_buf(),
@@ -34,24 +36,25 @@ impl Spool {
 
     /// Writes the body and makes it durable: file data, then the directory
     /// entry.
-    pub fn write_durable(&self, id: QueueId, body: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_durable(&self, id: QueueId, body: &[u8]) -> io::Result<()> {
         let mut f = File::create(self.path(id))?;
         f.write_all(body)?;
         f.sync_all()?;
         File::open(&self.dir)?.sync_all()
     }
 
-    pub fn read(&self, id: QueueId) -> io::Result<Vec<u8>> {
+    /// The body file's bytes, unchecked (the caller checks length and CRC).
+    pub(crate) fn read(&self, id: QueueId) -> io::Result<Vec<u8>> {
         fs::read(self.path(id))
     }
 
     /// Removes a body file; a missing file is not an error.
-    pub fn remove(&self, id: QueueId) {
+    pub(crate) fn remove(&self, id: QueueId) {
         let _ = fs::remove_file(self.path(id));
     }
 
     /// Ids of every body file (names that are not ids are ignored).
-    pub fn ids(&self) -> io::Result<Vec<QueueId>> {
+    pub(crate) fn ids(&self) -> io::Result<Vec<QueueId>> {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.dir)? {
             if let Some(id) = e?.file_name().to_str().and_then(QueueId::parse) {

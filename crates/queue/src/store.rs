@@ -17,10 +17,10 @@
 //! crash means a message is delivered again (at-least-once), never lost.
 
 use crate::commit::Committer;
+use crate::error::{QueueError, SledResult, StorageError};
 use crate::keys::{due_key, due_upper, split_due_key};
-use crate::record::{self, QuarantineInfo, Record, State};
+use crate::record::{self, Corruption, Found, QuarantineInfo, Record, State};
 use crate::spool::{Spool, INLINE_MAX};
-use crate::QueueError;
 use postern_core::{Envelope, QueueId};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 /// How to open the queue.
 #[derive(Debug, Clone)]
 pub struct QueueOptions {
+    /// Directory of the database (created if missing).
     pub path: PathBuf,
     /// sled page cache in bytes.
     pub cache_bytes: u64,
@@ -49,9 +50,14 @@ pub struct Recovery {
 /// Message counts by state.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StateCounts {
+    /// Entries in the due index: messages waiting for a first attempt or a
+    /// retry.
     pub ready_or_deferred: usize,
+    /// Messages being delivered now.
     pub leased: usize,
+    /// Messages stopped by an administrator.
     pub held: usize,
+    /// Quarantined messages, and records that failed to decode.
     pub quarantine: usize,
 }
 
@@ -62,12 +68,19 @@ pub struct Queue {
 }
 
 struct Inner {
+    /// The database, flushed at the end of recovery.
     db: sled::Db,
+    /// id → framed [`Record`]: the truth.
     messages: sled::Tree,
+    /// id → framed body (inline, or a reference to a spool file).
     bodies: sled::Tree,
+    /// `due ++ id` → (): Ready and Deferred messages, in due order.
     due: sled::Tree,
+    /// id → (): Held messages.
     held: sled::Tree,
+    /// id → (): quarantined messages.
     quarantine: sled::Tree,
+    /// id → raw bytes of a record that failed to decode.
     corrupt: sled::Tree,
     /// Content that crashed a stage before it was queued: content hash →
     /// framed (crash count, last reason).
@@ -105,16 +118,20 @@ impl Inner {
         if let Some(t) = self.index_tree(r.state) {
             let k = Self::index_key(r);
             if present {
-                t.insert(k, &[][..])?;
+                t.insert(k, &[][..]).storage()?;
             } else {
-                t.remove(k)?;
+                t.remove(k).storage()?;
             }
         }
         Ok(())
     }
 
     fn read(&self, id: QueueId) -> Result<Record, QueueError> {
-        let raw = self.messages.get(id.0)?.ok_or(QueueError::NotFound(id))?;
+        let raw = self
+            .messages
+            .get(id.0)
+            .storage()?
+            .ok_or(QueueError::NotFound(id))?;
         record::decode(&raw).map_err(|reason| QueueError::Corrupt {
             id: id.to_string(),
             reason,
@@ -129,8 +146,9 @@ impl Queue {
             .path(&opts.path)
             .cache_capacity(opts.cache_bytes)
             .flush_every_ms(Some(200))
-            .open()?;
-        let tree = |n: &str| db.open_tree(n);
+            .open()
+            .storage()?;
+        let tree = |n: &str| db.open_tree(n).storage();
         let inner = Inner {
             messages: tree("messages")?,
             bodies: tree("bodies")?,
@@ -160,19 +178,19 @@ impl Queue {
     fn recover(&self) -> Result<Recovery, QueueError> {
         let i = &self.inner;
         for t in [&i.due, &i.held, &i.quarantine] {
-            t.clear()?;
+            t.clear().storage()?;
         }
         let now = postern_core::now_ms();
         let mut rec = Recovery::default();
         for item in i.messages.iter() {
-            let (k, raw) = item?;
+            let (k, raw) = item.storage()?;
             let mut r = match record::decode(&raw) {
                 Ok(r) if r.envelope.id.0[..] == k[..] => r,
                 other => {
-                    let reason = other.err().unwrap_or_else(|| "key and id differ".into());
+                    let reason = other.err().unwrap_or_else(|| Found::KeyMismatch.into());
                     tracing::error!(key = ?k, %reason, "queue record failed to decode; quarantined");
-                    i.corrupt.insert(&k, raw)?;
-                    i.messages.remove(&k)?;
+                    i.corrupt.insert(&k, raw).storage()?;
+                    i.messages.remove(&k).storage()?;
                     rec.corrupt += 1;
                     continue;
                 }
@@ -185,25 +203,25 @@ impl Queue {
                     State::Deferred
                 };
                 r.due_ms = r.due_ms.min(now);
-                i.messages.insert(&k, record::encode(&r))?;
+                i.messages.insert(&k, record::encode(&r)).storage()?;
             }
             i.set_index(&r, true)?;
             rec.messages += 1;
         }
         for item in i.bodies.iter() {
-            let (k, _) = item?;
-            if !i.messages.contains_key(&k)? && !i.corrupt.contains_key(&k)? {
-                i.bodies.remove(&k)?;
+            let (k, _) = item.storage()?;
+            if !i.messages.contains_key(&k).storage()? && !i.corrupt.contains_key(&k).storage()? {
+                i.bodies.remove(&k).storage()?;
                 rec.orphans += 1;
             }
         }
         for id in i.spool.ids()? {
-            if !i.bodies.contains_key(id.0)? {
+            if !i.bodies.contains_key(id.0).storage()? {
                 i.spool.remove(id);
                 rec.orphans += 1;
             }
         }
-        i.db.flush()?;
+        i.db.flush().storage()?;
         Ok(rec)
     }
 
@@ -243,13 +261,13 @@ impl Queue {
             let owned = body.to_vec();
             tokio::task::spawn_blocking(move || q.inner.spool.write_durable(id, &owned))
                 .await
-                .map_err(|e| QueueError::Storage(format!("spool task: {e}")))??;
+                .map_err(|e| QueueError::Storage(StorageError::with_context("spool task", e)))??;
             record::frame_external(body)
         } else {
             record::frame_inline(body)
         };
-        i.bodies.insert(id.0, stored)?;
-        i.messages.insert(id.0, record::encode(&r))?;
+        i.bodies.insert(id.0, stored).storage()?;
+        i.messages.insert(id.0, record::encode(&r)).storage()?;
         if let Err(e) = i.committer.flush().await {
             // Not durable, so the client hears 4xx and will send it again:
             // take it back, or it would be delivered twice. (A crash right
@@ -279,7 +297,7 @@ impl Queue {
 
     /// Crashes charged to content with this hash, and the last reason.
     pub fn suspect(&self, hash: u64) -> Result<Option<(u32, String)>, QueueError> {
-        let Some(raw) = self.inner.suspects.get(hash.to_be_bytes())? else {
+        let Some(raw) = self.inner.suspects.get(hash.to_be_bytes()).storage()? else {
             return Ok(None);
         };
         let p = record::unframe(&raw).map_err(|reason| QueueError::Corrupt {
@@ -301,13 +319,14 @@ impl Queue {
         p.extend_from_slice(reason.as_bytes());
         self.inner
             .suspects
-            .insert(hash.to_be_bytes(), record::frame(&p))?;
+            .insert(hash.to_be_bytes(), record::frame(&p))
+            .storage()?;
         Ok(n)
     }
 
     /// Forgets a content hash (it went through, or was quarantined).
     pub fn clear_suspect(&self, hash: u64) -> Result<(), QueueError> {
-        self.inner.suspects.remove(hash.to_be_bytes())?;
+        self.inner.suspects.remove(hash.to_be_bytes()).storage()?;
         Ok(())
     }
 
@@ -332,7 +351,7 @@ impl Queue {
         }
         i.set_index(&old, false)?;
         i.set_index(&new, true)?;
-        i.messages.insert(id.0, record::encode(&new))?;
+        i.messages.insert(id.0, record::encode(&new)).storage()?;
         drop(leases);
         if matches!(new.state, State::Ready | State::Deferred) {
             i.wake.notify_one();
@@ -348,9 +367,9 @@ impl Queue {
         if let Ok(old) = i.read(id) {
             i.set_index(&old, false)?;
         }
-        i.messages.remove(id.0)?;
-        i.corrupt.remove(id.0)?;
-        i.bodies.remove(id.0)?;
+        i.messages.remove(id.0).storage()?;
+        i.corrupt.remove(id.0).storage()?;
+        i.bodies.remove(id.0).storage()?;
         i.spool.remove(id);
         Ok(())
     }
@@ -371,9 +390,10 @@ impl Queue {
             .range(..=due_upper(now_ms))
             .keys()
             .take(max)
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, sled::Error>>()
+            .storage()?;
         for k in keys {
-            i.due.remove(&k)?;
+            i.due.remove(&k).storage()?;
             let Some((_, id)) = split_due_key(&k) else {
                 continue;
             };
@@ -391,8 +411,8 @@ impl Queue {
                 Ok(_) | Err(QueueError::NotFound(_)) => {} // stale index entry
                 Err(QueueError::Corrupt { id, reason }) => {
                     tracing::error!(%id, %reason, "corrupt record in the due index; quarantined");
-                    if let Some(raw) = i.messages.remove(&k[8..])? {
-                        i.corrupt.insert(&k[8..], raw)?;
+                    if let Some(raw) = i.messages.remove(&k[8..]).storage()? {
+                        i.corrupt.insert(&k[8..], raw).storage()?;
                     }
                 }
                 Err(e) => return Err(e),
@@ -426,8 +446,12 @@ impl Queue {
     /// The message body, checksum verified (inline or spooled).
     pub fn body(&self, id: QueueId) -> Result<Vec<u8>, QueueError> {
         let i = &self.inner;
-        let raw = i.bodies.get(id.0)?.ok_or(QueueError::NotFound(id))?;
-        let corrupt = |reason: String| QueueError::Corrupt {
+        let raw = i
+            .bodies
+            .get(id.0)
+            .storage()?
+            .ok_or(QueueError::NotFound(id))?;
+        let corrupt = |reason: Corruption| QueueError::Corrupt {
             id: id.to_string(),
             reason,
         };
@@ -437,9 +461,9 @@ impl Queue {
                 let b = i
                     .spool
                     .read(id)
-                    .map_err(|e| corrupt(format!("spool file: {e}")))?;
+                    .map_err(|e| corrupt(Found::SpoolFile(e).into()))?;
                 if b.len() as u64 != len || crc32fast::hash(&b) != crc {
-                    return Err(corrupt("spool file length or checksum mismatch".into()));
+                    return Err(corrupt(Found::SpoolMismatch.into()));
                 }
                 Ok(b)
             }
@@ -462,7 +486,7 @@ impl Queue {
         let leased: HashMap<QueueId, u64> = self.lock().clone();
         let mut out = Vec::new();
         for item in self.inner.messages.iter() {
-            let (_, raw) = item?;
+            let (_, raw) = item.storage()?;
             if let Ok(mut r) = record::decode(&raw) {
                 if let Some(until) = leased.get(&r.envelope.id) {
                     r.state = State::Leased;
@@ -480,11 +504,12 @@ impl Queue {
     pub fn list_corrupt(&self) -> Result<Vec<(String, String)>, QueueError> {
         let mut out = Vec::new();
         for item in self.inner.corrupt.iter() {
-            let (k, raw) = item?;
+            let (k, raw) = item.storage()?;
             let key: String = k.iter().map(|b| format!("{b:02x}")).collect();
-            let reason = record::decode(&raw)
-                .err()
-                .unwrap_or_else(|| "key and id differ".into());
+            let reason = match record::decode(&raw) {
+                Err(e) => e.to_string(),
+                Ok(_) => Found::KeyMismatch.to_string(),
+            };
             out.push((key, reason));
         }
         Ok(out)

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 /// What the child was doing, by key: deadline.
 #[derive(Debug, Default)]
 pub struct Inflight {
+    /// Key → deadline of each item the child has started and not finished.
     items: HashMap<String, Instant>,
     /// The child said `R`.
     pub ready: bool,
@@ -46,6 +47,7 @@ impl Inflight {
             .map(|(k, _)| k.as_str())
     }
 
+    /// The keys in flight, sorted.
     pub fn keys(&self) -> Vec<String> {
         let mut k: Vec<String> = self.items.keys().cloned().collect();
         k.sort();
@@ -58,11 +60,15 @@ impl Inflight {
 pub struct ChildEnd {
     /// Exited with status 0.
     pub clean: bool,
+    /// How it ended, in words ("exited with status 1", "hang: ...; killed
+    /// by signal 9 (SIGKILL)").
     pub reason: String,
     /// Keys in flight at the end.
     pub suspects: Vec<String>,
     /// The child said `R` during this run.
     pub was_ready: bool,
+    /// How long the child ran (for restart backoff: see
+    /// [`Restarts`](crate::Restarts)).
     pub ran_for: Duration,
 }
 
@@ -124,7 +130,9 @@ mod unix {
 
     /// A pipe whose write end the child inherits.
     pub struct InflightPipe {
+        /// Our end: [`run_child`] reads the child's reports from it.
         pub read: OwnedFd,
+        /// The child's end, inherited across exec.
         pub write: OwnedFd,
     }
 
@@ -175,7 +183,7 @@ mod unix {
     pub async fn run_child(
         mut cmd: tokio::process::Command,
         pipe: InflightPipe,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
         grace: Duration,
         forward: &mut tokio::sync::mpsc::UnboundedReceiver<i32>,
     ) -> std::io::Result<ChildEnd> {
@@ -189,10 +197,11 @@ mod unix {
         // the current configuration anyway.
         while forward.try_recv().is_ok() {}
         let mut child = cmd.spawn()?;
-        drop(pipe.write); // our copy: EOF arrives when the child's closes
-                          // The child writes a few lines per message; waking for each would
-                          // cost a context switch per line. Instead the pipe is made large and
-                          // drained in bulk every tick (and once more at the end).
+        // Our copy of the write end: EOF arrives when the child's closes.
+        drop(pipe.write);
+        // The child writes a few lines per message; waking for each would
+        // cost a context switch per line. Instead the pipe is made large and
+        // drained in bulk every tick (and once more at the end).
         #[cfg(target_os = "linux")]
         // SAFETY: fcntl on our own pipe descriptor.
         unsafe {
@@ -200,12 +209,42 @@ mod unix {
         }
         let mut reader = PipeReader::new(pipe.read)?;
         let mut table = Inflight::default();
+        let (status, killed) =
+            watch_child(&mut child, &mut reader, &mut table, stop, grace, forward).await?;
+        // What the child wrote just before it ended (grandchildren do not
+        // hold the pipe: the gateway marks it close-on-exec).
+        reader.drain(&mut table);
+        let reason = match killed {
+            Some(k) => format!("{k}; {}", crate::exit::describe(&status)),
+            None => crate::exit::describe(&status),
+        };
+        Ok(ChildEnd {
+            clean: status.success(),
+            reason,
+            suspects: table.keys(),
+            was_ready: table.ready,
+            ran_for: started.elapsed(),
+        })
+    }
+
+    /// Waits for `child` to end, draining its reports into `table` every
+    /// tick. Kills it when an item overruns its deadline, forwards signals
+    /// from `forward`, and once `stop` changes sends SIGTERM, then SIGKILL
+    /// after `grace`. Returns how it ended, and why it was killed if it was.
+    async fn watch_child(
+        child: &mut tokio::process::Child,
+        reader: &mut PipeReader,
+        table: &mut Inflight,
+        mut stop: watch::Receiver<bool>,
+        grace: Duration,
+        forward: &mut tokio::sync::mpsc::UnboundedReceiver<i32>,
+    ) -> std::io::Result<(std::process::ExitStatus, Option<String>)> {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         let mut killed: Option<String> = None;
         let status = loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    reader.drain(&mut table);
+                    reader.drain(table);
                     if killed.is_none() {
                         if let Some(key) = table.overdue(Instant::now()) {
                             let why = format!("hang: {key} passed its deadline");
@@ -234,20 +273,7 @@ mod unix {
                 s = child.wait() => break s?,
             }
         };
-        // What the child wrote just before it ended (grandchildren do not
-        // hold the pipe: the gateway marks it close-on-exec).
-        reader.drain(&mut table);
-        let reason = match killed {
-            Some(k) => format!("{k}; {}", crate::exit::describe(&status)),
-            None => crate::exit::describe(&status),
-        };
-        Ok(ChildEnd {
-            clean: status.success(),
-            reason,
-            suspects: table.keys(),
-            was_ready: table.ready,
-            ran_for: started.elapsed(),
-        })
+        Ok((status, killed))
     }
 }
 

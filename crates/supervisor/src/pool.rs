@@ -24,14 +24,18 @@ use tokio::sync::Semaphore;
 /// How to start workers and how long to wait for them.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
+    /// The worker executable.
     pub program: PathBuf,
+    /// Its arguments.
     pub args: Vec<String>,
+    /// Environment variables set for it (on top of ours).
     pub env: Vec<(String, String)>,
     /// Worker processes (and concurrent calls).
     pub size: usize,
     /// Per-request deadline.
     pub deadline: Duration,
-    /// Restart delays for workers that die before their first answer.
+    /// Restart delays for workers that die before their first answer
+    /// ([`Backoff::delay`] of the number of such deaths in a row).
     pub backoff: Backoff,
     /// Largest frame accepted from a worker.
     pub max_frame: u64,
@@ -65,7 +69,9 @@ struct Worker {
 /// Called with the reason each time a worker is replaced.
 pub type RestartHook = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Worker processes and the calls made to them; see the module docs.
 pub struct ProcessPool {
+    /// How workers start, and the limits of a call.
     cfg: PoolConfig,
     /// Idle workers.
     idle: Mutex<Vec<Worker>>,
@@ -75,10 +81,12 @@ pub struct ProcessPool {
     early_deaths: AtomicU32,
     /// Workers replaced so far.
     restarts: AtomicU64,
+    /// Told the reason each time a worker is replaced.
     on_restart: RestartHook,
 }
 
 impl ProcessPool {
+    /// A pool with no worker started yet (see [`prestart`](Self::prestart)).
     pub fn new(cfg: PoolConfig, on_restart: RestartHook) -> ProcessPool {
         ProcessPool {
             slots: Semaphore::new(cfg.size.max(1)),
@@ -90,6 +98,7 @@ impl ProcessPool {
         }
     }
 
+    /// Workers replaced so far.
     pub fn restarts(&self) -> u64 {
         self.restarts.load(Ordering::Relaxed)
     }
@@ -129,12 +138,9 @@ impl ProcessPool {
 
     /// Delay owed before starting another worker after early deaths.
     fn throttle_delay(&self) -> Duration {
-        let n = self.early_deaths.load(Ordering::Relaxed);
-        if n == 0 {
-            return Duration::ZERO;
-        }
-        let factor = 1u32.checked_shl(n.min(16) - 1).unwrap_or(u32::MAX);
-        (self.cfg.backoff.initial * factor).min(self.cfg.backoff.max)
+        self.cfg
+            .backoff
+            .delay(self.early_deaths.load(Ordering::Relaxed))
     }
 
     /// Sends `req` to a worker and returns its answer.
