@@ -7,16 +7,23 @@
 //!
 //! Run: `cargo bench --bench convert` (needs `openssl` for the keys).
 
+#[path = "../tests/common/certs.rs"]
+#[allow(dead_code)]
+mod certs;
 #[path = "../tests/common/dns.rs"]
 #[allow(dead_code)]
 mod dns;
+#[path = "../tests/common/tools.rs"]
+#[allow(dead_code)]
+mod tools;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use postern_convert::dkim::DkimKey;
 use postern_convert::encode::base64_lines;
-use postern_convert::outbound::{process, OutboundPolicy};
-use postern_convert::tnef::{self, TnefMode};
-use postern_convert::{inspect, ContentLimits};
+use postern_convert::tnef;
+use postern_convert::{
+    convert_outbound, inspect, Authenticator, ContentLimits, DkimKey, DnsSettings, Message,
+    OutboundPolicy, TnefMode,
+};
 use std::time::Duration;
 
 fn text(n: usize) -> String {
@@ -100,51 +107,37 @@ fn conversion(c: &mut Criterion) {
     for (name, msg) in messages() {
         g.throughput(Throughput::Bytes(msg.len() as u64));
         g.bench_function(format!("parse/{name}"), |b| {
-            b.iter(|| inspect(black_box(&msg), &lim))
+            b.iter(|| inspect(&Message::parse(black_box(&msg)), &lim))
         });
         g.bench_function(format!("outbound/{name}"), |b| {
-            b.iter(|| process(black_box(&msg), &["far.test".into()], &p, 0, "t"))
+            b.iter(|| {
+                convert_outbound(
+                    &Message::parse(black_box(&msg)),
+                    &["far.test".into()],
+                    &p,
+                    0,
+                    "t",
+                )
+            })
         });
     }
     g.finish();
 }
 
-fn sh(cmd: &str) -> Vec<u8> {
-    std::process::Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .map(|o| o.stdout)
-        .unwrap_or_default()
-}
-
 fn dkim(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path().display();
-    sh(&format!(
-        "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {d}/rsa.pem 2>/dev/null"
-    ));
-    sh(&format!(
-        "openssl genpkey -algorithm ED25519 -out {d}/ed.pem"
-    ));
-    let rsa_p = String::from_utf8(sh(&format!(
-        "openssl pkey -in {d}/rsa.pem -pubout -outform DER | base64 -w0"
-    )))
-    .unwrap_or_default();
-    let der = sh(&format!("openssl pkey -in {d}/ed.pem -pubout -outform DER"));
-    if rsa_p.is_empty() || der.len() < 32 {
-        eprintln!("openssl is needed for the DKIM benchmarks; skipped");
-        return;
-    }
-    let ed_p = postern_convert::encode::base64(&der[der.len() - 32..]);
-    let read = |f: &str| std::fs::read(format!("{d}/{f}")).unwrap_or_default();
+    let rsa = certs::dkim_rsa(dir.path(), "rsa.pem");
+    let ed = certs::dkim_ed25519(dir.path(), "ed.pem");
+    let (rsa_p, ed_p) = (rsa.p.clone(), ed.p.clone());
+    let read = |f: &std::path::Path| std::fs::read(f).unwrap_or_default();
     let keys = [
         (
             "rsa-sha256",
-            DkimKey::from_pem("example.test", "r", "rsa-sha256", &read("rsa.pem"), &[]),
+            DkimKey::from_pem("example.test", "r", "rsa-sha256", &read(&rsa.pem), &[]),
         ),
         (
             "ed25519-sha256",
-            DkimKey::from_pem("example.test", "e", "ed25519-sha256", &read("ed.pem"), &[]),
+            DkimKey::from_pem("example.test", "e", "ed25519-sha256", &read(&ed.pem), &[]),
         ),
     ];
     let msg = messages().remove(0).1;
@@ -163,8 +156,10 @@ fn dkim(c: &mut Criterion) {
         );
     let server = rt.block_on(dns::DnsServer::start(zone));
     let auth = rt.block_on(async {
-        postern_delivery::resolve::tokio_resolver(&[server.addr], Duration::from_secs(2))
-            .map(mail_auth::MessageAuthenticator)
+        Authenticator::new(&DnsSettings {
+            nameservers: vec![server.addr],
+            timeout: Duration::from_secs(2),
+        })
     });
     let Ok(auth) = auth else {
         return;
@@ -184,8 +179,8 @@ fn dkim(c: &mut Criterion) {
         signed.extend_from_slice(&msg);
         g.bench_function(format!("verify/{alg}/4KB"), |b| {
             b.iter(|| {
-                let am = mail_auth::AuthenticatedMessage::parse(&signed);
-                am.map(|am| rt.block_on(auth.verify_dkim(&am)).len())
+                rt.block_on(auth.verify_dkim(&Message::parse(&signed)))
+                    .len()
             })
         });
     }

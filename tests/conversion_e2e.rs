@@ -7,7 +7,7 @@ mod common;
 
 use common::tools::{self, Package, PYTHON3};
 use common::{certs, route, wait_until, DnsServer, Gateway, RawClient, Sink, Zone, RELAY};
-use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+use postern_convert::{Authenticator, DnsSettings, Message};
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -84,21 +84,19 @@ async fn dkim_signatures_verify_with_mail_auth_and_dkimpy() {
         assert!(r.starts_with("250"), "{r}");
     }
     wait_until(T, "both delivered", || sink.count() == 2).await;
-    let resolver =
-        postern_delivery::resolve::tokio_resolver(&[dns.addr], Duration::from_secs(2)).unwrap();
-    let auth = MessageAuthenticator(resolver);
+    let auth = Authenticator::new(&DnsSettings {
+        nameservers: vec![dns.addr],
+        timeout: Duration::from_secs(2),
+    })
+    .unwrap();
     for m in sink.all() {
         let data = m.data.as_bytes();
         assert!(m.data.starts_with("DKIM-Signature:"), "{}", m.data);
         assert!(data.is_ascii(), "signed messages are 7-bit");
         assert!(m.data.contains("This message is confidential."));
-        let am = AuthenticatedMessage::parse(data).unwrap();
-        let results = auth.verify_dkim(&am).await;
+        let results = auth.verify_dkim(&Message::parse(data)).await;
         assert!(!results.is_empty());
-        assert!(
-            results.iter().all(|r| r.result() == &DkimResult::Pass),
-            "{results:?}"
-        );
+        assert!(results.iter().all(|r| r.pass), "{results:?}");
         // An independent verifier: dkimpy, with DNS answered from our zone.
         let zone = [
             ("s1._domainkey.example.test", rsa_txt.as_str()),
@@ -198,17 +196,11 @@ async fn tnef_becomes_mime_attachments_outbound() {
     wait_until(T, "delivery", || sink.count() == 1).await;
     let got = sink.all()[0].data.clone();
     assert!(!got.contains("ms-tnef"), "{got}");
-    let (_, body) = postern_convert::headers::split(got.as_bytes());
-    let parts = postern_convert::content::split_parts(body, b"outer");
+    let parts = Message::parse(got.as_bytes()).parts();
     assert_eq!(parts.len(), 4, "text, TNEF body text, two files: {got}");
     let names: Vec<String> = parts
         .iter()
-        .filter_map(|p| {
-            postern_convert::headers::get(
-                postern_convert::headers::split(p).0,
-                "Content-Disposition",
-            )
-        })
+        .filter_map(|p| p.header("Content-Disposition"))
         .collect();
     assert_eq!(
         names,
@@ -217,7 +209,6 @@ async fn tnef_becomes_mime_attachments_outbound() {
             "attachment; filename=\"notes.txt\"".to_string()
         ]
     );
-    let data = postern_convert::encode::base64_decode(postern_convert::headers::split(parts[2]).1)
-        .unwrap();
+    let data = postern_convert::encode::base64_decode(parts[2].body()).unwrap();
     assert_eq!(data, b"PK\x03\x04sheet");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use common::{route, wait_until, Gateway, RawClient, Sink};
 use postern_convert::encode::{base64_decode, quoted_printable_decode};
-use postern_convert::{content::split_parts, headers};
+use postern_convert::Message;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -43,22 +43,19 @@ async fn eight_bit_message_is_downgraded_for_a_seven_bit_hop() {
     let got = sink.all()[0].data.clone();
     assert!(got.is_ascii() && !got.contains("!!8-BIT"), "{got}");
     assert!(got.contains("Subject: =?UTF-8?B?"));
-    let (_, body) = headers::split(got.as_bytes());
-    let parts = split_parts(body, b"zz");
+    let parts = Message::parse(got.as_bytes()).parts();
     assert_eq!(parts.len(), 2);
-    let (h0, b0) = headers::split(parts[0]);
     assert_eq!(
-        headers::get(h0, "Content-Transfer-Encoding").as_deref(),
+        parts[0].header("Content-Transfer-Encoding").as_deref(),
         Some("quoted-printable")
     );
     assert_eq!(
-        String::from_utf8(quoted_printable_decode(b0)).unwrap(),
+        String::from_utf8(quoted_printable_decode(parts[0].body())).unwrap(),
         text
     );
-    let (h1, b1) = headers::split(parts[1]);
     assert_eq!(
-        headers::get(h1, "Content-Transfer-Encoding").as_deref(),
+        parts[1].header("Content-Transfer-Encoding").as_deref(),
         Some("base64")
     );
-    assert_eq!(base64_decode(b1).unwrap(), bin);
+    assert_eq!(base64_decode(parts[1].body()).unwrap(), bin);
 }

@@ -65,13 +65,13 @@ pub fn hash_password() -> ExitCode {
     if std::io::stdin().read_line(&mut line).is_err() {
         return ExitCode::from(1);
     }
-    match postern_listener::auth::hash_password(line.trim_end_matches(['\r', '\n'])) {
+    match postern_listener::hash_password(line.trim_end_matches(['\r', '\n'])) {
         Ok(h) => {
             println!("{h}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("postern: {e}");
+            eprintln!("postern: {:#}", anyhow::Error::new(e));
             ExitCode::from(1)
         }
     }

@@ -6,11 +6,10 @@
 //! builds the DNS client for SPF/DKIM/DMARC (inside a runtime). [`Meta`] is
 //! what intake knows about a message that the content stage needs.
 
-use postern_convert::auth::{InboundPolicy, QuarantineAction};
-use postern_convert::dkim::DkimKey;
-use postern_convert::outbound::OutboundPolicy;
-use postern_convert::tnef::TnefMode;
-use postern_convert::ContentLimits;
+use postern_convert::{
+    Authenticator, ContentLimits, DkimKey, DnsSettings, InboundPolicy, OutboundPolicy,
+    QuarantineAction, ResolverError, TnefMode,
+};
 use postern_core::config::Config;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -121,10 +120,11 @@ impl Conversion {
     }
 
     /// The DNS client for SPF/DKIM/DMARC. Call inside a tokio runtime.
-    pub fn authenticator(&self) -> Result<mail_auth::MessageAuthenticator, String> {
-        postern_delivery::resolve::tokio_resolver(&self.nameservers, self.dns_timeout)
-            .map(mail_auth::MessageAuthenticator)
-            .map_err(|e| e.to_string())
+    pub fn authenticator(&self) -> Result<Authenticator, ResolverError> {
+        Authenticator::new(&DnsSettings {
+            nameservers: self.nameservers.clone(),
+            timeout: self.dns_timeout,
+        })
     }
 }
 

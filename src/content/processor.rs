@@ -14,8 +14,7 @@
 use crate::content::conversion::{Conversion, Meta};
 use crate::gateway::crash::fault::{self, Stage};
 use futures_util::FutureExt;
-use mail_auth::MessageAuthenticator;
-use postern_convert::auth::{authenticate, Session};
+use postern_convert::{authenticate, Authenticator, Message, Session};
 use postern_supervisor::pool::{CallError, ProcessPool};
 use std::panic::AssertUnwindSafe;
 
@@ -38,12 +37,12 @@ pub enum Verdict {
 
 /// The content work for one message.
 pub async fn run_content(
-    msg: &[u8],
+    msg: &Message<'_>,
     meta: &Meta,
     conv: &Conversion,
-    auth: Option<&MessageAuthenticator>,
+    auth: Option<&Authenticator>,
 ) -> Verdict {
-    fault::check(Stage::Content, msg);
+    fault::check(Stage::Content, msg.bytes());
     let reject = |e: postern_convert::ContentError| {
         let (code, status, text) = e.reply();
         Verdict::Reject {
@@ -54,7 +53,7 @@ pub async fn run_content(
     };
     if meta.outbound {
         // The pipeline inspects the message itself (limits first).
-        return match postern_convert::outbound::process(
+        return match postern_convert::convert_outbound(
             msg,
             &meta.rcpt_domains,
             &conv.outbound,
@@ -66,7 +65,7 @@ pub async fn run_content(
                     tracing::warn!(error = %e, "TNEF part left as it was");
                 }
                 // Unchanged content is not sent back over the pipe.
-                if out.body == msg {
+                if out.body == msg.bytes() {
                     Verdict::Accept(None)
                 } else {
                     Verdict::Accept(Some(out.body))
@@ -186,13 +185,13 @@ pub fn decode(raw: &[u8]) -> Verdict {
 pub enum ContentProcessor {
     InProcess {
         conv: std::sync::Arc<Conversion>,
-        auth: Option<Box<MessageAuthenticator>>,
+        auth: Option<Box<Authenticator>>,
     },
     Workers(Box<ProcessPool>),
 }
 
 impl ContentProcessor {
-    pub async fn process(&self, msg: &[u8], meta: &Meta) -> Verdict {
+    pub async fn process(&self, msg: &Message<'_>, meta: &Meta) -> Verdict {
         match self {
             ContentProcessor::InProcess { conv, auth } => {
                 let run = run_content(msg, meta, conv, auth.as_deref());
@@ -206,7 +205,10 @@ impl ContentProcessor {
             ContentProcessor::Workers(pool) => {
                 // A worker that reports a crash exits; never reuse it.
                 let keep = |answer: &[u8]| answer.first() != Some(&3);
-                match pool.call_checked(&encode_request(meta, msg), keep).await {
+                match pool
+                    .call_checked(&encode_request(meta, msg.bytes()), keep)
+                    .await
+                {
                     Ok(raw) => decode(&raw),
                     Err(CallError::Deadline(d)) => {
                         Verdict::Crash(format!("deadline {d:?} exceeded"))

@@ -68,7 +68,9 @@ pub fn main(config: Option<PathBuf>, memory: u64, deadline: Duration) -> ExitCod
         let (verdict, poisoned) = match decode_request(&req) {
             None => (Verdict::Crash("malformed request".into()), false),
             Some((meta, msg)) => {
-                let run = run_content(msg, &meta, &conv, auth.as_ref());
+                // Parsed once here; every stage of the work takes the view.
+                let view = postern_convert::Message::parse(msg);
+                let run = run_content(&view, &meta, &conv, auth.as_ref());
                 match rt.block_on(AssertUnwindSafe(run).catch_unwind()) {
                     Ok(v) => (v, false),
                     Err(p) => (

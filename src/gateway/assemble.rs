@@ -24,7 +24,7 @@ use std::time::Duration;
 /// DNS servers). Needs a tokio runtime (the resolver is built).
 pub fn validate(cfg: &Config) -> anyhow::Result<()> {
     let conversion = Conversion::from_config(cfg)?;
-    let limiter = postern_listener::auth::AuthLimiter::new(cfg.auth.max_failures);
+    let limiter = postern_listener::AuthLimiter::new(cfg.auth.max_failures);
     session_configs(cfg, Arc::new(AtomicU8::new(0)), limiter)?;
     let metrics = Arc::new(Metrics::new()?);
     deliverer(cfg, &conversion, &metrics)?;
@@ -50,7 +50,7 @@ pub fn relay_policy(cfg: &Config) -> RelayPolicy {
 pub fn session_configs(
     cfg: &Config,
     pressure: Arc<AtomicU8>,
-    auth_limiter: Arc<postern_listener::auth::AuthLimiter>,
+    auth_limiter: Arc<postern_listener::AuthLimiter>,
 ) -> anyhow::Result<(Arc<SessionConfig>, Arc<SessionConfig>)> {
     let s = &cfg.server;
     let smtp = SessionConfig {
@@ -72,8 +72,7 @@ pub fn session_configs(
         pressure,
         users: match &cfg.auth.users_file {
             Some(f) => Some(Arc::new(
-                postern_listener::auth::UserDb::load(f)
-                    .map_err(|e| anyhow::anyhow!("auth.users_file: {e}"))?,
+                postern_listener::UserDb::load(f).context("auth.users_file")?,
             )),
             None => None,
         },
@@ -92,7 +91,7 @@ pub fn session_configs(
         },
         tls: match (&cfg.tls.cert_file, &cfg.tls.key_file) {
             (Some(c), Some(k)) => {
-                Some(postern_listener::tls::TlsConfig::load(c, k).context("TLS certificate")?)
+                Some(postern_listener::TlsConfig::load(c, k).context("TLS certificate")?)
             }
             _ => None,
         },
@@ -111,15 +110,19 @@ pub fn deliverer(
     conversion: &Conversion,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Deliverer<Dns>> {
-    let resolver = HickoryResolver::new(&cfg.delivery.nameservers, cfg.delivery.dns_timeout.0)
-        .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
+    let resolver = HickoryResolver::new(&postern_delivery::DnsConfig {
+        nameservers: cfg.delivery.nameservers.clone(),
+        timeout: cfg.delivery.dns_timeout.0,
+    })
+    .context("DNS resolver")?;
     let dns = crate::gateway::dns::Counted {
         inner: resolver,
         lookups: metrics.delivery.dns_lookups.clone(),
     };
     let limits = conversion.limits;
-    let downgrade: Arc<postern_delivery::smtp::Downgrade> = Arc::new(move |body: &[u8]| {
-        postern_convert::downgrade::to_seven_bit(body, &limits).map_err(|e| e.reply().2)
+    let downgrade: Arc<postern_delivery::Downgrade> = Arc::new(move |body: &[u8]| {
+        postern_convert::to_seven_bit(body, &limits)
+            .map_err(|e| postern_delivery::DowngradeError::with_source(e.reply().2, e))
     });
     let connections = metrics.delivery.delivery_connections.clone();
     Ok(Deliverer::new(

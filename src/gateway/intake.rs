@@ -22,6 +22,7 @@ use crate::gateway::live::Live;
 use crate::ops::metrics::Metrics;
 use crate::ops::tracking::{Subject, Tracker};
 use futures_util::FutureExt;
+use postern_convert::Message;
 use postern_listener::{MessageSink, ReceivedMessage, Reply};
 use postern_queue::{QuarantineInfo, Queue};
 use std::panic::AssertUnwindSafe;
@@ -70,20 +71,13 @@ enum Staged {
     },
 }
 
-/// The Message-ID header of a message (bounded), for the queue and tracking.
-fn message_id(msg: &[u8]) -> Option<String> {
-    let (hdrs, _) = postern_convert::headers::split(msg);
-    postern_convert::headers::get(hdrs, "Message-ID").map(|m| m.chars().take(998).collect())
-}
-
 /// Masquerading and the canonical map apply to the envelope sender of
 /// outbound mail too.
 fn rewrite_sender(envelope: &mut postern_core::Envelope, p: &IntakePolicy) {
     let Some(s) = &envelope.sender else {
         return;
     };
-    let rewritten =
-        postern_convert::outbound::rewrite_address(&s.to_string(), &p.conversion.outbound);
+    let rewritten = postern_convert::rewrite_address(&s.to_string(), &p.conversion.outbound);
     if let Some(a) = rewritten.and_then(|r| postern_core::Address::parse(&r).ok()) {
         envelope.sender = Some(a);
     }
@@ -105,7 +99,7 @@ impl Intake {
     async fn run_stages(
         &self,
         p: &IntakePolicy,
-        body: &[u8],
+        msg: &Message<'_>,
         meta: &Meta,
         hash: u64,
         alone: bool,
@@ -114,7 +108,7 @@ impl Intake {
         let _inflight = self
             .inflight
             .enter(format!("r:{hash:016x}"), p.receive_deadline);
-        let received = std::panic::catch_unwind(|| fault::check(Stage::Receive, body));
+        let received = std::panic::catch_unwind(|| fault::check(Stage::Receive, msg.bytes()));
         if let Err(p) = received {
             return Staged::Crashed {
                 stage: "receive",
@@ -122,7 +116,7 @@ impl Intake {
                 reason: format!("panic: {}", postern_supervisor::panic_message(&*p)),
             };
         }
-        match AssertUnwindSafe(p.content.process(body, meta))
+        match AssertUnwindSafe(p.content.process(msg, meta))
             .catch_unwind()
             .await
         {
@@ -249,7 +243,7 @@ impl Intake {
         }
         // Conversion may have added the Message-ID.
         if let (Some(new), None) = (&c.body, &envelope.message_id) {
-            envelope.message_id = message_id(new);
+            envelope.message_id = Message::parse(new).message_id();
         }
         let tracked = self.tracker.subject(&envelope);
         if let Some(new) = &c.body {
@@ -349,7 +343,10 @@ impl Intake {
 
 impl MessageSink for Intake {
     async fn accept(&self, mut msg: ReceivedMessage) -> Reply {
-        msg.envelope.message_id = message_id(&msg.body);
+        // Parsed once: the Message-ID, the fault check and the content
+        // stage all take this view.
+        let view = Message::parse(&msg.body);
+        msg.envelope.message_id = view.message_id();
         let p = self.policy.get();
         self.metrics.messages.received.inc();
         let received = self.tracker.subject(&msg.envelope);
@@ -374,9 +371,7 @@ impl MessageSink for Intake {
             return self.quarantine(msg, hash, &stage, last, crashes).await;
         }
         let meta = self.meta(&p, &msg);
-        let staged = self
-            .run_stages(&p, &msg.body, &meta, hash, crashes > 0)
-            .await;
+        let staged = self.run_stages(&p, &view, &meta, hash, crashes > 0).await;
         let (body, hold) = match staged {
             Staged::Accept(new) => (new, None),
             Staged::Hold { body, reason } => (Some(body), Some(reason)),

@@ -40,7 +40,7 @@ pub struct Reloader {
     pub running: Mutex<Config>,
     pub metrics: Arc<Metrics>,
     pub pressure: Arc<AtomicU8>,
-    pub auth_limiter: Arc<postern_listener::auth::AuthLimiter>,
+    pub auth_limiter: Arc<postern_listener::AuthLimiter>,
     pub smtp: watch::Sender<Arc<SessionConfig>>,
     pub submission: watch::Sender<Arc<SessionConfig>>,
     pub intake: Arc<Intake>,

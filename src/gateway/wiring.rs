@@ -160,7 +160,7 @@ struct Front {
     /// Where every listener hands its messages.
     intake: Arc<Intake>,
     /// Failed AUTH attempts, kept across reloads.
-    auth_limiter: Arc<postern_listener::auth::AuthLimiter>,
+    auth_limiter: Arc<postern_listener::AuthLimiter>,
     /// Session settings of the smtp and smtps listeners.
     smtp: watch::Sender<Arc<postern_listener::SessionConfig>>,
     /// Session settings of the submission listeners.
@@ -174,7 +174,7 @@ impl Front {
         conversion: Arc<Conversion>,
         path: Option<&std::path::Path>,
     ) -> anyhow::Result<Front> {
-        let auth_limiter = postern_listener::auth::AuthLimiter::new(cfg.auth.max_failures);
+        let auth_limiter = postern_listener::AuthLimiter::new(cfg.auth.max_failures);
         let (smtp_cfg, sub_cfg) =
             assemble::session_configs(cfg, c.pressure.clone(), auth_limiter.clone())?;
         let content = Arc::new(assemble::content(cfg, &conversion, path, &c.metrics).await?);

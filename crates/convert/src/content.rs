@@ -1,13 +1,20 @@
 //! Content inspection: the MIME structure of a message, walked within
 //! explicit limits.
 //!
-//! [`inspect`] parses the header block and, for multipart messages, every
-//! part's headers, iteratively (an explicit stack, never recursion), and
-//! refuses messages past the limits in [`ContentLimits`] with a typed
-//! [`ContentError`] that maps to a clear SMTP reply. This is the work that
-//! runs inside content worker processes; it must never panic on any input.
+//! [`inspect`] checks the header section of a parsed [`Message`] and, for
+//! multipart messages, every part's headers, iteratively (an explicit stack,
+//! never recursion), and refuses messages past the limits in
+//! [`ContentLimits`] with a typed [`ContentError`] that maps to a clear SMTP
+//! reply. This is the work that runs inside content worker processes; it
+//! must never panic on any input. The multipart splitting the other stages
+//! share (`Multipart`, `multipart_boundary`) lives here too.
+//!
+//! Our own code rather than a MIME crate: every limit is checked before the
+//! work it bounds, the walk never recurses, and it reads only the few
+//! header fields the stages need.
 
-use crate::headers;
+use crate::dkim::DkimError;
+use crate::Message;
 
 /// Limits on what a message may contain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,50 +37,49 @@ impl Default for ContentLimits {
     }
 }
 
-/// Why content was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why content was refused; [`ContentError::reply`] is the SMTP answer.
+#[derive(Debug, thiserror::Error)]
 pub enum ContentError {
+    /// A header section (of the message or of a part) over the limit.
+    #[error("header block larger than {limit} octets")]
     HeaderTooLarge {
+        /// [`ContentLimits::max_header_bytes`].
         limit: usize,
     },
+    /// Multiparts nested deeper than the limit.
+    #[error("MIME nesting deeper than {limit} levels")]
     TooDeep {
+        /// [`ContentLimits::max_depth`].
         limit: usize,
     },
+    /// More MIME parts than the limit.
+    #[error("more than {limit} MIME parts")]
     TooManyParts {
+        /// [`ContentLimits::max_parts`].
         limit: usize,
     },
     /// A header line that is neither a field nor a continuation.
+    #[error("malformed header field at line {line}")]
     MalformedHeader {
+        /// The line, counted from 1 in its header section.
         line: usize,
     },
-    /// A conversion step failed (e.g. DKIM signing).
-    Conversion(String),
+    /// DKIM signing failed (a temporary failure: the key was loaded).
+    #[error("conversion failed: {0}")]
+    Signing(#[from] DkimError),
 }
 
 impl ContentError {
     /// SMTP reply code, enhanced status and text for this refusal.
     pub fn reply(&self) -> (u16, &'static str, String) {
-        match self {
-            ContentError::HeaderTooLarge { limit } => (
-                552,
-                "5.3.4",
-                format!("header block larger than {limit} octets"),
-            ),
-            ContentError::TooDeep { limit } => (
-                554,
-                "5.6.0",
-                format!("MIME nesting deeper than {limit} levels"),
-            ),
-            ContentError::TooManyParts { limit } => {
-                (554, "5.6.0", format!("more than {limit} MIME parts"))
-            }
-            ContentError::MalformedHeader { line } => (
-                554,
-                "5.6.0",
-                format!("malformed header field at line {line}"),
-            ),
-            ContentError::Conversion(e) => (451, "4.3.0", format!("conversion failed: {e}")),
-        }
+        let (code, status) = match self {
+            ContentError::HeaderTooLarge { .. } => (552, "5.3.4"),
+            ContentError::TooDeep { .. }
+            | ContentError::TooManyParts { .. }
+            | ContentError::MalformedHeader { .. } => (554, "5.6.0"),
+            ContentError::Signing(_) => (451, "4.3.0"),
+        };
+        (code, status, self.to_string())
     }
 }
 
@@ -91,40 +97,53 @@ pub struct ContentReport {
 }
 
 /// Walks the message; see the module docs.
-pub fn inspect(msg: &[u8], lim: &ContentLimits) -> Result<ContentReport, ContentError> {
+pub fn inspect(msg: &Message<'_>, lim: &ContentLimits) -> Result<ContentReport, ContentError> {
     let mut report = ContentReport::default();
-    // (entity bytes, depth)
-    let mut stack: Vec<(&[u8], usize)> = vec![(msg, 0)];
-    while let Some((entity, depth)) = stack.pop() {
-        report.parts += 1;
-        if report.parts > lim.max_parts {
-            return Err(ContentError::TooManyParts {
-                limit: lim.max_parts,
-            });
-        }
-        report.depth = report.depth.max(depth);
-        let (hdrs, body) = headers::split(entity);
-        if hdrs.len() > lim.max_header_bytes {
-            return Err(ContentError::HeaderTooLarge {
-                limit: lim.max_header_bytes,
-            });
-        }
-        check_header_lines(hdrs)?;
-        report.eight_bit_headers |= !hdrs.is_ascii();
-        let Some(boundary) = multipart_boundary(hdrs) else {
-            report.eight_bit_body |= !body.is_ascii();
-            continue;
-        };
-        if depth + 1 > lim.max_depth {
-            return Err(ContentError::TooDeep {
-                limit: lim.max_depth,
-            });
-        }
-        for part in split_parts(body, boundary.as_bytes()) {
-            stack.push((part, depth + 1));
-        }
+    // Parts still to walk: (entity bytes, depth).
+    let mut stack: Vec<(&[u8], usize)> = Vec::new();
+    entity(msg, 0, lim, &mut report, &mut stack)?;
+    while let Some((part, depth)) = stack.pop() {
+        entity(&Message::parse(part), depth, lim, &mut report, &mut stack)?;
     }
     Ok(report)
+}
+
+/// Checks one entity against the limits and pushes its parts.
+fn entity<'a>(
+    e: &Message<'a>,
+    depth: usize,
+    lim: &ContentLimits,
+    report: &mut ContentReport,
+    stack: &mut Vec<(&'a [u8], usize)>,
+) -> Result<(), ContentError> {
+    report.parts += 1;
+    if report.parts > lim.max_parts {
+        return Err(ContentError::TooManyParts {
+            limit: lim.max_parts,
+        });
+    }
+    report.depth = report.depth.max(depth);
+    let hdrs = e.header_section();
+    if hdrs.len() > lim.max_header_bytes {
+        return Err(ContentError::HeaderTooLarge {
+            limit: lim.max_header_bytes,
+        });
+    }
+    check_header_lines(hdrs)?;
+    report.eight_bit_headers |= !hdrs.is_ascii();
+    let Some(boundary) = multipart_boundary(e) else {
+        report.eight_bit_body |= !e.body().is_ascii();
+        return Ok(());
+    };
+    if depth + 1 > lim.max_depth {
+        return Err(ContentError::TooDeep {
+            limit: lim.max_depth,
+        });
+    }
+    for part in split_parts(e.body(), boundary.as_bytes()) {
+        stack.push((part, depth + 1));
+    }
+    Ok(())
 }
 
 fn check_header_lines(hdrs: &[u8]) -> Result<(), ContentError> {
@@ -155,8 +174,8 @@ fn check_header_lines(hdrs: &[u8]) -> Result<(), ContentError> {
 }
 
 /// The boundary of a multipart entity, if it is one.
-pub fn multipart_boundary(hdrs: &[u8]) -> Option<String> {
-    let ct = headers::get(hdrs, "Content-Type")?;
+pub(crate) fn multipart_boundary(e: &Message<'_>) -> Option<String> {
+    let ct = e.header("Content-Type")?;
     let lower = ct.to_ascii_lowercase();
     if !lower.trim_start().starts_with("multipart/") {
         return None;
@@ -175,16 +194,19 @@ pub fn multipart_boundary(hdrs: &[u8]) -> Option<String> {
 
 /// A multipart body taken apart: what precedes the first delimiter, the
 /// parts, and what follows the close delimiter (RFC 2046 5.1.1).
-pub struct Multipart<'a> {
-    pub preamble: &'a [u8],
-    pub parts: Vec<&'a [u8]>,
-    pub epilogue: &'a [u8],
+pub(crate) struct Multipart<'a> {
+    /// Text before the first delimiter (for readers without MIME).
+    pub(crate) preamble: &'a [u8],
+    /// Each part, without the CRLF that belongs to the next delimiter.
+    pub(crate) parts: Vec<&'a [u8]>,
+    /// Text after the close delimiter.
+    pub(crate) epilogue: &'a [u8],
 }
 
 impl<'a> Multipart<'a> {
     /// Splits `body` at `--boundary` lines; `None` when there is none (the
     /// body is then not a multipart at all, and must be kept as it is).
-    pub fn split(body: &'a [u8], boundary: &[u8]) -> Option<Multipart<'a>> {
+    pub(crate) fn split(body: &'a [u8], boundary: &[u8]) -> Option<Multipart<'a>> {
         let mut parts = Vec::new();
         let mut start: Option<usize> = None;
         let mut preamble: &[u8] = &[];
@@ -232,7 +254,7 @@ impl<'a> Multipart<'a> {
 
     /// Writes the multipart back with `parts` (already converted) in place
     /// of the originals, preamble and epilogue kept.
-    pub fn write<P: AsRef<[u8]>>(&self, boundary: &str, parts: &[P], out: &mut Vec<u8>) {
+    pub(crate) fn write<P: AsRef<[u8]>>(&self, boundary: &str, parts: &[P], out: &mut Vec<u8>) {
         if !self.preamble.is_empty() {
             out.extend_from_slice(self.preamble);
             out.extend_from_slice(b"\r\n");
@@ -254,7 +276,7 @@ impl<'a> Multipart<'a> {
 }
 
 /// The parts between `--boundary` delimiter lines, up to `--boundary--`.
-pub fn split_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
+pub(crate) fn split_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
     Multipart::split(body, boundary)
         .map(|m| m.parts)
         .unwrap_or_default()
@@ -263,6 +285,10 @@ pub fn split_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check(m: &[u8], lim: &ContentLimits) -> Result<ContentReport, ContentError> {
+        inspect(&Message::parse(m), lim)
+    }
 
     fn nested(depth: usize) -> Vec<u8> {
         let mut m = b"Subject: leaf\r\n\r\nleaf\r\n".to_vec();
@@ -281,7 +307,7 @@ mod tests {
     #[test]
     fn walks_multipart() {
         let m = b"Content-Type: multipart/mixed; boundary=XX\r\n\r\npre\r\n--XX\r\nContent-Type: text/plain\r\n\r\none\r\n--XX\r\n\r\ntw\xc3\xb6\r\n--XX--\r\nepilogue\r\n";
-        let r = inspect(m, &ContentLimits::default()).unwrap();
+        let r = check(m, &ContentLimits::default()).unwrap();
         assert_eq!(r.parts, 3);
         assert_eq!(r.depth, 1);
         assert!(r.eight_bit_body && !r.eight_bit_headers);
@@ -295,13 +321,13 @@ mod tests {
             max_depth: 5,
             ..Default::default()
         };
-        assert_eq!(inspect(&nested(5), &lim).unwrap().depth, 5);
-        assert_eq!(
-            inspect(&nested(6), &lim),
+        assert_eq!(check(&nested(5), &lim).unwrap().depth, 5);
+        assert!(matches!(
+            check(&nested(6), &lim),
             Err(ContentError::TooDeep { limit: 5 })
-        );
+        ));
         // Deep nesting far past any limit: bounded work, no stack overflow.
-        assert!(inspect(&nested(5000), &ContentLimits::default()).is_err());
+        assert!(check(&nested(5000), &ContentLimits::default()).is_err());
         let many = format!(
             "Content-Type: multipart/mixed; boundary=z\r\n\r\n{}--z--\r\n",
             "--z\r\n\r\nx\r\n".repeat(50)
@@ -310,22 +336,41 @@ mod tests {
             max_parts: 10,
             ..Default::default()
         };
-        assert_eq!(
-            inspect(many.as_bytes(), &lim),
+        assert!(matches!(
+            check(many.as_bytes(), &lim),
             Err(ContentError::TooManyParts { limit: 10 })
-        );
+        ));
         let big = format!("X-Big: {}\r\n\r\nb", "a".repeat(300_000));
         assert!(matches!(
-            inspect(big.as_bytes(), &ContentLimits::default()),
+            check(big.as_bytes(), &ContentLimits::default()),
             Err(ContentError::HeaderTooLarge { .. })
         ));
-        assert_eq!(
-            inspect(
+        assert!(matches!(
+            check(
                 b"Subject: x\r\nno colon here\r\n\r\nb",
                 &ContentLimits::default()
             ),
             Err(ContentError::MalformedHeader { line: 2 })
+        ));
+    }
+
+    #[test]
+    fn replies() {
+        let e = ContentError::TooDeep { limit: 5 };
+        assert_eq!(
+            e.reply(),
+            (
+                554,
+                "5.6.0",
+                "MIME nesting deeper than 5 levels".to_string()
+            )
         );
+        let e = ContentError::HeaderTooLarge { limit: 9 };
+        assert_eq!(e.reply().0, 552);
+        assert_eq!(e.reply().1, "5.3.4");
+        let e = ContentError::Signing(DkimError::Ed25519NotPkcs8);
+        assert_eq!(e.reply().0, 451);
+        assert!(e.reply().2.starts_with("conversion failed: "));
     }
 
     #[test]
@@ -339,7 +384,7 @@ mod tests {
                 seed ^= seed << 17;
                 v.push(b"\r\n-:; =\"abXYboundary\t"[(seed % 21) as usize]);
             }
-            let _ = inspect(&v, &ContentLimits::default());
+            let _ = check(&v, &ContentLimits::default());
         }
     }
 }

@@ -2,18 +2,23 @@
 //!
 //! [`build_dsn`] returns a complete message: a human-readable part, the
 //! `message/delivery-status` part with per-message and per-recipient fields,
-//! and the original headers as `text/rfc822-headers`. The caller sends it
-//! from the null sender to the original sender, and never for a message that
-//! was itself sent from the null sender (no DSN about a DSN).
+//! and the original headers as `text/rfc822-headers` (the whole message as
+//! `message/rfc822` under RET=FULL). The caller sends it from the null
+//! sender to the original sender, and never for a message that was itself
+//! sent from the null sender (no DSN about a DSN). Values that came from the
+//! network lose their CR and LF, so they cannot inject header lines.
 
-use crate::headers;
+use crate::Message;
 use postern_core::{Address, Envelope, Reason};
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// One recipient the DSN reports on.
 pub struct DsnRecipient<'a> {
+    /// The recipient (Final-Recipient).
     pub address: &'a Address,
+    /// Why delivery failed, or the success relayed: code, status, text and
+    /// the remote MTA if one answered.
     pub reason: &'a Reason,
     /// RFC 3461 ORCPT given at RCPT, for Original-Recipient.
     pub orcpt: Option<&'a str>,
@@ -25,7 +30,10 @@ pub struct DsnRecipient<'a> {
 pub struct DsnInput<'a> {
     /// Our host name (Reporting-MTA, From).
     pub reporting_mta: &'a str,
+    /// The original envelope: sender (the DSN's recipient), queue id,
+    /// arrival time, ENVID and RET.
     pub envelope: &'a Envelope,
+    /// The recipients reported on.
     pub failed: Vec<DsnRecipient<'a>>,
     /// The original message (only its headers are returned).
     pub original: &'a [u8],
@@ -36,7 +44,7 @@ pub struct DsnInput<'a> {
 }
 
 fn rfc5322_date(ms: u64) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(ms)).replace("GMT", "+0000")
+    postern_core::date::rfc5322(UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 /// Drops CR/LF so values from the network cannot inject header lines.
@@ -48,12 +56,38 @@ fn clean(s: &str) -> String {
 pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
     let env = input.envelope;
     let boundary = format!("=_postern_{}", input.token);
-    let to = env
+    let mut m = String::new();
+    write_notice(&mut m, input, &boundary);
+    write_status(&mut m, input, &boundary);
+    // RET=FULL returns the whole message; otherwise its headers only.
+    let part_type = if env.dsn_ret_full {
+        "message/rfc822"
+    } else {
+        "text/rfc822-headers"
+    };
+    let _ = write!(m, "\r\n--{boundary}\r\nContent-Type: {part_type}\r\n\r\n");
+    let mut out = m.into_bytes();
+    let returned = if env.dsn_ret_full {
+        input.original
+    } else {
+        Message::parse(input.original).header_section()
+    };
+    out.extend_from_slice(returned);
+    if !returned.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// The DSN's header and its human-readable part, one line per recipient.
+fn write_notice(m: &mut String, input: &DsnInput<'_>, boundary: &str) {
+    let to = input
+        .envelope
         .sender
         .as_ref()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    let mut m = String::new();
     let _ = write!(
         m,
         "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
@@ -93,6 +127,12 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
             clean(&f.reason.to_string())
         );
     }
+}
+
+/// The `message/delivery-status` part: per-message fields, then a block of
+/// per-recipient fields for each recipient.
+fn write_status(m: &mut String, input: &DsnInput<'_>, boundary: &str) {
+    let env = input.envelope;
     let _ = write!(
         m,
         "\r\n--{boundary}\r\n\
@@ -109,54 +149,40 @@ pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
         let _ = write!(m, "Original-Envelope-Id: {}\r\n", clean(envid));
     }
     for f in &input.failed {
-        let r = f.reason;
-        m.push_str("\r\n");
-        if let Some(o) = f.orcpt {
-            let _ = write!(m, "Original-Recipient: {}\r\n", clean(o));
+        write_recipient(m, f);
+    }
+}
+
+/// One recipient's fields (RFC 3464 2.3).
+fn write_recipient(m: &mut String, f: &DsnRecipient<'_>) {
+    let r = f.reason;
+    m.push_str("\r\n");
+    if let Some(o) = f.orcpt {
+        let _ = write!(m, "Original-Recipient: {}\r\n", clean(o));
+    }
+    let _ = write!(
+        m,
+        "Final-Recipient: rfc822; {addr}\r\n\
+         Action: {action}\r\n\
+         Status: {status}\r\n",
+        action = f.action,
+        addr = clean(&f.address.to_string()),
+        status = clean(&r.status),
+    );
+    match &r.remote {
+        Some(remote) => {
+            let _ = write!(
+                m,
+                "Remote-MTA: dns; {}\r\nDiagnostic-Code: smtp; {} {}\r\n",
+                clean(remote),
+                r.code,
+                clean(&r.text)
+            );
         }
-        let _ = write!(
-            m,
-            "Final-Recipient: rfc822; {addr}\r\n\
-             Action: {action}\r\n\
-             Status: {status}\r\n",
-            action = f.action,
-            addr = clean(&f.address.to_string()),
-            status = clean(&r.status),
-        );
-        match &r.remote {
-            Some(remote) => {
-                let _ = write!(
-                    m,
-                    "Remote-MTA: dns; {}\r\nDiagnostic-Code: smtp; {} {}\r\n",
-                    clean(remote),
-                    r.code,
-                    clean(&r.text)
-                );
-            }
-            None => {
-                let _ = write!(m, "Diagnostic-Code: X-Postern; {}\r\n", clean(&r.text));
-            }
+        None => {
+            let _ = write!(m, "Diagnostic-Code: X-Postern; {}\r\n", clean(&r.text));
         }
     }
-    // RET=FULL returns the whole message; otherwise its headers only.
-    let part_type = if env.dsn_ret_full {
-        "message/rfc822"
-    } else {
-        "text/rfc822-headers"
-    };
-    let _ = write!(m, "\r\n--{boundary}\r\nContent-Type: {part_type}\r\n\r\n");
-    let mut out = m.into_bytes();
-    let returned = if env.dsn_ret_full {
-        input.original
-    } else {
-        headers::split(input.original).0
-    };
-    out.extend_from_slice(returned);
-    if !returned.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    out
 }
 
 #[cfg(test)]

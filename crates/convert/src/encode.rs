@@ -1,6 +1,7 @@
-//! Transfer encodings: quoted-printable and base64 (RFC 2045), and RFC 2047
-//! encoded-words for header text. Pure functions over bytes; CRLF line
-//! endings in and out.
+//! Transfer encodings: quoted-printable and base64 (RFC 2045), and (inside
+//! the crate) RFC 2047 encoded-words and RFC 2231 parameters for header
+//! text. Pure functions over bytes; CRLF line endings in and out. Public so
+//! tests and fixtures can build and decode MIME bodies.
 
 pub use postern_core::base64::{base64, base64_decode};
 
@@ -79,7 +80,7 @@ pub fn quoted_printable_decode(data: &[u8]) -> Vec<u8> {
 
 /// An RFC 2047 encoded-word sequence for UTF-8 text (B encoding), split so
 /// that no word exceeds 75 characters and no UTF-8 sequence is split.
-pub fn encoded_words(text: &str) -> String {
+pub(crate) fn encoded_words(text: &str) -> String {
     let mut words = Vec::new();
     let mut chunk = String::new();
     for c in text.chars() {
@@ -97,7 +98,7 @@ pub fn encoded_words(text: &str) -> String {
 
 /// A MIME parameter `key="value"`, or RFC 2231 `key*=UTF-8''%XX..` when
 /// the value is not ASCII (file names, in Content-Type and -Disposition).
-pub fn rfc2231_param(key: &str, value: &str) -> String {
+pub(crate) fn rfc2231_param(key: &str, value: &str) -> String {
     if value.is_ascii() {
         return format!("{key}=\"{}\"", value.replace(['"', '\\'], "_"));
     }
@@ -115,7 +116,7 @@ pub fn rfc2231_param(key: &str, value: &str) -> String {
 /// A structured Content-Type or Content-Disposition value made 7-bit: the
 /// type and ASCII parameters as they are, 8-bit parameter values in RFC
 /// 2231 form (an encoded-word is not allowed there and would hide the type).
-pub fn seven_bit_params(value: &str) -> String {
+pub(crate) fn seven_bit_params(value: &str) -> String {
     let mut pieces = Vec::new();
     let (mut start, mut quoted) = (0, false);
     for (i, c) in value.char_indices() {

@@ -6,17 +6,23 @@
 //! (quoted-printable, never cut), then — when the sender domain has
 //! a DKIM key — an 8BITMIME downgrade (so no later hop can break the
 //! signature by converting) and DKIM signing, always last.
+//!
+//! [`convert_outbound`] is the entry point; it takes the parsed [`Message`]
+//! and parses again only bytes it has changed. It refuses what
+//! [`crate::inspect`] refuses, and fails (temporarily) when signing fails.
+//! [`rewrite_address`] applies the same rewriting to an envelope address.
 
 use crate::dkim::{key_for, DkimKey};
-use crate::headers;
-use crate::tnef::{self, TnefMode};
-use crate::{ContentError, ContentLimits};
+use crate::tnef::{self, TnefError, TnefMode};
+use crate::{ContentError, ContentLimits, Message};
 use std::collections::HashMap;
 
 /// Outbound policy, built once from configuration.
 #[derive(Debug, Default)]
 pub struct OutboundPolicy {
+    /// Limits the message is inspected against first.
     pub limits: ContentLimits,
+    /// TNEF handling for every destination (`None`: leave TNEF alone).
     pub tnef: Option<TnefMode>,
     /// Per destination domain TNEF handling, overriding `tnef`.
     pub tnef_by_domain: HashMap<String, TnefMode>,
@@ -28,24 +34,29 @@ pub struct OutboundPolicy {
     pub masquerade: HashMap<String, String>,
     /// Full address → full address (lower-case keys).
     pub canonical: HashMap<String, String>,
+    /// Text appended to the first text/plain and text/html part.
     pub disclaimer: Option<String>,
+    /// Add a `Date` and a `Message-ID` when the message has none.
     pub add_missing: bool,
     /// Our host name, for generated Message-IDs.
     pub hostname: String,
+    /// Signing keys; the key for the From domain (or a parent) signs.
     pub dkim: Vec<DkimKey>,
 }
 
 /// The result of the pipeline.
 #[derive(Debug, Default)]
 pub struct Outbound {
+    /// The converted message.
     pub body: Vec<u8>,
     /// `d=` of the signature added, if any.
     pub signed_by: Option<String>,
     /// TNEF parts that could not be read (left as they were).
-    pub tnef_errors: Vec<String>,
+    pub tnef_errors: Vec<TnefError>,
 }
 
-/// Rewrites an address per the canonical map, then masquerading.
+/// Rewrites an address per the canonical map, then masquerading; `None`
+/// when neither applies.
 pub fn rewrite_address(addr: &str, p: &OutboundPolicy) -> Option<String> {
     if let Some(c) = p.canonical.get(&addr.to_ascii_lowercase()) {
         return Some(c.clone());
@@ -56,30 +67,49 @@ pub fn rewrite_address(addr: &str, p: &OutboundPolicy) -> Option<String> {
         .map(|public| format!("{local}@{public}"))
 }
 
-/// Runs the pipeline; `now_ms` and `token` make Date and Message-ID.
-pub fn process(
-    msg: &[u8],
+/// Runs the pipeline on `msg` for recipients in `rcpt_domains`; `now_ms`
+/// and `token` make Date and Message-ID.
+pub fn convert_outbound(
+    msg: &Message<'_>,
     rcpt_domains: &[String],
     p: &OutboundPolicy,
     now_ms: u64,
     token: &str,
 ) -> Result<Outbound, ContentError> {
     crate::inspect(msg, &p.limits)?;
-    let mut out = Outbound::default();
     let mode = rcpt_domains
         .iter()
         .find_map(|d| p.tnef_by_domain.get(&d.to_ascii_lowercase()).copied())
         .or(p.tnef)
         .unwrap_or(TnefMode::Leave);
-    let (converted, errors) = tnef::convert_message(msg, mode);
-    out.tnef_errors = errors.iter().map(|e| e.to_string()).collect();
-    let msg = converted.as_deref().unwrap_or(msg);
-    let (hdrs, body) = headers::split(msg);
+    let (converted, tnef_errors) = tnef::convert_message(msg, mode);
+    let mut rebuilt = match &converted {
+        Some(bytes) => rebuild(&Message::parse(bytes), p, now_ms, token),
+        None => rebuild(msg, p, now_ms, token),
+    };
+    if let Some(text) = &p.disclaimer {
+        rebuilt = crate::disclaimer::append(&rebuilt, text);
+    }
+    if crate::downgrade::has_long_line(&rebuilt) {
+        // Repair: lines over 998 octets are re-encoded, never cut.
+        rebuilt = crate::to_seven_bit(&rebuilt, &p.limits)?;
+    }
+    let (body, signed_by) = sign(rebuilt, p)?;
+    Ok(Outbound {
+        body,
+        signed_by,
+        tnef_errors,
+    })
+}
+
+/// The message with header hygiene and rewriting applied and missing
+/// headers added.
+fn rebuild(msg: &Message<'_>, p: &OutboundPolicy, now_ms: u64, token: &str) -> Vec<u8> {
     let mut fields: Vec<Vec<u8>> = Vec::new();
     let mut seen_received = false;
     let (mut has_date, mut has_msgid) = (false, false);
-    for f in headers::fields(hdrs) {
-        let name = headers::field_name(f).to_ascii_lowercase();
+    for f in msg.headers() {
+        let name = f.name().to_ascii_lowercase();
         if name == "received" {
             // The first Received is ours (the listener put it on top).
             if seen_received && p.strip_internal_received {
@@ -96,48 +126,57 @@ pub fn process(
         has_date |= name == "date";
         has_msgid |= name == "message-id";
         if matches!(name.as_str(), "from" | "sender" | "reply-to") {
-            fields.push(rewrite_field(f, p));
+            fields.push(rewrite_field(f.raw(), p));
         } else {
-            fields.push(f.to_vec());
+            fields.push(f.raw().to_vec());
         }
     }
+    add_missing(&mut fields, has_date, has_msgid, p, now_ms, token);
+    let mut rebuilt: Vec<u8> = fields.concat();
+    rebuilt.extend_from_slice(b"\r\n");
+    rebuilt.extend_from_slice(msg.body());
+    rebuilt
+}
+
+/// Appends the Date and Message-ID fields a message lacks, if so configured.
+fn add_missing(
+    fields: &mut Vec<Vec<u8>>,
+    has_date: bool,
+    has_msgid: bool,
+    p: &OutboundPolicy,
+    now_ms: u64,
+    token: &str,
+) {
     if p.add_missing && !has_date {
-        let date = httpdate::fmt_http_date(
+        let date = postern_core::date::rfc5322(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(now_ms),
         );
-        fields.push(format!("Date: {}\r\n", date.replace("GMT", "+0000")).into_bytes());
+        fields.push(format!("Date: {date}\r\n").into_bytes());
     }
     if p.add_missing && !has_msgid {
         fields.push(format!("Message-ID: <{token}@{}>\r\n", p.hostname).into_bytes());
     }
-    let mut rebuilt: Vec<u8> = fields.concat();
-    rebuilt.extend_from_slice(b"\r\n");
-    rebuilt.extend_from_slice(body);
-    if let Some(text) = &p.disclaimer {
-        rebuilt = crate::disclaimer::append(&rebuilt, text);
-    }
-    if crate::downgrade::has_long_line(&rebuilt) {
-        // Repair: lines over 998 octets are re-encoded, never cut.
-        rebuilt = crate::downgrade::to_seven_bit(&rebuilt, &p.limits)?;
-    }
+}
+
+/// Signs the message when its From domain has a key (after an 8BITMIME
+/// downgrade); returns the message and the `d=` of the signature.
+fn sign(rebuilt: Vec<u8>, p: &OutboundPolicy) -> Result<(Vec<u8>, Option<String>), ContentError> {
     // From the header section only: a body line "From: ..." must never
     // choose the signing key.
-    let from_domain = headers::get(headers::split(&rebuilt).0, "From").and_then(|f| domain_of(&f));
-    if let Some(key) = from_domain.as_deref().and_then(|d| key_for(&p.dkim, d)) {
-        let seven = crate::downgrade::to_seven_bit(&rebuilt, &p.limits)?;
-        let sig = key.sign(&seven).map_err(ContentError::Conversion)?;
-        let mut signed = sig.into_bytes();
-        signed.extend_from_slice(&seven);
-        out.signed_by = Some(key.domain.clone());
-        out.body = signed;
-    } else {
-        out.body = rebuilt;
-    }
-    Ok(out)
+    let from_domain = Message::parse(&rebuilt)
+        .header("From")
+        .and_then(|f| domain_of(&f));
+    let Some(key) = from_domain.as_deref().and_then(|d| key_for(&p.dkim, d)) else {
+        return Ok((rebuilt, None));
+    };
+    let seven = crate::to_seven_bit(&rebuilt, &p.limits)?;
+    let mut signed = key.sign(&seven)?.into_bytes();
+    signed.extend_from_slice(&seven);
+    Ok((signed, Some(key.domain.clone())))
 }
 
 /// The domain of the (first) address in a header value.
-pub fn domain_of(value: &str) -> Option<String> {
+fn domain_of(value: &str) -> Option<String> {
     let addr = match (value.find('<'), value.rfind('>')) {
         (Some(a), Some(b)) if a < b => &value[a + 1..b],
         _ => value.trim(),
@@ -174,6 +213,16 @@ fn rewrite_field(f: &[u8], p: &OutboundPolicy) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn process(
+        msg: &[u8],
+        rcpt_domains: &[String],
+        p: &OutboundPolicy,
+        now_ms: u64,
+        token: &str,
+    ) -> Result<Outbound, ContentError> {
+        convert_outbound(&Message::parse(msg), rcpt_domains, p, now_ms, token)
+    }
 
     fn policy() -> OutboundPolicy {
         OutboundPolicy {

@@ -6,19 +6,23 @@
 //! (file name from the attachment's MAPI `PR_ATTACH_LONG_FILENAME` when
 //! present, else its 8.3 title; data from `attAttachData` or
 //! `PR_ATTACH_DATA_BIN`). Truncated or malformed input is a [`TnefError`],
-//! never a panic. [`convert_message`] replaces every TNEF part of a message
-//! with the files it carries (or removes it, or leaves it, per [`TnefMode`]).
+//! never a panic. The outbound pipeline replaces every TNEF part of a
+//! message with the files it carries (or removes it, or leaves it, per
+//! [`TnefMode`]). [`build`] writes a stream, for tests and fixtures.
+//!
+//! Our own code rather than a crate: the reader must be bounded and never
+//! panic on hostile input, and it needs only the few attributes above.
 
 use crate::content::{multipart_boundary, Multipart};
 use crate::encode::base64_lines;
-use crate::headers;
+use crate::Message;
 
-pub const SIGNATURE: u32 = 0x223E_9F78;
-pub const ATT_BODY: u32 = 0x0002_800C;
-pub const ATT_ATTACH_DATA: u32 = 0x0006_800F;
-pub const ATT_ATTACH_TITLE: u32 = 0x0001_8010;
-pub const ATT_ATTACH_REND_DATA: u32 = 0x0006_9002;
-pub const ATT_ATTACHMENT: u32 = 0x0006_9005;
+const SIGNATURE: u32 = 0x223E_9F78;
+const ATT_BODY: u32 = 0x0002_800C;
+const ATT_ATTACH_DATA: u32 = 0x0006_800F;
+const ATT_ATTACH_TITLE: u32 = 0x0001_8010;
+const ATT_ATTACH_REND_DATA: u32 = 0x0006_9002;
+const ATT_ATTACHMENT: u32 = 0x0006_9005;
 const PR_ATTACH_LONG_FILENAME: u16 = 0x3707;
 const PR_ATTACH_DATA_BIN: u16 = 0x3701;
 /// Attachments per stream, and MAPI properties per attribute, at most.
@@ -27,44 +31,52 @@ const MAX_ITEMS: usize = 10_000;
 /// What to do with TNEF parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TnefMode {
+    /// Replace each TNEF part with its body text and files as MIME parts.
     Convert,
+    /// Keep TNEF parts as they are.
     Leave,
+    /// Remove TNEF parts.
     Strip,
 }
 
 /// Why a stream could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TnefError {
+    /// The stream does not open with the TNEF signature.
+    #[error("not a TNEF stream (bad signature)")]
     NotTnef,
-    Truncated { at: usize },
-    BadChecksum { attribute: u32 },
+    /// The stream ends inside an attribute.
+    #[error("TNEF stream truncated at offset {at}")]
+    Truncated {
+        /// Offset of the read that ran past the end.
+        at: usize,
+    },
+    /// An attribute's checksum does not match its data.
+    #[error("TNEF attribute {attribute:#010x} has a bad checksum")]
+    BadChecksum {
+        /// The attribute id.
+        attribute: u32,
+    },
+    /// More attachments or MAPI properties than we read.
+    #[error("TNEF stream has too many items")]
     TooMany,
-}
-
-impl std::fmt::Display for TnefError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TnefError::NotTnef => write!(f, "not a TNEF stream (bad signature)"),
-            TnefError::Truncated { at } => write!(f, "TNEF stream truncated at offset {at}"),
-            TnefError::BadChecksum { attribute } => {
-                write!(f, "TNEF attribute {attribute:#010x} has a bad checksum")
-            }
-            TnefError::TooMany => write!(f, "TNEF stream has too many items"),
-        }
-    }
 }
 
 /// One file carried in the stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TnefAttachment {
+    /// The file name as the sender gave it ("" when none was given).
     pub name: String,
+    /// The file's content.
     pub data: Vec<u8>,
 }
 
 /// The content of a stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tnef {
+    /// The plain-text message body, when the stream carries one.
     pub body: Option<String>,
+    /// The files, in stream order.
     pub attachments: Vec<TnefAttachment>,
 }
 
@@ -225,7 +237,7 @@ fn utf16(b: &[u8]) -> String {
 }
 
 /// A file name safe to put in a header and on a recipient's disk.
-pub fn safe_name(name: &str, index: usize) -> String {
+fn safe_name(name: &str, index: usize) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or("");
     let clean: String = base
         .chars()
@@ -240,7 +252,6 @@ pub fn safe_name(name: &str, index: usize) -> String {
     }
 }
 
-/// `filename` parameter, RFC 2231-encoded when not ASCII.
 /// MIME parts for what a TNEF stream carried.
 fn parts_for(t: &Tnef) -> Vec<Vec<u8>> {
     let mut parts = Vec::new();
@@ -267,48 +278,52 @@ fn parts_for(t: &Tnef) -> Vec<Vec<u8>> {
 }
 
 /// Is this entity a TNEF attachment?
-fn is_tnef(hdrs: &[u8]) -> bool {
-    let ct = headers::get(hdrs, "Content-Type")
+fn is_tnef(e: &Message<'_>) -> bool {
+    let ct = e
+        .header("Content-Type")
         .unwrap_or_default()
         .to_ascii_lowercase();
-    let cd = headers::get(hdrs, "Content-Disposition")
+    let cd = e
+        .header("Content-Disposition")
         .unwrap_or_default()
         .to_ascii_lowercase();
     ct.contains("application/ms-tnef") || ct.contains("winmail.dat") || cd.contains("winmail.dat")
 }
 
-fn decode_body(hdrs: &[u8], body: &[u8]) -> Vec<u8> {
-    let cte = headers::get(hdrs, "Content-Transfer-Encoding")
+fn decode_body(e: &Message<'_>) -> Vec<u8> {
+    let cte = e
+        .header("Content-Transfer-Encoding")
         .unwrap_or_default()
         .to_ascii_lowercase();
     match cte.trim() {
-        "base64" => crate::encode::base64_decode(body).unwrap_or_default(),
-        "quoted-printable" => crate::encode::quoted_printable_decode(body),
-        _ => body.to_vec(),
+        "base64" => crate::encode::base64_decode(e.body()).unwrap_or_default(),
+        "quoted-printable" => crate::encode::quoted_printable_decode(e.body()),
+        _ => e.body().to_vec(),
     }
 }
 
 /// Rewrites TNEF parts of a multipart message's top level (where Outlook
 /// puts them). Returns `None` when there was nothing to change. Parts that
 /// fail to parse are left as they are (with the error in the result).
-pub fn convert_message(msg: &[u8], mode: TnefMode) -> (Option<Vec<u8>>, Vec<TnefError>) {
+pub(crate) fn convert_message(
+    msg: &Message<'_>,
+    mode: TnefMode,
+) -> (Option<Vec<u8>>, Vec<TnefError>) {
     if mode == TnefMode::Leave {
         return (None, vec![]);
     }
-    let (hdrs, body) = headers::split(msg);
-    let Some(boundary) = multipart_boundary(hdrs) else {
+    let Some(boundary) = multipart_boundary(msg) else {
         return (None, vec![]);
     };
-    let Some(m) = Multipart::split(body, boundary.as_bytes()) else {
+    let Some(m) = Multipart::split(msg.body(), boundary.as_bytes()) else {
         return (None, Vec::new());
     };
-    let parts = &m.parts;
     let mut errors = Vec::new();
     let mut new_parts: Vec<Vec<u8>> = Vec::new();
     let mut changed = false;
-    for part in parts {
-        let (ph, pb) = headers::split(part);
-        if !is_tnef(ph) {
+    for part in &m.parts {
+        let p = Message::parse(part);
+        if !is_tnef(&p) {
             new_parts.push(part.to_vec());
             continue;
         }
@@ -316,7 +331,7 @@ pub fn convert_message(msg: &[u8], mode: TnefMode) -> (Option<Vec<u8>>, Vec<Tnef
             changed = true;
             continue;
         }
-        match parse(&decode_body(ph, pb)) {
+        match parse(&decode_body(&p)) {
             Ok(t) => {
                 changed = true;
                 // A part ends where its delimiter's CRLF begins.
@@ -336,7 +351,7 @@ pub fn convert_message(msg: &[u8], mode: TnefMode) -> (Option<Vec<u8>>, Vec<Tnef
     if !changed {
         return (None, errors);
     }
-    let mut out = hdrs.to_vec();
+    let mut out = msg.header_section().to_vec();
     out.extend_from_slice(b"\r\n");
     m.write(&boundary, &new_parts, &mut out);
     (Some(out), errors)
@@ -477,7 +492,8 @@ mod tests {
             "From: a@x.test\r\nContent-Type: multipart/mixed; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--B\r\nContent-Type: application/ms-tnef; name=\"winmail.dat\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}--B--\r\n",
             String::from_utf8(base64_lines(&tnef)).unwrap()
         );
-        let (out, errs) = convert_message(msg.as_bytes(), TnefMode::Convert);
+        let view = Message::parse(msg.as_bytes());
+        let (out, errs) = convert_message(&view, TnefMode::Convert);
         assert!(errs.is_empty());
         let out = String::from_utf8(out.unwrap()).unwrap();
         assert!(!out.contains("ms-tnef"));
@@ -486,13 +502,11 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("see attached"));
-        let (stripped, _) = convert_message(msg.as_bytes(), TnefMode::Strip);
+        let (stripped, _) = convert_message(&view, TnefMode::Strip);
         let stripped = String::from_utf8(stripped.unwrap()).unwrap();
         assert!(!stripped.contains("ms-tnef") && !stripped.contains("Bericht"));
-        assert_eq!(convert_message(msg.as_bytes(), TnefMode::Leave).0, None);
-        assert_eq!(
-            convert_message(b"Subject: x\r\n\r\nno mime\r\n", TnefMode::Convert).0,
-            None
-        );
+        assert_eq!(convert_message(&view, TnefMode::Leave).0, None);
+        let plain = Message::parse(b"Subject: x\r\n\r\nno mime\r\n");
+        assert_eq!(convert_message(&plain, TnefMode::Convert).0, None);
     }
 }

@@ -3,8 +3,7 @@
 //! `UPDATE_GOLDEN=1 cargo test -p postern-convert --test golden` rewrites the
 //! expected files after a deliberate change; review the diff.
 
-use postern_convert::outbound::{process, OutboundPolicy};
-use postern_convert::tnef::TnefMode;
+use postern_convert::{convert_outbound, Message, OutboundPolicy, TnefMode};
 use std::path::Path;
 
 fn policy() -> OutboundPolicy {
@@ -32,7 +31,8 @@ fn golden_files() {
         };
         n += 1;
         let input = std::fs::read(&path).unwrap();
-        let out = process(&input, &["far.test".into()], &policy(), 0, "golden").unwrap();
+        let view = Message::parse(&input);
+        let out = convert_outbound(&view, &["far.test".into()], &policy(), 0, "golden").unwrap();
         let expected_path = dir.join(format!("{stem}.out.eml"));
         if std::env::var("UPDATE_GOLDEN").is_ok() {
             std::fs::write(&expected_path, &out.body).unwrap();

@@ -3,8 +3,9 @@
 //! cleanly and converts again). Deterministic pseudo-random cases, so a
 //! failure reproduces; `cargo test` runs 3,000 of them.
 
-use postern_convert::outbound::{process, OutboundPolicy};
-use postern_convert::{downgrade, inspect, tnef, ContentLimits};
+use postern_convert::{
+    convert_outbound, inspect, tnef, to_seven_bit, ContentLimits, Message, OutboundPolicy,
+};
 
 struct Rng(u64);
 
@@ -66,8 +67,8 @@ fn converter_never_panics_and_output_reparses() {
             mutate(&mut rng)
         };
         let _ = tnef::parse(&input);
-        if let Ok(out) = process(&input, &[], &policy, 0, "t") {
-            let re = inspect(&out.body, &lim);
+        if let Ok(out) = convert_outbound(&Message::parse(&input), &[], &policy, 0, "t") {
+            let re = inspect(&Message::parse(&out.body), &lim);
             assert!(
                 re.is_ok(),
                 "case {case}: output does not reparse: {re:?}\nIN {:?}\nOUT {:?}",
@@ -75,19 +76,19 @@ fn converter_never_panics_and_output_reparses() {
                 String::from_utf8_lossy(&out.body)
             );
             assert!(
-                process(&out.body, &[], &policy, 0, "t").is_ok(),
+                convert_outbound(&Message::parse(&out.body), &[], &policy, 0, "t").is_ok(),
                 "case {case}"
             );
         }
-        let valid = inspect(&input, &lim).is_ok();
-        if let (Ok(seven), true) = (downgrade::to_seven_bit(&input, &lim), valid) {
+        let valid = inspect(&Message::parse(&input), &lim).is_ok();
+        if let (Ok(seven), true) = (to_seven_bit(&input, &lim), valid) {
             assert!(
                 seven.is_ascii(),
                 "case {case}: downgrade left 8-bit data\nIN {:?}\nOUT {:?}",
                 String::from_utf8_lossy(&input),
                 String::from_utf8_lossy(&seven)
             );
-            let re = inspect(&seven, &lim);
+            let re = inspect(&Message::parse(&seven), &lim);
             assert!(
                 re.is_ok(),
                 "case {case}: downgraded output does not reparse: {re:?}\nIN {:?}\nOUT {:?}",

@@ -6,32 +6,43 @@
 //! transaction. A connection-level failure moves on to the next address; an
 //! answer from a server is final for this attempt. A global semaphore bounds
 //! attempts in flight and a per-destination semaphore bounds the connections
-//! to one domain. Used connections go back to the [`Pool`].
+//! to one domain. Used connections go back to the [`Pool`]. A failure before
+//! any server answered (no route, DNS, every address unreachable, shutdown)
+//! is one reason for every recipient of the domain: permanent when 5xx.
 
-use crate::nexthop::{next_hops, HopLimits, Routes};
+use crate::nexthop::{next_hops, Hop, HopLimits, Routes};
 use crate::pool::Pool;
 use crate::resolve::Resolver;
-use crate::smtp::{self, ClientParams, Conn, Downgrade, Message};
+use crate::smtp::{self, mail_dsn_params, rcpt_dsn_params, ClientParams, Conn, Downgrade, Message};
 use postern_core::config::{DeliveryConfig, Route};
 use postern_core::{Address, Envelope, Outcome, Reason};
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// Concurrency limits.
-#[derive(Debug, Clone, Copy)]
-pub struct DeliveryLimits {
-    pub max_concurrency: usize,
-    pub max_per_destination: usize,
-}
+/// Observer of new outbound connections (metrics): called with `true` when
+/// STARTTLS was negotiated.
+pub type ConnectHook = Arc<dyn Fn(bool) + Send + Sync>;
 
+/// Delivers messages to their next hops: routes and DNS (through `R`),
+/// pooled SMTP connections, a global and a per-destination concurrency
+/// limit.
 pub struct Deliverer<R: Resolver> {
+    /// Static routes, tried before DNS.
     routes: Routes,
+    /// MX and address lookups.
     resolver: R,
+    /// Port, MX hosts and addresses per host to try.
     hop_limits: HopLimits,
+    /// EHLO name, timeouts, STARTTLS.
     client: ClientParams,
+    /// Idle connections kept for reuse.
     pool: Pool,
-    limits: DeliveryLimits,
+    /// Permits of each destination's semaphore; a destination whose
+    /// semaphore has them all (and no holder) is forgotten.
+    max_per_destination: usize,
     /// Bounds delivery attempts in flight across all destinations.
     global: Semaphore,
     /// Bounds connections per destination domain; entries are created on
@@ -43,10 +54,9 @@ pub struct Deliverer<R: Resolver> {
     on_connect: Option<ConnectHook>,
 }
 
-/// Observer of new outbound connections (metrics).
-pub type ConnectHook = Arc<dyn Fn(bool) + Send + Sync>;
-
 impl<R: Resolver> Deliverer<R> {
+    /// A deliverer on `cfg` and `routes`, saying `helo` in EHLO, asking
+    /// `resolver`, converting with `downgrade` for hops without 8BITMIME.
     pub fn new(
         cfg: &DeliveryConfig,
         routes: &[Route],
@@ -69,10 +79,7 @@ impl<R: Resolver> Deliverer<R> {
                 starttls: cfg.starttls,
             },
             pool: Pool::new(cfg.idle_timeout.0, cfg.max_messages_per_connection),
-            limits: DeliveryLimits {
-                max_concurrency: cfg.max_concurrency,
-                max_per_destination: cfg.max_per_destination,
-            },
+            max_per_destination: cfg.max_per_destination,
             global: Semaphore::new(cfg.max_concurrency),
             per_dest: Mutex::new(HashMap::new()),
             downgrade,
@@ -86,14 +93,10 @@ impl<R: Resolver> Deliverer<R> {
         self
     }
 
-    pub fn limits(&self) -> DeliveryLimits {
-        self.limits
-    }
-
     fn dest_slot(&self, domain: &str) -> Arc<Semaphore> {
         let mut map = self.per_dest.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(domain.to_string())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.limits.max_per_destination)))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_destination)))
             .clone()
     }
 
@@ -101,14 +104,10 @@ impl<R: Resolver> Deliverer<R> {
     /// destinations. Call periodically.
     pub async fn housekeeping(&self) {
         for c in self.pool.expired() {
-            c.quit(
-                self.client
-                    .command_timeout
-                    .min(std::time::Duration::from_secs(5)),
-            )
-            .await;
+            c.quit(self.client.command_timeout.min(Duration::from_secs(5)))
+                .await;
         }
-        let max = self.limits.max_per_destination;
+        let max = self.max_per_destination;
         self.per_dest
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -132,14 +131,7 @@ impl<R: Resolver> Deliverer<R> {
                 .iter()
                 .map(|i| {
                     let r = &env.recipients[*i];
-                    let mut p = String::new();
-                    if let Some(n) = &r.notify {
-                        p.push_str(&format!(" NOTIFY={n}"));
-                    }
-                    if let Some(o) = &r.orcpt {
-                        p.push_str(&format!(" ORCPT={o}"));
-                    }
-                    p
+                    rcpt_dsn_params(r.notify.as_deref(), r.orcpt.as_deref())
                 })
                 .collect();
             let outcomes = self.deliver_domain(domain, env, &rcpts, &dsn, body).await;
@@ -156,46 +148,36 @@ impl<R: Resolver> Deliverer<R> {
         dsn_rcpt: &[String],
         body: &[u8],
     ) -> Vec<Outcome> {
-        let all = |r: Reason| {
-            let o = if r.code >= 500 {
-                Outcome::Permanent(r)
-            } else {
-                Outcome::Temporary(r)
-            };
-            vec![o; rcpts.len()]
-        };
+        let shutting_down = || Reason::local(451, "4.3.0", "delivery is shutting down");
         let Ok(_global) = self.global.acquire().await else {
-            return all(Reason::local(451, "4.3.0", "delivery is shutting down"));
+            return for_all(shutting_down(), rcpts.len());
         };
         let slot = self.dest_slot(domain);
         let Ok(_dest) = slot.acquire().await else {
-            return all(Reason::local(451, "4.3.0", "delivery is shutting down"));
+            return for_all(shutting_down(), rcpts.len());
         };
         let hops = match next_hops(domain, &self.routes, &self.resolver, &self.hop_limits).await {
             Ok(h) => h,
-            Err(r) => return all(r),
+            Err(r) => return for_all(r, rcpts.len()),
         };
         let msg = Message {
             sender: env.sender.as_ref(),
             recipients: rcpts,
             body,
             eight_bit: env.eight_bit,
-            downgrade: &*self.downgrade,
             smtputf8: env.smtputf8,
-            dsn_mail: {
-                let mut p = String::new();
-                if env.dsn_ret_full {
-                    p.push_str(" RET=FULL");
-                }
-                if let Some(e) = &env.dsn_envid {
-                    p.push_str(&format!(" ENVID={e}"));
-                }
-                p
-            },
+            dsn_mail: mail_dsn_params(env.dsn_ret_full, env.dsn_envid.as_deref()),
             dsn_rcpt,
         };
+        self.try_hops(domain, &hops, &msg).await
+    }
+
+    /// Tries every address of every hop in order until one answers the
+    /// transaction; the last failure otherwise.
+    async fn try_hops(&self, domain: &str, hops: &[Hop], msg: &Message<'_>) -> Vec<Outcome> {
+        let timeout = self.client.command_timeout;
         let mut last = Reason::local(451, "4.4.1", format!("no next hop answered for {domain}"));
-        for hop in &hops {
+        for hop in hops {
             for addr in &hop.addrs {
                 let mut conn = match self.checkout(&hop.name, *addr).await {
                     Ok(c) => c,
@@ -204,10 +186,10 @@ impl<R: Resolver> Deliverer<R> {
                         continue;
                     }
                 };
-                match smtp::transact(&mut conn, &msg, self.client.command_timeout).await {
+                match smtp::transact(&mut conn, msg, &*self.downgrade, timeout).await {
                     Ok(outcomes) => {
                         if let Some(c) = self.pool.put(conn) {
-                            c.quit(self.client.command_timeout).await;
+                            c.quit(timeout).await;
                         }
                         return outcomes;
                     }
@@ -215,15 +197,15 @@ impl<R: Resolver> Deliverer<R> {
                 }
             }
         }
-        all(last)
+        for_all(last, msg.recipients.len())
     }
 
     /// A pooled connection that still answers RSET, or a new one.
-    async fn checkout(&self, host: &str, addr: std::net::SocketAddr) -> Result<Conn, Reason> {
+    async fn checkout(&self, host: &str, addr: SocketAddr) -> Result<Conn, Reason> {
         while let Some(mut c) = self.pool.take(addr) {
             // A connection used moments ago is alive; an older one must
             // prove it with RSET (the server may have timed it out).
-            if c.idle_since.elapsed() < std::time::Duration::from_secs(2)
+            if c.idle_since.elapsed() < Duration::from_secs(2)
                 || c.reset(self.client.command_timeout).await
             {
                 return Ok(c);
@@ -235,8 +217,28 @@ impl<R: Resolver> Deliverer<R> {
         }
         Ok(conn)
     }
+}
 
-    pub fn idle_connections(&self) -> usize {
-        self.pool.idle_count()
+/// One failure for every recipient: permanent when its code is 5xx.
+fn for_all(r: Reason, n: usize) -> Vec<Outcome> {
+    let o = if r.code >= 500 {
+        Outcome::Permanent(r)
+    } else {
+        Outcome::Temporary(r)
+    };
+    vec![o; n]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_failure_for_every_recipient() {
+        let temp = Reason::local(451, "4.4.3", "MX lookup failed");
+        assert_eq!(for_all(temp.clone(), 2), vec![Outcome::Temporary(temp); 2]);
+        let perm = Reason::local(556, "5.1.10", "null MX");
+        assert_eq!(for_all(perm.clone(), 1), vec![Outcome::Permanent(perm)]);
+        assert!(for_all(Reason::local(451, "4.3.0", "x"), 0).is_empty());
     }
 }

@@ -1,24 +1,35 @@
-//! Postern's outbound delivery.
+//! Postern's outbound delivery: from a message's pending recipients to a
+//! typed outcome per recipient (delivered, relayed, temporary, permanent).
 //!
-//! - [`resolve`]: the [`Resolver`] trait (MX and address lookups) and
-//!   [`HickoryResolver`], its production implementation;
-//! - [`nexthop`]: from a recipient domain to an ordered list of hops: static
-//!   routes first, then MX (preference order, random within a preference,
-//!   at most `max_mx_hosts`), implicit MX, null MX;
-//! - [`smtp`]: one SMTP transaction on a lettre connection, with a typed
-//!   [`Outcome`](postern_core::Outcome) per recipient;
-//! - [`pool`]: idle connections kept per next-hop address for reuse;
-//! - [`deliverer`]: [`Deliverer`], which ties them together with a global and
-//!   a per-destination concurrency limit.
+//! The whole public API:
+//! - [`Deliverer`] ties it together: per recipient domain, the next hops, a
+//!   pooled or new connection and one SMTP transaction, under a global and a
+//!   per-destination concurrency limit; [`ConnectHook`] observes new
+//!   connections (metrics).
+//! - [`Resolver`] is the DNS it asks ([`MxRecord`], [`DnsError`],
+//!   [`TemporaryDns`], [`ResolverFailure`]); [`HickoryResolver`], built from
+//!   a [`DnsConfig`] (or failing with a [`ResolverBuildError`]), is the
+//!   production one.
+//! - [`Downgrade`] is the 8-bit to 7-bit conversion the binary provides for
+//!   hops without 8BITMIME; it fails with a [`DowngradeError`].
 //!
-//! No hickory or lettre type appears in this crate's public API.
+//! Inside, private: `nexthop` (static routes, address literals, MX order,
+//! implicit and null MX), `smtp` (the I/O shell over lettre) with its pure
+//! halves `smtp::plan` (the transaction plan) and `smtp::reply` (reply
+//! classification), both table-tested, and `pool` (idle connections). No
+//! hickory or lettre type appears in the public API.
 
-pub mod deliverer;
-pub mod nexthop;
-pub mod pool;
-pub mod resolve;
-pub mod smtp;
+#![warn(missing_docs)]
 
-pub use deliverer::{Deliverer, DeliveryLimits};
-pub use nexthop::{Hop, Routes};
-pub use resolve::{DnsError, HickoryResolver, MxRecord, Resolver};
+mod deliverer;
+mod nexthop;
+mod pool;
+mod resolve;
+mod smtp;
+
+pub use deliverer::{ConnectHook, Deliverer};
+pub use resolve::{
+    DnsConfig, DnsError, HickoryResolver, MxRecord, Resolver, ResolverBuildError, ResolverFailure,
+    TemporaryDns,
+};
+pub use smtp::{Downgrade, DowngradeError};

@@ -7,7 +7,7 @@
 //! means the domain itself is the implicit MX (RFC 5321 5.1). Failures come
 //! back as a ready [`Reason`] with a temporary or permanent verdict.
 
-use crate::resolve::{DnsError, Resolver};
+use crate::resolve::{DnsError, MxRecord, Resolver};
 use postern_core::config::{split_host_port, Route};
 use postern_core::Reason;
 use rand::seq::SliceRandom;
@@ -16,22 +16,24 @@ use std::net::{IpAddr, SocketAddr};
 
 /// One host to try, with its addresses in the order to try them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hop {
+pub(crate) struct Hop {
     /// Host name (for TLS SNI, logs and DSNs) or the IP literal.
-    pub name: String,
-    pub addrs: Vec<SocketAddr>,
+    pub(crate) name: String,
+    /// Its addresses with the port, in the order to try them.
+    pub(crate) addrs: Vec<SocketAddr>,
 }
 
 /// Static routes by domain, `"*"` for the smart host.
 #[derive(Debug, Clone, Default)]
-pub struct Routes {
+pub(crate) struct Routes {
+    /// Lower-cased domain (or `"*"`) to its hosts and ports, in route order.
     by_domain: HashMap<String, Vec<(String, u16)>>,
 }
 
 impl Routes {
     /// Builds the table; invalid hosts are skipped (config validation
     /// reports them before we get here).
-    pub fn new(routes: &[Route], default_port: u16) -> Routes {
+    pub(crate) fn new(routes: &[Route], default_port: u16) -> Routes {
         let mut by_domain = HashMap::new();
         for r in routes {
             let hosts = r
@@ -45,7 +47,7 @@ impl Routes {
     }
 
     /// The route for `domain`, exact match first, then `"*"`.
-    pub fn lookup(&self, domain: &str) -> Option<&[(String, u16)]> {
+    pub(crate) fn lookup(&self, domain: &str) -> Option<&[(String, u16)]> {
         self.by_domain
             .get(domain)
             .or_else(|| self.by_domain.get("*"))
@@ -55,10 +57,13 @@ impl Routes {
 
 /// What next-hop resolution needs from configuration.
 #[derive(Debug, Clone)]
-pub struct HopLimits {
-    pub port: u16,
-    pub max_mx_hosts: usize,
-    pub max_addresses_per_host: usize,
+pub(crate) struct HopLimits {
+    /// SMTP port of MX hosts, the implicit MX and address literals.
+    pub(crate) port: u16,
+    /// MX hosts tried per destination per attempt.
+    pub(crate) max_mx_hosts: usize,
+    /// Addresses tried per host (at least one).
+    pub(crate) max_addresses_per_host: usize,
 }
 
 fn temp(text: String) -> Reason {
@@ -70,38 +75,18 @@ fn perm(code: u16, status: &str, text: String) -> Reason {
 }
 
 /// Resolves the hops for `domain`. `Err` carries the failure for every
-/// recipient of the domain: `Ok(reason)` side is permanent when the reason
-/// code is 5xx.
-pub async fn next_hops<R: Resolver>(
+/// recipient of the domain: permanent when its code is 5xx.
+pub(crate) async fn next_hops<R: Resolver>(
     domain: &str,
     routes: &Routes,
     resolver: &R,
     lim: &HopLimits,
 ) -> Result<Vec<Hop>, Reason> {
     if let Some(hosts) = routes.lookup(domain) {
-        let mut hops = Vec::new();
-        let mut last = None;
-        for (host, port) in hosts {
-            match host_addrs(host, *port, resolver, lim).await {
-                Ok(h) => hops.push(h),
-                Err(e) => last = Some(e),
-            }
-        }
-        return match (hops.is_empty(), last) {
-            (true, Some(e)) => Err(temp(format!("route for {domain}: {e}"))),
-            (true, None) => Err(temp(format!("route for {domain} has no hosts"))),
-            (false, _) => Ok(hops),
-        };
+        return route_hops(domain, hosts, resolver, lim).await;
     }
     if let Some(lit) = domain.strip_prefix('[').and_then(|d| d.strip_suffix(']')) {
-        let ip: IpAddr = lit
-            .trim_start_matches("IPv6:")
-            .parse()
-            .map_err(|_| perm(550, "5.1.2", format!("bad address literal {domain}")))?;
-        return Ok(vec![Hop {
-            name: ip.to_string(),
-            addrs: vec![SocketAddr::new(ip, lim.port)],
-        }]);
+        return literal_hop(domain, lit, lim.port);
     }
     let mx = match resolver.mx(domain).await {
         Ok(mx) => mx,
@@ -126,21 +111,74 @@ pub async fn next_hops<R: Resolver>(
         ));
     }
     if mx.is_empty() {
-        // Implicit MX: the domain itself.
-        return match host_addrs(domain, lim.port, resolver, lim).await {
-            Ok(h) => Ok(vec![h]),
-            Err(DnsError::NxDomain) | Err(DnsError::NoData) => Err(perm(
-                550,
-                "5.1.2",
-                format!("{domain} has no MX and no address records"),
-            )),
-            Err(DnsError::Temporary(e)) => Err(temp(format!("address lookup for {domain}: {e}"))),
-        };
+        return implicit_mx(domain, resolver, lim).await;
     }
-    let ordered = order_mx(mx, lim.max_mx_hosts);
+    mx_hops(domain, mx, resolver, lim).await
+}
+
+/// The hops of a static route: every host that resolves, in route order.
+async fn route_hops<R: Resolver>(
+    domain: &str,
+    hosts: &[(String, u16)],
+    resolver: &R,
+    lim: &HopLimits,
+) -> Result<Vec<Hop>, Reason> {
     let mut hops = Vec::new();
     let mut last = None;
-    for host in ordered {
+    for (host, port) in hosts {
+        match host_addrs(host, *port, resolver, lim).await {
+            Ok(h) => hops.push(h),
+            Err(e) => last = Some(e),
+        }
+    }
+    match (hops.is_empty(), last) {
+        (true, Some(e)) => Err(temp(format!("route for {domain}: {e}"))),
+        (true, None) => Err(temp(format!("route for {domain} has no hosts"))),
+        (false, _) => Ok(hops),
+    }
+}
+
+/// An address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`): one hop, no
+/// DNS.
+fn literal_hop(domain: &str, lit: &str, port: u16) -> Result<Vec<Hop>, Reason> {
+    let ip: IpAddr = lit
+        .trim_start_matches("IPv6:")
+        .parse()
+        .map_err(|_| perm(550, "5.1.2", format!("bad address literal {domain}")))?;
+    Ok(vec![Hop {
+        name: ip.to_string(),
+        addrs: vec![SocketAddr::new(ip, port)],
+    }])
+}
+
+/// No MX records: the domain itself is the implicit MX (RFC 5321 5.1).
+async fn implicit_mx<R: Resolver>(
+    domain: &str,
+    resolver: &R,
+    lim: &HopLimits,
+) -> Result<Vec<Hop>, Reason> {
+    match host_addrs(domain, lim.port, resolver, lim).await {
+        Ok(h) => Ok(vec![h]),
+        Err(DnsError::NxDomain) | Err(DnsError::NoData) => Err(perm(
+            550,
+            "5.1.2",
+            format!("{domain} has no MX and no address records"),
+        )),
+        Err(DnsError::Temporary(e)) => Err(temp(format!("address lookup for {domain}: {e}"))),
+    }
+}
+
+/// The MX hosts in [`order_mx`] order, each with its addresses; hosts
+/// without addresses are skipped, and none left is a temporary failure.
+async fn mx_hops<R: Resolver>(
+    domain: &str,
+    mx: Vec<MxRecord>,
+    resolver: &R,
+    lim: &HopLimits,
+) -> Result<Vec<Hop>, Reason> {
+    let mut hops = Vec::new();
+    let mut last = None;
+    for host in order_mx(mx, lim.max_mx_hosts) {
         match host_addrs(&host, lim.port, resolver, lim).await {
             Ok(h) => hops.push(h),
             Err(e) => last = Some(format!("{host}: {e}")),
@@ -157,7 +195,7 @@ pub async fn next_hops<R: Resolver>(
 
 /// Preference order, shuffled within one preference, at most `max` hosts,
 /// each host once.
-pub fn order_mx(mut mx: Vec<crate::MxRecord>, max: usize) -> Vec<String> {
+pub(crate) fn order_mx(mut mx: Vec<MxRecord>, max: usize) -> Vec<String> {
     let mut rng = rand::rng();
     mx.shuffle(&mut rng);
     mx.sort_by_key(|m| m.preference); // stable: keeps the shuffle within a preference
@@ -173,6 +211,8 @@ pub fn order_mx(mut mx: Vec<crate::MxRecord>, max: usize) -> Vec<String> {
     out
 }
 
+/// The addresses of one host (an IP address is its own), at most
+/// `max_addresses_per_host` of them; none is [`DnsError::NoData`].
 async fn host_addrs<R: Resolver>(
     host: &str,
     port: u16,
@@ -202,7 +242,7 @@ async fn host_addrs<R: Resolver>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MxRecord;
+    use crate::resolve::TemporaryDns;
     use std::collections::HashMap;
 
     /// A resolver answering from a fixed table: the test double.
@@ -270,7 +310,7 @@ mod tests {
         t.a.insert("implicit.test".into(), vec!["127.0.0.2".parse().unwrap()]);
         t.mx.insert(
             "flaky.test".into(),
-            Err(DnsError::Temporary("timeout".into())),
+            Err(DnsError::Temporary(TemporaryDns::Other("timeout".into()))),
         );
         let r = next_hops("null.test", &Routes::default(), &t, &lim())
             .await
@@ -288,6 +328,29 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(r.code, 451);
+    }
+
+    #[tokio::test]
+    async fn address_literals_need_no_dns() {
+        let t = Table::default();
+        let routes = Routes::default();
+        let cases: [(&str, Result<&str, u16>); 4] = [
+            ("[127.0.0.3]", Ok("127.0.0.3:25")),
+            ("[IPv6:::1]", Ok("[::1]:25")),
+            ("[not.an.ip]", Err(550)),
+            ("[IPv6:nonsense]", Err(550)),
+        ];
+        for (domain, want) in cases {
+            let got = next_hops(domain, &routes, &t, &lim()).await;
+            match want {
+                Ok(addr) => {
+                    let hops = got.unwrap();
+                    assert_eq!(hops.len(), 1, "{domain}");
+                    assert_eq!(hops[0].addrs, vec![addr.parse().unwrap()], "{domain}");
+                }
+                Err(code) => assert_eq!(got.unwrap_err().code, code, "{domain}"),
+            }
+        }
     }
 
     #[test]

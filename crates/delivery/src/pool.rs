@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub struct Pool {
+/// Idle connections by next-hop address.
+pub(crate) struct Pool {
     /// Idle connections by address, most recently returned last.
     idle: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
     /// How long an idle connection is kept.
@@ -23,7 +24,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(idle_timeout: Duration, max_uses: usize) -> Pool {
+    /// An empty pool.
+    pub(crate) fn new(idle_timeout: Duration, max_uses: usize) -> Pool {
         Pool {
             idle: Mutex::new(HashMap::new()),
             idle_timeout,
@@ -36,7 +38,9 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn take(&self, addr: SocketAddr) -> Option<Conn> {
+    /// The most recently returned connection to `addr` that is not past
+    /// its idle timeout (older ones are dropped).
+    pub(crate) fn take(&self, addr: SocketAddr) -> Option<Conn> {
         let mut idle = self.lock();
         let list = idle.get_mut(&addr)?;
         while let Some(c) = list.pop() {
@@ -48,7 +52,7 @@ impl Pool {
     }
 
     /// Keeps `conn` for reuse, or hands it back when it should be closed.
-    pub fn put(&self, mut conn: Conn) -> Option<Conn> {
+    pub(crate) fn put(&self, mut conn: Conn) -> Option<Conn> {
         if conn.uses >= self.max_uses || !conn.is_usable() {
             return Some(conn);
         }
@@ -58,7 +62,7 @@ impl Pool {
     }
 
     /// Removes and returns connections idle too long.
-    pub fn expired(&self) -> Vec<Conn> {
+    pub(crate) fn expired(&self) -> Vec<Conn> {
         let mut out = Vec::new();
         let mut idle = self.lock();
         for list in idle.values_mut() {
@@ -70,9 +74,5 @@ impl Pool {
         }
         idle.retain(|_, l| !l.is_empty());
         out
-    }
-
-    pub fn idle_count(&self) -> usize {
-        self.lock().values().map(|l| l.len()).sum()
     }
 }

@@ -3,30 +3,36 @@
 //! [`Resolver`] answers the two questions delivery asks: the MX records of a
 //! domain and the addresses of a host. [`DnsError`] separates "no such
 //! records" (which can make a failure permanent) from everything else
-//! (timeouts, SERVFAIL, malformed answers: temporary). [`HickoryResolver`]
-//! uses hickory-resolver over UDP with TCP fallback for truncated answers, so
-//! answers of any legal size work (the IMS died on one over 1,500 bytes).
+//! (timeouts, SERVFAIL, malformed answers: temporary, [`TemporaryDns`], with
+//! the resolver's own error kept as its source).
+//!
+//! [`HickoryResolver`] is the production implementation, built from a
+//! [`DnsConfig`] by `postern-dns` (the resolver inbound authentication uses
+//! too): hickory-resolver over UDP with TCP fallback for truncated answers, so answers of any legal size work (the IMS died on one over
+//! 1,500 bytes). Building it fails with a [`ResolverBuildError`] when the
+//! system configuration cannot be read. No hickory type leaves this file:
+//! its errors travel inside the opaque [`ResolverFailure`].
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
+pub use postern_dns::DnsConfig;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 /// One MX record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MxRecord {
+    /// Lower preferences are tried first (RFC 5321 5.1).
     pub preference: u16,
     /// Exchange host name without the trailing dot; "" or "." for null MX.
     pub exchange: String,
 }
 
 /// Why a lookup gave no usable answer.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DnsError {
     /// The name does not exist (NXDOMAIN).
     #[error("domain does not exist")]
@@ -36,74 +42,92 @@ pub enum DnsError {
     NoData,
     /// Anything else: timeout, SERVFAIL, refused, malformed answer.
     #[error("temporary DNS failure: {0}")]
-    Temporary(String),
+    Temporary(#[source] TemporaryDns),
 }
 
-/// The DNS questions delivery asks.
+/// What a temporary DNS failure was.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TemporaryDns {
+    /// The server answered with an error response code.
+    #[error("server answered {code}")]
+    Answered {
+        /// The response code as the resolver names it (SERVFAIL, REFUSED...).
+        code: String,
+        /// The resolver's error that carried the answer.
+        source: ResolverFailure,
+    },
+    /// The lookup itself failed: timeout, network error, malformed answer.
+    #[error(transparent)]
+    Lookup(ResolverFailure),
+    /// A failure described in words by a [`Resolver`] other than
+    /// [`HickoryResolver`] (a wrapper or a test double).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The resolver library's own error, kept as a source. Opaque: its type is
+/// not part of this crate's API; its text and source chain are.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct ResolverFailure(Arc<NetError>);
+
+/// Why [`HickoryResolver::new`] could not build a resolver.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverBuildError {
+    /// The system configuration (/etc/resolv.conf) could not be read.
+    #[error("system resolver: {0}")]
+    SystemConfig(#[source] ResolverFailure),
+    /// The resolver could not be built from its configuration.
+    #[error("resolver: {0}")]
+    Build(#[source] ResolverFailure),
+}
+
+/// The DNS questions delivery asks: [`HickoryResolver`] in production, a
+/// table in tests.
 pub trait Resolver: Send + Sync + 'static {
+    /// The MX records of `domain`, in no particular order.
     fn mx(&self, domain: &str) -> impl Future<Output = Result<Vec<MxRecord>, DnsError>> + Send;
+    /// The addresses of `host`, in the order to try them.
     fn addrs(&self, host: &str) -> impl Future<Output = Result<Vec<IpAddr>, DnsError>> + Send;
 }
 
-/// hickory-resolver, on the system configuration or given nameservers.
+/// The production [`Resolver`]: hickory-resolver on a [`DnsConfig`], with
+/// no hosts file, no search list (names are fully qualified) and two
+/// attempts per question.
 pub struct HickoryResolver {
     inner: TokioResolver,
 }
 
 impl HickoryResolver {
-    /// `nameservers` empty: the system resolver (/etc/resolv.conf).
-    pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Self, DnsError> {
-        Ok(HickoryResolver {
-            inner: tokio_resolver(nameservers, timeout)?,
-        })
+    /// Builds the resolver. Call inside a tokio runtime.
+    pub fn new(config: &DnsConfig) -> Result<Self, ResolverBuildError> {
+        let failure = |e| ResolverFailure(Arc::new(e));
+        let inner = postern_dns::build(config).map_err(|e| match e {
+            postern_dns::BuildError::SystemConfig(e) => {
+                ResolverBuildError::SystemConfig(failure(e))
+            }
+            postern_dns::BuildError::Build(e) => ResolverBuildError::Build(failure(e)),
+        })?;
+        Ok(HickoryResolver { inner })
     }
 }
 
-/// A hickory resolver on the given nameservers (UDP with TCP fallback) or
-/// the system configuration. Call inside a tokio runtime.
-pub fn tokio_resolver(
-    nameservers: &[SocketAddr],
-    timeout: Duration,
-) -> Result<TokioResolver, DnsError> {
-    let provider = TokioRuntimeProvider::default();
-    let mut builder = if nameservers.is_empty() {
-        TokioResolver::builder(provider)
-            .map_err(|e| DnsError::Temporary(format!("system resolver: {e}")))?
-    } else {
-        let servers = nameservers
-            .iter()
-            .map(|ns| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = ns.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = ns.port();
-                NameServerConfig::new(ns.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
-    };
-    let opts = builder.options_mut();
-    opts.timeout = timeout;
-    opts.attempts = 2;
-    opts.use_hosts_file = ResolveHosts::Never;
-    opts.ndots = 0;
-    builder
-        .build()
-        .map_err(|e| DnsError::Temporary(format!("resolver: {e}")))
-}
-
+/// Sorts a hickory error into ours, keeping it as the source.
 fn classify(e: NetError) -> DnsError {
-    match &e {
+    let answered = match &e {
         NetError::Dns(HickoryDnsError::NoRecordsFound(nr)) => match nr.response_code {
-            ResponseCode::NXDomain => DnsError::NxDomain,
-            ResponseCode::NoError => DnsError::NoData,
-            rc => DnsError::Temporary(format!("server answered {rc}")),
+            ResponseCode::NXDomain => return DnsError::NxDomain,
+            ResponseCode::NoError => return DnsError::NoData,
+            rc => Some(rc.to_string()),
         },
-        NetError::Dns(HickoryDnsError::ResponseCode(rc)) => {
-            DnsError::Temporary(format!("server answered {rc}"))
-        }
-        _ => DnsError::Temporary(e.to_string()),
-    }
+        NetError::Dns(HickoryDnsError::ResponseCode(rc)) => Some(rc.to_string()),
+        _ => None,
+    };
+    let source = ResolverFailure(Arc::new(e));
+    DnsError::Temporary(match answered {
+        Some(code) => TemporaryDns::Answered { code, source },
+        None => TemporaryDns::Lookup(source),
+    })
 }
 
 /// Fully qualifies a name so no search list applies.
@@ -138,5 +162,43 @@ impl Resolver for HickoryResolver {
     async fn addrs(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         let answer = self.inner.lookup_ip(fqdn(host)).await.map_err(classify)?;
         Ok(answer.iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn failures_keep_the_resolver_error_and_their_text() {
+        let e = classify(NetError::Timeout);
+        assert!(matches!(e, DnsError::Temporary(TemporaryDns::Lookup(_))));
+        assert_eq!(
+            e.to_string(),
+            format!("temporary DNS failure: {}", NetError::Timeout)
+        );
+        assert!(e.source().is_some());
+
+        let servfail = NetError::Dns(HickoryDnsError::ResponseCode(ResponseCode::ServFail));
+        let e = classify(servfail);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "temporary DNS failure: server answered {}",
+                ResponseCode::ServFail
+            )
+        );
+        let DnsError::Temporary(t) = &e else {
+            panic!("SERVFAIL is temporary: {e:?}");
+        };
+        assert!(matches!(t, TemporaryDns::Answered { .. }));
+        assert!(t.source().is_some());
+    }
+
+    #[test]
+    fn names_are_fully_qualified() {
+        assert_eq!(fqdn("example.test"), "example.test.");
+        assert_eq!(fqdn("example.test."), "example.test.");
     }
 }

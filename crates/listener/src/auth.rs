@@ -2,14 +2,17 @@
 //! encrypted sessions, against a users file of Argon2 password hashes.
 //!
 //! [`UserDb::load`] reads `user:$argon2id$...` lines (`#` comments; the
-//! file is re-read when it changes). [`UserDb::verify`] checks a password
-//! off the async runtime (Argon2 is deliberately slow). [`AuthLimiter`]
-//! counts failures per client IP and per user in ten-minute windows; past
-//! the limit, attempts are refused before any password is checked. The SASL
+//! file is re-read when it changes, and a reload that fails keeps the old
+//! users and is logged). [`UserDb::verify`] checks a password off the async
+//! runtime (Argon2 is deliberately slow). [`AuthLimiter`] counts failures per
+//! client IP and per user in ten-minute windows; past the limit, attempts are
+//! refused before any password is checked. [`hash_password`] makes a users
+//! file entry. Failures are [`AuthError`]s that keep their cause. The SASL
 //! decoding helpers are pure and tested below.
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use std::collections::HashMap;
+use std::error::Error;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -17,33 +20,88 @@ use std::time::{Duration, Instant, SystemTime};
 
 const WINDOW: Duration = Duration::from_secs(600);
 
+/// Why the users file cannot be used, or a password not hashed. The
+/// message names this layer; the cause is the `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The users file could not be read.
+    #[error("{}", .path.display())]
+    Read {
+        /// The users file.
+        path: PathBuf,
+        /// Why it could not be read.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A line is not `user:hash`.
+    #[error("{}:{}: expected user:hash", .path.display(), .line)]
+    Syntax {
+        /// The users file.
+        path: PathBuf,
+        /// The line, counted from 1.
+        line: usize,
+    },
+    /// A line's hash is not a password hash (PHC string format).
+    #[error("{}:{}: not a password hash", .path.display(), .line)]
+    NotAHash {
+        /// The users file.
+        path: PathBuf,
+        /// The line, counted from 1.
+        line: usize,
+        /// What the hash parser said.
+        #[source]
+        source: Box<dyn Error + Send + Sync>,
+    },
+    /// Hashing a new password failed.
+    #[error("cannot hash the password")]
+    Hash(#[source] Box<dyn Error + Send + Sync>),
+}
+
+/// The argon2 crate's error. It implements `std::error::Error` only with a
+/// crate feature we do not enable, so it is wrapped to serve as a source.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Argon2Error(argon2::password_hash::Error);
+
 /// Users and their password hashes, following the file.
 #[derive(Debug)]
 pub struct UserDb {
+    /// The users file, re-read when its modification time changes.
     path: PathBuf,
+    /// The users (name → PHC hash string) and the file's modification time
+    /// when they were read; a mutex because verifications run on blocking
+    /// threads and any of them may reload.
     state: Mutex<(HashMap<String, String>, Option<SystemTime>)>,
 }
 
-fn read_users(path: &Path) -> Result<HashMap<String, String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_users(path: &Path) -> Result<HashMap<String, String>, AuthError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut users = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (user, hash) = line
-            .split_once(':')
-            .ok_or_else(|| format!("{}:{}: expected user:hash", path.display(), i + 1))?;
-        PasswordHash::new(hash)
-            .map_err(|e| format!("{}:{}: not a password hash: {e}", path.display(), i + 1))?;
+        let (user, hash) = line.split_once(':').ok_or_else(|| AuthError::Syntax {
+            path: path.to_path_buf(),
+            line: i + 1,
+        })?;
+        PasswordHash::new(hash).map_err(|e| AuthError::NotAHash {
+            path: path.to_path_buf(),
+            line: i + 1,
+            source: Box::new(Argon2Error(e)),
+        })?;
         users.insert(user.to_string(), hash.to_string());
     }
     Ok(users)
 }
 
 impl UserDb {
-    pub fn load(path: &Path) -> Result<UserDb, String> {
+    /// Reads the users file at `path`; it is re-read when it changes.
+    pub fn load(path: &Path) -> Result<UserDb, AuthError> {
         let users = read_users(path)?;
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         Ok(UserDb {
@@ -60,16 +118,17 @@ impl UserDb {
         if mtime != st.1 {
             match read_users(&self.path) {
                 Ok(u) => *st = (u, mtime),
-                Err(e) => {
-                    tracing::error!(error = %e, "users file reload failed; keeping the old one")
-                }
+                Err(e) => tracing::error!(
+                    error = %crate::error_chain(&e),
+                    "users file reload failed; keeping the old one"
+                ),
             }
         }
         st.0.get(user).cloned()
     }
 
     /// True when `pass` is `user`'s password.
-    pub async fn verify(self: &Arc<Self>, user: String, pass: String) -> bool {
+    pub(crate) async fn verify(self: &Arc<Self>, user: String, pass: String) -> bool {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let Some(hash) = db.hash_of(&user) else {
@@ -88,24 +147,31 @@ impl UserDb {
 }
 
 /// An Argon2id hash of `password` for the users file.
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
     use argon2::password_hash::{PasswordHasher, SaltString};
+    let failed = |e: argon2::password_hash::Error| AuthError::Hash(Box::new(Argon2Error(e)));
     let bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&bytes).map_err(|e| e.to_string())?;
+    let salt = SaltString::encode_b64(&bytes).map_err(failed)?;
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(failed)
 }
 
-/// Failed attempts per client and per user.
-#[derive(Debug, Default)]
+/// Failed attempts per client and per user. Built with
+/// [`AuthLimiter::new`] (no `Default`: a limit of 0 would refuse every AUTH).
+#[derive(Debug)]
 pub struct AuthLimiter {
-    pub max_failures: u32,
+    /// Failures within the window after which a client or user is refused.
+    max_failures: u32,
+    /// `ip:<addr>` and `user:<name>` → (window start, failures in it); a
+    /// mutex because every session of every listener shares the table.
     table: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 impl AuthLimiter {
+    /// A limiter refusing a client or user after `max_failures` failures in
+    /// ten minutes; shared by the sessions that hold it.
     pub fn new(max_failures: u32) -> Arc<AuthLimiter> {
         Arc::new(AuthLimiter {
             max_failures,
@@ -122,12 +188,13 @@ impl AuthLimiter {
     }
 
     /// True when the client or the user has failed too often lately.
-    pub fn blocked(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> bool {
+    pub(crate) fn blocked(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> bool {
         self.count(&format!("ip:{ip}"), now) >= self.max_failures
             || user.is_some_and(|u| self.count(&format!("user:{u}"), now) >= self.max_failures)
     }
 
-    pub fn failed(&self, ip: IpAddr, user: &str, now: Instant) {
+    /// Counts a failed attempt by `user` from `ip`.
+    pub(crate) fn failed(&self, ip: IpAddr, user: &str, now: Instant) {
         let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         if t.len() > 10_000 {
             t.retain(|_, (s, _)| now.duration_since(*s) < WINDOW);
@@ -143,7 +210,7 @@ impl AuthLimiter {
 }
 
 /// Decodes base64 SASL data (`=` alone means empty).
-pub fn b64(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn b64(s: &str) -> Option<Vec<u8>> {
     if s == "=" {
         return Some(Vec::new());
     }
@@ -151,7 +218,7 @@ pub fn b64(s: &str) -> Option<Vec<u8>> {
 }
 
 /// PLAIN: `authzid NUL authcid NUL password` → (user, password).
-pub fn parse_plain(data: &[u8]) -> Option<(String, String)> {
+pub(crate) fn parse_plain(data: &[u8]) -> Option<(String, String)> {
     let mut parts = data.split(|b| *b == 0);
     let authz = parts.next()?;
     let user = std::str::from_utf8(parts.next()?).ok()?;

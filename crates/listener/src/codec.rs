@@ -34,6 +34,7 @@ pub enum Frame {
 }
 
 impl LineCodec {
+    /// A codec accepting lines of at most `max` octets, line ending included.
     pub fn new(max: usize) -> LineCodec {
         LineCodec {
             max,

@@ -37,9 +37,11 @@ enum State {
     Cr,
 }
 
-/// Incremental DATA parser. One per transaction.
+/// Incremental DATA parser. One per transaction: the session's `Data` state
+/// owns it.
 #[derive(Debug)]
 pub struct DataReceiver {
+    /// Where in a line the last byte left us: only `<CRLF>.<CRLF>` ends DATA.
     state: State,
     /// The un-stuffed message, CRLF line endings.
     body: Vec<u8>,
@@ -54,6 +56,8 @@ pub struct DataReceiver {
 }
 
 impl DataReceiver {
+    /// A receiver for one message of at most `max_size` octets whose lines
+    /// are at most `max_line` octets, CRLF included.
     pub fn new(max_size: usize, max_line: usize) -> DataReceiver {
         DataReceiver {
             state: State::LineStart,

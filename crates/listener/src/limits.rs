@@ -13,23 +13,34 @@ use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(60);
 
+/// What is counted for one client address.
 #[derive(Debug, Default)]
 struct PerIp {
+    /// Sessions from this address now open (against `max_active`).
     active: usize,
+    /// Start of the current one-minute rate window.
     window_start: Option<Instant>,
+    /// Connection attempts in that window (against `max_per_minute`).
     in_window: u32,
 }
 
+/// Concurrency and rate limits per client address, shared by every session
+/// of one listener.
 #[derive(Debug, Default)]
 pub struct IpLimiter {
+    /// Concurrent sessions per address; 0 means no limit.
     max_active: usize,
+    /// Connections per address per minute; 0 means no limit.
     max_per_minute: u32,
+    /// The counts per address; a mutex because sessions end on any thread.
     table: Mutex<HashMap<IpAddr, PerIp>>,
 }
 
 /// An admitted session; dropping it frees the slot.
 pub struct Slot {
+    /// Where the session is counted, to uncount it on drop.
     limiter: Arc<IpLimiter>,
+    /// The client address it is counted under.
     ip: IpAddr,
 }
 
@@ -43,6 +54,7 @@ impl Drop for Slot {
 }
 
 impl IpLimiter {
+    /// A limiter with the given caps (0: no limit).
     pub fn new(max_active: usize, max_per_minute: u32) -> Arc<IpLimiter> {
         Arc::new(IpLimiter {
             max_active,

@@ -1,19 +1,27 @@
 //! SMTP replies (RFC 5321 section 4.2) with enhanced status codes (RFC 3463).
 //!
 //! A [`Reply`] is data; [`Reply::write_to`] renders it, multi-line when it has
-//! several lines. Handlers build replies; only the server loop writes them.
+//! several lines (CR and LF in the text are dropped, so a reply never breaks
+//! the framing). [`Reply::reason`] names why an error reply was sent, for
+//! metrics. Handlers build replies; only the server loop writes them.
 
 use std::fmt::Write as _;
 
 /// One SMTP reply: code, optional enhanced status, one or more text lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
+    /// The three-digit reply code: what the client acts on.
     pub code: u16,
+    /// The RFC 3463 enhanced status (`"5.7.1"`), repeated on every line;
+    /// `None` for replies that carry none (greeting, EHLO). Static, so never
+    /// text echoed from a peer: [`Reply::reason`] classifies by it.
     pub status: Option<&'static str>,
+    /// The text, one entry per line; more than one makes a multi-line reply.
     pub lines: Vec<String>,
 }
 
 impl Reply {
+    /// A one-line reply with an enhanced status code.
     pub fn new(code: u16, status: &'static str, text: impl Into<String>) -> Reply {
         Reply {
             code,
@@ -97,6 +105,7 @@ impl Reply {
         out.extend_from_slice(s.as_bytes());
     }
 
+    /// The wire form.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = Vec::new();
         self.write_to(&mut v);

@@ -2,40 +2,52 @@
 //! sockets.
 //!
 //! Entry point: [`serve`] runs until the shutdown signal, spawning one task
-//! per connection. A semaphore bounds concurrent sessions (over the limit a
-//! client gets `421 4.3.2` and is closed). The session loop reads what the
-//! client sent, runs every complete command through the [`Session`] (so
-//! pipelined commands are answered in one write), feeds DATA to the
-//! [`DataReceiver`], hands finished messages to the [`MessageSink`], and
-//! enforces the RFC 5321 4.5.3.2 timeouts. I/O errors end that one session;
-//! a panic in a session is caught at its task boundary and answered
-//! `451 4.3.0`.
+//! per connection, then waits for every session task it spawned to end. A
+//! semaphore bounds concurrent sessions (over the limit a client gets
+//! `421 4.3.2` and is closed), and per-IP limits apply to untrusted clients.
+//! The session loop is read → [`Session::ingest`] → write: the session
+//! answers every complete command already read (so pipelined commands are
+//! answered in one write) and says where the loop must act: await the
+//! [`MessageSink`] for a finished message, the users file for AUTH, start
+//! TLS, or close. The loop enforces the RFC 5321 4.5.3.2 timeouts and closes
+//! idle sessions on shutdown, with the decisions taken in [`crate::timing`].
+//! I/O errors end that one session; a panic in a session is caught at its
+//! task boundary and answered `451 4.3.0`.
 
-use crate::codec::{Frame, LineCodec};
-use crate::data::DataReceiver;
-use crate::session::{Action, Session, SessionConfig};
-use crate::{MessageSink, Reply};
+use crate::limits::{IpLimiter, Slot};
+use crate::session::{Session, Step};
+use crate::timing::{closes_for_shutdown, PhaseDeadline, Timeouts};
+use crate::{MessageSink, Reply, SessionConfig};
 use futures_util::FutureExt;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 /// Failures of the accept loop itself (never of one session).
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
+    /// Accepting a connection failed in a way that is not about that one
+    /// connection (transient failures are retried).
     #[error("accept failed: {0}")]
     Accept(#[from] std::io::Error),
 }
 
-/// Serves SMTP on `listener` until `shutdown` turns true.
+/// Serves SMTP on `listener` until `shutdown` turns true (or its sender is
+/// dropped).
 ///
 /// Each new session takes the configuration current in `configs` (a reload
 /// changes it for new sessions; the connection caps stay as they were at
-/// start). On shutdown, idle sessions are answered 421 4.3.2 and closed at
-/// their next command boundary; a transaction in progress finishes first.
+/// start). On shutdown, `serve` stops accepting (it drops `listener`),
+/// then waits until every session task it spawned has ended before it
+/// returns `Ok(())`: idle sessions are answered 421 4.3.2 and closed at
+/// once, busy ones at their next command boundary (a transaction in
+/// progress finishes first, within the session timeouts). The caller puts
+/// its own deadline on that wait. A fatal accept error returns at once;
+/// sessions already running then carry on unawaited.
 pub async fn serve<S: MessageSink>(
     listener: TcpListener,
     configs: watch::Receiver<Arc<SessionConfig>>,
@@ -44,86 +56,137 @@ pub async fn serve<S: MessageSink>(
     implicit_tls: bool,
 ) -> Result<(), ListenerError> {
     let caps = configs.borrow().clone();
-    // Bounds concurrent sessions; a permit lives as long as its session.
-    let slots = Arc::new(Semaphore::new(caps.max_connections));
-    // Per-client-IP concurrency and rate (trusted networks exempt).
-    let per_ip =
-        crate::limits::IpLimiter::new(caps.max_connections_per_ip, caps.max_connection_rate_per_ip);
-    let listener_name = match (implicit_tls, caps.require_auth) {
-        (true, _) => "smtps",
-        (false, true) => "submission",
-        (false, false) => "smtp",
-    };
+    let (tracker, mut all_ended) = mpsc::channel::<()>(1);
+    let shared = Arc::new(Shared {
+        sink,
+        slots: Arc::new(Semaphore::new(caps.max_connections)),
+        per_ip: IpLimiter::new(caps.max_connections_per_ip, caps.max_connection_rate_per_ip),
+        name: match (implicit_tls, caps.require_auth) {
+            (true, _) => "smtps",
+            (false, true) => "submission",
+            (false, false) => "smtp",
+        },
+        implicit_tls,
+        stop: shutdown.clone(),
+        _tracker: tracker,
+    });
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) if is_transient(&e) => {
                     tracing::warn!(error = %e, "accept failed; continuing");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
                 Err(e) => return Err(e.into()),
             },
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => break,
         };
+        let cfg = configs.borrow().clone();
+        shared.admit(stream, peer, cfg);
+    }
+    drop(listener);
+    // Each session task holds a clone of `shared`, and with it the only
+    // sender: the channel closes when the last session task has ended.
+    drop(shared);
+    let _ = all_ended.recv().await;
+    Ok(())
+}
+
+/// What every session task of one listener shares.
+struct Shared<S> {
+    /// Where messages go, and who counts sessions and refusals.
+    sink: Arc<S>,
+    /// Bounds concurrent sessions; a permit lives as long as its session.
+    slots: Arc<Semaphore>,
+    /// Per-client-IP concurrency and rate (trusted networks exempt).
+    per_ip: Arc<IpLimiter>,
+    /// `smtp`, `smtps` or `submission`, for the sink's session count.
+    name: &'static str,
+    /// TLS from the first byte (port 465) rather than by STARTTLS.
+    implicit_tls: bool,
+    /// The shutdown signal; each session watches its own clone.
+    stop: watch::Receiver<bool>,
+    /// Never sent on: it is dropped with the last `Shared`, which closes the
+    /// channel `serve` waits on, so `serve` knows every session has ended.
+    _tracker: mpsc::Sender<()>,
+}
+
+impl<S: MessageSink> Shared<S> {
+    /// Takes a connection's places under the caps (or notes why not) and
+    /// runs it in a task of its own.
+    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr, cfg: Arc<SessionConfig>) {
         let _ = stream.set_nodelay(true);
-        let permit = slots.clone().try_acquire_owned();
-        let (cfg, sink) = (configs.borrow().clone(), sink.clone());
+        let permit = self.slots.clone().try_acquire_owned();
         let ip_slot = if cfg.relay.is_trusted(peer.ip()) {
             Ok(None)
         } else {
-            per_ip.admit(peer.ip(), std::time::Instant::now()).map(Some)
+            self.per_ip.admit(peer.ip(), Instant::now()).map(Some)
         };
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let mut stream = stream;
-            let Ok(_permit) = permit else {
-                let r = Reply::new(421, "4.3.2", "too many connections, try again later");
-                sink.refused(&r);
-                let _ = stream.write_all(&r.to_bytes()).await;
-                return;
-            };
-            let _ip_slot = match ip_slot {
-                Ok(s) => s,
-                Err(r) => {
-                    sink.refused(&r);
-                    let _ = stream.write_all(&r.to_bytes()).await;
-                    return;
-                }
-            };
-            sink.session_opened(listener_name);
-            let _open = OpenSession(&*sink);
-            // A panic anywhere in this session ends this session only: the
-            // client hears 451 (try again later), nothing else notices.
-            let run = AssertUnwindSafe(connection(
-                &mut stream,
-                peer,
-                cfg,
-                &*sink,
-                implicit_tls,
-                stop,
-            ));
-            match run.catch_unwind().await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "session ended"),
-                Err(p) => {
-                    let msg = panic_text(&*p);
-                    tracing::error!(%peer, panic = %msg, "session panicked; answered 451");
-                    sink.session_panicked(&msg);
-                    let r = Reply::new(451, "4.3.0", "internal error; please try again later");
-                    let _ = stream.write_all(&r.to_bytes()).await;
-                }
-            }
-        });
+        tokio::spawn(session_task(
+            self.clone(),
+            stream,
+            peer,
+            cfg,
+            permit,
+            ip_slot,
+        ));
     }
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic".into())
+/// One connection's task: refused when over a cap, else its session, whose
+/// panic ends this session only: the client hears 451 (try again later),
+/// nothing else notices.
+async fn session_task<S: MessageSink>(
+    shared: Arc<Shared<S>>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    cfg: Arc<SessionConfig>,
+    permit: Result<OwnedSemaphorePermit, TryAcquireError>,
+    ip_slot: Result<Option<Slot>, Reply>,
+) {
+    let sink = &*shared.sink;
+    let Ok(_permit) = permit else {
+        let r = Reply::new(421, "4.3.2", "too many connections, try again later");
+        refuse(sink, &mut stream, &r).await;
+        return;
+    };
+    let _ip_slot = match ip_slot {
+        Ok(slot) => slot,
+        Err(r) => {
+            refuse(sink, &mut stream, &r).await;
+            return;
+        }
+    };
+    sink.session_opened(shared.name);
+    let _open = OpenSession(sink);
+    let stop = shared.stop.clone();
+    let run = AssertUnwindSafe(connection(
+        &mut stream,
+        peer,
+        cfg,
+        sink,
+        shared.implicit_tls,
+        stop,
+    ));
+    match run.catch_unwind().await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "session ended"),
+        Err(p) => {
+            let msg = postern_supervisor::panic_message(&*p);
+            tracing::error!(%peer, panic = %msg, "session panicked; answered 451");
+            sink.session_panicked(&msg);
+            let r = Reply::new(451, "4.3.0", "internal error; please try again later");
+            let _ = stream.write_all(&r.to_bytes()).await;
+        }
+    }
+}
+
+/// Refuses a connection before its session starts.
+async fn refuse<S: MessageSink>(sink: &S, stream: &mut TcpStream, r: &Reply) {
+    sink.refused(r);
+    let _ = stream.write_all(&r.to_bytes()).await;
 }
 
 /// Errors that say "this one connection failed", not "the listener is broken".
@@ -137,7 +200,7 @@ fn is_transient(e: &std::io::Error) -> bool {
 
 /// One connection: plain, upgraded by STARTTLS, or TLS from the start.
 async fn connection<S: MessageSink>(
-    stream: &mut tokio::net::TcpStream,
+    stream: &mut TcpStream,
     peer: SocketAddr,
     cfg: Arc<SessionConfig>,
     sink: &S,
@@ -145,24 +208,8 @@ async fn connection<S: MessageSink>(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     if !implicit_tls {
-        if !cfg.greeting_delay.is_zero() && !cfg.relay.is_trusted(peer.ip()) {
-            // Pre-greeting test: an honest client waits for the 220.
-            let mut probe = [0u8; 64];
-            if let Ok(Ok(n)) =
-                tokio::time::timeout(cfg.greeting_delay, stream.read(&mut probe)).await
-            {
-                if n > 0 {
-                    let r = Reply::new(
-                        554,
-                        "5.5.1",
-                        "protocol error: you talked before the greeting",
-                    );
-                    sink.refused(&r);
-                    let _ = stream.write_all(&r.to_bytes()).await;
-                    tracing::info!(%peer, "early talker refused");
-                }
-                return Ok(());
-            }
+        if talked_first(stream, peer, &cfg, sink).await {
+            return Ok(());
         }
         let session = Session::new(cfg.clone(), peer.ip());
         if run_session(stream, session, &cfg, sink, true, &mut stop).await? == End::Closed {
@@ -171,10 +218,10 @@ async fn connection<S: MessageSink>(
     }
     // STARTTLS was accepted (whatever the client pipelined after it is
     // gone with the plaintext loop), or this is an implicit-TLS port.
-    let Some(tls) = cfg.tls.clone() else {
+    let Some(tls) = &cfg.tls else {
         return Ok(());
     };
-    let handshake = tokio::time::timeout(cfg.command_timeout, tls.acceptor.accept(&mut *stream));
+    let handshake = tokio::time::timeout(cfg.command_timeout, tls.accept(&mut *stream));
     let mut tls_stream = match handshake.await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -183,16 +230,9 @@ async fn connection<S: MessageSink>(
         }
         Err(_) => return Ok(()),
     };
-    sink.tls_established(
-        tls_stream
-            .get_ref()
-            .1
-            .protocol_version()
-            .and_then(|v| v.as_str())
-            .unwrap_or("unknown"),
-    );
-    let desc = crate::tls::describe(tls_stream.get_ref().1);
-    let session = Session::encrypted(cfg.clone(), peer.ip(), desc);
+    let conn = tls_stream.get_ref().1;
+    sink.tls_established(crate::tls::version_name(conn));
+    let session = Session::encrypted(cfg.clone(), peer.ip(), crate::tls::describe(conn));
     // After STARTTLS the client speaks first (EHLO); on an implicit-TLS
     // port it waits for our greeting.
     run_session(
@@ -205,6 +245,35 @@ async fn connection<S: MessageSink>(
     )
     .await?;
     Ok(())
+}
+
+/// The pre-greeting test, for untrusted clients when a delay is set: an
+/// honest client waits for the 220. True when the connection is done (the
+/// client talked first and was refused, or hung up).
+async fn talked_first<S: MessageSink>(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    cfg: &SessionConfig,
+    sink: &S,
+) -> bool {
+    if cfg.greeting_delay.is_zero() || cfg.relay.is_trusted(peer.ip()) {
+        return false;
+    }
+    let mut probe = [0u8; 64];
+    let Ok(Ok(n)) = tokio::time::timeout(cfg.greeting_delay, stream.read(&mut probe)).await else {
+        return false;
+    };
+    if n > 0 {
+        let r = Reply::new(
+            554,
+            "5.5.1",
+            "protocol error: you talked before the greeting",
+        );
+        sink.refused(&r);
+        let _ = stream.write_all(&r.to_bytes()).await;
+        tracing::info!(%peer, "early talker refused");
+    }
+    true
 }
 
 /// Writes `r` to `out`, telling the sink about refusals.
@@ -226,52 +295,14 @@ impl<S: MessageSink> Drop for OpenSession<'_, S> {
 
 /// How a session loop ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum End {
+enum End {
     Closed,
     /// 220 was sent to STARTTLS; the caller performs the handshake.
     StartTls,
 }
 
-/// What the loop is reading.
-enum Mode {
-    Commands,
-    Data(DataReceiver),
-    /// A BDAT chunk: `remaining` of `size` octets still to come.
-    Bdat {
-        remaining: u64,
-        size: u64,
-        last: bool,
-    },
-}
-
-/// Ends a BDAT chunk: its reply goes to `out`; true means close.
-async fn finish_bdat<S: MessageSink>(
-    session: &mut Session,
-    sink: &S,
-    size: u64,
-    last: bool,
-    out: &mut Vec<u8>,
-) -> bool {
-    let action = match session.bdat_end(size, last) {
-        Ok(Some(msg)) => Action::Reply(sink.accept(msg).await),
-        Ok(None) => return false,
-        Err(a) => a,
-    };
-    match action {
-        Action::Close(r) => {
-            emit(sink, &r, out);
-            true
-        }
-        Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
-            emit(sink, &r, out);
-            false
-        }
-        Action::Authenticate { .. } | Action::Bdat { .. } => false,
-    }
-}
-
-/// Runs one SMTP session on any byte stream.
-pub async fn run_session<T, S>(
+/// Runs one SMTP session on any byte stream: read → ingest → write.
+async fn run_session<T, S>(
     stream: &mut T,
     mut session: Session,
     cfg: &SessionConfig,
@@ -283,169 +314,39 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
     S: MessageSink,
 {
-    let mut codec = LineCodec::new(cfg.max_command_line);
-    let mut mode = Mode::Commands;
+    let timeouts = Timeouts::of(cfg);
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut out: Vec<u8> = Vec::with_capacity(1024);
-    // When the current command line or DATA phase must be complete: a slow
-    // client cannot hold the session by trickling a byte at a time.
-    let mut phase_deadline: Option<std::time::Instant> = None;
+    let mut deadline = PhaseDeadline::default();
     if greet {
         stream.write_all(&session.greeting().to_bytes()).await?;
     }
     loop {
-        // Answer every complete command already buffered (pipelining).
-        let mut pos = 0;
-        let mut close = false;
-        let mut starttls = false;
-        while pos < buf.len() && !close && !starttls {
-            match &mut mode {
-                Mode::Commands => {
-                    let action = match codec.decode(&buf[pos..]) {
-                        Ok(None) => break,
-                        Ok(Some(Frame::Skipped(n))) => {
-                            pos += n;
-                            continue;
-                        }
-                        Ok(Some(Frame::Line { consumed, text_len })) => {
-                            let line = &buf[pos..pos + text_len];
-                            pos += consumed;
-                            session.command(line)
-                        }
-                        Err((_, n)) => {
-                            pos += n;
-                            session.line_too_long()
-                        }
-                    };
-                    match action {
-                        Action::Reply(r) => emit(sink, &r, &mut out),
-                        Action::StartData(r) => {
-                            emit(sink, &r, &mut out);
-                            phase_deadline = None;
-                            mode = Mode::Data(DataReceiver::new(
-                                usize::try_from(cfg.max_message_size).unwrap_or(usize::MAX),
-                                cfg.max_text_line,
-                            ));
-                        }
-                        Action::Close(r) => {
-                            emit(sink, &r, &mut out);
-                            close = true;
-                        }
-                        Action::StartTls(r) => {
-                            emit(sink, &r, &mut out);
-                            starttls = true;
-                        }
-                        Action::Bdat { size: 0, last } => {
-                            close = finish_bdat(&mut session, sink, 0, last, &mut out).await;
-                        }
-                        Action::Bdat { size, last } => {
-                            phase_deadline = None;
-                            mode = Mode::Bdat {
-                                remaining: size,
-                                size,
-                                last,
-                            };
-                        }
-                        Action::Authenticate { user, pass } => {
-                            let ok = match &cfg.users {
-                                Some(db) => db.verify(user.clone(), pass).await,
-                                None => false,
-                            };
-                            match session.auth_done(user, ok) {
-                                Action::Close(r) => {
-                                    emit(sink, &r, &mut out);
-                                    close = true;
-                                }
-                                Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
-                                    emit(sink, &r, &mut out)
-                                }
-                                Action::Authenticate { .. } | Action::Bdat { .. } => {}
-                            }
-                        }
-                    }
-                }
-                Mode::Bdat {
-                    remaining,
-                    size,
-                    last,
-                } => {
-                    let n = (*remaining).min((buf.len() - pos) as u64) as usize;
-                    session.bdat_chunk(&buf[pos..pos + n]);
-                    pos += n;
-                    *remaining -= n as u64;
-                    if *remaining == 0 {
-                        let (size, last) = (*size, *last);
-                        mode = Mode::Commands;
-                        phase_deadline = None;
-                        close = finish_bdat(&mut session, sink, size, last, &mut out).await;
-                    }
-                }
-                Mode::Data(rx) => {
-                    let (n, done) = rx.ingest(&buf[pos..]);
-                    pos += n;
-                    if !done {
-                        continue;
-                    }
-                    phase_deadline = None;
-                    let Mode::Data(rx) = std::mem::replace(&mut mode, Mode::Commands) else {
-                        unreachable!("mode checked above")
-                    };
-                    let reply = match session.data_done(rx.finish()) {
-                        Ok(msg) => Action::Reply(sink.accept(msg).await),
-                        Err(action) => action,
-                    };
-                    match reply {
-                        Action::Reply(r) | Action::StartData(r) | Action::StartTls(r) => {
-                            emit(sink, &r, &mut out)
-                        }
-                        Action::Authenticate { .. } | Action::Bdat { .. } => {}
-                        Action::Close(r) => {
-                            emit(sink, &r, &mut out);
-                            close = true;
-                        }
-                    }
-                }
-            }
-        }
-        buf.drain(..pos);
+        let end = answer(&mut session, &mut buf, cfg, sink, &mut out).await;
         if !out.is_empty() {
             stream.write_all(&out).await?;
             out.clear();
         }
-        if starttls {
-            // Pipelined plaintext after STARTTLS is dropped, never replayed
-            // inside TLS (the STARTTLS command-injection defence).
-            return Ok(End::StartTls);
+        match end {
+            // Pipelined plaintext after STARTTLS is dropped with `buf`.
+            Some(End::StartTls) => return Ok(End::StartTls),
+            Some(End::Closed) => {
+                let _ = stream.shutdown().await;
+                return Ok(End::Closed);
+            }
+            None => {}
         }
-        if close {
-            let _ = stream.shutdown().await;
-            return Ok(End::Closed);
-        }
-        let now = std::time::Instant::now();
-        let (per_read, phase) = match mode {
-            Mode::Commands => (cfg.command_timeout, cfg.command_timeout),
-            Mode::Data(_) | Mode::Bdat { .. } => (cfg.data_timeout, cfg.data_total_timeout),
-        };
-        let pending = !buf.is_empty() || !matches!(mode, Mode::Commands);
-        // Shutting down: an idle session (between commands, nothing
-        // buffered) is closed now; a busy one when it next becomes idle.
+        let pending = !buf.is_empty() || session.reading_message();
         let idle = !pending && !session.in_transaction();
-        // (A dropped sender counts as shutdown: nobody can stop us later.)
-        if idle && (*stop.borrow() || stop.has_changed().is_err()) {
-            let r = Reply::new(421, "4.3.2", "service shutting down, try again later");
-            stream.write_all(&r.to_bytes()).await?;
-            let _ = stream.shutdown().await;
-            return Ok(End::Closed);
+        let stop_requested = *stop.borrow();
+        if closes_for_shutdown(idle, stop_requested, stop.has_changed().is_err()) {
+            return shutting_down(stream).await;
         }
-        if !pending {
-            phase_deadline = None;
-        } else if phase_deadline.is_none() {
-            phase_deadline = now.checked_add(phase);
+        if session.take_phase_change() {
+            deadline.reset();
         }
-        let wait = match phase_deadline {
-            Some(d) => per_read.min(d.saturating_duration_since(now)),
-            None => per_read,
-        };
+        let (per_read, phase) = timeouts.for_phase(session.reading_message());
+        let wait = deadline.next_wait(per_read, phase, pending, Instant::now());
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(8192);
         }
@@ -458,12 +359,118 @@ where
             Ok(Ok(0)) => return Ok(End::Closed),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
-            Err(_) => {
-                let r = Reply::new(421, "4.4.2", "timeout, closing connection");
-                sink.refused(&r);
-                stream.write_all(&r.to_bytes()).await?;
-                return Ok(End::Closed);
+            Err(_) => return timed_out(stream, sink).await,
+        }
+    }
+}
+
+/// Shutdown closes an idle session: 421 4.3.2, then close.
+async fn shutting_down<T: AsyncWrite + Unpin>(stream: &mut T) -> std::io::Result<End> {
+    let r = Reply::new(421, "4.3.2", "service shutting down, try again later");
+    stream.write_all(&r.to_bytes()).await?;
+    let _ = stream.shutdown().await;
+    Ok(End::Closed)
+}
+
+/// The client kept the session waiting past a timeout: 421 4.4.2.
+async fn timed_out<T, S>(stream: &mut T, sink: &S) -> std::io::Result<End>
+where
+    T: AsyncWrite + Unpin,
+    S: MessageSink,
+{
+    let r = Reply::new(421, "4.4.2", "timeout, closing connection");
+    sink.refused(&r);
+    stream.write_all(&r.to_bytes()).await?;
+    Ok(End::Closed)
+}
+
+/// Runs everything buffered through the session, awaiting the sink and the
+/// users file where the session asks; the replies go to `out`, the used
+/// bytes leave `buf`. `Some` ends the session loop.
+async fn answer<S: MessageSink>(
+    session: &mut Session,
+    buf: &mut Vec<u8>,
+    cfg: &SessionConfig,
+    sink: &S,
+    out: &mut Vec<u8>,
+) -> Option<End> {
+    let mut pos = 0;
+    let end = loop {
+        let (used, step) = session.ingest(&buf[pos..]);
+        pos += used;
+        for r in session.take_replies() {
+            emit(sink, &r, out);
+        }
+        match step {
+            Step::Read => break None,
+            Step::Deliver(msg) => session.delivered(sink.accept(*msg).await),
+            Step::Verify { user, pass } => {
+                let ok = match &cfg.users {
+                    Some(db) => db.verify(user.clone(), pass).await,
+                    None => false,
+                };
+                session.verified(user, ok);
+            }
+            Step::StartTls => break Some(End::StartTls),
+            Step::Close => break Some(End::Closed),
+        }
+    };
+    buf.drain(..pos);
+    end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ReceivedMessage;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    struct Sink;
+
+    impl MessageSink for Sink {
+        async fn accept(&self, _msg: ReceivedMessage) -> Reply {
+            Reply::new(250, "2.0.0", "queued")
+        }
+    }
+
+    /// Reads reply lines until one starts with `prefix`.
+    async fn until(client: &mut BufReader<TcpStream>, prefix: &str) {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = client.read_line(&mut line).await.unwrap();
+            assert!(n > 0, "connection closed before {prefix}");
+            if line.starts_with(prefix) {
+                return;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn serve_returns_once_every_session_has_ended() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_configs_tx, configs) = watch::channel(crate::config::test_config());
+        let (stop_tx, stop) = watch::channel(false);
+        let mut served = tokio::spawn(serve(listener, configs, Arc::new(Sink), stop, false));
+        let mut busy = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        let mut idle = BufReader::new(TcpStream::connect(addr).await.unwrap());
+        until(&mut busy, "220 ").await;
+        until(&mut idle, "220 ").await;
+        busy.get_mut()
+            .write_all(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n")
+            .await
+            .unwrap();
+        until(&mut busy, "250 2.1.0").await;
+        stop_tx.send(true).unwrap();
+        // The idle session is closed at once; the one in a transaction is
+        // not, and `serve` waits for it.
+        until(&mut idle, "421 4.3.2").await;
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut served).await;
+        assert!(early.is_err(), "serve returned while a session was busy");
+        busy.get_mut().write_all(b"RSET\r\n").await.unwrap();
+        until(&mut busy, "421 4.3.2").await;
+        let done = tokio::time::timeout(Duration::from_secs(10), served).await;
+        assert!(matches!(done, Ok(Ok(Ok(())))), "serve must return Ok");
     }
 }

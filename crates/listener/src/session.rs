@@ -1,129 +1,140 @@
-//! The SMTP session state machine.
+//! The SMTP session state machine, owning its decoders (as Stalwart's
+//! smtp-proto does).
 //!
-//! [`Session`] owns a [`State`] enum whose variants own their data; each verb
-//! has a handler that returns an [`Action`] (a reply, and what the loop must
-//! do next). Nothing here touches a socket, so every rule (ordering, relay
-//! control, limits, error counting) is tested directly below. Entry points:
-//! [`Session::greeting`], [`Session::command`], [`Session::data_done`].
+//! [`Session::ingest`] (in `input`) takes the bytes the client sent and runs
+//! them through the decoder the session is in: the line codec between
+//! commands, the DATA receiver that the `Data` state owns, or the BDAT chunk
+//! being read. It returns what the I/O loop must do next ([`Step`]): read
+//! more, hand a message to the sink, verify credentials, start TLS or close;
+//! the replies to write are taken with [`Session::take_replies`].
+//!
+//! [`Session`] owns a `State` enum whose variants own their data; each verb
+//! has a handler that returns an `Action` (a reply, and what comes next).
+//! Nothing here touches a socket, so every rule (ordering, relay control,
+//! limits, error counting, the BDAT rules) is tested directly below. Other
+//! entry points: [`Session::greeting`], [`Session::delivered`] and
+//! [`Session::verified`] (the answers to a [`Step`]).
 
+mod input;
+
+pub use input::Step;
+
+use crate::codec::LineCodec;
 use crate::command::{self, Command};
-use crate::data::DataError;
-use crate::Reply;
-use postern_core::{Address, Envelope, QueueId, Recipient, RelayPolicy};
+use crate::data::{DataError, DataReceiver};
+use crate::{ReceivedMessage, Reply, SessionConfig};
+use postern_core::{Address, Envelope, QueueId, Recipient};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-/// Limits and identity for every session of one listener.
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    /// Our name in the greeting, EHLO and Received.
-    pub hostname: String,
-    pub relay: RelayPolicy,
-    pub max_message_size: u64,
-    pub max_recipients: usize,
-    /// Errors before "421 too many errors" and close.
-    pub max_errors: u32,
-    pub max_command_line: usize,
-    pub max_text_line: usize,
-    pub command_timeout: std::time::Duration,
-    pub data_timeout: std::time::Duration,
-    pub max_connections: usize,
-    /// STARTTLS and implicit TLS; `None` when no certificate is configured.
-    pub tls: Option<crate::tls::TlsConfig>,
-    pub data_total_timeout: std::time::Duration,
-    pub max_connections_per_ip: usize,
-    pub max_connection_rate_per_ip: u32,
-    pub greeting_delay: std::time::Duration,
-    pub max_noops: u32,
-    /// Back pressure set by the gateway: 0 none, 1 refuse untrusted
-    /// clients, 2 refuse everyone (452 4.3.1 at MAIL).
-    pub pressure: Arc<std::sync::atomic::AtomicU8>,
-    /// Users for AUTH; AUTH is offered on encrypted sessions when set.
-    pub users: Option<Arc<crate::auth::UserDb>>,
-    /// Failed AUTH attempts per client and per user.
-    pub auth_limiter: Arc<crate::auth::AuthLimiter>,
-    /// Submission port: MAIL needs AUTH first.
-    pub require_auth: bool,
-    /// Valid recipients of accepted domains, when configured.
-    pub recipients: Option<Arc<postern_core::relay::RecipientList>>,
-}
-
-/// A complete message handed to the sink.
+/// A transaction being built between MAIL and the end of DATA or BDAT LAST.
 #[derive(Debug)]
-pub struct ReceivedMessage {
-    pub envelope: Envelope,
-    /// The message with our Received header prepended, CRLF line endings.
-    pub body: Vec<u8>,
-    /// Length of that Received header: `body[trace_len..]` is what the
-    /// client sent.
-    pub trace_len: usize,
+struct Transaction {
+    /// The reverse path; `None` is the null sender `<>`.
+    sender: Option<Address>,
+    /// Accepted RCPTs with their DSN parameters.
+    recipients: Vec<Recipient>,
+    /// RFC 3461 RET=FULL.
+    ret_full: bool,
+    /// RFC 3461 ENVID.
+    envid: Option<String>,
+    /// The client declared BODY=8BITMIME.
+    eight_bit: bool,
+    /// The client declared SMTPUTF8 (RFC 6531).
+    smtputf8: bool,
+    /// Message data received by BDAT so far; `None` until the first
+    /// accepted chunk (and then DATA is refused).
+    bdat: Option<BdatBody>,
 }
 
-/// A transaction being built between MAIL and the end of DATA.
-#[derive(Debug, Clone)]
-pub struct Transaction {
-    pub sender: Option<Address>,
-    pub recipients: Vec<Recipient>,
-    /// RFC 3461 RET=FULL.
-    pub ret_full: bool,
-    /// RFC 3461 ENVID.
-    pub envid: Option<String>,
-    pub eight_bit: bool,
-    /// The client declared SMTPUTF8 (RFC 6531).
-    pub smtputf8: bool,
+/// Message data received by BDAT chunks (RFC 3030), stored as sent: BDAT
+/// has no dot-stuffing.
+#[derive(Debug, Default)]
+struct BdatBody {
+    /// The accepted chunks' octets, in order.
+    data: Vec<u8>,
+    /// The chunks passed the size limit: the rest is discarded (memory
+    /// stays bounded) and LAST is answered 552.
+    too_big: bool,
+}
+
+impl BdatBody {
+    /// Keeps a chunk's octets unless the message is already too big.
+    fn push(&mut self, octets: &[u8]) {
+        if !self.too_big {
+            self.data.extend_from_slice(octets);
+        }
+    }
 }
 
 /// Where the session stands; each variant owns what it needs.
-#[derive(Debug, Clone)]
-pub enum State {
+#[derive(Debug)]
+enum State {
     /// Connected, no EHLO/HELO yet.
     Fresh,
     /// Greeted; no transaction.
     Ready { helo: String, esmtp: bool },
-    /// MAIL accepted; collecting RCPTs.
+    /// MAIL accepted; collecting RCPTs (and BDAT chunks).
     Mail {
         helo: String,
         esmtp: bool,
         tx: Transaction,
     },
-    /// DATA accepted; the loop is feeding the DATA receiver.
+    /// DATA accepted: input goes to `rx` until `<CRLF>.<CRLF>`.
     Data {
         helo: String,
         esmtp: bool,
         tx: Transaction,
+        rx: DataReceiver,
     },
 }
 
-/// What the loop does after a handler.
+/// What a handler decided: a reply, and what the session does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
+enum Action {
     Reply(Reply),
-    /// Send the reply (354) and switch to the DATA receiver.
+    /// Send the reply (354); the session is in `State::Data` with its
+    /// receiver.
     StartData(Reply),
     /// Send the reply (220) and start the TLS handshake; anything the client
     /// pipelined after STARTTLS is discarded.
     StartTls(Reply),
     /// Check these credentials (slowly, off the loop), then call
-    /// [`Session::auth_done`].
+    /// [`Session::verified`].
     Authenticate {
         user: String,
         pass: String,
     },
-    /// Read exactly `size` octets of message data, give them to
-    /// [`Session::bdat_chunk`], then call [`Session::bdat_end`].
-    Bdat {
-        size: u64,
-        last: bool,
-    },
+    /// Read this BDAT chunk's octets as message data.
+    Bdat(Chunk),
     /// Send the reply and close the connection.
     Close(Reply),
 }
 
-/// One client connection's protocol state.
+/// A BDAT chunk being read. Its octets are message data whatever the state,
+/// even when the chunk is refused, so they are never taken for commands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Chunk {
+    /// Octets announced by the BDAT command (the 250 reply names them).
+    size: u64,
+    /// Octets still to come; the chunk ends at 0.
+    remaining: u64,
+    /// BDAT ... LAST: the message ends with this chunk.
+    last: bool,
+    /// The reply refusing the chunk (no transaction, no recipients), sent
+    /// once its octets have been read and dropped.
+    refused: Option<Reply>,
+}
+
+/// One client connection's protocol state and decoders.
 pub struct Session {
+    /// Limits and identity of the listener the session belongs to.
     cfg: Arc<SessionConfig>,
+    /// The client's address: relay decisions, the AUTH limiter, Received.
     peer: IpAddr,
+    /// Where the protocol stands; the DATA receiver lives in `State::Data`.
     state: State,
+    /// Error replies so far, against `max_errors`.
     errors: u32,
     /// The negotiated TLS version and cipher, once the session is encrypted.
     tls: Option<String>,
@@ -133,12 +144,20 @@ pub struct Session {
     user: Option<String>,
     /// A SASL exchange in progress: the next line is its response.
     sasl: Option<Sasl>,
-    /// Message data received by BDAT so far; `None` outside BDAT.
-    bdat: Option<Vec<u8>>,
-    /// The BDAT message passed the size limit: the rest is discarded.
-    bdat_too_big: bool,
-    /// The current BDAT chunk was refused (its reply, sent when it ends).
-    bdat_refused: Option<Reply>,
+    /// Frames command lines; kept for the whole session so the rest of an
+    /// over-long line is skipped even when it arrives in later reads.
+    codec: LineCodec,
+    /// The BDAT chunk being read, in any state (see [`Chunk`]).
+    chunk: Option<Chunk>,
+    /// Replies not yet taken by the loop: everything answered while the
+    /// buffered input lasts goes out in one write (pipelining).
+    replies: Vec<Reply>,
+    /// DATA or a BDAT chunk began or ended since the loop last asked: the
+    /// phase deadline starts over.
+    phase_changed: bool,
+    /// QUIT, or too many errors: nothing more is read; the loop writes the
+    /// replies and closes.
+    closed: bool,
 }
 
 /// Where a SASL exchange stands.
@@ -150,7 +169,9 @@ enum Sasl {
 }
 
 impl Session {
+    /// A session on a new plaintext connection from `peer`.
     pub fn new(cfg: Arc<SessionConfig>, peer: IpAddr) -> Session {
+        let codec = LineCodec::new(cfg.max_command_line);
         Session {
             cfg,
             peer,
@@ -160,160 +181,11 @@ impl Session {
             noops: 0,
             user: None,
             sasl: None,
-            bdat: None,
-            bdat_too_big: false,
-            bdat_refused: None,
-        }
-    }
-
-    fn bdat(&mut self, size: u64, last: bool) -> Action {
-        // A refused chunk is still read (and dropped), so its octets are
-        // never taken for commands; the refusal is the chunk's reply.
-        let refusal = match &self.state {
-            State::Mail { tx, .. } if tx.recipients.is_empty() => {
-                Some(Reply::new(554, "5.5.1", "no valid recipients"))
-            }
-            State::Mail { .. } => None,
-            _ => Some(Reply::new(503, "5.5.1", "need MAIL and RCPT before BDAT")),
-        };
-        if refusal.is_some() {
-            self.bdat_refused = refusal;
-            return Action::Bdat { size, last };
-        }
-        let so_far = self.bdat.get_or_insert_with(Vec::new).len() as u64;
-        if size > self.cfg.max_message_size.saturating_sub(so_far) {
-            self.bdat_too_big = true;
-        }
-        Action::Bdat { size, last }
-    }
-
-    /// Octets of the current BDAT chunk.
-    pub fn bdat_chunk(&mut self, data: &[u8]) {
-        if self.bdat_too_big || self.bdat_refused.is_some() {
-            return;
-        }
-        if let Some(b) = &mut self.bdat {
-            b.extend_from_slice(data);
-        }
-    }
-
-    /// The chunk is complete: 250 for a middle chunk; for the LAST one, the
-    /// message (or the refusal), as at the end of DATA.
-    pub fn bdat_end(&mut self, size: u64, last: bool) -> Result<Option<ReceivedMessage>, Action> {
-        if let Some(r) = self.bdat_refused.take() {
-            return Err(self.finish(Action::Reply(r)));
-        }
-        if !last {
-            return Err(Action::Reply(Reply::new(
-                250,
-                "2.0.0",
-                format!("{size} octets received"),
-            )));
-        }
-        let body = self.bdat.take().unwrap_or_default();
-        let too_big = std::mem::take(&mut self.bdat_too_big);
-        let State::Mail { helo, esmtp, tx } = std::mem::replace(&mut self.state, State::Fresh)
-        else {
-            return Err(Action::Reply(Reply::new(503, "5.5.1", "no transaction")));
-        };
-        self.state = State::Data { helo, esmtp, tx };
-        let result = if too_big {
-            Err(DataError::TooBig)
-        } else {
-            crate::data::check_strict(&body, self.cfg.max_text_line).map(|_| body)
-        };
-        self.data_done(result).map(Some)
-    }
-
-    /// The authenticated user, if any.
-    pub fn user(&self) -> Option<&str> {
-        self.user.as_deref()
-    }
-
-    /// A SASL response line.
-    fn sasl_line(&mut self, step: Sasl, line: &[u8]) -> Action {
-        let text = String::from_utf8_lossy(line).trim().to_string();
-        if text == "*" {
-            return Action::Reply(Reply::new(501, "5.7.0", "authentication cancelled"));
-        }
-        let Some(data) = crate::auth::b64(&text) else {
-            return Action::Reply(Reply::new(501, "5.5.2", "cannot decode the response"));
-        };
-        match step {
-            Sasl::Plain => match crate::auth::parse_plain(&data) {
-                Some((user, pass)) => self.check(user, pass),
-                None => Action::Reply(Reply::new(501, "5.5.2", "malformed PLAIN response")),
-            },
-            Sasl::LoginUser => {
-                self.sasl = Some(Sasl::LoginPass(String::from_utf8_lossy(&data).into_owned()));
-                Action::Reply(Reply::plain(334, vec!["UGFzc3dvcmQ6".into()]))
-            }
-            Sasl::LoginPass(user) => self.check(user, String::from_utf8_lossy(&data).into_owned()),
-        }
-    }
-
-    fn check(&mut self, user: String, pass: String) -> Action {
-        let now = std::time::Instant::now();
-        if self.cfg.auth_limiter.blocked(self.peer, Some(&user), now) {
-            return Action::Reply(Reply::new(
-                454,
-                "4.7.0",
-                "too many failed attempts, try again later",
-            ));
-        }
-        Action::Authenticate { user, pass }
-    }
-
-    /// The result of an [`Action::Authenticate`].
-    pub fn auth_done(&mut self, user: String, ok: bool) -> Action {
-        if ok {
-            tracing::info!(peer = %self.peer, %user, "authenticated");
-            self.user = Some(user);
-            return Action::Reply(Reply::new(235, "2.7.0", "authentication succeeded"));
-        }
-        self.cfg
-            .auth_limiter
-            .failed(self.peer, &user, std::time::Instant::now());
-        self.finish(Action::Reply(Reply::new(
-            535,
-            "5.7.8",
-            "authentication credentials invalid",
-        )))
-    }
-
-    fn auth(&mut self, mechanism: String, initial: Option<String>) -> Action {
-        if self.cfg.users.is_none() {
-            return Action::Reply(Reply::new(502, "5.5.1", "AUTH not available"));
-        }
-        if self.tls.is_none() {
-            return Action::Reply(Reply::new(
-                538,
-                "5.7.11",
-                "encryption required for authentication",
-            ));
-        }
-        if self.user.is_some() {
-            return Action::Reply(Reply::new(503, "5.5.1", "already authenticated"));
-        }
-        if !matches!(self.state, State::Ready { .. }) {
-            return Action::Reply(Reply::new(
-                503,
-                "5.5.1",
-                "send EHLO first; no AUTH in a transaction",
-            ));
-        }
-        match (mechanism.as_str(), initial) {
-            ("PLAIN", Some(i)) => self.sasl_line(Sasl::Plain, i.as_bytes()),
-            ("PLAIN", None) => {
-                self.sasl = Some(Sasl::Plain);
-                Action::Reply(Reply::plain(334, vec![String::new()]))
-            }
-            ("LOGIN", Some(i)) => self.sasl_line(Sasl::LoginUser, i.as_bytes()),
-            ("LOGIN", None) => {
-                self.sasl = Some(Sasl::LoginUser);
-                Action::Reply(Reply::plain(334, vec!["VXNlcm5hbWU6".into()]))
-            }
-            _ => Action::Reply(Reply::new(504, "5.5.4", "mechanism not supported")),
+            codec,
+            chunk: None,
+            replies: Vec::new(),
+            phase_changed: false,
+            closed: false,
         }
     }
 
@@ -326,6 +198,7 @@ impl Session {
         }
     }
 
+    /// The 220 greeting.
     pub fn greeting(&self) -> Reply {
         Reply::plain(220, vec![format!("{} ESMTP Postern", self.cfg.hostname)])
     }
@@ -333,10 +206,6 @@ impl Session {
     /// Between MAIL FROM and the end of the message.
     pub fn in_transaction(&self) -> bool {
         matches!(self.state, State::Mail { .. } | State::Data { .. })
-    }
-
-    pub fn state(&self) -> &State {
-        &self.state
     }
 
     /// Counts an error reply; past the limit the session is closed.
@@ -355,12 +224,12 @@ impl Session {
     }
 
     /// A command line that was too long to parse.
-    pub fn line_too_long(&mut self) -> Action {
+    fn line_too_long(&mut self) -> Action {
         self.finish(Action::Reply(Reply::new(500, "5.5.2", "line too long")))
     }
 
     /// Handles one command line (or SASL response line).
-    pub fn command(&mut self, line: &[u8]) -> Action {
+    fn command(&mut self, line: &[u8]) -> Action {
         if let Some(step) = self.sasl.take() {
             let action = self.sasl_line(step, line);
             return self.finish(action);
@@ -373,18 +242,8 @@ impl Session {
     }
 
     fn dispatch(&mut self, cmd: Command) -> Action {
-        if matches!(
-            cmd,
-            Command::Noop | Command::Rset | Command::Vrfy | Command::Help
-        ) {
-            self.noops += 1;
-            if self.noops > self.cfg.max_noops {
-                return Action::Close(Reply::new(
-                    421,
-                    "4.7.0",
-                    "too many commands without mail, closing",
-                ));
-            }
+        if let Some(close) = self.count_noop(&cmd) {
+            return close;
         }
         match cmd {
             Command::Ehlo(h) => self.ehlo(h, true),
@@ -441,6 +300,25 @@ impl Session {
                 Action::Reply(Reply::new(502, "5.5.1", format!("{v} not implemented")))
             }
         }
+    }
+
+    /// NOOP, RSET, VRFY and HELP count against `max_noops`: a client that
+    /// sends no mail cannot hold the session; past the limit it is closed.
+    fn count_noop(&mut self, cmd: &Command) -> Option<Action> {
+        if !matches!(
+            cmd,
+            Command::Noop | Command::Rset | Command::Vrfy | Command::Help
+        ) {
+            return None;
+        }
+        self.noops += 1;
+        (self.noops > self.cfg.max_noops).then(|| {
+            Action::Close(Reply::new(
+                421,
+                "4.7.0",
+                "too many commands without mail, closing",
+            ))
+        })
     }
 
     fn starttls(&mut self) -> Action {
@@ -532,6 +410,7 @@ impl Session {
                 smtputf8,
                 ret_full: false,
                 envid: None,
+                bdat: None,
             },
         };
         Action::Reply(Reply::new(250, "2.1.0", "sender OK"))
@@ -575,18 +454,27 @@ impl Session {
     }
 
     fn data(&mut self) -> Action {
-        if self.bdat.is_some() {
-            return Action::Reply(Reply::new(503, "5.5.1", "DATA not allowed after BDAT"));
-        }
         match &self.state {
+            State::Mail { tx, .. } if tx.bdat.is_some() => {
+                return Action::Reply(Reply::new(503, "5.5.1", "DATA not allowed after BDAT"));
+            }
             State::Mail { tx, .. } if tx.recipients.is_empty() => {
                 return Action::Reply(Reply::new(554, "5.5.1", "no valid recipients"));
             }
             State::Mail { .. } => {}
             _ => return Action::Reply(Reply::new(503, "5.5.1", "need MAIL and RCPT before DATA")),
         }
+        let rx = DataReceiver::new(
+            usize::try_from(self.cfg.max_message_size).unwrap_or(usize::MAX),
+            self.cfg.max_text_line,
+        );
         if let State::Mail { helo, esmtp, tx } = std::mem::replace(&mut self.state, State::Fresh) {
-            self.state = State::Data { helo, esmtp, tx };
+            self.state = State::Data {
+                helo,
+                esmtp,
+                tx,
+                rx,
+            };
         }
         Action::StartData(Reply::plain(
             354,
@@ -594,69 +482,109 @@ impl Session {
         ))
     }
 
-    fn rset(&mut self) -> Action {
-        self.reset();
-        Action::Reply(Reply::new(250, "2.0.0", "reset"))
-    }
-
-    /// Drops any transaction, keeping the greeting.
-    fn reset(&mut self) {
-        self.bdat = None;
-        self.bdat_too_big = false;
-        self.state = match std::mem::replace(&mut self.state, State::Fresh) {
-            State::Fresh => State::Fresh,
-            State::Ready { helo, esmtp }
-            | State::Mail { helo, esmtp, .. }
-            | State::Data { helo, esmtp, .. } => State::Ready { helo, esmtp },
+    fn bdat(&mut self, size: u64, last: bool) -> Action {
+        // A refused chunk is still read (and dropped), so its octets are
+        // never taken for commands; the refusal is the chunk's reply.
+        let refused = match &mut self.state {
+            State::Mail { tx, .. } if tx.recipients.is_empty() => {
+                Some(Reply::new(554, "5.5.1", "no valid recipients"))
+            }
+            State::Mail { tx, .. } => {
+                let body = tx.bdat.get_or_insert_with(BdatBody::default);
+                let so_far = body.data.len() as u64;
+                if size > self.cfg.max_message_size.saturating_sub(so_far) {
+                    body.too_big = true;
+                }
+                None
+            }
+            _ => Some(Reply::new(503, "5.5.1", "need MAIL and RCPT before BDAT")),
         };
+        Action::Bdat(Chunk {
+            size,
+            remaining: size,
+            last,
+            refused,
+        })
     }
 
-    /// The DATA receiver finished. Returns the message for the sink, or the
-    /// reply refusing it. The session is ready for the next transaction
-    /// either way.
-    pub fn data_done(
-        &mut self,
-        result: Result<Vec<u8>, DataError>,
-    ) -> Result<ReceivedMessage, Action> {
-        let State::Data { helo, esmtp, tx } = std::mem::replace(&mut self.state, State::Fresh)
-        else {
+    /// Octets of an accepted BDAT chunk.
+    fn bdat_chunk(&mut self, octets: &[u8]) {
+        if let State::Mail {
+            tx: Transaction {
+                bdat: Some(body), ..
+            },
+            ..
+        } = &mut self.state
+        {
+            body.push(octets);
+        }
+    }
+
+    /// The chunk is complete: its refusal, or 250 for a middle chunk; for
+    /// the LAST one, the message (or the refusal), as at the end of DATA.
+    fn bdat_end(&mut self, chunk: Chunk) -> Result<ReceivedMessage, Action> {
+        if let Some(r) = chunk.refused {
+            return Err(self.finish(Action::Reply(r)));
+        }
+        if !chunk.last {
             return Err(Action::Reply(Reply::new(
-                503,
-                "5.5.1",
-                "no DATA in progress",
+                250,
+                "2.0.0",
+                format!("{} octets received", chunk.size),
             )));
+        }
+        let State::Mail {
+            helo,
+            esmtp,
+            mut tx,
+        } = std::mem::replace(&mut self.state, State::Fresh)
+        else {
+            return Err(Action::Reply(Reply::new(503, "5.5.1", "no transaction")));
         };
+        let body = tx.bdat.take().unwrap_or_default();
+        let verdict = if body.too_big {
+            Err(DataError::TooBig)
+        } else {
+            crate::data::check_strict(&body.data, self.cfg.max_text_line).map(|_| body.data)
+        };
+        self.complete(helo, esmtp, tx, verdict)
+    }
+
+    /// The message data is complete (DATA's terminator, or BDAT LAST) with
+    /// this verdict. Returns the message for the sink, or the reply refusing
+    /// it. The session is ready for the next transaction either way.
+    fn complete(
+        &mut self,
+        helo: String,
+        esmtp: bool,
+        tx: Transaction,
+        verdict: Result<Vec<u8>, DataError>,
+    ) -> Result<ReceivedMessage, Action> {
         self.state = State::Ready {
             helo: helo.clone(),
             esmtp,
         };
-        let body = match result {
-            Ok(body) => body,
+        match verdict {
+            Ok(body) => Ok(self.message(helo, esmtp, tx, body)),
             Err(e) => {
-                let reply = match e {
-                    DataError::BareLineEnding => Reply::new(
-                        550,
-                        "5.6.0",
-                        "bare CR or LF in message data: lines must end with CRLF",
-                    ),
-                    DataError::LineTooLong => Reply::new(
-                        550,
-                        "5.6.0",
-                        format!("line longer than {} octets", self.cfg.max_text_line),
-                    ),
-                    DataError::Nul => Reply::new(550, "5.6.0", "NUL octet in message data"),
-                    DataError::TooBig => Reply::new(
-                        552,
-                        "5.3.4",
-                        "message size exceeds fixed maximum message size",
-                    ),
-                };
-                return Err(self.finish(Action::Reply(reply)));
+                let reply = data_refusal(e, self.cfg.max_text_line);
+                Err(self.finish(Action::Reply(reply)))
             }
-        };
+        }
+    }
+
+    /// The accepted message: envelope, and the body behind our Received
+    /// header.
+    fn message(
+        &self,
+        helo: String,
+        esmtp: bool,
+        tx: Transaction,
+        mut body: Vec<u8>,
+    ) -> ReceivedMessage {
         let id = QueueId::generate();
         let now = postern_core::now_ms();
-        let out = received_header(
+        let trace = received_header(
             &self.cfg.hostname,
             &helo,
             self.peer,
@@ -665,12 +593,10 @@ impl Session {
             id,
             &tx,
         );
-        let trace_len = out.len();
+        let trace_len = trace.len();
         // The header goes in front of the received buffer: no second copy
         // of the body.
-        let mut body = body;
-        body.splice(0..0, out);
-        let out = body;
+        body.splice(0..0, trace);
         let envelope = Envelope {
             id,
             sender: tx.sender,
@@ -678,18 +604,142 @@ impl Session {
             client: self.peer.to_string(),
             helo,
             received_ms: now,
-            size: out.len() as u64,
+            size: body.len() as u64,
             eight_bit: tx.eight_bit,
             message_id: None,
             smtputf8: tx.smtputf8,
             dsn_ret_full: tx.ret_full,
             dsn_envid: tx.envid,
         };
-        Ok(ReceivedMessage {
+        ReceivedMessage {
             envelope,
-            body: out,
+            body,
             trace_len,
-        })
+        }
+    }
+
+    fn rset(&mut self) -> Action {
+        self.reset();
+        Action::Reply(Reply::new(250, "2.0.0", "reset"))
+    }
+
+    /// Drops any transaction (with its BDAT data), keeping the greeting.
+    fn reset(&mut self) {
+        self.state = match std::mem::replace(&mut self.state, State::Fresh) {
+            State::Fresh => State::Fresh,
+            State::Ready { helo, esmtp }
+            | State::Mail { helo, esmtp, .. }
+            | State::Data { helo, esmtp, .. } => State::Ready { helo, esmtp },
+        };
+    }
+
+    fn auth(&mut self, mechanism: String, initial: Option<String>) -> Action {
+        if self.cfg.users.is_none() {
+            return Action::Reply(Reply::new(502, "5.5.1", "AUTH not available"));
+        }
+        if self.tls.is_none() {
+            return Action::Reply(Reply::new(
+                538,
+                "5.7.11",
+                "encryption required for authentication",
+            ));
+        }
+        if self.user.is_some() {
+            return Action::Reply(Reply::new(503, "5.5.1", "already authenticated"));
+        }
+        if !matches!(self.state, State::Ready { .. }) {
+            return Action::Reply(Reply::new(
+                503,
+                "5.5.1",
+                "send EHLO first; no AUTH in a transaction",
+            ));
+        }
+        match (mechanism.as_str(), initial) {
+            ("PLAIN", Some(i)) => self.sasl_line(Sasl::Plain, i.as_bytes()),
+            ("PLAIN", None) => {
+                self.sasl = Some(Sasl::Plain);
+                Action::Reply(Reply::plain(334, vec![String::new()]))
+            }
+            ("LOGIN", Some(i)) => self.sasl_line(Sasl::LoginUser, i.as_bytes()),
+            ("LOGIN", None) => {
+                self.sasl = Some(Sasl::LoginUser);
+                Action::Reply(Reply::plain(334, vec!["VXNlcm5hbWU6".into()]))
+            }
+            _ => Action::Reply(Reply::new(504, "5.5.4", "mechanism not supported")),
+        }
+    }
+
+    /// A SASL response line.
+    fn sasl_line(&mut self, step: Sasl, line: &[u8]) -> Action {
+        let text = String::from_utf8_lossy(line).trim().to_string();
+        if text == "*" {
+            return Action::Reply(Reply::new(501, "5.7.0", "authentication cancelled"));
+        }
+        let Some(data) = crate::auth::b64(&text) else {
+            return Action::Reply(Reply::new(501, "5.5.2", "cannot decode the response"));
+        };
+        match step {
+            Sasl::Plain => match crate::auth::parse_plain(&data) {
+                Some((user, pass)) => self.check(user, pass),
+                None => Action::Reply(Reply::new(501, "5.5.2", "malformed PLAIN response")),
+            },
+            Sasl::LoginUser => {
+                self.sasl = Some(Sasl::LoginPass(String::from_utf8_lossy(&data).into_owned()));
+                Action::Reply(Reply::plain(334, vec!["UGFzc3dvcmQ6".into()]))
+            }
+            Sasl::LoginPass(user) => self.check(user, String::from_utf8_lossy(&data).into_owned()),
+        }
+    }
+
+    fn check(&mut self, user: String, pass: String) -> Action {
+        let now = std::time::Instant::now();
+        if self.cfg.auth_limiter.blocked(self.peer, Some(&user), now) {
+            return Action::Reply(Reply::new(
+                454,
+                "4.7.0",
+                "too many failed attempts, try again later",
+            ));
+        }
+        Action::Authenticate { user, pass }
+    }
+
+    /// The result of an [`Action::Authenticate`].
+    fn auth_done(&mut self, user: String, ok: bool) -> Action {
+        if ok {
+            tracing::info!(peer = %self.peer, %user, "authenticated");
+            self.user = Some(user);
+            return Action::Reply(Reply::new(235, "2.7.0", "authentication succeeded"));
+        }
+        self.cfg
+            .auth_limiter
+            .failed(self.peer, &user, std::time::Instant::now());
+        self.finish(Action::Reply(Reply::new(
+            535,
+            "5.7.8",
+            "authentication credentials invalid",
+        )))
+    }
+}
+
+/// The reply refusing message data that failed a check.
+fn data_refusal(e: DataError, max_text_line: usize) -> Reply {
+    match e {
+        DataError::BareLineEnding => Reply::new(
+            550,
+            "5.6.0",
+            "bare CR or LF in message data: lines must end with CRLF",
+        ),
+        DataError::LineTooLong => Reply::new(
+            550,
+            "5.6.0",
+            format!("line longer than {max_text_line} octets"),
+        ),
+        DataError::Nul => Reply::new(550, "5.6.0", "NUL octet in message data"),
+        DataError::TooBig => Reply::new(
+            552,
+            "5.3.4",
+            "message size exceeds fixed maximum message size",
+        ),
     }
 }
 
@@ -719,7 +769,7 @@ fn received_header(
         [one] => format!("\r\n\tfor <{}>", one.address),
         _ => String::new(),
     };
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now()).replace("GMT", "+0000");
+    let date = postern_core::date::rfc5322(std::time::SystemTime::now());
     format!(
         "Received: from {helo} ([{peer}])\r\n\tby {hostname} (Postern) with {with} id {id}{for_clause};\r\n\t{date}\r\n"
     )
@@ -731,32 +781,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> Arc<SessionConfig> {
-        Arc::new(SessionConfig {
-            hostname: "gw.example.test".into(),
-            relay: RelayPolicy {
-                accepted_domains: vec!["example.test".into()],
-                trusted_networks: vec!["127.0.0.1/32".parse().unwrap()],
-            },
-            max_message_size: 1000,
-            max_recipients: 2,
-            max_errors: 3,
-            max_command_line: 512,
-            max_text_line: 1000,
-            command_timeout: std::time::Duration::from_secs(300),
-            data_timeout: std::time::Duration::from_secs(180),
-            max_connections: 10,
-            tls: None,
-            data_total_timeout: std::time::Duration::from_secs(600),
-            max_connections_per_ip: 10,
-            max_connection_rate_per_ip: 100,
-            greeting_delay: std::time::Duration::ZERO,
-            max_noops: 5,
-            pressure: Arc::new(std::sync::atomic::AtomicU8::new(0)),
-            users: None,
-            auth_limiter: crate::auth::AuthLimiter::new(5),
-            require_auth: false,
-            recipients: None,
-        })
+        crate::config::test_config()
     }
 
     fn code(a: Action) -> u16 {
@@ -764,8 +789,13 @@ mod tests {
             Action::Reply(r) | Action::StartData(r) | Action::Close(r) | Action::StartTls(r) => {
                 r.code
             }
-            Action::Authenticate { .. } | Action::Bdat { .. } => 0,
+            Action::Authenticate { .. } | Action::Bdat(_) => 0,
         }
+    }
+
+    /// The codes of the replies waiting for the loop.
+    fn codes(s: &mut Session) -> Vec<u16> {
+        s.take_replies().map(|r| r.code).collect()
     }
 
     #[test]
@@ -774,30 +804,43 @@ mod tests {
         s.command(b"EHLO c.test");
         // No transaction: the chunk is still read (its octets are not
         // commands), then refused.
-        let Action::Bdat { size: 10, .. } = s.command(b"BDAT 10") else {
+        let Action::Bdat(chunk @ Chunk { size: 10, .. }) = s.command(b"BDAT 10") else {
             panic!("chunk must be read")
         };
         s.bdat_chunk(b"RSET\r\nQUIT");
-        let Err(Action::Reply(r)) = s.bdat_end(10, false) else {
+        let Err(Action::Reply(r)) = s.bdat_end(chunk) else {
             panic!("refusal expected")
         };
         assert_eq!(r.code, 503);
         // A size that would wrap the running total is too big, not small.
         s.command(b"MAIL FROM:<a@b.test>");
         s.command(b"RCPT TO:<x@example.test>");
-        let Action::Bdat { .. } = s.command(b"BDAT 1") else {
+        let Action::Bdat(chunk) = s.command(b"BDAT 1") else {
             panic!()
         };
         s.bdat_chunk(b"x");
-        let _ = s.bdat_end(1, false);
-        let Action::Bdat { .. } = s.command(b"BDAT 18446744073709551615 LAST") else {
+        let _ = s.bdat_end(chunk);
+        let Action::Bdat(chunk) = s.command(b"BDAT 18446744073709551615 LAST") else {
             panic!()
         };
         s.bdat_chunk(b"more");
-        let Err(Action::Reply(r)) = s.bdat_end(u64::MAX, true) else {
+        let Err(Action::Reply(r)) = s.bdat_end(chunk) else {
             panic!("refusal expected")
         };
         assert_eq!(r.code, 552);
+    }
+
+    #[test]
+    fn refused_chunk_octets_never_become_commands() {
+        let mut s = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        let input = b"EHLO c.test\r\nBDAT 10\r\nRSET\r\nQUIT";
+        let (used, step) = s.ingest(input);
+        assert_eq!(used, input.len());
+        assert!(matches!(step, Step::Read));
+        assert_eq!(codes(&mut s), [250, 503]);
+        assert!(!s.reading_message(), "the chunk ended");
+        assert!(matches!(s.ingest(b"NOOP\r\n"), (6, Step::Read)));
+        assert_eq!(codes(&mut s), [250]);
     }
 
     #[test]
@@ -836,15 +879,39 @@ mod tests {
     }
 
     #[test]
+    fn noop_limit_closes_the_session() {
+        let mut s = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        for _ in 0..5 {
+            assert_eq!(code(s.command(b"NOOP")), 250);
+        }
+        assert!(matches!(s.command(b"RSET"), Action::Close(r) if r.code == 421));
+    }
+
+    #[test]
+    fn data_refusals() {
+        for (e, want, status) in [
+            (DataError::BareLineEnding, 550, "5.6.0"),
+            (DataError::LineTooLong, 550, "5.6.0"),
+            (DataError::Nul, 550, "5.6.0"),
+            (DataError::TooBig, 552, "5.3.4"),
+        ] {
+            let r = data_refusal(e, 1000);
+            assert_eq!((r.code, r.status), (want, Some(status)), "{e:?}");
+        }
+        let r = data_refusal(DataError::LineTooLong, 998);
+        assert_eq!(r.lines, ["line longer than 998 octets"]);
+    }
+
+    #[test]
     fn data_produces_envelope_with_received() {
         let mut s = Session::new(cfg(), "127.0.0.1".parse().unwrap());
         s.command(b"EHLO c.test");
         s.command(b"MAIL FROM:<>");
         s.command(b"RCPT TO:<x@example.test>");
         assert_eq!(code(s.command(b"DATA")), 354);
-        let msg = s
-            .data_done(Ok(b"Subject: t\r\n\r\nhi\r\n".to_vec()))
-            .unwrap();
+        let (_, Step::Deliver(msg)) = s.ingest(b"Subject: t\r\n\r\nhi\r\n.\r\n") else {
+            panic!("message expected")
+        };
         assert!(msg.envelope.sender.is_none());
         assert_eq!(msg.envelope.recipients.len(), 1);
         assert!(msg.body.starts_with(b"Received: from c.test ([127.0.0.1])"));
@@ -860,8 +927,93 @@ mod tests {
         s.command(b"MAIL FROM:<a@b.test>");
         s.command(b"RCPT TO:<x@example.test>");
         s.command(b"DATA");
-        let err = s.data_done(Err(DataError::BareLineEnding)).unwrap_err();
-        assert_eq!(code(err), 550);
+        // A bare LF: the message is refused, the session goes on.
+        assert!(matches!(s.ingest(b"x\ny\r\n.\r\n"), (8, Step::Read)));
+        assert_eq!(codes(&mut s), [550]);
         assert_eq!(code(s.command(b"MAIL FROM:<a@b.test>")), 250);
+    }
+
+    #[test]
+    fn pipelined_transaction_waits_for_the_sink() {
+        let mut s = Session::new(cfg(), "192.0.2.1".parse().unwrap());
+        let input: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\n\
+            DATA\r\nSubject: t\r\n\r\n..hi\r\n.\r\nQUIT\r\nNOOP\r\n";
+        let (used, step) = s.ingest(input);
+        let Step::Deliver(msg) = step else {
+            panic!("the message goes to the sink first")
+        };
+        assert_eq!(codes(&mut s), [250, 250, 250, 354]);
+        assert_eq!(&msg.body[msg.trace_len..], b"Subject: t\r\n\r\n.hi\r\n");
+        // The sink's answer is sent as is, then the rest is read.
+        s.delivered(Reply::new(250, "2.0.0", "queued"));
+        let (rest, step) = s.ingest(&input[used..]);
+        assert!(matches!(step, Step::Close));
+        assert_eq!(&input[used..used + rest], b"QUIT\r\n", "nothing after QUIT");
+        assert_eq!(codes(&mut s), [250, 221]);
+        assert!(matches!(s.ingest(b"NOOP\r\n"), (0, Step::Close)));
+    }
+
+    #[test]
+    fn data_and_bdat_chunks_change_the_phase() {
+        let mut s = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        s.ingest(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\n");
+        assert_eq!(codes(&mut s), [250, 250, 250]);
+        assert!(!s.take_phase_change());
+        // A chunk split across reads, then BDAT 0 LAST (no phase of its own).
+        assert!(matches!(s.ingest(b"BDAT 5\r\nab"), (10, Step::Read)));
+        assert!(s.reading_message() && s.take_phase_change());
+        assert!(!s.take_phase_change(), "taken");
+        let (used, step) = s.ingest(b"cdeBDAT 0 LAST\r\n");
+        assert_eq!(used, 16);
+        let Step::Deliver(msg) = step else {
+            panic!("message expected")
+        };
+        assert_eq!(&msg.body[msg.trace_len..], b"abcde");
+        assert_eq!(codes(&mut s), [250]);
+        assert!(!s.reading_message() && s.take_phase_change());
+        // DATA starts a phase and its terminator ends it.
+        s.delivered(Reply::new(250, "2.0.0", "queued"));
+        s.ingest(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nDATA\r\n");
+        assert!(s.reading_message() && s.take_phase_change());
+        assert!(matches!(s.ingest(b".\r\n"), (3, Step::Deliver(_))));
+        assert!(!s.reading_message() && s.take_phase_change());
+    }
+
+    #[test]
+    fn ehlo_ends_a_bdat_transaction_with_its_chunks() {
+        let mut s = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        s.ingest(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\n");
+        s.ingest(b"BDAT 5\r\nold\r\nEHLO c.test\r\n");
+        s.ingest(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\n");
+        // The chunk went with its transaction: DATA is allowed again, and
+        // none of the old octets reach the new message.
+        let (_, Step::Deliver(msg)) = s.ingest(b"DATA\r\nnew\r\n.\r\n") else {
+            panic!("message expected")
+        };
+        assert_eq!(&msg.body[msg.trace_len..], b"new\r\n");
+        assert_eq!(codes(&mut s), [250, 250, 250, 250, 250, 250, 250, 354]);
+    }
+
+    #[test]
+    fn auth_asks_the_loop_to_verify() {
+        let dir = std::env::temp_dir().join(format!("postern-session-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let users = dir.join("users");
+        std::fs::write(&users, "# nobody yet\n").unwrap();
+        let config = Arc::new(SessionConfig {
+            users: Some(Arc::new(crate::auth::UserDb::load(&users).unwrap())),
+            ..(*cfg()).clone()
+        });
+        let mut s = Session::encrypted(config, "192.0.2.1".parse().unwrap(), "TLSv1_3".into());
+        // PLAIN with "\0alice\0pw".
+        let input = b"EHLO c.test\r\nAUTH PLAIN AGFsaWNlAHB3\r\nNOOP\r\n";
+        let (used, step) = s.ingest(input);
+        let Step::Verify { user, pass } = step else {
+            panic!("credentials to verify")
+        };
+        assert_eq!((user.as_str(), pass.as_str()), ("alice", "pw"));
+        s.verified(user, false);
+        assert!(matches!(s.ingest(&input[used..]), (6, Step::Read)));
+        assert_eq!(codes(&mut s), [250, 535, 250]);
     }
 }

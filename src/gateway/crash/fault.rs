@@ -44,8 +44,7 @@ pub fn check(stage: Stage, msg: &[u8]) {
     if !std::path::Path::new(&flag).exists() {
         return;
     }
-    let (hdrs, _) = postern_convert::headers::split(msg);
-    let Some(v) = postern_convert::headers::get(hdrs, "X-Postern-Fault") else {
+    let Some(v) = postern_convert::Message::parse(msg).header("X-Postern-Fault") else {
         return;
     };
     for item in v.split(',') {
