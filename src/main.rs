@@ -200,7 +200,7 @@ pub(crate) fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F
 /// Logs on stderr (or `[log] file`; `default_dir/postern.log` when a
 /// service has no stderr), human-readable or JSON (`[log] format`); the
 /// level is `[log] level` unless `POSTERN_LOG` = error|..|trace is set.
-fn init_logging(cfg: &postern_core::config::LogConfig, default_dir: Option<&std::path::Path>) {
+fn init_logging(cfg: &crate::config::LogConfig, default_dir: Option<&std::path::Path>) {
     let level = std::env::var("POSTERN_LOG")
         .ok()
         .and_then(|l| l.parse::<tracing::Level>().ok())

@@ -2,7 +2,7 @@
 //! one line per event, oldest first (rotated files included). Works without
 //! the daemon: it reads the file named by `[tracking]`.
 
-use postern_core::config::Config;
+use crate::config::Config;
 use std::process::ExitCode;
 
 pub fn run(cfg: &Config, key: &str, json: bool) -> ExitCode {

@@ -6,11 +6,11 @@
 //! builds the DNS client for SPF/DKIM/DMARC (inside a runtime). [`Meta`] is
 //! what intake knows about a message that the content stage needs.
 
+use crate::config::Config;
 use postern_convert::{
     Authenticator, ContentLimits, DkimKey, DnsSettings, InboundPolicy, OutboundPolicy,
     QuarantineAction, ResolverError, TnefMode,
 };
-use postern_core::config::Config;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

@@ -3,13 +3,13 @@
 //! part that cannot be built (a missing key file, an unreadable users file)
 //! fails the same way: at start it is fatal, at reload the old part stays.
 
+use crate::config::Config;
 use crate::content::conversion::Conversion;
 use crate::content::processor::ContentProcessor;
 use crate::gateway::intake::IntakePolicy;
 use crate::gateway::scheduler::{Dns, Policy};
 use crate::ops::metrics::Metrics;
 use anyhow::Context;
-use postern_core::config::Config;
 use postern_core::RelayPolicy;
 use postern_delivery::{Deliverer, HickoryResolver};
 use postern_listener::SessionConfig;

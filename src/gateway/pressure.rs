@@ -7,8 +7,8 @@
 //! soon as the measure falls back. Exposed as `postern_back_pressure` and in
 //! `/readyz`.
 
+use crate::config::QueueConfig;
 use crate::ops::metrics::Metrics;
-use postern_core::config::QueueConfig;
 use postern_queue::Queue;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;

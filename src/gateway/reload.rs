@@ -21,12 +21,12 @@
 //! while attempts begun under the old one finish, a destination can briefly
 //! see up to twice `max_per_destination` connections.)
 
+use crate::config::Config;
 use crate::content::conversion::Conversion;
 use crate::gateway::assemble;
 use crate::gateway::intake::Intake;
 use crate::gateway::scheduler::Scheduler;
 use crate::ops::metrics::Metrics;
-use postern_core::config::Config;
 use postern_listener::SessionConfig;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU8;

@@ -11,6 +11,7 @@
 //! the queue. Nothing acknowledged is at risk at any point: a delivery cut
 //! short is simply due again at the next start.
 
+use crate::config::Config;
 use crate::config::Loaded;
 use crate::content::conversion::Conversion;
 use crate::gateway::assemble;
@@ -25,7 +26,6 @@ use crate::ops::metrics::Metrics;
 use crate::ops::tracking::Tracker;
 use crate::run::signals::{Sig, Signals};
 use anyhow::Context;
-use postern_core::config::Config;
 use postern_queue::{Queue, QueueOptions};
 use std::sync::atomic::AtomicU8;
 use std::sync::Arc;
@@ -378,7 +378,7 @@ type Listeners = (
 );
 
 /// The listeners: inherited from `postern run`, or bound here.
-fn listeners(cfg: &postern_core::config::Config) -> anyhow::Result<Listeners> {
+fn listeners(cfg: &crate::config::Config) -> anyhow::Result<Listeners> {
     let s = match crate::run::handoff::inherited_sockets()? {
         Some(s) => s,
         None => crate::run::listen::bind(cfg)?,

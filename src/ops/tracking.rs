@@ -14,7 +14,7 @@
 //! (`postern_tracking_dropped_total`). [`read_events`] is the reading side
 //! used by `postern trace`.
 
-use postern_core::config::TrackingConfig;
+use crate::config::TrackingConfig;
 use postern_core::Envelope;
 use std::io::Write;
 use std::path::{Path, PathBuf};

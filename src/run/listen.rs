@@ -2,8 +2,8 @@
 //! submission and admin. Bound here once, by the supervisor (which hands
 //! them to the gateway by inheritance) or by an unsupervised gateway.
 
+use crate::config::Config;
 use anyhow::Context;
-use postern_core::config::Config;
 use std::net::{SocketAddr, TcpListener};
 
 pub struct Sockets {

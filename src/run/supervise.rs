@@ -42,10 +42,7 @@ struct Inherit {
 }
 
 impl Inherit {
-    fn bind(
-        cfg: &postern_core::config::Config,
-        config: Option<PathBuf>,
-    ) -> anyhow::Result<Inherit> {
+    fn bind(cfg: &crate::config::Config, config: Option<PathBuf>) -> anyhow::Result<Inherit> {
         let sockets = crate::run::listen::bind(cfg)?;
         let fds_of =
             |v: &[std::net::TcpListener]| v.iter().map(|l| l.as_raw_fd()).collect::<Vec<_>>();

@@ -4,18 +4,18 @@
 //! addresses and SMTP paths ([`address`]), queue identifiers ([`id`]), the
 //! envelope a message travels with ([`envelope`]), the typed outcome of a
 //! delivery attempt per recipient ([`outcome`]), relay policy ([`relay`]),
-//! human units for durations and sizes ([`units`]), the configuration tree
-//! ([`config`]), base64 ([`base64`]) and the date formats of mail headers and
-//! logs ([`date`]). This crate does no I/O and depends on no other Postern
+//! human units for durations and sizes ([`units`]), base64 ([`base64`]) and
+//! the date formats of mail headers and logs ([`date`]). The configuration
+//! schema is not here: it lives with the binary that reads it (and the
+//! delivery crate owns its own sections). This crate does no I/O and depends on no other Postern
 //! crate. Every fallible parse returns a typed error ([`AddressError`],
-//! [`units::UnitError`], [`relay::RecipientListError`],
-//! [`config::HostPortError`]), never a bare string.
+//! [`units::UnitError`], [`relay::RecipientListError`]), never a bare
+//! string.
 
 #![warn(missing_docs)]
 
 pub mod address;
 pub mod base64;
-pub mod config;
 pub mod date;
 pub mod envelope;
 pub mod id;

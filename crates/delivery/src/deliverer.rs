@@ -10,11 +10,11 @@
 //! any server answered (no route, DNS, every address unreachable, shutdown)
 //! is one reason for every recipient of the domain: permanent when 5xx.
 
+use crate::config::{DeliveryConfig, Route};
 use crate::nexthop::{next_hops, Hop, HopLimits, Routes};
 use crate::pool::Pool;
 use crate::resolve::Resolver;
 use crate::smtp::{self, mail_dsn_params, rcpt_dsn_params, ClientParams, Conn, Downgrade, Message};
-use postern_core::config::{DeliveryConfig, Route};
 use postern_core::{Address, Envelope, Outcome, Reason};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

@@ -10,6 +10,9 @@
 //!   [`TemporaryDns`], [`ResolverFailure`]); [`HickoryResolver`], built from
 //!   a [`DnsConfig`] (or failing with a [`ResolverBuildError`]), is the
 //!   production one.
+//! - [`DeliveryConfig`] and [`Route`] are the `[delivery]` and `[[route]]`
+//!   settings (the binary's configuration schema embeds them);
+//!   [`split_host_port`] reads a route's host ([`HostPortError`]).
 //! - [`Downgrade`] is the 8-bit to 7-bit conversion the binary provides for
 //!   hops without 8BITMIME; it fails with a [`DowngradeError`].
 //!
@@ -21,12 +24,14 @@
 
 #![warn(missing_docs)]
 
+mod config;
 mod deliverer;
 mod nexthop;
 mod pool;
 mod resolve;
 mod smtp;
 
+pub use config::{split_host_port, DeliveryConfig, HostPortError, Route};
 pub use deliverer::{ConnectHook, Deliverer};
 pub use resolve::{
     DnsConfig, DnsError, HickoryResolver, MxRecord, Resolver, ResolverBuildError, ResolverFailure,

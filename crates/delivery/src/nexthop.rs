@@ -7,8 +7,8 @@
 //! means the domain itself is the implicit MX (RFC 5321 5.1). Failures come
 //! back as a ready [`Reason`] with a temporary or permanent verdict.
 
+use crate::config::{split_host_port, Route};
 use crate::resolve::{DnsError, MxRecord, Resolver};
-use postern_core::config::{split_host_port, Route};
 use postern_core::Reason;
 use rand::seq::SliceRandom;
 use std::collections::HashMap;

@@ -1,11 +1,15 @@
-//! Loading the configuration: file or embedded default, syntax errors with
-//! line and column, then semantic validation of the whole tree.
+//! The configuration: its schema ([`schema`], every key with its default)
+//! and loading it: file or embedded default, environment overrides, syntax
+//! errors with line and column, then semantic validation of the whole tree.
 //!
 //! Entry point: [`load`]. Every failure is a [`ConfigError`] whose message is
 //! fit to print as is.
 
+pub mod schema;
+
+pub use schema::*;
+
 use anyhow::Context;
-use postern_core::config::Config;
 use std::fmt;
 use std::path::Path;
 
@@ -249,7 +253,7 @@ mod tests {
 
     #[test]
     fn shipped_example_is_valid() {
-        let text = include_str!("../config/postern.toml");
+        let text = include_str!("../../config/postern.toml");
         let c = parse(text).expect("config/postern.toml parses");
         assert!(c.validate().is_empty(), "{:?}", c.validate());
     }
