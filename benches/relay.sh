@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Relay throughput benchmark: Postern vs Postfix, side by side, same run.
 #
-#   [ROUNDS=3] benches/relay.sh [MESSAGES] [SIZE_BYTES] [SESSIONS]   (defaults 5000 4096 10)
+#   [ROUNDS=3] [BASELINE_BIN=path] benches/relay.sh [MESSAGES] [SIZE_BYTES] [SESSIONS]
+#   (defaults 5000 4096 10)
 #
 # Load generator: Postfix's smtp-source. Next hop: Postfix's smtp-sink.
 # Three runs against a fresh sink each time:
@@ -9,6 +10,9 @@
 #   postern  smtp-source -> postern (fsync before 250) -> smtp-sink
 #   inproc   the same with workers.processes = 0 (content in the gateway)
 #   notrack  postern with the tracking log off (the cost of tracking)
+#   baseline with BASELINE_BIN set: another postern binary (e.g. a release
+#            build of an earlier commit), same settings as postern,
+#            alternating with it round by round (a regression check)
 #   postfix  smtp-source -> postfix (loopback relay)   -> smtp-sink
 # For each it prints accepted/s (smtp-source finished: every message got its
 # 250) and delivered/s (the sink has counted every message), then the ratios,
@@ -25,6 +29,7 @@ chmod 755 "$WORK"   # Postfix's unprivileged daemons must reach their queue
 SINK_PORT=${SINK_PORT:-20025}
 POSTERN_PORT=${POSTERN_PORT:-20026}
 ROUNDS=${ROUNDS:-1}     # Postern runs (workers, in-process) alternate this many times
+BASELINE_BIN=${BASELINE_BIN:-}   # a second postern binary to compare, same run
 POSTFIX_PORT=${POSTFIX_PORT:-20027}
 ADMIN_PORT=${ADMIN_PORT:-20028}
 PIDS=()
@@ -87,7 +92,7 @@ stop_sink
 # 2. postern, content processing in worker processes (the default), then
 #    in-process (workers.processes = 0): the cost of crash isolation.
 run_postern() {
-  local name=$1 workers=$2 tracking=${3:-file}
+  local name=$1 workers=$2 tracking=${3:-file} bin=${4:-$BIN}
   start_sink
   rm -rf "$WORK/queue"
   cat > "$WORK/postern.toml" <<CONF
@@ -108,7 +113,7 @@ hosts = ["127.0.0.1:$SINK_PORT"]
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
 CONF
-  POSTERN_LOG=warn "$BIN" run --config "$WORK/postern.toml" 2> "$WORK/postern.log" &
+  POSTERN_LOG=warn "$bin" run --config "$WORK/postern.toml" 2> "$WORK/postern.log" &
   POSTERN_PID=$!
   PIDS+=("$POSTERN_PID")
   wait_port "$POSTERN_PORT"
@@ -133,6 +138,7 @@ CONF
 RSS=()
 for _ in $(seq 1 "$ROUNDS"); do
   run_postern postern 2
+  [ -n "$BASELINE_BIN" ] && run_postern baseline 2 file "$BASELINE_BIN"
   run_postern inproc 0
   run_postern notrack 2 off
 done
@@ -203,7 +209,7 @@ for r in "${results[@]}"; do
   read -r name a d <<<"$r"
   printf '%-8s %12.0f %12.0f\n' "$name" "$a" "$d"
 done
-for name in direct postern inproc notrack postfix; do
+for name in direct postern baseline inproc notrack postfix; do
   ACC[$name]=$(printf '%s\n' "${results[@]}" | awk -v n="$name" '$1==n {print $2}' | median)
   DEL[$name]=$(printf '%s\n' "${results[@]}" | awk -v n="$name" '$1==n {print $3}' | median)
 done
@@ -217,4 +223,8 @@ printf 'isolation cost (workers vs in-process): accepted %.1f%%, delivered %.1f%
   "$(echo "(1 - ${ACC[postern]} / ${ACC[inproc]}) * 100" | bc -l)" "$(echo "(1 - ${DEL[postern]} / ${DEL[inproc]}) * 100" | bc -l)"
 printf 'tracking log cost (file vs off): accepted %.1f%%, delivered %.1f%%\n' \
   "$(echo "(1 - ${ACC[postern]} / ${ACC[notrack]}) * 100" | bc -l)" "$(echo "(1 - ${DEL[postern]} / ${DEL[notrack]}) * 100" | bc -l)"
+if [ -n "$BASELINE_BIN" ]; then
+  printf 'postern/baseline (%s): accepted %.3fx, delivered %.3fx\n' "$BASELINE_BIN" \
+    "$(echo "${ACC[postern]} / ${ACC[baseline]}" | bc -l)" "$(echo "${DEL[postern]} / ${DEL[baseline]}" | bc -l)"
+fi
 for r in "${RSS[@]}"; do echo "RSS $r"; done
