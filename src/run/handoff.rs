@@ -22,6 +22,7 @@ use crate::run::listen::Sockets;
 use std::time::Duration;
 
 /// Inherited listening sockets, by kind.
+#[cfg_attr(not(unix), allow(dead_code))]
 pub const LISTEN_ENV: &str = "POSTERN_LISTEN_FDS";
 /// The file descriptor of the in-flight pipe's write end.
 #[cfg_attr(not(unix), allow(dead_code))]

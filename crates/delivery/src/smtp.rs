@@ -453,6 +453,23 @@ mod tests {
         (addr, hop)
     }
 
+    /// A 7-bit message from `from` to `rcpts` without DSN parameters.
+    fn plain_message<'a>(
+        from: &'a Address,
+        rcpts: &'a [&'a Address],
+        body: &'a [u8],
+    ) -> Message<'a> {
+        Message {
+            sender: Some(from),
+            recipients: rcpts,
+            body,
+            eight_bit: false,
+            smtputf8: false,
+            dsn_mail: String::new(),
+            dsn_rcpt: &[],
+        }
+    }
+
     #[tokio::test]
     async fn pipelined_transaction_settles_per_recipient() {
         let (addr, hop) = next_hop(
@@ -476,13 +493,9 @@ mod tests {
         let rcpts = [&good, &bad];
         let dsn = [" NOTIFY=SUCCESS".to_string(), String::new()];
         let msg = Message {
-            sender: Some(&from),
-            recipients: &rcpts,
-            body: b"Subject: t\r\n\r\nhi\r\n",
-            eight_bit: false,
-            smtputf8: false,
             dsn_mail: " RET=HDRS".into(),
             dsn_rcpt: &dsn,
+            ..plain_message(&from, &rcpts, b"Subject: t\r\n\r\nhi\r\n")
         };
         let out = transact(&mut conn, &msg, &no_downgrade, T).await.unwrap();
         assert_eq!(
@@ -525,15 +538,7 @@ mod tests {
         let mut conn = connect("hop.test", addr, &params()).await.unwrap();
         let (from, to) = (address("s", "a.test"), address("t", "b.test"));
         let rcpts = [&to];
-        let msg = Message {
-            sender: Some(&from),
-            recipients: &rcpts,
-            body: b"hi\r\n",
-            eight_bit: false,
-            smtputf8: false,
-            dsn_mail: String::new(),
-            dsn_rcpt: &[],
-        };
+        let msg = plain_message(&from, &rcpts, b"hi\r\n");
         let out = transact(&mut conn, &msg, &no_downgrade, T).await.unwrap();
         assert_eq!(
             out,
@@ -569,15 +574,7 @@ mod tests {
         let mut conn = connect("hop.test", addr, &params()).await.unwrap();
         let (from, to) = (address("s", "a.test"), address("t", "b.test"));
         let rcpts = [&to];
-        let msg = Message {
-            sender: Some(&from),
-            recipients: &rcpts,
-            body: "Gr\u{fc}\u{df}e\r\n".as_bytes(),
-            eight_bit: false,
-            smtputf8: false,
-            dsn_mail: String::new(),
-            dsn_rcpt: &[],
-        };
+        let msg = plain_message(&from, &rcpts, "Gr\u{fc}\u{df}e\r\n".as_bytes());
         // No 8BITMIME: converted, and SIZE is the converted size.
         let out = transact(&mut conn, &msg, &seven, T).await.unwrap();
         assert_eq!(out, vec![Outcome::Delivered(remote(250, "2.0.0", "ok"))]);
