@@ -22,7 +22,9 @@ use crate::gateway::crash::fault::{self, Stage};
 use crate::gateway::crash::gate::Gate;
 use crate::gateway::crash::inflight::Inflight;
 use crate::gateway::live::Live;
-use crate::gateway::settle::{charge_crash, millis, settle, Crash, Next, Notice, Settlement};
+use crate::gateway::settle::{
+    charge_crash, millis, retry_delay, settle, Crash, Next, Notice, Settlement,
+};
 use crate::ops::metrics::Metrics;
 use crate::ops::tracking::Tracker;
 use postern_convert::{build_dsn, DsnInput, DsnRecipient};
@@ -51,17 +53,14 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Delay before the next attempt after `attempts` attempts, jittered.
+    /// Delay before the next attempt after `attempts` attempts, with
+    /// ±10 % jitter ([`retry_delay`]).
     pub fn retry_delay(&self, attempts: u32) -> Duration {
-        let i = (attempts as usize)
-            .saturating_sub(1)
-            .min(self.retry_intervals.len().saturating_sub(1));
-        let base = self
-            .retry_intervals
-            .get(i)
-            .copied()
-            .unwrap_or(Duration::from_secs(60));
-        base.mul_f64(rand::rng().random_range(0.9..1.1))
+        retry_delay(
+            &self.retry_intervals,
+            attempts,
+            rand::rng().random_range(0.9..1.1),
+        )
     }
 
     /// The destination class of a recipient domain (a metric label).

@@ -8,8 +8,9 @@
 //! is pending, else deferred to `now + retry delay`. [`charge_crash`] is
 //! what a crash does to a record: one more crash, quarantined at the poison
 //! threshold, else deferred (or left where it is, for a crash found after
-//! a death). The scheduler ([`crate::gateway::scheduler`]) and the suspect
-//! charging ([`crate::gateway::crash::suspects`]) act on these answers.
+//! a death). [`retry_delay`] is the retry schedule. The scheduler
+//! ([`crate::gateway::scheduler`]) and the suspect charging
+//! ([`crate::gateway::crash::suspects`]) act on these answers.
 
 use postern_core::{Address, Envelope, Outcome, Reason, RecipientStatus};
 use postern_queue::{QuarantineInfo, Record, State};
@@ -203,6 +204,19 @@ pub fn charge_crash(
         rec.state = State::Deferred;
         rec.due_ms = due;
     }
+}
+
+/// The retry schedule: the delay before the next attempt after `attempts`
+/// attempts is the `attempts`-th interval (the last one repeats; 60 s when
+/// none is configured), times `jitter` (the caller draws it, e.g. from
+/// 0.9..1.1, so attempts of many messages do not line up).
+pub fn retry_delay(intervals: &[Duration], attempts: u32, jitter: f64) -> Duration {
+    let i = usize::try_from(attempts)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(1)
+        .min(intervals.len().saturating_sub(1));
+    let base = intervals.get(i).copied().unwrap_or(Duration::from_secs(60));
+    base.mul_f64(jitter)
 }
 
 /// A duration in whole milliseconds, saturating.
@@ -426,6 +440,32 @@ mod tests {
             }
             Next::Remove => panic!("still pending"),
         }
+    }
+
+    #[test]
+    fn retry_schedule_table() {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        let intervals = [m(1), m(5), m(30)];
+        // (attempts made, jitter, expected delay)
+        let cases = [
+            (0, 1.0, m(1)),
+            (1, 1.0, m(1)),
+            (2, 1.0, m(5)),
+            (3, 1.0, m(30)),
+            (4, 1.0, m(30)),
+            (u32::MAX, 1.0, m(30)),
+            (2, 0.9, Duration::from_secs(270)),
+            (2, 1.1, Duration::from_secs(330)),
+        ];
+        for (attempts, jitter, want) in cases {
+            let got = retry_delay(&intervals, attempts, jitter);
+            let diff = got.abs_diff(want);
+            assert!(
+                diff < Duration::from_millis(1),
+                "{attempts} {jitter}: {got:?}"
+            );
+        }
+        assert_eq!(retry_delay(&[], 3, 1.0), Duration::from_secs(60));
     }
 
     #[test]
