@@ -144,7 +144,7 @@ fn main() -> ExitCode {
             match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("postern: {e:#}");
+                    eprintln!("postern: {}", error_text(&e));
                     ExitCode::from(1)
                 }
             }
@@ -190,11 +190,32 @@ pub(crate) fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F
     match rt.block_on(f) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("fatal: {e:#}");
-            eprintln!("postern: {e:#}");
+            let text = error_text(&e);
+            tracing::error!("fatal: {text}");
+            eprintln!("postern: {text}");
             ExitCode::from(1)
         }
     }
+}
+
+/// An error and its causes on one line, `error: cause: cause`, each cause
+/// once. Our crates' errors name their cause in their own text (so a log
+/// line with `%e` says everything) and also return it as their source (so
+/// the chain is kept); a cause whose text already ends the line is not
+/// repeated.
+pub(crate) fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.ends_with(c.as_str()) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&c);
+    }
+    text
 }
 
 /// Logs on stderr (or `[log] file`; `default_dir/postern.log` when a
@@ -246,5 +267,26 @@ fn init_logging(cfg: &crate::config::LogConfig, default_dir: Option<&std::path::
         builder.json().with_current_span(false).init();
     } else {
         builder.with_ansi(ansi).init();
+    }
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("storage error: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn causes_named_in_the_text_are_not_repeated() {
+        let io = std::io::Error::other("disk on fire");
+        let e = anyhow::Error::new(Outer(io)).context("cannot open the queue at /q");
+        assert_eq!(
+            error_text(&e),
+            "cannot open the queue at /q: storage error: disk on fire"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_text(&plain), "outer: inner");
     }
 }

@@ -22,7 +22,7 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
     match crate::config::load(path) {
         Ok(loaded) => block_on(async move {
             crate::gateway::assemble::validate(&loaded.config)
-                .map_err(|e| anyhow::anyhow!("{}: {e:#}", loaded.source))?;
+                .map_err(|e| anyhow::anyhow!("{}: {}", loaded.source, crate::error_text(&e)))?;
             println!("{}: configuration OK", loaded.source);
             Ok(())
         }),
@@ -38,7 +38,7 @@ pub fn queue_command(path: Option<&Path>, cmd: queue::QueueCmd) -> ExitCode {
     match admin_target(path) {
         Ok((admin, token)) => block_on(async move { queue::run(admin, token, cmd).await }),
         Err(e) => {
-            eprintln!("{}", format!("{e:#}").trim_end());
+            eprintln!("{}", crate::error_text(&e).trim_end());
             ExitCode::from(1)
         }
     }
@@ -52,7 +52,7 @@ pub fn health(path: Option<&Path>, ready: bool) -> ExitCode {
             queue::check(admin, token, path).await
         }),
         Err(e) => {
-            eprintln!("{}", format!("{e:#}").trim_end());
+            eprintln!("{}", crate::error_text(&e).trim_end());
             ExitCode::from(1)
         }
     }
@@ -71,7 +71,7 @@ pub fn hash_password() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("postern: {:#}", anyhow::Error::new(e));
+            eprintln!("postern: {}", crate::error_text(&anyhow::Error::new(e)));
             ExitCode::from(1)
         }
     }

@@ -33,7 +33,7 @@ pub fn main(config: Option<PathBuf>, memory: u64, deadline: Duration) -> ExitCod
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("postern worker: {e:#}");
+            eprintln!("postern worker: {}", crate::error_text(&e));
             return ExitCode::from(78);
         }
     };

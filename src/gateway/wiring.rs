@@ -323,7 +323,7 @@ async fn reload_until_stop(signals: &mut Signals, reloader: &Reloader) {
                 "configuration reloaded; some changes take effect only after a restart"
             ),
             Err(e) => tracing::error!(
-                error = %format!("{e:#}").trim_end(),
+                error = %crate::error_text(&e).trim_end(),
                 "configuration reload failed; the running configuration stays"
             ),
         }

@@ -213,7 +213,7 @@ pub fn handle(
     let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
     let filter = match Filter::parse(query) {
         Ok(f) => f,
-        Err(e) => return Some(error(400, format!("{e:#}"))),
+        Err(e) => return Some(error(400, e.to_string())),
     };
     let act = |id: &str, name: &'static str, f: &dyn Fn(QueueId) -> Result<Record, QueueError>| {
         with_id(id, |id| {

@@ -239,7 +239,7 @@ async fn forward_signals(
                 let _ = fwd_tx.send(libc::SIGHUP);
             }
             Err(e) => tracing::error!(
-                error = %format!("{e:#}"),
+                error = %crate::error_text(&e),
                 "configuration reload refused; the running configuration stays"
             ),
         }

@@ -100,7 +100,7 @@ define_windows_service!(ffi_service_main, service_main);
 
 fn service_main(_scm_args: Vec<OsString>) {
     if let Err(e) = run_service() {
-        tracing::error!("service failed: {e:#}");
+        tracing::error!("service failed: {}", crate::error_text(&e));
     }
 }
 

@@ -1,6 +1,9 @@
 //! The parsed view of one message: [`Message::parse`] finds the header
-//! section and the body (RFC 5322 2.1) and locates every header field once
-//! (name, colon, folded lines), so the stages a message passes through
+//! section and the body (RFC 5322 2.1) once, and [`Message::headers`] walks
+//! the fields (name, colon, folded lines) within that section as it goes,
+//! allocating nothing (a header section of millions of tiny lines costs no
+//! memory before the size limits have had their say), so the stages a
+//! message passes through
 //! (Message-ID for tracking, the fault check, MIME inspection, the outbound
 //! pipeline, inbound authentication) share one parse instead of splitting
 //! the same bytes again. [`HeaderField`] is one located field.
@@ -17,8 +20,8 @@ use crate::content::{multipart_boundary, split_parts};
 /// RFC 5322 line limit), so one header cannot bloat a queue record.
 const MAX_MESSAGE_ID: usize = 998;
 
-/// One message parsed once: where its header section ends, where its body
-/// begins and where each header field lies. Borrows the message bytes.
+/// One message parsed once: where its header section ends and where its
+/// body begins. Borrows the message bytes.
 #[derive(Debug, Clone)]
 pub struct Message<'a> {
     /// The whole message, as given to [`Message::parse`].
@@ -29,34 +32,17 @@ pub struct Message<'a> {
     /// Where the body begins: after the empty line, or at the end of the
     /// message when there is none.
     body_start: usize,
-    /// Every header field, in order, located once so lookups never rescan.
-    fields: Vec<Span>,
-}
-
-/// Where one header field lies in the message.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    /// Offset of the field's first octet in the message.
-    start: usize,
-    /// Offset one past the field's last octet (its final CRLF included).
-    end: usize,
-    /// Length of the field's first line, its CRLF excluded: a colon after
-    /// it is in a folded line and names nothing.
-    first_line: usize,
-    /// The first colon in the field, relative to `start`.
-    colon: Option<usize>,
 }
 
 impl<'a> Message<'a> {
-    /// Parses `bytes`: finds the end of the header section and locates
-    /// every header field.
+    /// Parses `bytes`: finds the end of the header section and the start
+    /// of the body.
     pub fn parse(bytes: &'a [u8]) -> Message<'a> {
         let (header_len, body_start) = sections(bytes);
         Message {
             bytes,
             header_len,
             body_start,
-            fields: locate_fields(&bytes[..header_len]),
         }
     }
 
@@ -76,13 +62,13 @@ impl<'a> Message<'a> {
         &self.bytes[self.body_start..]
     }
 
-    /// The header fields in order, duplicates included.
+    /// The header fields in order, duplicates included, found as the
+    /// iterator goes (no allocation).
     pub fn headers(&self) -> impl Iterator<Item = HeaderField<'a>> + '_ {
-        self.fields.iter().map(move |s| HeaderField {
-            raw: &self.bytes[s.start..s.end],
-            first_line: s.first_line,
-            colon: s.colon,
-        })
+        Fields {
+            section: self.header_section(),
+            pos: 0,
+        }
     }
 
     /// The value of the first field named `name` (ASCII case-insensitive),
@@ -167,32 +153,45 @@ fn sections(msg: &[u8]) -> (usize, usize) {
     }
 }
 
-/// The fields of a header section: each runs from a line that does not
-/// begin with white space through the folded lines that follow it.
-fn locate_fields(h: &[u8]) -> Vec<Span> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut first_line_end = None;
-    let mut i = 0;
-    while i < h.len() {
-        let (eol, end) = match h[i..].windows(2).position(|w| w == b"\r\n") {
-            Some(p) => (i + p, i + p + 2),
-            None => (h.len(), h.len()),
-        };
-        let first = *first_line_end.get_or_insert(eol);
-        if !matches!(h.get(end), Some(b' ' | b'\t')) {
-            out.push(Span {
-                start,
-                end,
-                first_line: first - start,
-                colon: h[start..end].iter().position(|b| *b == b':'),
-            });
-            start = end;
-            first_line_end = None;
+/// The fields of a header section, one at a time: each runs from a line
+/// that does not begin with white space through the folded lines that
+/// follow it.
+struct Fields<'a> {
+    /// The header section being walked.
+    section: &'a [u8],
+    /// Where the next field begins.
+    pos: usize,
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = HeaderField<'a>;
+
+    fn next(&mut self) -> Option<HeaderField<'a>> {
+        let h = self.section;
+        let start = self.pos;
+        if start >= h.len() {
+            return None;
         }
-        i = end;
+        let mut first_line_end = None;
+        let mut i = start;
+        loop {
+            let (eol, end) = match h[i..].windows(2).position(|w| w == b"\r\n") {
+                Some(p) => (i + p, i + p + 2),
+                None => (h.len(), h.len()),
+            };
+            let first = *first_line_end.get_or_insert(eol);
+            if !matches!(h.get(end), Some(b' ' | b'\t')) {
+                self.pos = end;
+                let raw = &h[start..end];
+                return Some(HeaderField {
+                    raw,
+                    first_line: first - start,
+                    colon: raw.iter().position(|b| *b == b':'),
+                });
+            }
+            i = end;
+        }
     }
-    out
 }
 
 /// A value as it follows the colon, unfolded.

@@ -75,10 +75,10 @@ pub struct ResolverFailure(Arc<NetError>);
 #[derive(Debug, thiserror::Error)]
 pub enum ResolverBuildError {
     /// The system configuration (/etc/resolv.conf) could not be read.
-    #[error("system resolver: {0}")]
+    #[error("temporary DNS failure: system resolver: {0}")]
     SystemConfig(#[source] ResolverFailure),
     /// The resolver could not be built from its configuration.
-    #[error("resolver: {0}")]
+    #[error("temporary DNS failure: resolver: {0}")]
     Build(#[source] ResolverFailure),
 }
 
