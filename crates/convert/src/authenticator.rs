@@ -11,23 +11,17 @@
 //! of the gateway ask DNS the same way.
 
 use crate::Message;
-use hickory_resolver::net::NetError;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
-use postern_dns::TokioResolver;
 
 /// Where the authentication checks send their DNS queries: the same
 /// settings, and the same resolver options, as delivery's.
 pub use postern_dns::DnsConfig as DnsSettings;
 
-/// Why the DNS client could not be built.
+/// Why the DNS client could not be built (the system configuration could
+/// not be read, or the resolver not built). Opaque; its cause is its source.
 #[derive(Debug, thiserror::Error)]
-#[error("temporary DNS failure: {context}: {source}")]
-pub struct ResolverError {
-    /// The step that failed: "system resolver" or "resolver".
-    context: &'static str,
-    /// hickory's error (boxed: it is large).
-    source: Box<NetError>,
-}
+#[error("temporary DNS failure: {0}")]
+pub struct ResolverError(#[source] postern_dns::BuildError);
 
 /// mail-auth's SPF, DKIM and DMARC verifier on our resolver. Build it once
 /// per process, inside a tokio runtime; clones share the resolver.
@@ -57,7 +51,7 @@ impl Authenticator {
     /// runtime.
     pub fn new(dns: &DnsSettings) -> Result<Authenticator, ResolverError> {
         Ok(Authenticator {
-            inner: MessageAuthenticator(resolver(dns)?),
+            inner: MessageAuthenticator(postern_dns::build(dns).map_err(ResolverError)?),
         })
     }
 
@@ -81,20 +75,6 @@ impl Authenticator {
     pub(crate) fn verifier(&self) -> &MessageAuthenticator {
         &self.inner
     }
-}
-
-/// The resolver `postern-dns` builds for these settings.
-fn resolver(dns: &DnsSettings) -> Result<TokioResolver, ResolverError> {
-    postern_dns::build(dns).map_err(|e| match e {
-        postern_dns::BuildError::SystemConfig(e) => ResolverError {
-            context: "system resolver",
-            source: Box::new(e),
-        },
-        postern_dns::BuildError::Build(e) => ResolverError {
-            context: "resolver",
-            source: Box::new(e),
-        },
-    })
 }
 
 #[cfg(test)]

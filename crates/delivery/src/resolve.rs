@@ -71,16 +71,12 @@ pub enum TemporaryDns {
 #[error(transparent)]
 pub struct ResolverFailure(Arc<NetError>);
 
-/// Why [`HickoryResolver::new`] could not build a resolver.
+/// Why [`HickoryResolver::new`] could not build a resolver: the system
+/// configuration (/etc/resolv.conf) could not be read, or the resolver not
+/// built from its configuration. Opaque; its cause is its source.
 #[derive(Debug, thiserror::Error)]
-pub enum ResolverBuildError {
-    /// The system configuration (/etc/resolv.conf) could not be read.
-    #[error("temporary DNS failure: system resolver: {0}")]
-    SystemConfig(#[source] ResolverFailure),
-    /// The resolver could not be built from its configuration.
-    #[error("temporary DNS failure: resolver: {0}")]
-    Build(#[source] ResolverFailure),
-}
+#[error("temporary DNS failure: {0}")]
+pub struct ResolverBuildError(#[source] postern_dns::BuildError);
 
 /// The DNS questions delivery asks: [`HickoryResolver`] in production, a
 /// table in tests.
@@ -101,13 +97,7 @@ pub struct HickoryResolver {
 impl HickoryResolver {
     /// Builds the resolver. Call inside a tokio runtime.
     pub fn new(config: &DnsConfig) -> Result<Self, ResolverBuildError> {
-        let failure = |e| ResolverFailure(Arc::new(e));
-        let inner = postern_dns::build(config).map_err(|e| match e {
-            postern_dns::BuildError::SystemConfig(e) => {
-                ResolverBuildError::SystemConfig(failure(e))
-            }
-            postern_dns::BuildError::Build(e) => ResolverBuildError::Build(failure(e)),
-        })?;
+        let inner = postern_dns::build(config).map_err(ResolverBuildError)?;
         Ok(HickoryResolver { inner })
     }
 }

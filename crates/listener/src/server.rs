@@ -269,8 +269,7 @@ async fn talked_first<S: MessageSink>(
             "5.5.1",
             "protocol error: you talked before the greeting",
         );
-        sink.refused(&r);
-        let _ = stream.write_all(&r.to_bytes()).await;
+        refuse(sink, stream, &r).await;
         tracing::info!(%peer, "early talker refused");
     }
     true
