@@ -341,3 +341,53 @@ async fn chunking_bdat_with_strict_line_endings() {
     })
     .await;
 }
+
+/// EHLO in the middle of a BDAT transaction ends it, chunks and all: octets
+/// of an abandoned transaction never reach the next message. (Before the
+/// session owned its BDAT state, they were prepended to it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn bdat_chunks_of_an_abandoned_transaction_are_dropped() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = routed(&sink, "");
+    let mut c = RawClient::connect(gw.smtp).await;
+    c.cmd("EHLO t.test").await;
+    c.cmd("MAIL FROM:<a@example.test>").await;
+    c.cmd("RCPT TO:<b@example.test>").await;
+    c.send(b"BDAT 14\r\nX-Stale: old\r\n").await;
+    assert!(c.reply().await.starts_with("250"));
+    assert!(c.cmd("EHLO t.test").await.starts_with("250"));
+    c.cmd("MAIL FROM:<a@example.test>").await;
+    c.cmd("RCPT TO:<b@example.test>").await;
+    let fresh = b"Subject: fresh\r\n\r\nnew body\r\n";
+    let mut w = format!("BDAT {} LAST\r\n", fresh.len()).into_bytes();
+    w.extend_from_slice(fresh);
+    c.send(&w).await;
+    let r = c.reply().await;
+    assert!(r.contains("queued as"), "{r}");
+    wait_until(Duration::from_secs(30), "delivery", || sink.count() == 1).await;
+    let data = &sink.all()[0].data;
+    assert!(data.contains("Subject: fresh\r\n"), "{data}");
+    assert!(data.contains("\r\n\r\nnew body\r\n"), "{data}");
+    assert!(!data.contains("X-Stale"), "{data}");
+}
+
+/// A header section of millions of tiny lines is refused for its size
+/// (552 5.3.4) by the content worker: finding the header fields costs no
+/// memory before the limit is checked, so the worker (256 MiB address
+/// space) neither dies nor blames the message for a crash.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_header_of_millions_of_lines_is_refused_for_its_size() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = routed(&sink, "");
+    let mut c = RawClient::connect(gw.smtp).await;
+    c.cmd("EHLO t.test").await;
+    c.begin_data("<a@example.test>", &["<b@example.test>"])
+        .await;
+    // 24 MiB of 4-octet header lines: 6.3 million fields.
+    let mut data = b"a:\r\n".repeat(6 * 1024 * 1024);
+    data.extend_from_slice(b"\r\nbody\r\n.\r\n");
+    c.send(&data).await;
+    let r = c.reply().await;
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    assert_eq!(sink.count(), 0);
+}
