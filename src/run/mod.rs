@@ -6,7 +6,7 @@
 //! unsupervised gateway); [`handoff`] owns every environment variable and
 //! pipe message the supervisor and the gateway share; [`signals`] turns
 //! process signals into events; [`notify`] speaks systemd's sd_notify;
-//! [`winservice`] is the Windows service. May use [`crate::config`] and the
+//! `winservice` is the Windows service. May use [`crate::config`] and the
 //! gateway's assembly (to validate a configuration before a reload), never
 //! the mail flow.
 
