@@ -8,7 +8,8 @@
 //! messages through the running daemon; `trace` prints a message's life
 //! from the tracking log. `gateway` and `worker` are the
 //! internal child processes. Without `--config`, `./config/postern.toml` is
-//! used if it exists, else the embedded default configuration.
+//! used if it exists, else the embedded default configuration. Files the
+//! process creates are private (umask 077, see `private_files`).
 
 mod cli;
 mod config;
@@ -108,6 +109,7 @@ struct ConfigArg {
 }
 
 fn main() -> ExitCode {
+    private_files();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Run {
         config: ConfigArg::default(),
@@ -156,6 +158,24 @@ fn main() -> ExitCode {
         } => serve(config.config, !no_supervisor),
     }
 }
+
+/// Makes every file and directory this process (and its children: the
+/// gateway, the workers) creates private to its user: umask 077, so the
+/// queue (sled files), spool files, tracking log, running-configuration
+/// snapshot, admin.addr and admin.token are 0600 and directories 0700.
+/// Mail is somebody's; no other local user may read it.
+#[cfg(unix)]
+fn private_files() {
+    // SAFETY: umask only replaces the process's file-creation mask; it
+    // cannot fail, takes no pointers, and runs first, before any thread.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
+/// Windows: files take the ACL of their directory.
+#[cfg(not(unix))]
+fn private_files() {}
 
 /// Loads the configuration and runs the supervisor or the gateway.
 fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {

@@ -6,14 +6,70 @@
 //! summary, show, hold, release, retry, delete); [`trace`] reads the
 //! tracking log directly and works without the daemon. They use the
 //! operations side ([`crate::ops`]) for the wire types and the log format,
-//! never the gateway's internals.
+//! never the gateway's internals. Text from the queue or the tracking log
+//! may come from clients: it is printed through [`escape_controls`] (or
+//! [`escape_json_controls`] as JSON), never raw to the terminal.
 
 pub mod queue;
 pub mod trace;
 
 use crate::block_on;
+use std::borrow::Cow;
 use std::path::Path;
 use std::process::ExitCode;
+
+/// Whether printing `c` could drive a terminal: a C0 control (ESC, CR, LF,
+/// tab and the rest), DEL or a C1 control (CSI, OSC...).
+fn is_control(c: char) -> bool {
+    matches!(c, '\0'..='\x1f' | '\x7f'..='\u{9f}')
+}
+
+/// `text` fit for a terminal: every control character written out, C0 and
+/// DEL as `\xNN`, C1 as `\u{NN}`, so text a client chose (HELO, addresses,
+/// Message-ID, subject, reasons, remote replies) cannot move the cursor,
+/// recolour, retitle or rewrite the operator's terminal. Every
+/// human-readable line the CLI prints goes through it.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    use std::fmt::Write;
+    if !text.chars().any(is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c as u32 {
+            n @ (0..=0x1f | 0x7f) => {
+                let _ = write!(out, "\\x{n:02x}");
+            }
+            n @ 0x80..=0x9f => {
+                let _ = write!(out, "\\u{{{n:x}}}");
+            }
+            _ => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// JSON text with DEL and C1 controls written as `\u00NN`: serde_json
+/// escapes C0 controls itself but leaves these as they are. In JSON text a
+/// control character can only be inside a string, where the escape means
+/// the same, so the output is the same JSON. Every JSON the CLI prints goes
+/// through it.
+pub fn escape_json_controls(json: &str) -> Cow<'_, str> {
+    use std::fmt::Write;
+    let raw = |c: char| matches!(c, '\x7f'..='\u{9f}');
+    if !json.chars().any(raw) {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if raw(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// `postern check-config`: loads the file and builds every part from it
 /// (DKIM keys, maps, TLS certificate, users and recipients files, routes),
@@ -38,7 +94,7 @@ pub fn queue_command(path: Option<&Path>, cmd: queue::QueueCmd) -> ExitCode {
     match admin_target(path) {
         Ok((admin, token)) => block_on(async move { queue::run(admin, token, cmd).await }),
         Err(e) => {
-            eprintln!("{}", crate::error_text(&e).trim_end());
+            eprintln!("{}", escape_controls(crate::error_text(&e).trim_end()));
             ExitCode::from(1)
         }
     }
@@ -52,7 +108,7 @@ pub fn health(path: Option<&Path>, ready: bool) -> ExitCode {
             queue::check(admin, token, path).await
         }),
         Err(e) => {
-            eprintln!("{}", crate::error_text(&e).trim_end());
+            eprintln!("{}", escape_controls(crate::error_text(&e).trim_end()));
             ExitCode::from(1)
         }
     }
@@ -78,11 +134,13 @@ pub fn hash_password() -> ExitCode {
 }
 
 /// The running daemon's admin address and token, from the configuration
-/// (port 0: the address the daemon wrote beside its queue).
+/// (port 0: the address the daemon wrote beside its queue; no
+/// `token_file`: the token the daemon generated beside its queue, if this
+/// user can read it).
 fn admin_target(path: Option<&Path>) -> anyhow::Result<(std::net::SocketAddr, Option<String>)> {
     let loaded = crate::config::load(path)?;
     let cfg = &loaded.config;
-    let token = crate::config::admin_token(cfg)?;
+    let token = crate::config::admin_client_token(cfg)?;
     let mut admin = cfg.admin.listen;
     if admin.ip().is_unspecified() {
         // Listening everywhere: talk to it over loopback.
@@ -101,4 +159,47 @@ fn admin_target(path: Option<&Path>) -> anyhow::Result<(std::net::SocketAddr, Op
             })?;
     }
     Ok((admin, token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_are_escaped_for_the_terminal() {
+        assert!(matches!(
+            escape_controls("mx.example.test <a@b> ü"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_controls("a\x1b[2Jb\r\n\t\0\x7fc"),
+            r"a\x1b[2Jb\x0d\x0a\x09\x00\x7fc"
+        );
+        assert_eq!(
+            escape_controls("x\u{9b}31m\u{85}y\u{a0}"),
+            "x\\u{9b}31m\\u{85}y\u{a0}"
+        );
+        // Already escaped text stays as it is.
+        assert_eq!(escape_controls(r"\x1b"), r"\x1b");
+    }
+
+    #[test]
+    fn json_keeps_its_meaning_without_raw_controls() {
+        let v = serde_json::json!({ "helo": "a\x1b[31m\u{9b}2J\x7f", "n": 1 });
+        let text = serde_json::to_string_pretty(&v).unwrap();
+        let safe = escape_json_controls(&text);
+        assert!(!safe.chars().any(is_control_but_layout), "{safe}");
+        assert!(safe.contains(r"\u001b") && safe.contains(r"\u009b") && safe.contains(r"\u007f"));
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back, v);
+        assert!(matches!(
+            escape_json_controls("{\n  \"a\": 1\n}"),
+            Cow::Borrowed(_)
+        ));
+    }
+
+    /// A control that is not JSON layout (newline, indentation).
+    fn is_control_but_layout(c: char) -> bool {
+        is_control(c) && !matches!(c, '\n' | '\t' | '\r')
+    }
 }

@@ -1,7 +1,12 @@
 //! `postern queue ...`: the queue CLI, a client of the running daemon's
 //! admin endpoint (found through the configuration file's `[admin] listen`,
-//! with its `token_file`), in the spirit of postqueue/postsuper and qshape.
+//! with its `token_file`, else the token the daemon generated beside its
+//! queue), in the spirit of postqueue/postsuper and qshape. What it prints
+//! passes through [`super::escape_controls`] (tables) or
+//! [`super::escape_json_controls`] (JSON): queue entries hold text clients
+//! chose.
 
+use super::{escape_controls, escape_json_controls};
 use crate::ops::queue_api::{QueueSummary, Summary, AGE_BUCKETS_MIN};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -171,10 +176,13 @@ pub async fn run(admin: SocketAddr, token: Option<String>, cmd: QueueCmd) -> any
         }
         QueueCmd::Release { .. } | QueueCmd::Hold(_) | QueueCmd::Retry(_) => {
             let s: Summary = serde_json::from_str(&body)?;
-            println!("{} is now {}", s.id, s.state);
+            println!(
+                "{}",
+                escape_controls(&format!("{} is now {}", s.id, s.state))
+            );
         }
-        QueueCmd::Delete { id } => println!("{id} deleted"),
-        _ => println!("{body}"),
+        QueueCmd::Delete { id } => println!("{} deleted", escape_controls(&id)),
+        _ => println!("{}", escape_json_controls(&body)),
     }
     Ok(())
 }
@@ -182,7 +190,8 @@ pub async fn run(admin: SocketAddr, token: Option<String>, cmd: QueueCmd) -> any
 fn print_summary(body: &str) -> anyhow::Result<()> {
     let s: QueueSummary = serde_json::from_str(body)?;
     let states: Vec<String> = s.states.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("{} message(s): {}", s.messages, states.join(", "));
+    let states = format!("{} message(s): {}", s.messages, states.join(", "));
+    println!("{}", escape_controls(&states));
     let mut head = format!("{:>32} {:>6}", "pending recipients by age (min)", "T");
     for b in AGE_BUCKETS_MIN {
         head.push_str(&format!(" {b:>5}"));
@@ -204,7 +213,10 @@ fn print_summary(body: &str) -> anyhow::Result<()> {
     };
     println!("{}", line("TOTAL", total.iter().sum(), &total));
     for row in &s.domains {
-        println!("{}", line(&row.domain, row.total, &row.ages));
+        println!(
+            "{}",
+            escape_controls(&line(&row.domain, row.total, &row.ages))
+        );
     }
     Ok(())
 }
@@ -222,7 +234,7 @@ fn print_table(body: &str) -> anyhow::Result<()> {
             .map(|q| format!("{}: {}", q.stage, q.reason))
             .or_else(|| r.last_error.clone())
             .unwrap_or_default();
-        println!(
+        let line = format!(
             "{:<24} {:<10} {:>6}s {:>4} {:>3} {:<28} {:<28} {}",
             r.id,
             r.state,
@@ -233,6 +245,7 @@ fn print_table(body: &str) -> anyhow::Result<()> {
             r.to.join(","),
             reason
         );
+        println!("{}", escape_controls(&line));
     }
     println!("{} message(s)", rows.len());
     Ok(())

@@ -1,6 +1,9 @@
 //! `postern trace ID|MESSAGE-ID`: a message's life from the tracking log,
 //! one line per event, oldest first (rotated files included). Works without
-//! the daemon: it reads the file named by `[tracking]`.
+//! the daemon: it reads the file named by `[tracking]`. Lines carry text
+//! clients chose (HELO, addresses, Message-ID, remote replies): they are
+//! printed through [`super::escape_controls`] (or, as JSON, through
+//! [`super::escape_json_controls`]).
 
 use crate::config::Config;
 use std::process::ExitCode;
@@ -27,9 +30,9 @@ pub fn run(cfg: &Config, key: &str, json: bool) -> ExitCode {
     }
     for v in &events {
         if json {
-            println!("{v}");
+            println!("{}", super::escape_json_controls(&v.to_string()));
         } else {
-            println!("{}", human(v));
+            println!("{}", super::escape_controls(&human(v)));
         }
     }
     ExitCode::SUCCESS

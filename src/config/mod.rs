@@ -39,9 +39,65 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// The bearer token named by `[admin] token_file`, trimmed; an empty file
-/// is an error (it would make every request look authorised to nobody).
-pub fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
+/// File in the queue directory holding the admin token the gateway
+/// generated because `admin.token_file` is not set.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// How the admin endpoint admits requests, resolved from `[admin]` when the
+/// gateway starts (no `Debug`: it holds the token).
+#[derive(Clone)]
+pub struct AdminAccess {
+    /// The bearer token (`Authorization: Bearer <token>`).
+    pub token: String,
+    /// The token came from `admin.token_file`: it guards every endpoint but
+    /// the health ones, and the Host header is not checked (clients may name
+    /// the endpoint by a pod IP, a Service or a tunnel; a page in a browser
+    /// cannot send the token). Otherwise the token was generated and guards
+    /// the mutating requests only, and the Host must be the endpoint's own.
+    pub configured: bool,
+    /// `admin.max_connections`: connections open at once.
+    pub max_connections: usize,
+    /// `admin.header_timeout`: time to send a request's headers.
+    pub header_timeout: std::time::Duration,
+}
+
+/// What guards the gateway's admin endpoint: the token named by
+/// `admin.token_file`, else the one in `<queue path>/admin.token`, generated
+/// (32 random bytes, hex, mode 0600) and logged once when it does not exist
+/// yet; an existing file is kept. The queue directory must exist. An empty
+/// token file is an error (it would make every request look authorised to
+/// nobody), except a generated one, which is generated again (a crash right
+/// after creating it).
+pub fn admin_token(cfg: &Config) -> anyhow::Result<AdminAccess> {
+    let (token, configured) = match configured_admin_token(cfg)? {
+        Some(t) => (t, true),
+        None => (generated_admin_token(&cfg.queue.path)?, false),
+    };
+    Ok(AdminAccess {
+        token,
+        configured,
+        max_connections: cfg.admin.max_connections,
+        header_timeout: cfg.admin.header_timeout.0,
+    })
+}
+
+/// The token a client of the admin endpoint (the CLI) sends: the one named
+/// by `admin.token_file`, else `<queue path>/admin.token` when it exists and
+/// can be read (without it, reads still work on loopback and the endpoint
+/// answers "bearer token required" to the rest).
+pub fn admin_client_token(cfg: &Config) -> anyhow::Result<Option<String>> {
+    if let Some(t) = configured_admin_token(cfg)? {
+        return Ok(Some(t));
+    }
+    let path = cfg.queue.path.join(ADMIN_TOKEN_FILE);
+    Ok(std::fs::read_to_string(path)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
+}
+
+/// The token in `admin.token_file`, trimmed; `None` when it is not set.
+fn configured_admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
     let Some(f) = &cfg.admin.token_file else {
         return Ok(None);
     };
@@ -52,6 +108,54 @@ pub fn admin_token(cfg: &Config) -> anyhow::Result<Option<String>> {
         anyhow::bail!("admin.token_file {} is empty", f.display());
     }
     Ok(Some(t.to_string()))
+}
+
+/// Reads `<queue_dir>/admin.token`, creating it first when it does not
+/// exist (create_new: a file that is there is never replaced by a new
+/// token, only an empty one is).
+fn generated_admin_token(queue_dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    let path = queue_dir.join(ADMIN_TOKEN_FILE);
+    for _ in 0..2 {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        match opts.open(&path) {
+            Ok(mut f) => {
+                let token = new_admin_token();
+                f.write_all(format!("{token}\n").as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .with_context(|| format!("writing the admin token to {}", path.display()))?;
+                tracing::warn!(
+                    file = %path.display(),
+                    "admin.token_file is not set: generated an admin token; POST and DELETE \
+                     on the admin endpoint need it as Authorization: Bearer (postern queue \
+                     reads it from this file)"
+                );
+                return Ok(token);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let t = std::fs::read_to_string(&path)
+                    .with_context(|| format!("admin token {}", path.display()))?;
+                if !t.trim().is_empty() {
+                    return Ok(t.trim().to_string());
+                }
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing the empty {}", path.display()))?;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating {}", path.display()));
+            }
+        }
+    }
+    anyhow::bail!("admin token {} stays empty", path.display())
+}
+
+/// 32 random bytes (the thread generator, a CSPRNG), as 64 hex digits.
+fn new_admin_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The default file looked for when `--config` is not given.
@@ -249,6 +353,41 @@ mod tests {
         )];
         let e = parse_with("", &bad).unwrap_err().to_string();
         assert!(e.starts_with("POSTERN__SERVER__MAX_RECIPIENTS: "), "{e}");
+    }
+
+    #[test]
+    fn admin_token_is_generated_once_private_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.queue.path = dir.path().to_path_buf();
+        assert_eq!(admin_client_token(&cfg).unwrap(), None);
+        let first = admin_token(&cfg).unwrap();
+        assert!(!first.configured);
+        assert_eq!(first.token.len(), 64);
+        assert!(first.token.bytes().all(|b| b.is_ascii_hexdigit()));
+        let path = dir.path().join(ADMIN_TOKEN_FILE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // The next start keeps it; the CLI reads the same one.
+        assert_eq!(admin_token(&cfg).unwrap().token, first.token);
+        assert_eq!(admin_client_token(&cfg).unwrap(), Some(first.token.clone()));
+        // An empty file (a crash right after creating it) is replaced.
+        std::fs::write(&path, "").unwrap();
+        let again = admin_token(&cfg).unwrap().token;
+        assert_eq!(again.len(), 64);
+        assert_ne!(again, first.token);
+        // A configured token_file wins and guards everything.
+        let f = dir.path().join("configured");
+        std::fs::write(&f, " s3cret\n").unwrap();
+        cfg.admin.token_file = Some(f);
+        let c = admin_token(&cfg).unwrap();
+        assert!(c.configured);
+        assert_eq!(c.token, "s3cret");
+        assert_eq!(admin_client_token(&cfg).unwrap().as_deref(), Some("s3cret"));
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub struct AuthConfig {
     /// Failed attempts per client IP and per user in ten minutes before
     /// further attempts get 454 4.7.0.
     pub max_failures: u32,
+    /// Password checks (Argon2, 19 MiB each) running at once; an AUTH over
+    /// the cap gets 454 4.7.0 instead of starting another.
+    pub max_concurrent_verifies: usize,
 }
 
 impl Default for AuthConfig {
@@ -119,6 +122,7 @@ impl Default for AuthConfig {
         AuthConfig {
             users_file: None,
             max_failures: 5,
+            max_concurrent_verifies: 4,
         }
     }
 }
@@ -187,6 +191,10 @@ pub struct ConvertConfig {
     pub dmarc_reject: bool,
     /// DMARC p=quarantine (and unrefused p=reject) failures: "header" or "hold".
     pub dmarc_quarantine: String,
+    /// Time budget of the SPF/DKIM/DMARC lookups of one inbound message;
+    /// checks not done by then are `temperror` and the message is accepted
+    /// (a DNS outage must not run it into `workers.message_deadline`).
+    pub auth_timeout: HumanDuration,
     /// Outbound: remove Received headers added by internal hosts.
     pub strip_internal_received: bool,
     /// Outbound: header name prefixes to remove (case-insensitive).
@@ -250,6 +258,7 @@ impl Default for ConvertConfig {
             authserv_id: String::new(),
             dmarc_reject: false,
             dmarc_quarantine: "header".into(),
+            auth_timeout: HumanDuration(Duration::from_secs(10)),
             strip_internal_received: true,
             strip_headers: vec!["X-MS-Exchange-Organization-".into()],
             masquerade: Default::default(),
@@ -292,15 +301,26 @@ pub struct ServerConfig {
     /// Whole DATA phase, however the client trickles (RFC 5321 4.5.3.2.6:
     /// 10 minutes); a command line must also arrive within command_timeout.
     pub data_total_timeout: HumanDuration,
-    /// Concurrent sessions per client IP (trusted networks exempt): 421 4.7.0.
+    /// Concurrent sessions per client IP, IPv6 per /64 (trusted networks
+    /// exempt): 421 4.7.0.
     pub max_connections_per_ip: usize,
-    /// New connections per client IP per minute (trusted exempt): 421 4.7.0.
+    /// New connections per client IP (IPv6: /64) per minute (trusted
+    /// exempt): 421 4.7.0.
     pub max_connection_rate_per_ip: u32,
     /// Untrusted clients wait this long for the greeting; one that talks
     /// first is an early talker: 554 and close. "0s" turns the test off.
     pub greeting_delay: HumanDuration,
-    /// NOOP, RSET, VRFY and HELP per session before 421 4.7.0.
+    /// NOOP, RSET, VRFY and HELP per session before 421 4.7.0; a repeated
+    /// EHLO/HELO and `BDAT 0` without LAST count too.
     pub max_noops: u32,
+    /// Message data (DATA and BDAT buffers, until the message is answered)
+    /// every session together may hold in memory; a message that does not
+    /// fit is read to its end, not stored, and answered 452 4.3.1. "0": no
+    /// limit.
+    pub max_data_in_memory: ByteSize,
+    /// Received header fields a message may arrive with (Postfix's
+    /// hopcount_limit); more is a mail loop: 554 5.4.6. 0 turns it off.
+    pub max_hops: usize,
     /// On SIGTERM: how long sessions in a transaction and deliveries in
     /// flight may take to finish before the process exits anyway.
     pub shutdown_timeout: HumanDuration,
@@ -325,6 +345,8 @@ impl Default for ServerConfig {
             max_connection_rate_per_ip: 600,
             greeting_delay: HumanDuration(Duration::from_secs(1)),
             max_noops: 50,
+            max_data_in_memory: ByteSize(512 * 1024 * 1024),
+            max_hops: 50,
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
@@ -406,7 +428,15 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// File holding the bearer token that `/metrics` and `/queue` require
     /// (`Authorization: Bearer ...`). Mandatory when `listen` is not loopback.
+    /// Without it the gateway generates `<queue path>/admin.token` (0600) at
+    /// first start and requires it for every mutating request (POST, DELETE).
     pub token_file: Option<PathBuf>,
+    /// Admin connections open at once; one over the cap is closed at once
+    /// (default 64).
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, the first one included;
+    /// slower connections are closed (default 10s).
+    pub header_timeout: HumanDuration,
 }
 
 impl Default for AdminConfig {
@@ -414,6 +444,8 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8025)),
             token_file: None,
+            max_connections: 64,
+            header_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -455,8 +487,21 @@ impl Config {
         if self.delivery.max_per_destination == 0 {
             errs.push("delivery.max_per_destination must be at least 1".to_string());
         }
+        // A reply and what is read ahead of it (up to a TLS record) fit.
+        if self.delivery.max_reply_size.0 < 32 * 1024 {
+            errs.push("delivery.max_reply_size must be at least 32KiB".to_string());
+        }
+        if self.delivery.attempt_timeout.0 < Duration::from_secs(1) {
+            errs.push("delivery.attempt_timeout must be at least 1s".to_string());
+        }
         if self.auth.max_failures == 0 {
             errs.push("auth.max_failures must be at least 1 (0 would refuse every AUTH)".into());
+        }
+        if self.auth.max_concurrent_verifies == 0 {
+            errs.push("auth.max_concurrent_verifies must be at least 1".to_string());
+        }
+        if self.admin.max_connections == 0 || self.admin.header_timeout.0.is_zero() {
+            errs.push("admin.max_connections and header_timeout must be above 0".to_string());
         }
         if self.workers.poison_threshold == 0 {
             errs.push("workers.poison_threshold must be at least 1".to_string());
@@ -487,6 +532,9 @@ impl Config {
         }
         if !matches!(self.convert.dmarc_quarantine.as_str(), "header" | "hold") {
             errs.push("convert.dmarc_quarantine must be \"header\" or \"hold\"".to_string());
+        }
+        if self.convert.auth_timeout.0.is_zero() {
+            errs.push("convert.auth_timeout must be above 0".to_string());
         }
         for k in &self.convert.dkim {
             if !matches!(k.algorithm.as_str(), "rsa-sha256" | "ed25519-sha256") {
@@ -550,6 +598,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_timeout_must_be_above_zero() {
+        let mut c = Config::default();
+        c.convert.auth_timeout = HumanDuration(Duration::ZERO);
+        assert_eq!(c.validate(), vec!["convert.auth_timeout must be above 0"]);
+        c.convert.auth_timeout = HumanDuration(Duration::from_secs(300));
+        assert!(c.validate().is_empty());
+    }
 
     #[test]
     fn defaults_are_valid_and_loopback_only() {

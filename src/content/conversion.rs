@@ -13,6 +13,7 @@ use postern_convert::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::time::Duration;
 
 /// Everything content processing needs, built once per process.
 pub struct Conversion {
@@ -45,6 +46,14 @@ fn tnef_mode(s: &str) -> TnefMode {
         "strip" => TnefMode::Strip,
         _ => TnefMode::Convert,
     }
+}
+
+/// The time the authentication checks of one message may take:
+/// `convert.auth_timeout`, but never more than half the worker's message
+/// deadline, so a DNS outage ends in `temperror`, never in a killed worker
+/// (a crash charged to a good message).
+fn auth_budget(auth_timeout: Duration, message_deadline: Duration) -> Duration {
+    auth_timeout.min(message_deadline / 2)
 }
 
 impl Conversion {
@@ -113,6 +122,7 @@ impl Conversion {
                 } else {
                     QuarantineAction::Header
                 },
+                timeout: auth_budget(c.auth_timeout.0, cfg.workers.message_deadline.0),
             }),
             nameservers: cfg.delivery.nameservers.clone(),
             dns_timeout: cfg.delivery.dns_timeout.0,
@@ -154,4 +164,18 @@ fn read_map(path: &std::path::Path) -> anyhow::Result<HashMap<String, String>> {
         }
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auth_budget;
+    use std::time::Duration;
+
+    #[test]
+    fn authentication_ends_well_before_the_worker_deadline() {
+        let s = Duration::from_secs;
+        assert_eq!(auth_budget(s(10), s(30)), s(10));
+        assert_eq!(auth_budget(s(10), s(2)), s(1));
+        assert_eq!(auth_budget(s(60), s(30)), s(15));
+    }
 }

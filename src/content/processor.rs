@@ -1,9 +1,10 @@
 //! Content processing, in a worker process or in the gateway.
 //!
 //! [`run_content`] is the work itself: the bounded MIME inspection, then for
-//! inbound mail SPF/DKIM/DMARC with an Authentication-Results header, for
-//! outbound mail the conversion pipeline (TNEF, hygiene, rewriting,
-//! disclaimer, DKIM signing). [`Verdict`] is its answer, with a compact wire
+//! inbound mail SPF/DKIM/DMARC with an Authentication-Results header (within
+//! `convert.auth_timeout`: a silent DNS server gives `temperror`, never a
+//! worker killed at its deadline), for outbound mail the conversion
+//! pipeline (TNEF, hygiene, rewriting, disclaimer, DKIM signing). [`Verdict`] is its answer, with a compact wire
 //! form for the worker pipe; requests carry a [`Meta`] before the message.
 //! [`ContentProcessor`] is what the gateway calls: a pool of `postern
 //! worker` processes (level 2 of the blast-radius ladder: a worker that
@@ -89,6 +90,13 @@ pub async fn run_content(
         mail_from: &meta.mail_from,
     };
     let r = authenticate(msg, &session, policy, auth).await;
+    if r.timed_out {
+        // DNS is slow or down: the header says temperror, the mail goes on.
+        tracing::warn!(
+            client = %meta.client_ip,
+            "authentication checks ran out of convert.auth_timeout: temperror"
+        );
+    }
     if let Some(text) = r.reject {
         return Verdict::Reject {
             code: 550,

@@ -25,7 +25,8 @@ use std::time::Duration;
 pub fn validate(cfg: &Config) -> anyhow::Result<()> {
     let conversion = Conversion::from_config(cfg)?;
     let limiter = postern_listener::AuthLimiter::new(cfg.auth.max_failures);
-    session_configs(cfg, Arc::new(AtomicU8::new(0)), limiter)?;
+    let budget = postern_listener::DataBudget::new();
+    session_configs(cfg, Arc::new(AtomicU8::new(0)), limiter, budget)?;
     let metrics = Arc::new(Metrics::new()?);
     deliverer(cfg, &conversion, &metrics)?;
     Ok(())
@@ -45,12 +46,13 @@ pub fn relay_policy(cfg: &Config) -> RelayPolicy {
 }
 
 /// Session settings for the SMTP listeners and for submission. The
-/// back-pressure flag and the AUTH failure table are shared state that a
-/// reload keeps.
+/// back-pressure flag, the AUTH failure table and the memory budget for
+/// message data are shared state that a reload keeps.
 pub fn session_configs(
     cfg: &Config,
     pressure: Arc<AtomicU8>,
     auth_limiter: Arc<postern_listener::AuthLimiter>,
+    data_budget: Arc<postern_listener::DataBudget>,
 ) -> anyhow::Result<(Arc<SessionConfig>, Arc<SessionConfig>)> {
     let s = &cfg.server;
     let smtp = SessionConfig {
@@ -69,6 +71,10 @@ pub fn session_configs(
         max_connection_rate_per_ip: s.max_connection_rate_per_ip,
         greeting_delay: s.greeting_delay.0,
         max_noops: s.max_noops,
+        max_data_in_memory: s.max_data_in_memory.0,
+        data_budget,
+        max_hops: s.max_hops,
+        max_auth_verifies: cfg.auth.max_concurrent_verifies,
         pressure,
         users: match &cfg.auth.users_file {
             Some(f) => Some(Arc::new(
@@ -125,14 +131,28 @@ pub fn deliverer(
             .map_err(|e| postern_delivery::DowngradeError::with_source(e.reply().2, e))
     });
     let connections = metrics.delivery.delivery_connections.clone();
-    Ok(Deliverer::new(
-        &cfg.delivery,
-        &cfg.routes,
-        cfg.server.hostname.clone(),
-        dns,
-        downgrade,
-    )
-    .on_connect(Arc::new(move |tls| {
+    // Loop detection: every address we take SMTP on, and our name.
+    let myself = postern_delivery::Myself {
+        listen: [
+            &cfg.server.listen,
+            &cfg.server.submission_listen,
+            &cfg.tls.implicit_listen,
+        ]
+        .into_iter()
+        .flatten()
+        .copied()
+        .collect(),
+        hostname: cfg.server.hostname.clone(),
+    };
+    // One destination's work ends (deferred) before its in-flight deadline:
+    // a slow next hop is never taken for a hung gateway.
+    let mut delivery = cfg.delivery.clone();
+    delivery.attempt_timeout.0 = delivery
+        .attempt_timeout
+        .0
+        .min(cfg.workers.delivery_deadline.0.saturating_mul(4) / 5);
+    let deliverer = Deliverer::new(&delivery, &cfg.routes, myself, dns, downgrade);
+    Ok(deliverer.on_connect(Arc::new(move |tls| {
         connections
             .with_label_values(&[if tls { "yes" } else { "no" }])
             .inc()

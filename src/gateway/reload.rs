@@ -41,6 +41,7 @@ pub struct Reloader {
     pub metrics: Arc<Metrics>,
     pub pressure: Arc<AtomicU8>,
     pub auth_limiter: Arc<postern_listener::AuthLimiter>,
+    pub data_budget: Arc<postern_listener::DataBudget>,
     pub smtp: watch::Sender<Arc<SessionConfig>>,
     pub submission: watch::Sender<Arc<SessionConfig>>,
     pub intake: Arc<Intake>,
@@ -64,8 +65,12 @@ impl Reloader {
         let loaded = crate::config::load(self.path.as_deref())?;
         let cfg = loaded.config;
         let conversion = Arc::new(Conversion::from_config(&cfg)?);
-        let (smtp, submission) =
-            assemble::session_configs(&cfg, self.pressure.clone(), self.auth_limiter.clone())?;
+        let (smtp, submission) = assemble::session_configs(
+            &cfg,
+            self.pressure.clone(),
+            self.auth_limiter.clone(),
+            self.data_budget.clone(),
+        )?;
         let deliverer = assemble::deliverer(&cfg, &conversion, &self.metrics)?;
         let content =
             assemble::content(&cfg, &conversion, loaded.path.as_deref(), &self.metrics).await?;

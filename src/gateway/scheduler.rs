@@ -10,26 +10,38 @@
 //! message or defer it by the next retry interval with ±10 % jitter.
 //!
 //! Crash isolation: each attempt is announced to the supervisor as in flight
-//! (`d:<id>`), so if the process dies the message is a suspect. A message
-//! that has crashed before runs alone (the risk gate). A panic while reading
-//! it back or delivering it is caught at its task boundary (level 1): its
+//! (`d:<id>`) while it works (on each destination, then while its outcome is
+//! recorded; not while it waits for a delivery slot, so waiting never counts
+//! against `delivery_deadline`), so if the process dies the message is a
+//! suspect. A message that has crashed before runs alone (the risk gate). A
+//! panic while reading it back or delivering it is caught at its task
+//! boundary (level 1): its
 //! crash counter goes up and it is deferred, or quarantined at
 //! `poison_threshold`; nothing else stops.
 //! The DSN is queued (durably) before the original's record changes, so a
 //! crash in between can duplicate a DSN but never lose one.
+//!
+//! No reflection: what a DSN may be is settled ([`DsnRule`]); here the
+//! rule is applied. For an untrusted source the sender's domain must have
+//! MX or address records (asked of the delivery resolver) and the DSN
+//! returns headers only; otherwise — no such domain, no records, a null
+//! MX, an IP literal, or a temporary DNS failure — the DSN is withheld
+//! (not retried: a forged sender is the likely case, and a DSN held for a
+//! later try is a DSN an attacker can still aim), with a log line and a
+//! `dsn_withheld` tracking event saying why.
 
 use crate::gateway::crash::fault::{self, Stage};
 use crate::gateway::crash::gate::Gate;
 use crate::gateway::crash::inflight::Inflight;
 use crate::gateway::live::Live;
 use crate::gateway::settle::{
-    charge_crash, millis, retry_delay, settle, Crash, Next, Notice, Settlement,
+    charge_crash, millis, retry_delay, settle, Crash, DsnRule, Next, Notice, Settlement,
 };
 use crate::ops::metrics::Metrics;
 use crate::ops::tracking::Tracker;
 use postern_convert::{build_dsn, DsnInput, DsnRecipient};
 use postern_core::{Envelope, Outcome, QueueId, Reason, Recipient};
-use postern_delivery::{Deliverer, HickoryResolver};
+use postern_delivery::{Deliverer, DnsError, HickoryResolver, Resolver};
 use postern_queue::{Queue, QueueError, Record, State};
 use rand::Rng;
 use std::sync::Arc;
@@ -168,16 +180,28 @@ impl Scheduler {
             return;
         }
         drop(reading);
-        let _inflight = self.inflight.enter(format!("d:{id}"), deadline);
         let env = rec.envelope.clone();
         let deliverer = self.deliverer.get();
+        let inflight = self.inflight.clone();
         let task = tokio::spawn(async move {
-            fault::check(Stage::Delivery, &body);
-            let outcomes = deliverer.deliver(&env, &body).await;
+            // In flight (`d:<id>`) only while a destination is worked on:
+            // waiting for the delivery slots is not work, and the deliverer
+            // bounds the work below the deadline.
+            let key = format!("d:{id}");
+            let working = |_domain: &str| {
+                let guard = inflight.enter(key.clone(), deadline);
+                fault::check(Stage::Delivery, &body);
+                guard
+            };
+            let outcomes = deliverer.deliver(&env, &body, &working).await;
             // The body comes back for a DSN: no second read from the queue.
             (outcomes, body)
         });
-        let (outcomes, body) = match task.await {
+        let joined = task.await;
+        // Recording the outcome (settling, building a DSN) is work on the
+        // message again.
+        let _inflight = self.inflight.enter(format!("d:{id}"), deadline);
+        let (outcomes, body) = match joined {
             Ok(o) => o,
             Err(j) => {
                 let why = if j.is_panic() {
@@ -294,6 +318,7 @@ impl Scheduler {
                 self.send_dsn(
                     &settled.envelope,
                     &settled.notices,
+                    &settled.dsn_rule,
                     &policy.hostname,
                     original,
                 )
@@ -422,17 +447,32 @@ impl Scheduler {
         }
     }
 
-    /// Queues a DSN to the original sender about `notices`; its queue ID.
+    /// Queues a DSN to the original sender about `notices`, as `rule`
+    /// allows; its queue ID.
     async fn send_dsn(
         &self,
         env: &Envelope,
         notices: &[Notice],
+        rule: &DsnRule,
         hostname: &str,
         original: &[u8],
     ) -> Option<QueueId> {
         let Some(to) = env.sender.clone() else {
             tracing::info!(id = %env.id, "not bouncing a bounce");
             return None;
+        };
+        let deliverer = self.deliverer.get();
+        let return_full = match dsn_clearance(rule, deliverer.resolver()).await {
+            Ok(full) => full,
+            Err(why) => {
+                tracing::warn!(id = %env.id, sender = %to, reason = %why, "DSN withheld");
+                self.tracker.event(
+                    "dsn_withheld",
+                    &self.tracker.subject(env),
+                    serde_json::json!({ "sender": to.to_string(), "reason": &why }),
+                );
+                return None;
+            }
         };
         let dsn_id = QueueId::generate();
         let now = postern_core::now_ms();
@@ -453,6 +493,7 @@ impl Scheduler {
                 })
                 .collect(),
             original,
+            return_full,
             now_ms: now,
             token: dsn_id.to_string(),
         });
@@ -469,6 +510,7 @@ impl Scheduler {
             smtputf8: false,
             dsn_ret_full: false,
             dsn_envid: None,
+            trusted: false,
         };
         let tracked = self.tracker.subject(&dsn_env);
         match self.queue.enqueue(dsn_env, &body).await {
@@ -490,6 +532,44 @@ impl Scheduler {
     }
 }
 
+/// Whether a DSN may go under `rule`: `Ok(return the whole message)`, or
+/// why not. For an untrusted source the sender's domain must resolve.
+async fn dsn_clearance<R: Resolver>(rule: &DsnRule, resolver: &R) -> Result<bool, String> {
+    match rule {
+        DsnRule::AsAsked { full } => Ok(*full),
+        DsnRule::Never(why) => Err((*why).to_string()),
+        DsnRule::IfDomainResolves { domain } => {
+            domain_resolves(resolver, domain).await.map(|()| false)
+        }
+    }
+}
+
+/// `Ok` when `domain` has an MX record naming a host, or no MX and address
+/// records (the implicit MX); else why not. A temporary DNS failure is a
+/// "no" as well: the DSN is skipped, not retried (see the module docs).
+async fn domain_resolves<R: Resolver>(resolver: &R, domain: &str) -> Result<(), String> {
+    if domain.starts_with('[') {
+        return Err(format!("sender domain {domain} is an IP literal"));
+    }
+    let temporary = |e: DnsError| format!("sender domain {domain}: {e}; DSN skipped, not retried");
+    match resolver.mx(domain).await {
+        Ok(mx) if mx.iter().any(|m| !matches!(m.exchange.as_str(), "" | ".")) => return Ok(()),
+        Ok(mx) if !mx.is_empty() => {
+            return Err(format!("sender domain {domain} accepts no mail (null MX)"))
+        }
+        Ok(_) | Err(DnsError::NoData) => {}
+        Err(DnsError::NxDomain) => return Err(format!("sender domain {domain} does not exist")),
+        Err(e) => return Err(temporary(e)),
+    }
+    match resolver.addrs(domain).await {
+        Ok(addrs) if !addrs.is_empty() => Ok(()),
+        Ok(_) | Err(DnsError::NoData) | Err(DnsError::NxDomain) => Err(format!(
+            "sender domain {domain} has no MX or address records"
+        )),
+        Err(e) => Err(temporary(e)),
+    }
+}
+
 /// A reply as the tracking log shows it: `code status text`.
 fn reply_text(r: &Reason) -> String {
     format!("{} {} {}", r.code, r.status, r.text)
@@ -501,5 +581,106 @@ fn outcome_kind(o: &Outcome) -> &'static str {
         Outcome::Relayed(_) => "relayed",
         Outcome::Temporary(_) => "deferred",
         Outcome::Permanent(_) => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_delivery::{MxRecord, TemporaryDns};
+    use std::net::IpAddr;
+
+    /// DNS from a table: `mx.test` has an MX, `a-only.test` only an
+    /// address, `nullmx.test` a null MX, `empty.test` exists with no
+    /// records, `down.test` times out; every other name does not exist.
+    struct Table;
+
+    impl Resolver for Table {
+        async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, DnsError> {
+            let mx = |exchange: &str| MxRecord {
+                preference: 10,
+                exchange: exchange.to_string(),
+            };
+            match domain {
+                "mx.test" => Ok(vec![mx("mail.mx.test")]),
+                "nullmx.test" => Ok(vec![mx("")]),
+                "a-only.test" | "empty.test" => Err(DnsError::NoData),
+                "down.test" => Err(DnsError::Temporary(TemporaryDns::Other("timed out".into()))),
+                _ => Err(DnsError::NxDomain),
+            }
+        }
+
+        async fn addrs(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+            match host {
+                "a-only.test" => Ok(vec![IpAddr::from([192, 0, 2, 1])]),
+                "empty.test" => Err(DnsError::NoData),
+                _ => Err(DnsError::NxDomain),
+            }
+        }
+    }
+
+    /// Issue 11, reflection and loops: a trusted source's DSN goes as asked
+    /// (RET=FULL included, as before); an untrusted source's only to a
+    /// domain that resolves, with headers only, never to an IP literal, and
+    /// not while DNS fails (skipped, with the reason).
+    #[tokio::test]
+    async fn dsn_clearance_table() {
+        let untrusted = |d: &str| DsnRule::IfDomainResolves { domain: d.into() };
+        // (case, rule, Ok(return the whole message) or Err(part of the reason))
+        let cases: [(&str, DsnRule, Result<bool, &str>); 10] = [
+            (
+                "trusted, RET=FULL",
+                DsnRule::AsAsked { full: true },
+                Ok(true),
+            ),
+            (
+                "trusted, RET=HDRS",
+                DsnRule::AsAsked { full: false },
+                Ok(false),
+            ),
+            ("untrusted, MX", untrusted("mx.test"), Ok(false)),
+            (
+                "untrusted, address only",
+                untrusted("a-only.test"),
+                Ok(false),
+            ),
+            (
+                "untrusted, no such domain",
+                untrusted("forged.test"),
+                Err("forged.test does not exist"),
+            ),
+            (
+                "untrusted, no records",
+                untrusted("empty.test"),
+                Err("empty.test has no MX or address records"),
+            ),
+            (
+                "untrusted, null MX",
+                untrusted("nullmx.test"),
+                Err("accepts no mail (null MX)"),
+            ),
+            (
+                "untrusted, DNS down",
+                untrusted("down.test"),
+                Err("timed out; DSN skipped, not retried"),
+            ),
+            (
+                "untrusted, IP literal (never asked of DNS)",
+                untrusted("[127.0.0.5]"),
+                Err("is an IP literal"),
+            ),
+            (
+                "settled never",
+                DsnRule::Never("an IP-literal sender from an untrusted source"),
+                Err("IP-literal sender"),
+            ),
+        ];
+        for (name, rule, want) in cases {
+            match (dsn_clearance(&rule, &Table).await, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{name}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{name}: {got}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 }

@@ -5,7 +5,12 @@
 //! recipients' new statuses, what the sender must be told (a DSN for
 //! permanent failures it asked to hear of, for expiry, and for "relayed"
 //! successes), and what happens to the message next: removed when nothing
-//! is pending, else deferred to `now + retry delay`. [`charge_crash`] is
+//! is pending, else deferred to `now + retry delay`. [`dsn_rule`] decides
+//! what that DSN may be, so nobody can aim our DSNs at a third party
+//! (reflection): a trusted source (trusted network or authenticated) gets
+//! them as asked; an untrusted one no success DSNs, failure DSNs with the
+//! headers only (RET=FULL ignored), only to a sender domain that resolves
+//! (the scheduler asks DNS) and never to an IP literal. [`charge_crash`] is
 //! what a crash does to a record: one more crash, quarantined at the poison
 //! threshold, else deferred (or left where it is, for a crash found after
 //! a death). [`retry_delay`] is the retry schedule. The scheduler
@@ -52,6 +57,26 @@ pub enum Next {
     },
 }
 
+/// What the DSN about a message may be, by where the message came from
+/// ([`dsn_rule`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DsnRule {
+    /// A trusted source (trusted network or authenticated session): as the
+    /// sender asked, to any sender.
+    AsAsked {
+        /// Return the whole message (RET=FULL); else its headers.
+        full: bool,
+    },
+    /// An untrusted source: the headers only, and only once the sender's
+    /// domain is found to resolve (MX or address records).
+    IfDomainResolves {
+        /// The sender's domain.
+        domain: String,
+    },
+    /// An untrusted source with a sender we never notify; why.
+    Never(&'static str),
+}
+
 /// The whole answer of [`settle`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
@@ -64,6 +89,8 @@ pub struct Settlement {
     pub bounced: Vec<(Address, Reason)>,
     /// What the DSN to the sender must list; empty = no DSN.
     pub notices: Vec<Notice>,
+    /// Whether and how that DSN may go ([`dsn_rule`]).
+    pub dsn_rule: DsnRule,
     /// Remove or defer.
     pub next: Next,
 }
@@ -86,6 +113,10 @@ pub fn settle(
     let mut bounced = Vec::new();
     let mut notices = Vec::new();
     let mut last_error = None;
+    // Success DSNs only for trusted sources: from anyone else, NOTIFY=SUCCESS
+    // would make us send a message of their choosing to an address of
+    // their choosing.
+    let success_dsn = rec.envelope.trusted;
     for (index, outcome) in outcomes {
         let Some(r) = envelope.recipients.get_mut(index) else {
             continue;
@@ -97,7 +128,9 @@ pub fn settle(
         };
         r.status = match &outcome {
             Outcome::Relayed(reason) => {
-                notices.push(notice(reason));
+                if success_dsn {
+                    notices.push(notice(reason));
+                }
                 RecipientStatus::Delivered(reason.clone())
             }
             Outcome::Delivered(reason) => RecipientStatus::Delivered(reason.clone()),
@@ -131,11 +164,33 @@ pub fn settle(
         }
     };
     Settlement {
+        dsn_rule: dsn_rule(&envelope),
         envelope,
         attempted,
         bounced,
         notices,
         next,
+    }
+}
+
+/// What a DSN about `envelope` may be: as asked for a trusted source; for
+/// an untrusted one never to an IP literal (any address the client picks,
+/// internal ones included), else the headers only and only to a domain
+/// that resolves.
+pub fn dsn_rule(envelope: &Envelope) -> DsnRule {
+    if envelope.trusted {
+        return DsnRule::AsAsked {
+            full: envelope.dsn_ret_full,
+        };
+    }
+    match &envelope.sender {
+        None => DsnRule::Never("the null sender (no DSN about a DSN)"),
+        Some(s) if s.domain.starts_with('[') => {
+            DsnRule::Never("an IP-literal sender from an untrusted source")
+        }
+        Some(s) => DsnRule::IfDomainResolves {
+            domain: s.domain.clone(),
+        },
     }
 }
 
@@ -249,6 +304,7 @@ mod tests {
             smtputf8: false,
             dsn_ret_full: false,
             dsn_envid: None,
+            trusted: false,
         };
         Record::new(envelope, received_ms)
     }
@@ -270,11 +326,13 @@ mod tests {
     }
 
     /// One row: outcomes for recipients a and b, the message's age in
-    /// hours, and what must come of it.
+    /// hours, whether it came from a trusted source, and what must come of
+    /// it.
     struct Case {
         name: &'static str,
         outcomes: [Outcome; 2],
         age_hours: u64,
+        trusted: bool,
         removed: bool,
         bounced: usize,
         notices: usize,
@@ -287,14 +345,24 @@ mod tests {
         let ok = || Delivered(remote(250, "2.0.0"));
         let tmp = || Temporary(remote(451, "4.3.0"));
         let perm = || Permanent(remote(550, "5.1.1"));
+        // A trusted source (trusted network or authenticated): as before
+        // issue 11.
         let case = |name, outcomes, age_hours, removed, bounced, notices, pending| Case {
             name,
             outcomes,
             age_hours,
+            trusted: true,
             removed,
             bounced,
             notices,
             pending,
+        };
+        // An untrusted source (issue 11, reflection): no success notices.
+        let untrusted = |name, outcomes, age_hours, removed, bounced, notices, pending| Case {
+            trusted: false,
+            ..case(
+                name, outcomes, age_hours, removed, bounced, notices, pending,
+            )
         };
         let cases = [
             case("all delivered", [ok(), ok()], 0, true, 0, 0, 0),
@@ -337,14 +405,42 @@ mod tests {
                 0,
             ),
             case("young and temporary", [tmp(), tmp()], 1, false, 0, 0, 2),
+            untrusted(
+                "untrusted relayed: no success notice",
+                [Relayed(remote(250, "2.0.0")), ok()],
+                0,
+                true,
+                0,
+                0,
+                0,
+            ),
+            untrusted(
+                "untrusted relayed and permanent: the failure only",
+                [Relayed(remote(250, "2.0.0")), perm()],
+                0,
+                true,
+                1,
+                1,
+                0,
+            ),
+            untrusted(
+                "untrusted both temporary past max_age",
+                [tmp(), tmp()],
+                200,
+                true,
+                2,
+                2,
+                0,
+            ),
         ];
         for c in cases {
             let now = 1_000 * HOUR;
-            let rec = record(
+            let mut rec = record(
                 &["a@x.test", "b@y.test"],
                 Some("s@z.test"),
                 now - c.age_hours * HOUR,
             );
+            rec.envelope.trusted = c.trusted;
             let outcomes = c.outcomes.into_iter().enumerate().collect();
             let s = settle(
                 &rec,
@@ -367,6 +463,70 @@ mod tests {
             if !c.removed {
                 assert_eq!(defer_due(&s), Some(now + 60_000), "{name}: due");
             }
+        }
+    }
+
+    /// Issue 11, reflection: RET=FULL and any sender for trusted sources
+    /// (as before); for untrusted ones headers only, only to a domain that
+    /// resolves, never to an IP literal.
+    #[test]
+    fn dsn_rule_table() {
+        let resolves = |d: &str| DsnRule::IfDomainResolves { domain: d.into() };
+        // (trusted, RET=FULL, sender, rule)
+        let cases = [
+            (
+                true,
+                true,
+                Some("s@z.test"),
+                DsnRule::AsAsked { full: true },
+            ),
+            (
+                true,
+                false,
+                Some("s@z.test"),
+                DsnRule::AsAsked { full: false },
+            ),
+            (
+                true,
+                true,
+                Some("s@[192.0.2.9]"),
+                DsnRule::AsAsked { full: true },
+            ),
+            (false, true, Some("s@z.test"), resolves("z.test")),
+            (false, false, Some("s@Z.Test"), resolves("z.test")),
+            (
+                false,
+                true,
+                Some("victim@[127.0.0.5]"),
+                DsnRule::Never("an IP-literal sender from an untrusted source"),
+            ),
+            (
+                false,
+                false,
+                Some("victim@[IPv6:::1]"),
+                DsnRule::Never("an IP-literal sender from an untrusted source"),
+            ),
+            (
+                false,
+                true,
+                None,
+                DsnRule::Never("the null sender (no DSN about a DSN)"),
+            ),
+        ];
+        for (trusted, full, sender, want) in cases {
+            let mut rec = record(&["a@x.test"], sender, 0);
+            rec.envelope.trusted = trusted;
+            rec.envelope.dsn_ret_full = full;
+            assert_eq!(dsn_rule(&rec.envelope), want, "{trusted} {full} {sender:?}");
+            // settle hands the same rule to the scheduler.
+            let s = settle(
+                &rec,
+                vec![(0, Outcome::Permanent(remote(550, "5.1.1")))],
+                HOUR,
+                Duration::from_secs(3600 * 24),
+                Duration::ZERO,
+            );
+            assert_eq!(s.dsn_rule, want);
         }
     }
 

@@ -96,6 +96,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         metrics: common.metrics.clone(),
         pressure: common.pressure.clone(),
         auth_limiter: front.auth_limiter,
+        data_budget: front.data_budget,
         smtp: front.smtp,
         submission: front.submission,
         intake: front.intake,
@@ -161,6 +162,8 @@ struct Front {
     intake: Arc<Intake>,
     /// Failed AUTH attempts, kept across reloads.
     auth_limiter: Arc<postern_listener::AuthLimiter>,
+    /// Message data held by every session, kept across reloads.
+    data_budget: Arc<postern_listener::DataBudget>,
     /// Session settings of the smtp and smtps listeners.
     smtp: watch::Sender<Arc<postern_listener::SessionConfig>>,
     /// Session settings of the submission listeners.
@@ -175,8 +178,13 @@ impl Front {
         path: Option<&std::path::Path>,
     ) -> anyhow::Result<Front> {
         let auth_limiter = postern_listener::AuthLimiter::new(cfg.auth.max_failures);
-        let (smtp_cfg, sub_cfg) =
-            assemble::session_configs(cfg, c.pressure.clone(), auth_limiter.clone())?;
+        let data_budget = postern_listener::DataBudget::new();
+        let (smtp_cfg, sub_cfg) = assemble::session_configs(
+            cfg,
+            c.pressure.clone(),
+            auth_limiter.clone(),
+            data_budget.clone(),
+        )?;
         let content = Arc::new(assemble::content(cfg, &conversion, path, &c.metrics).await?);
         let intake = Arc::new(Intake {
             queue: c.queue.clone(),
@@ -189,6 +197,7 @@ impl Front {
         Ok(Front {
             intake,
             auth_limiter,
+            data_budget,
             smtp: watch::channel(smtp_cfg).0,
             submission: watch::channel(sub_cfg).0,
         })

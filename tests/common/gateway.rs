@@ -167,14 +167,16 @@ impl Gateway {
         let _ = self.child.wait();
     }
 
-    /// Fetches an admin path over plain HTTP/1.1.
+    /// Fetches an admin path over plain HTTP/1.1 (naming the endpoint in
+    /// Host, as the admin endpoint requires).
     pub fn admin_get(&self, path: &str) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.admin).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.admin
         )
         .unwrap();
         let mut out = String::new();

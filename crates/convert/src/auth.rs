@@ -11,9 +11,17 @@
 //! Policy: a DMARC failure under `p=reject` is refused at the end of DATA
 //! (`550 5.7.1`, no backscatter) when `dmarc_reject` is set; under
 //! `p=quarantine` the message is held or marked, as configured.
+//!
+//! Time: the checks of one message share one budget
+//! ([`InboundPolicy::timeout`], `convert.auth_timeout`), well inside the
+//! worker's message deadline, so a DNS server that never answers cannot get
+//! a good message killed as a crash (and quarantined at the client's retry).
+//! DKIM and both SPF checks run side by side; DMARC runs after them if time
+//! is left. A check still running when the budget ends is reported as
+//! `temperror (DNS timeout)`, and DMARC, which cannot be decided without
+//! them, too; a temperror never refuses or holds a message.
 
 use crate::{Authenticator, Message};
-use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
 use mail_auth::spf::verify::SpfParameters;
@@ -21,7 +29,10 @@ use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimOutput, DmarcOutput, DmarcResult,
     MessageAuthenticator, SpfOutput,
 };
+use std::future::Future;
 use std::net::IpAddr;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// What to do with DMARC failures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +54,11 @@ pub struct InboundPolicy {
     /// What to do with the other DMARC failures under `p=reject` or
     /// `p=quarantine`.
     pub quarantine: QuarantineAction,
+    /// Time budget of all the DNS checks of one message
+    /// (`convert.auth_timeout`): checks still running then are reported as
+    /// `temperror` and the message goes on, so a silent DNS server cannot
+    /// push it past the worker's message deadline.
+    pub timeout: Duration,
 }
 
 /// The SMTP facts the checks need.
@@ -67,19 +83,36 @@ pub struct Inbound {
     pub hold: Option<String>,
     /// The Authentication-Results value, for logs and tests.
     pub results: String,
+    /// Some check ran out of the time budget and is reported as
+    /// `temperror` (for a log line: DNS is slow or down).
+    pub timed_out: bool,
 }
 
-/// The DNS-based verdicts on one message.
+/// The DNS-based verdicts on one message; `None` is a check that did not
+/// finish within the time budget.
 struct Checks<'x> {
     /// One result per DKIM signature (borrowing the parsed message).
-    dkim: Vec<DkimOutput<'x>>,
+    dkim: Option<Vec<DkimOutput<'x>>>,
     /// SPF for the HELO name.
-    spf_helo: SpfOutput,
+    spf_helo: Option<SpfOutput>,
     /// SPF for MAIL FROM (the HELO result for the null sender).
-    spf_mail: SpfOutput,
-    /// DMARC on the two above.
-    dmarc: DmarcOutput,
+    spf_mail: Option<SpfOutput>,
+    /// DMARC on the two above (not asked when either is missing).
+    dmarc: Option<DmarcOutput>,
 }
+
+impl Checks<'_> {
+    /// True when some check did not finish in time.
+    fn timed_out(&self) -> bool {
+        self.dkim.is_none()
+            || self.spf_helo.is_none()
+            || self.spf_mail.is_none()
+            || self.dmarc.is_none()
+    }
+}
+
+/// The comment of a check that ran out of time.
+const TIMEOUT: &str = "temperror (DNS timeout)";
 
 /// What DMARC asks of us under our policy.
 enum DmarcAction {
@@ -109,17 +142,22 @@ pub async fn authenticate(
             ..Inbound::default()
         };
     };
-    let checks = run_checks(auth.verifier(), &am, s, &p.authserv_id).await;
+    // A budget too large to add (only a misconfiguration) is no budget.
+    let deadline = Instant::now()
+        .checked_add(p.timeout)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400));
+    let checks = run_checks(auth.verifier(), &am, s, &p.authserv_id, deadline).await;
     let header = results_header(&checks, &am, s, &p.authserv_id);
     let mut out = Inbound {
         results: header
             .split_once(':')
             .map(|(_, v)| v.trim().to_string())
             .unwrap_or_default(),
+        timed_out: checks.timed_out(),
         ..Inbound::default()
     };
     let mut extra = "";
-    match dmarc_action(&checks.dmarc, p) {
+    match dmarc_action(checks.dmarc.as_ref(), p) {
         DmarcAction::Deliver => {}
         DmarcAction::Reject(text) => out.reject = Some(text),
         DmarcAction::Hold(reason) => out.hold = Some(reason),
@@ -129,36 +167,50 @@ pub async fn authenticate(
     out
 }
 
-/// Asks DNS: DKIM, SPF for HELO and MAIL FROM, then DMARC on those.
+/// `f`'s output, or `None` when `deadline` comes first.
+async fn within<T>(deadline: Instant, f: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout_at(deadline, f).await.ok()
+}
+
+/// Asks DNS, all before `deadline`: DKIM and SPF for HELO and MAIL FROM
+/// side by side, then DMARC on those (only when both finished: without
+/// them DMARC could fail a message that would have passed).
 async fn run_checks<'x>(
     auth: &MessageAuthenticator,
     am: &'x AuthenticatedMessage<'x>,
     s: &Session<'_>,
     authserv_id: &str,
+    deadline: Instant,
 ) -> Checks<'x> {
-    let dkim = auth.verify_dkim(am).await;
-    let spf_helo = auth
-        .verify_spf(SpfParameters::verify_ehlo(s.ip, s.helo, authserv_id))
-        .await;
-    let spf_mail = if s.mail_from.is_empty() {
-        spf_helo.clone()
-    } else {
-        auth.verify_spf(SpfParameters::verify_mail_from(
-            s.ip,
-            s.helo,
-            authserv_id,
-            s.mail_from,
-        ))
-        .await
+    let spf_mail = async {
+        if s.mail_from.is_empty() {
+            return None;
+        }
+        let params = SpfParameters::verify_mail_from(s.ip, s.helo, authserv_id, s.mail_from);
+        Some(within(deadline, auth.verify_spf(params)).await)
     };
+    let (dkim, spf_helo, spf_mail) = tokio::join!(
+        within(deadline, auth.verify_dkim(am)),
+        within(
+            deadline,
+            auth.verify_spf(SpfParameters::verify_ehlo(s.ip, s.helo, authserv_id))
+        ),
+        spf_mail,
+    );
+    // The null sender: MAIL FROM is checked as the HELO name.
+    let spf_mail = spf_mail.unwrap_or_else(|| spf_helo.clone());
     let mail_from_domain = s
         .mail_from
         .rsplit_once('@')
         .map(|(_, d)| d)
         .unwrap_or(s.helo);
-    let dmarc = auth
-        .verify_dmarc(DmarcParameters::new(am, &dkim, mail_from_domain, &spf_mail))
-        .await;
+    let dmarc = match (&dkim, &spf_mail) {
+        (Some(dkim), Some(spf)) => {
+            let params = DmarcParameters::new(am, dkim, mail_from_domain, spf);
+            within(deadline, auth.verify_dmarc(params)).await
+        }
+        _ => None,
+    };
     Checks {
         dkim,
         spf_helo,
@@ -167,7 +219,8 @@ async fn run_checks<'x>(
     }
 }
 
-/// The Authentication-Results header field (with CRLF) for the checks.
+/// The Authentication-Results header field (with CRLF) for the checks:
+/// mail-auth writes each finished one, we write the timed-out ones.
 fn results_header(
     c: &Checks<'_>,
     am: &AuthenticatedMessage<'_>,
@@ -180,16 +233,83 @@ fn results_header(
     } else {
         s.mail_from.to_string()
     };
-    AuthenticationResults::new(authserv_id)
-        .with_dkim_results(&c.dkim, &header_from)
-        .with_spf_ehlo_result(&c.spf_helo, s.ip, s.helo)
-        .with_spf_mailfrom_result(&c.spf_mail, s.ip, &mail_from, s.helo)
-        .with_dmarc_result(&c.dmarc)
-        .to_header()
+    let ar = || AuthenticationResults::new(authserv_id);
+    let mut out = String::new();
+    match &c.dkim {
+        Some(dkim) => out.push_str(&clauses_of(
+            &ar().with_dkim_results(dkim, &header_from),
+            authserv_id,
+        )),
+        None => out.push_str(&format!(";\r\n\tdkim={TIMEOUT}")),
+    }
+    match &c.spf_helo {
+        Some(spf) => out.push_str(&clauses_of(
+            &ar().with_spf_ehlo_result(spf, s.ip, s.helo),
+            authserv_id,
+        )),
+        None => out.push_str(&format!(
+            ";\r\n\tspf={TIMEOUT} smtp.helo={}",
+            pvalue(s.helo)
+        )),
+    }
+    match &c.spf_mail {
+        Some(spf) => out.push_str(&clauses_of(
+            &ar().with_spf_mailfrom_result(spf, s.ip, &mail_from, s.helo),
+            authserv_id,
+        )),
+        None => out.push_str(&format!(
+            ";\r\n\tspf={TIMEOUT} smtp.mailfrom={}",
+            pvalue(&mail_from)
+        )),
+    }
+    match &c.dmarc {
+        Some(dmarc) => out.push_str(&clauses_of(&ar().with_dmarc_result(dmarc), authserv_id)),
+        None => {
+            out.push_str(&format!(";\r\n\tdmarc={TIMEOUT}"));
+            if let Some((_, domain)) = header_from.rsplit_once('@') {
+                out.push_str(&format!(" header.from={}", pvalue(domain)));
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("; none");
+    }
+    format!("Authentication-Results: {authserv_id}{out}\r\n")
 }
 
-/// What a DMARC result asks of us under policy `p`.
-fn dmarc_action(dmarc: &DmarcOutput, p: &InboundPolicy) -> DmarcAction {
+/// The clauses mail-auth wrote into `r` (its text is the authserv-id
+/// followed by them).
+fn clauses_of(r: &AuthenticationResults<'_>, authserv_id: &str) -> String {
+    let text = r.to_string();
+    text.strip_prefix(authserv_id).unwrap_or("").to_string()
+}
+
+/// `v` as an RFC 8601 property value: as it is when it is made of
+/// address characters only, else a quoted string without control
+/// characters (the HELO name and addresses come from the network).
+fn pvalue(v: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-._@+".contains(c);
+    if !v.is_empty() && v.chars().all(plain) {
+        return v.to_string();
+    }
+    let mut out = String::with_capacity(v.len() + 2);
+    out.push('"');
+    for c in v.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// What a DMARC result asks of us under policy `p`; nothing when DMARC
+/// did not finish in time (a temperror never refuses or holds).
+fn dmarc_action(dmarc: Option<&DmarcOutput>, p: &InboundPolicy) -> DmarcAction {
+    let Some(dmarc) = dmarc else {
+        return DmarcAction::Deliver;
+    };
     // DMARC fails when the author domain publishes a policy and neither an
     // aligned SPF nor an aligned DKIM pass exists, with no temporary error
     // that could have hidden one (RFC 7489 4.2, 6.6.2).
@@ -274,6 +394,97 @@ fn prepend(h: &str, msg: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+
+    /// A nameserver that never answers: UDP questions are read and
+    /// dropped, TCP connections accepted and held in silence. Its tasks
+    /// end with the test's runtime.
+    async fn silent_nameserver() -> SocketAddr {
+        for _ in 0..100 {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            let Ok(tcp) = tokio::net::TcpListener::bind(addr).await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1500];
+                while udp.recv_from(&mut buf).await.is_ok() {}
+            });
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((conn, _)) = tcp.accept().await {
+                    held.push(conn);
+                }
+            });
+            return addr;
+        }
+        panic!("no free UDP and TCP port pair for a silent nameserver");
+    }
+
+    /// Issue 11, "a DNS outage quarantines legitimate mail": before, the
+    /// checks ran until the resolver gave up on every question (far past
+    /// the worker's 30 s deadline with a silent server); now they end at
+    /// the budget with temperror and the message goes on, even under a
+    /// policy that refuses and holds DMARC failures.
+    #[tokio::test]
+    async fn a_silent_nameserver_gives_temperror_within_the_budget() {
+        let ns = silent_nameserver().await;
+        let auth = Authenticator::new(&crate::DnsSettings {
+            nameservers: vec![ns],
+            timeout: Duration::from_secs(5),
+        })
+        .unwrap();
+        let policy = InboundPolicy {
+            authserv_id: "gw.test".into(),
+            dmarc_reject: true,
+            quarantine: QuarantineAction::Hold,
+            timeout: Duration::from_millis(500),
+        };
+        // A signature whose body hash matches "hi\r\n", so verifying it
+        // needs its key from DNS.
+        let msg = b"DKIM-Signature: v=1; a=rsa-sha256; d=bank.test; s=sel; h=from:subject;\r\n bh=RHI91NDg1Go8f6isolS2HCe2tXiflhd+gsgHAECfFTU=; b=AAAA\r\nFrom: ceo@bank.test\r\nSubject: x\r\n\r\nhi\r\n";
+        let session = Session {
+            ip: "192.0.2.7".parse().unwrap(),
+            helo: "client.test",
+            mail_from: "ceo@bank.test",
+        };
+        let start = std::time::Instant::now();
+        let parsed = Message::parse(msg);
+        let run = authenticate(&parsed, &session, &policy, &auth);
+        let out = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the checks end at their budget, not the resolver's");
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(out.timed_out);
+        assert_eq!((out.reject, out.hold), (None, None));
+        for clause in [
+            "dkim=temperror (DNS timeout)",
+            "spf=temperror (DNS timeout) smtp.helo=client.test",
+            "spf=temperror (DNS timeout) smtp.mailfrom=ceo@bank.test",
+            "dmarc=temperror (DNS timeout) header.from=bank.test",
+        ] {
+            assert!(out.results.contains(clause), "{clause}: {}", out.results);
+        }
+        let body = String::from_utf8(out.body).unwrap();
+        assert!(
+            body.starts_with("Authentication-Results: gw.test;\r\n\tdkim=temperror"),
+            "{body}"
+        );
+        assert!(body.ends_with("Subject: x\r\n\r\nhi\r\n"), "{body}");
+    }
+
+    #[test]
+    fn property_values_from_the_network_are_quoted() {
+        assert_eq!(pvalue("client.test"), "client.test");
+        assert_eq!(pvalue("a+b@x.test"), "a+b@x.test");
+        assert_eq!(pvalue("evil\r\n\tX: y"), "\"evilX: y\"");
+        assert_eq!(pvalue("a\"b\\c"), "\"a\\\"b\\\\c\"");
+        assert_eq!(pvalue(""), "\"\"");
+    }
 
     #[test]
     fn forged_results_are_removed() {

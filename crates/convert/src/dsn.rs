@@ -3,9 +3,11 @@
 //! [`build_dsn`] returns a complete message: a human-readable part, the
 //! `message/delivery-status` part with per-message and per-recipient fields,
 //! and the original headers as `text/rfc822-headers` (the whole message as
-//! `message/rfc822` under RET=FULL). The caller sends it from the null
-//! sender to the original sender, and never for a message that was itself
-//! sent from the null sender (no DSN about a DSN). Values that came from the
+//! `message/rfc822` when the caller asks for it: RET=FULL from a trusted
+//! source, never for an untrusted one, whose DSN must not carry a body of
+//! its choosing to an address of its choosing). The caller sends it from
+//! the null sender to the original sender, and never for a message that
+//! was itself sent from the null sender (no DSN about a DSN). Values that came from the
 //! network lose their CR and LF, so they cannot inject header lines.
 
 use crate::Message;
@@ -35,8 +37,13 @@ pub struct DsnInput<'a> {
     pub envelope: &'a Envelope,
     /// The recipients reported on.
     pub failed: Vec<DsnRecipient<'a>>,
-    /// The original message (only its headers are returned).
+    /// The original message (its headers are returned, or all of it under
+    /// `return_full`).
     pub original: &'a [u8],
+    /// Return the whole message (`message/rfc822`), not only its headers.
+    /// The caller decides: the envelope's RET=FULL, honoured only for a
+    /// trusted source.
+    pub return_full: bool,
     /// Now, ms since the epoch (Date header).
     pub now_ms: u64,
     /// Unique token for the MIME boundary and Message-ID.
@@ -54,20 +61,19 @@ fn clean(s: &str) -> String {
 
 /// Builds the DSN message (CRLF line endings).
 pub fn build_dsn(input: &DsnInput<'_>) -> Vec<u8> {
-    let env = input.envelope;
     let boundary = format!("=_postern_{}", input.token);
     let mut m = String::new();
     write_notice(&mut m, input, &boundary);
     write_status(&mut m, input, &boundary);
-    // RET=FULL returns the whole message; otherwise its headers only.
-    let part_type = if env.dsn_ret_full {
+    // The whole message when the caller allows it; otherwise its headers.
+    let part_type = if input.return_full {
         "message/rfc822"
     } else {
         "text/rfc822-headers"
     };
     let _ = write!(m, "\r\n--{boundary}\r\nContent-Type: {part_type}\r\n\r\n");
     let mut out = m.into_bytes();
-    let returned = if env.dsn_ret_full {
+    let returned = if input.return_full {
         input.original
     } else {
         Message::parse(input.original).header_section()
@@ -206,6 +212,7 @@ mod tests {
             smtputf8: false,
             dsn_ret_full: false,
             dsn_envid: None,
+            trusted: false,
         };
         let reason = Reason {
             code: 550,
@@ -223,6 +230,7 @@ mod tests {
                 action: "failed",
             }],
             original: b"Subject: hello\r\nMessage-ID: <x@y>\r\n\r\nsecret body\r\n",
+            return_full: false,
             now_ms: 0,
             token: "abc".into(),
         });
@@ -238,5 +246,53 @@ mod tests {
         assert!(!s.contains("secret body"));
         assert!(s.ends_with("--=_postern_abc--\r\n"));
         assert!(!s.replace("\r\n", "").contains('\n'));
+    }
+
+    /// Issue 11, reflection: the envelope's RET=FULL alone does not return
+    /// the body; only the caller's `return_full` (a trusted source) does.
+    #[test]
+    fn the_body_comes_back_only_when_the_caller_says_so() {
+        let rcpt = Address::parse("u@d.test").unwrap();
+        let mut env = Envelope {
+            id: QueueId([2; 12]),
+            sender: Some(Address::parse("s@o.test").unwrap()),
+            recipients: vec![Recipient::new(rcpt.clone())],
+            client: "192.0.2.5".into(),
+            helo: "h".into(),
+            received_ms: 0,
+            size: 0,
+            eight_bit: false,
+            message_id: None,
+            smtputf8: false,
+            dsn_ret_full: true,
+            dsn_envid: None,
+            trusted: false,
+        };
+        let reason = Reason::local(550, "5.1.1", "no such user");
+        let dsn = |env: &Envelope, return_full: bool| {
+            let out = build_dsn(&DsnInput {
+                reporting_mta: "gw.test",
+                envelope: env,
+                failed: vec![DsnRecipient {
+                    address: &rcpt,
+                    reason: &reason,
+                    orcpt: None,
+                    action: "failed",
+                }],
+                original: b"Subject: hello\r\n\r\nsecret body\r\n",
+                return_full,
+                now_ms: 0,
+                token: "t".into(),
+            });
+            String::from_utf8(out).unwrap()
+        };
+        let headers = dsn(&env, false);
+        assert!(headers.contains("Content-Type: text/rfc822-headers\r\n"));
+        assert!(headers.contains("Subject: hello\r\n"));
+        assert!(!headers.contains("secret body"), "{headers}");
+        env.trusted = true;
+        let full = dsn(&env, true);
+        assert!(full.contains("Content-Type: message/rfc822\r\n"));
+        assert!(full.contains("secret body"), "{full}");
     }
 }

@@ -92,6 +92,11 @@ pub struct Envelope {
     /// RFC 3461 ENVID, as given (xtext).
     #[serde(default)]
     pub dsn_envid: Option<String>,
+    /// The client was in `trusted_networks` or authenticated: only such
+    /// senders get success DSNs and whole messages back (no reflection
+    /// through us for untrusted sources).
+    #[serde(default)]
+    pub trusted: bool,
 }
 
 impl Envelope {

@@ -4,7 +4,7 @@
 //! host is read, for delivery and for the binary's validation alike; a host
 //! it cannot read is a [`HostPortError`].
 
-use postern_core::units::HumanDuration;
+use postern_core::units::{ByteSize, HumanDuration};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -37,6 +37,18 @@ pub struct DeliveryConfig {
     pub dns_timeout: HumanDuration,
     /// Try STARTTLS when offered (opportunistic, unauthenticated).
     pub starttls: bool,
+    /// Octets a next hop may send for one reply, counted on the wire (a
+    /// line without end, or endless continuation lines, are cut off here and
+    /// the message deferred: "next hop sent an over-long reply"). The
+    /// STARTTLS step, which includes the TLS handshake, may take four times
+    /// this. At least 32 KiB.
+    pub max_reply_size: ByteSize,
+    /// Longest the work on one destination of one message may take (DNS,
+    /// connecting, every next hop tried, the transaction); past it the
+    /// recipients are deferred (451 4.4.2). Waiting for a delivery slot does
+    /// not count. Kept below `workers.delivery_deadline` (at most 4/5 of
+    /// it), so a slow next hop is never taken for a hung gateway.
+    pub attempt_timeout: HumanDuration,
 }
 
 impl Default for DeliveryConfig {
@@ -55,6 +67,8 @@ impl Default for DeliveryConfig {
             command_timeout: s(300),
             dns_timeout: s(5),
             starttls: true,
+            max_reply_size: ByteSize(64 * 1024),
+            attempt_timeout: s(10 * 60),
         }
     }
 }

@@ -9,12 +9,26 @@
 //! to one domain. Used connections go back to the [`Pool`]. A failure before
 //! any server answered (no route, DNS, every address unreachable, shutdown)
 //! is one reason for every recipient of the domain: permanent when 5xx.
+//!
+//! Loops: hops that are ourselves ([`Myself`]: our listening addresses and
+//! host name) are never tried; a domain whose best hop is us fails with a
+//! permanent 5.4.6 "loops back to myself" (`crate::myself`).
+//!
+//! Time: the caller is told when work on a destination starts (its slots
+//! are held, waiting is over) and when it ends, through the guard its
+//! `working` function returns; the work itself (DNS, connections, the
+//! transaction) is bounded by `delivery.attempt_timeout` and ends as a
+//! temporary 4.4.2 failure past it, so a tarpit next hop costs one
+//! deferral, never a hung gateway.
 
 use crate::config::{DeliveryConfig, Route};
+use crate::myself::{before_myself, is_local, loop_reason, Myself};
 use crate::nexthop::{next_hops, Hop, HopLimits, Routes};
 use crate::pool::Pool;
 use crate::resolve::Resolver;
-use crate::smtp::{self, mail_dsn_params, rcpt_dsn_params, ClientParams, Conn, Downgrade, Message};
+use crate::smtp::{
+    self, mail_dsn_params, notify_success, rcpt_dsn_params, ClientParams, Conn, Downgrade, Message,
+};
 use postern_core::{Address, Envelope, Outcome, Reason};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -52,15 +66,21 @@ pub struct Deliverer<R: Resolver> {
     downgrade: Arc<Downgrade>,
     /// Told of every new connection: true when STARTTLS was negotiated.
     on_connect: Option<ConnectHook>,
+    /// Our own endpoints: a next hop among them is a loop, never tried.
+    myself: Myself,
+    /// Longest one destination's work may take (`delivery.attempt_timeout`,
+    /// kept below the in-flight deadline by the binary).
+    attempt_timeout: Duration,
 }
 
 impl<R: Resolver> Deliverer<R> {
-    /// A deliverer on `cfg` and `routes`, saying `helo` in EHLO, asking
-    /// `resolver`, converting with `downgrade` for hops without 8BITMIME.
+    /// A deliverer on `cfg` and `routes`, never delivering to `myself`
+    /// (whose host name it says in EHLO), asking `resolver`, converting with
+    /// `downgrade` for hops without 8BITMIME.
     pub fn new(
         cfg: &DeliveryConfig,
         routes: &[Route],
-        helo: String,
+        myself: Myself,
         resolver: R,
         downgrade: Arc<Downgrade>,
     ) -> Self {
@@ -73,10 +93,11 @@ impl<R: Resolver> Deliverer<R> {
                 max_addresses_per_host: cfg.max_addresses_per_host,
             },
             client: ClientParams {
-                helo,
+                helo: myself.hostname.clone(),
                 connect_timeout: cfg.connect_timeout.0,
                 command_timeout: cfg.command_timeout.0,
                 starttls: cfg.starttls,
+                max_reply_size: usize::try_from(cfg.max_reply_size.0).unwrap_or(usize::MAX),
             },
             pool: Pool::new(cfg.idle_timeout.0, cfg.max_messages_per_connection),
             max_per_destination: cfg.max_per_destination,
@@ -84,6 +105,8 @@ impl<R: Resolver> Deliverer<R> {
             per_dest: Mutex::new(HashMap::new()),
             downgrade,
             on_connect: None,
+            myself,
+            attempt_timeout: cfg.attempt_timeout.0,
         }
     }
 
@@ -91,6 +114,12 @@ impl<R: Resolver> Deliverer<R> {
     pub fn on_connect(mut self, hook: ConnectHook) -> Self {
         self.on_connect = Some(hook);
         self
+    }
+
+    /// The resolver this deliverer asks, for other questions about mail
+    /// routing (e.g. whether a DSN's recipient domain resolves at all).
+    pub fn resolver(&self) -> &R {
+        &self.resolver
     }
 
     fn dest_slot(&self, domain: &str) -> Arc<Semaphore> {
@@ -115,8 +144,17 @@ impl<R: Resolver> Deliverer<R> {
     }
 
     /// Delivers the pending recipients of `env`; returns (recipient index,
-    /// outcome) for each of them.
-    pub async fn deliver(&self, env: &Envelope, body: &[u8]) -> Vec<(usize, Outcome)> {
+    /// outcome) for each of them. Destinations are worked on one after the
+    /// other; `working(domain)` is called once a destination's slots are
+    /// held and its work starts, and what it returns is dropped when that
+    /// work ends (the binary announces the delivery in flight with it, so
+    /// waiting for a slot never counts against the in-flight deadline).
+    pub async fn deliver<G: Send>(
+        &self,
+        env: &Envelope,
+        body: &[u8],
+        working: &(impl Fn(&str) -> G + Sync),
+    ) -> Vec<(usize, Outcome)> {
         let mut by_domain: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, r) in env.pending() {
             by_domain
@@ -134,42 +172,64 @@ impl<R: Resolver> Deliverer<R> {
                     rcpt_dsn_params(r.notify.as_deref(), r.orcpt.as_deref())
                 })
                 .collect();
-            let outcomes = self.deliver_domain(domain, env, &rcpts, &dsn, body).await;
+            let success: Vec<bool> = idx
+                .iter()
+                .map(|i| notify_success(env.recipients[*i].notify.as_deref()))
+                .collect();
+            let msg = Message {
+                sender: env.sender.as_ref(),
+                recipients: &rcpts,
+                body,
+                eight_bit: env.eight_bit,
+                smtputf8: env.smtputf8,
+                dsn_mail: mail_dsn_params(env.dsn_ret_full, env.dsn_envid.as_deref()),
+                dsn_rcpt: &dsn,
+                notify_success: &success,
+            };
+            let outcomes = self.deliver_domain(domain, &msg, working).await;
             out.extend(idx.into_iter().zip(outcomes));
         }
         out
     }
 
-    async fn deliver_domain(
+    /// One destination: its slots, then (announced through `working`) its
+    /// hops and the transaction within `attempt_timeout`.
+    async fn deliver_domain<G: Send>(
         &self,
         domain: &str,
-        env: &Envelope,
-        rcpts: &[&Address],
-        dsn_rcpt: &[String],
-        body: &[u8],
+        msg: &Message<'_>,
+        working: &(impl Fn(&str) -> G + Sync),
     ) -> Vec<Outcome> {
+        let n = msg.recipients.len();
         let shutting_down = || Reason::local(451, "4.3.0", "delivery is shutting down");
         let Ok(_global) = self.global.acquire().await else {
-            return for_all(shutting_down(), rcpts.len());
+            return for_all(shutting_down(), n);
         };
         let slot = self.dest_slot(domain);
         let Ok(_dest) = slot.acquire().await else {
-            return for_all(shutting_down(), rcpts.len());
+            return for_all(shutting_down(), n);
         };
+        let _working = working(domain);
+        let work = self.resolve_and_send(domain, msg);
+        match tokio::time::timeout(self.attempt_timeout, work).await {
+            Ok(outcomes) => outcomes,
+            Err(_) => for_all(attempt_timed_out(domain, self.attempt_timeout), n),
+        }
+    }
+
+    /// The work on one destination: its hops (none that is us), then the
+    /// transaction on the first that answers.
+    async fn resolve_and_send(&self, domain: &str, msg: &Message<'_>) -> Vec<Outcome> {
+        let n = msg.recipients.len();
         let hops = match next_hops(domain, &self.routes, &self.resolver, &self.hop_limits).await {
             Ok(h) => h,
-            Err(r) => return for_all(r, rcpts.len()),
+            Err(r) => return for_all(r, n),
         };
-        let msg = Message {
-            sender: env.sender.as_ref(),
-            recipients: rcpts,
-            body,
-            eight_bit: env.eight_bit,
-            smtputf8: env.smtputf8,
-            dsn_mail: mail_dsn_params(env.dsn_ret_full, env.dsn_envid.as_deref()),
-            dsn_rcpt,
+        let Some(hops) = before_myself(hops, &self.myself, &is_local) else {
+            tracing::warn!(%domain, "mail loops back to myself");
+            return for_all(loop_reason(domain), n);
         };
-        self.try_hops(domain, &hops, &msg).await
+        self.try_hops(domain, &hops, msg).await
     }
 
     /// Tries every address of every hop in order until one answers the
@@ -219,6 +279,19 @@ impl<R: Resolver> Deliverer<R> {
     }
 }
 
+/// The temporary failure of a destination whose work took longer than
+/// `limit` (a tarpit or dead next hop, slow DNS).
+fn attempt_timed_out(domain: &str, limit: Duration) -> Reason {
+    Reason::local(
+        451,
+        "4.4.2",
+        format!(
+            "delivery to {domain} took longer than {} s; will retry",
+            limit.as_secs()
+        ),
+    )
+}
+
 /// One failure for every recipient: permanent when its code is 5xx.
 fn for_all(r: Reason, n: usize) -> Vec<Outcome> {
     let o = if r.code >= 500 {
@@ -232,6 +305,112 @@ fn for_all(r: Reason, n: usize) -> Vec<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resolve::{DnsError, MxRecord};
+    use crate::smtp::DowngradeError;
+    use postern_core::units::HumanDuration;
+    use std::net::IpAddr;
+    use tokio::net::TcpListener;
+
+    /// No DNS: every test destination has a route.
+    struct NoDns;
+
+    impl Resolver for NoDns {
+        async fn mx(&self, _: &str) -> Result<Vec<MxRecord>, DnsError> {
+            Err(DnsError::NxDomain)
+        }
+        async fn addrs(&self, _: &str) -> Result<Vec<IpAddr>, DnsError> {
+            Err(DnsError::NxDomain)
+        }
+    }
+
+    fn address(local: &str, domain: &str) -> Address {
+        Address {
+            local: local.into(),
+            domain: domain.into(),
+        }
+    }
+
+    /// A 7-bit message without DSN parameters.
+    fn message<'a>(from: &'a Address, rcpts: &'a [&'a Address]) -> Message<'a> {
+        Message {
+            sender: Some(from),
+            recipients: rcpts,
+            body: b"hi\r\n",
+            eight_bit: false,
+            smtputf8: false,
+            dsn_mail: String::new(),
+            dsn_rcpt: &[],
+            notify_success: &[],
+        }
+    }
+
+    /// Issue 11: a route to our own listening address (the mail loop) fails
+    /// every recipient with 5.4.6 and connects to nothing; a next hop that
+    /// never greets (a tarpit) ends as a temporary failure once
+    /// `attempt_timeout` is over, well before the command timeout. The
+    /// caller hears of each destination's work, and only of work.
+    #[tokio::test]
+    async fn loops_fail_and_tarpits_time_out() {
+        // Neither listener accepts: the kernel completes the handshake and
+        // nothing is ever said.
+        let ours = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tarpit = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ours_addr, tarpit_addr) = (ours.local_addr().unwrap(), tarpit.local_addr().unwrap());
+        let cfg = DeliveryConfig {
+            attempt_timeout: HumanDuration(Duration::from_millis(300)),
+            starttls: false,
+            ..DeliveryConfig::default()
+        };
+        let routes = [
+            Route {
+                domain: "self.test".into(),
+                hosts: vec![ours_addr.to_string()],
+            },
+            Route {
+                domain: "slow.test".into(),
+                hosts: vec![tarpit_addr.to_string()],
+            },
+        ];
+        let myself = Myself {
+            listen: vec![ours_addr],
+            hostname: "gw.test".into(),
+        };
+        let downgrade: Arc<Downgrade> = Arc::new(|_: &[u8]| -> Result<Vec<u8>, DowngradeError> {
+            Err(DowngradeError::new("not in this test"))
+        });
+        let d = Deliverer::new(&cfg, &routes, myself, NoDns, downgrade);
+        let worked = Mutex::new(Vec::new());
+        let working = |domain: &str| worked.lock().unwrap().push(domain.to_string());
+        let from = address("s", "a.test");
+        let (me, slow) = (address("u", "self.test"), address("u", "slow.test"));
+        let looped = d
+            .deliver_domain("self.test", &message(&from, &[&me]), &working)
+            .await;
+        assert_eq!(
+            looped,
+            vec![Outcome::Permanent(Reason::local(
+                554,
+                "5.4.6",
+                "mail for self.test loops back to myself"
+            ))]
+        );
+        let nobody = tokio::time::timeout(Duration::from_millis(50), ours.accept()).await;
+        assert!(nobody.is_err(), "connected to ourselves");
+        let started = std::time::Instant::now();
+        let slowed = d
+            .deliver_domain("slow.test", &message(&from, &[&slow]), &working)
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(
+            slowed,
+            vec![Outcome::Temporary(attempt_timed_out(
+                "slow.test",
+                Duration::from_millis(300)
+            ))]
+        );
+        assert_eq!(*worked.lock().unwrap(), ["self.test", "slow.test"]);
+        drop(tarpit);
+    }
 
     #[test]
     fn one_failure_for_every_recipient() {
@@ -240,5 +419,11 @@ mod tests {
         let perm = Reason::local(556, "5.1.10", "null MX");
         assert_eq!(for_all(perm.clone(), 1), vec![Outcome::Permanent(perm)]);
         assert!(for_all(Reason::local(451, "4.3.0", "x"), 0).is_empty());
+        let slow = attempt_timed_out("d.test", Duration::from_secs(600));
+        assert_eq!((slow.code, slow.status.as_str()), (451, "4.4.2"));
+        assert_eq!(
+            slow.text,
+            "delivery to d.test took longer than 600 s; will retry"
+        );
     }
 }

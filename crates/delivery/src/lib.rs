@@ -4,8 +4,11 @@
 //! The whole public API:
 //! - [`Deliverer`] ties it together: per recipient domain, the next hops, a
 //!   pooled or new connection and one SMTP transaction, under a global and a
-//!   per-destination concurrency limit; [`ConnectHook`] observes new
-//!   connections (metrics).
+//!   per-destination concurrency limit and a time limit per destination; it
+//!   tells its caller when work on a destination starts and ends (the
+//!   in-flight record); [`ConnectHook`] observes new connections (metrics).
+//! - [`Myself`] is our own SMTP endpoints (listening addresses, host name):
+//!   a next hop that is us is a mail loop, failed with 5.4.6.
 //! - [`Resolver`] is the DNS it asks ([`MxRecord`], [`DnsError`],
 //!   [`TemporaryDns`], [`ResolverFailure`]); [`HickoryResolver`], built from
 //!   a [`DnsConfig`] (or failing with a [`ResolverBuildError`]), is the
@@ -17,15 +20,18 @@
 //!   hops without 8BITMIME; it fails with a [`DowngradeError`].
 //!
 //! Inside, private: `nexthop` (static routes, address literals, MX order,
-//! implicit and null MX), `smtp` (the I/O shell over lettre) with its pure
-//! halves `smtp::plan` (the transaction plan) and `smtp::reply` (reply
-//! classification), both table-tested, and `pool` (idle connections). No
-//! hickory or lettre type appears in the public API.
+//! implicit and null MX), `myself` (loop detection, pure and table-tested),
+//! `smtp` (the I/O shell over lettre, reading replies through a bounded
+//! stream, `smtp::bounded`) with its pure halves `smtp::plan` (the
+//! transaction plan) and `smtp::reply` (reply classification), both
+//! table-tested, and `pool` (idle connections). No hickory or lettre type
+//! appears in the public API.
 
 #![warn(missing_docs)]
 
 mod config;
 mod deliverer;
+mod myself;
 mod nexthop;
 mod pool;
 mod resolve;
@@ -33,6 +39,7 @@ mod smtp;
 
 pub use config::{split_host_port, DeliveryConfig, HostPortError, Route};
 pub use deliverer::{ConnectHook, Deliverer};
+pub use myself::Myself;
 pub use resolve::{
     DnsConfig, DnsError, HickoryResolver, MxRecord, Resolver, ResolverBuildError, ResolverFailure,
     TemporaryDns,

@@ -5,7 +5,9 @@
 //! preference with random order inside one preference and at most
 //! `max_mx_hosts` of them; null MX (RFC 7505) is a permanent failure; no MX
 //! means the domain itself is the implicit MX (RFC 5321 5.1). Failures come
-//! back as a ready [`Reason`] with a temporary or permanent verdict.
+//! back as a ready [`Reason`] with a temporary or permanent verdict. Each
+//! [`Hop`] carries its rank (MX preference, or place in the route) and
+//! whether it is an MX target, for loop detection (`crate::myself`).
 
 use crate::config::{split_host_port, Route};
 use crate::resolve::{DnsError, MxRecord, Resolver};
@@ -21,6 +23,13 @@ pub(crate) struct Hop {
     pub(crate) name: String,
     /// Its addresses with the port, in the order to try them.
     pub(crate) addrs: Vec<SocketAddr>,
+    /// Hops of one rank are equals (MX hosts of one preference); hops come
+    /// in rank order. The MX preference, a route host's place in its route,
+    /// 0 for an address literal or the implicit MX.
+    pub(crate) rank: u32,
+    /// The host is an MX target (or the implicit MX): our own host name
+    /// here means the mail would come back to us.
+    pub(crate) mx: bool,
 }
 
 /// Static routes by domain, `"*"` for the smart host.
@@ -125,9 +134,9 @@ async fn route_hops<R: Resolver>(
 ) -> Result<Vec<Hop>, Reason> {
     let mut hops = Vec::new();
     let mut last = None;
-    for (host, port) in hosts {
+    for (rank, (host, port)) in (0u32..).zip(hosts) {
         match host_addrs(host, *port, resolver, lim).await {
-            Ok(h) => hops.push(h),
+            Ok(h) => hops.push(Hop { rank, ..h }),
             Err(e) => last = Some(e),
         }
     }
@@ -148,6 +157,8 @@ fn literal_hop(domain: &str, lit: &str, port: u16) -> Result<Vec<Hop>, Reason> {
     Ok(vec![Hop {
         name: ip.to_string(),
         addrs: vec![SocketAddr::new(ip, port)],
+        rank: 0,
+        mx: false,
     }])
 }
 
@@ -158,7 +169,7 @@ async fn implicit_mx<R: Resolver>(
     lim: &HopLimits,
 ) -> Result<Vec<Hop>, Reason> {
     match host_addrs(domain, lim.port, resolver, lim).await {
-        Ok(h) => Ok(vec![h]),
+        Ok(h) => Ok(vec![Hop { mx: true, ..h }]),
         Err(DnsError::NxDomain) | Err(DnsError::NoData) => Err(perm(
             550,
             "5.1.2",
@@ -176,11 +187,22 @@ async fn mx_hops<R: Resolver>(
     resolver: &R,
     lim: &HopLimits,
 ) -> Result<Vec<Hop>, Reason> {
+    // The best preference of each host (a host listed twice counts once).
+    let mut prefs: HashMap<String, u16> = HashMap::new();
+    for m in &mx {
+        let p = prefs.entry(m.exchange.clone()).or_insert(m.preference);
+        *p = (*p).min(m.preference);
+    }
     let mut hops = Vec::new();
     let mut last = None;
     for host in order_mx(mx, lim.max_mx_hosts) {
+        let rank = prefs.get(&host).copied().map_or(0, u32::from);
         match host_addrs(&host, lim.port, resolver, lim).await {
-            Ok(h) => hops.push(h),
+            Ok(h) => hops.push(Hop {
+                rank,
+                mx: true,
+                ..h
+            }),
             Err(e) => last = Some(format!("{host}: {e}")),
         }
     }
@@ -223,6 +245,8 @@ async fn host_addrs<R: Resolver>(
         return Ok(Hop {
             name: host.to_string(),
             addrs: vec![SocketAddr::new(ip, port)],
+            rank: 0,
+            mx: false,
         });
     }
     let mut ips = resolver.addrs(host).await?;
@@ -236,6 +260,8 @@ async fn host_addrs<R: Resolver>(
             .into_iter()
             .map(|ip| SocketAddr::new(ip, port))
             .collect(),
+        rank: 0,
+        mx: false,
     })
 }
 
@@ -291,6 +317,9 @@ mod tests {
             .unwrap();
         let names: Vec<_> = hops.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["a.test", "b.test"]);
+        // Ranked by preference, known as MX targets (loop detection).
+        let ranks: Vec<_> = hops.iter().map(|h| (h.rank, h.mx)).collect();
+        assert_eq!(ranks, [(10, true), (20, true)]);
         let routes = Routes::new(
             &[Route {
                 domain: "d.test".into(),
@@ -300,6 +329,7 @@ mod tests {
         );
         let hops = next_hops("d.test", &routes, &t, &lim()).await.unwrap();
         assert_eq!(hops[0].addrs, vec!["127.0.0.9:2526".parse().unwrap()]);
+        assert_eq!((hops[0].rank, hops[0].mx), (0, false));
     }
 
     #[tokio::test]

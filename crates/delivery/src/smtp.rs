@@ -12,16 +12,22 @@
 //! mean per recipient and how to leave the connection (send the body, an
 //! empty message, or RSET). Commands are written by Postern itself (lettre
 //! only frames and reads replies), so any syntactically valid RFC 5321 path
-//! is sent as received.
+//! is sent as received. lettre reads from a [`bounded`] stream: before each
+//! step the shell says how many replies it awaits, and a next hop that sends
+//! more than `delivery.max_reply_size` octets per reply (an endless line)
+//! fails the read instead of growing our memory.
 //!
-//! Failure modes: `Err(Reason)` (temporary) when the connection failed or
-//! timed out before an answer that counts; the caller tries the next address.
+//! Failure modes: `Err(Reason)` (temporary) when the connection failed,
+//! timed out or sent an over-long reply before an answer that counts; the
+//! caller tries the next address.
 
+mod bounded;
 mod plan;
 mod reply;
 
-pub(crate) use plan::{mail_dsn_params, rcpt_dsn_params, Message};
+pub(crate) use plan::{mail_dsn_params, notify_success, rcpt_dsn_params, Message};
 
+use bounded::{Bounded, ReplyBudget};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
@@ -32,6 +38,7 @@ use reply::{Cleanup, Next, Reply};
 use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::time::error::Elapsed;
@@ -47,7 +54,16 @@ pub(crate) struct ClientParams {
     pub(crate) command_timeout: Duration,
     /// Upgrade with STARTTLS when the hop offers it.
     pub(crate) starttls: bool,
+    /// Octets a next hop may send per awaited reply
+    /// (`delivery.max_reply_size`).
+    pub(crate) max_reply_size: usize,
 }
+
+/// Replies awaited by the STARTTLS step: the reply to STARTTLS, the TLS
+/// handshake's server flight (rustls bounds each of its messages at 64 KiB)
+/// and the reply to the EHLO that follows, in units of
+/// `delivery.max_reply_size`.
+const STARTTLS_REPLIES: usize = 4;
 
 /// Converts an 8-bit message to 7 bit for a hop without 8BITMIME (the
 /// conversion core's job; given to delivery by the binary).
@@ -88,6 +104,9 @@ impl DowngradeError {
 /// An open connection to one next-hop address.
 pub(crate) struct Conn {
     inner: AsyncSmtpConnection,
+    /// What the next hop may send for the replies of the current step; set
+    /// before each command, spent by the stream lettre reads from.
+    budget: Arc<ReplyBudget>,
     /// Extensions the server offered (after STARTTLS, the second EHLO's):
     /// what the plan is made from.
     ext: Extensions,
@@ -113,11 +132,12 @@ impl Conn {
 
     /// True when the connection can take another transaction.
     pub(crate) fn is_usable(&self) -> bool {
-        self.clean && !self.inner.has_broken()
+        self.clean && !self.inner.has_broken() && !self.budget.is_over()
     }
 
     /// Checks a pooled connection is alive and resets its state.
     pub(crate) async fn reset(&mut self, timeout: Duration) -> bool {
+        self.budget.expect(1);
         matches!(
             tokio::time::timeout(timeout, self.inner.command(Raw("RSET"))).await,
             Ok(Ok(_))
@@ -126,7 +146,22 @@ impl Conn {
 
     /// Says QUIT (waiting at most `timeout` for the reply) and closes.
     pub(crate) async fn quit(mut self, timeout: Duration) {
+        self.budget.expect(1);
         let _ = tokio::time::timeout(timeout, self.inner.quit()).await;
+    }
+
+    /// Ends a DATA nobody is left for with an empty message (waiting at
+    /// most `timeout`); false when no reply came back, so the connection
+    /// may be out of step.
+    async fn empty_message(&mut self, timeout: Duration) -> bool {
+        self.budget.expect(1);
+        match tokio::time::timeout(timeout, self.inner.message(b"")).await {
+            Ok(Ok(_)) => true,
+            // A refusal is a reply too: the server is back between
+            // transactions.
+            Ok(Err(e)) => negative(&e).is_some(),
+            Err(_) => false,
+        }
     }
 }
 
@@ -146,17 +181,21 @@ pub(crate) async fn connect(
     p: &ClientParams,
 ) -> Result<Conn, Reason> {
     let id = ClientId::Domain(p.helo.clone());
-    let mut inner = open(host, addr, p, &id).await?;
-    let mut ext = ehlo(&mut inner, &p.helo, host, p.command_timeout).await?;
+    let (mut inner, mut budget) = open(host, addr, p, &id).await?;
+    let mut ext = ehlo(&mut inner, &budget, &p.helo, host, p.command_timeout).await?;
     if p.starttls && ext.starttls {
-        if !upgrade(&mut inner, host, p, &id).await {
+        if !upgrade(&mut inner, &budget, host, p, &id).await {
+            if budget.is_over() {
+                return Err(reply::over_long(host));
+            }
             tracing::info!(%host, %addr, "STARTTLS failed; retrying without TLS");
-            inner = open(host, addr, p, &id).await?;
+            (inner, budget) = open(host, addr, p, &id).await?;
         }
-        ext = ehlo(&mut inner, &p.helo, host, p.command_timeout).await?;
+        ext = ehlo(&mut inner, &budget, &p.helo, host, p.command_timeout).await?;
     }
     Ok(Conn {
         inner,
+        budget,
         ext,
         addr,
         host: host.to_string(),
@@ -166,13 +205,14 @@ pub(crate) async fn connect(
     })
 }
 
-/// TCP connect, the greeting and lettre's own EHLO.
+/// TCP connect, the greeting and lettre's own EHLO, over a [`Bounded`]
+/// stream; the connection and its reply budget.
 async fn open(
     host: &str,
     addr: SocketAddr,
     p: &ClientParams,
     id: &ClientId,
-) -> Result<AsyncSmtpConnection, Reason> {
+) -> Result<(AsyncSmtpConnection, Arc<ReplyBudget>), Reason> {
     let tcp = match tokio::time::timeout(p.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(reply::connect_failed(host, addr, &e.to_string())),
@@ -181,9 +221,14 @@ async fn open(
     // Without this, Nagle holds the end-of-data dot behind the body
     // until the peer's delayed ACK: 40 ms per message.
     let _ = tcp.set_nodelay(true);
-    let greeting = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), id);
+    let budget = ReplyBudget::new(p.max_reply_size);
+    // The greeting and the reply to lettre's EHLO.
+    budget.expect(2);
+    let stream = Box::new(Bounded::new(tcp, budget.clone()));
+    let greeting = AsyncSmtpConnection::connect_with_transport(stream, id);
     match tokio::time::timeout(p.command_timeout, greeting).await {
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(c)) => Ok((c, budget)),
+        Ok(Err(_)) if budget.is_over() => Err(reply::over_long(host)),
         Ok(Err(e)) => Err(reply::connect_failed(host, addr, &e.to_string())),
         Err(_) => Err(reply::timed_out("greeting", host)),
     }
@@ -193,6 +238,7 @@ async fn open(
 /// connection is then of no further use).
 async fn upgrade(
     inner: &mut AsyncSmtpConnection,
+    budget: &ReplyBudget,
     host: &str,
     p: &ClientParams,
     id: &ClientId,
@@ -204,6 +250,7 @@ async fn upgrade(
     let Ok(tls) = tls else {
         return false;
     };
+    budget.expect(STARTTLS_REPLIES);
     matches!(
         tokio::time::timeout(p.command_timeout, inner.starttls(tls, id)).await,
         Ok(Ok(()))
@@ -213,13 +260,16 @@ async fn upgrade(
 /// Sends our own EHLO and parses the extensions offered.
 async fn ehlo(
     inner: &mut AsyncSmtpConnection,
+    budget: &ReplyBudget,
     helo: &str,
     host: &str,
     timeout: Duration,
 ) -> Result<Extensions, Reason> {
     let line = format!("EHLO {helo}");
+    budget.expect(1);
     match tokio::time::timeout(timeout, inner.command(Raw(&line))).await {
         Ok(Ok(r)) => Ok(Extensions::parse(r.message())),
+        Ok(Err(_)) if budget.is_over() => Err(reply::over_long(host)),
         Ok(Err(e)) => Err(reply::ehlo_refused(reason_of(&e, host))),
         Err(_) => Err(reply::timed_out("EHLO reply", host)),
     }
@@ -264,9 +314,7 @@ pub(crate) async fn transact(
         } => {
             match cleanup {
                 Cleanup::Nothing => {}
-                Cleanup::EmptyMessage => {
-                    let _ = conn.inner.message(b"").await;
-                }
+                Cleanup::EmptyMessage => conn.clean = conn.empty_message(timeout).await,
                 Cleanup::Reset => conn.clean = conn.reset(timeout).await,
             }
             if completed {
@@ -276,11 +324,13 @@ pub(crate) async fn transact(
         }
         Next::SendBody(pending) => {
             // RFC 5321 4.5.3.2.6: allow 10 minutes for the final reply.
+            conn.budget.expect(1);
             let end = conn.inner.message(&body);
             let last = read(
                 tokio::time::timeout(timeout.saturating_mul(2), end).await,
                 "end of data reply",
                 &host,
+                &conn.budget,
             )?;
             conn.uses += 1;
             Ok(pending.finish(&last, &host))
@@ -297,11 +347,14 @@ async fn pipelined(
 ) -> Result<Vec<Reply>, Reason> {
     let batch = planned.lines.join("\r\n");
     let mut replies = Vec::with_capacity(planned.lines.len());
+    // One reply at a time: each gets its own budget.
+    conn.budget.expect(1);
     let first = tokio::time::timeout(timeout, conn.inner.command(Raw(&batch))).await;
-    replies.push(read(first, "reply", &conn.host)?);
+    replies.push(read(first, "reply", &conn.host, &conn.budget)?);
     for _ in 1..planned.lines.len() {
+        conn.budget.expect(1);
         let next = tokio::time::timeout(timeout, conn.inner.read_response()).await;
-        replies.push(read(next, "reply", &conn.host)?);
+        replies.push(read(next, "reply", &conn.host, &conn.budget)?);
     }
     Ok(replies)
 }
@@ -315,21 +368,25 @@ async fn lockstep(
 ) -> Result<Vec<Reply>, Reason> {
     let mut replies = Vec::with_capacity(planned.lines.len());
     while let Some(line) = planned.next_lockstep(&replies) {
+        conn.budget.expect(1);
         let r = tokio::time::timeout(timeout, conn.inner.command(Raw(line))).await;
-        replies.push(read(r, "reply", &conn.host)?);
+        replies.push(read(r, "reply", &conn.host, &conn.budget)?);
     }
     Ok(replies)
 }
 
 /// One reply (positive or negative), or the failure that kept it from us;
-/// `what` names the reply for a timeout.
+/// `what` names the reply for a timeout, `budget` tells an over-long reply
+/// from other failed reads.
 fn read(
     r: Result<Result<Response, SmtpError>, Elapsed>,
     what: &str,
     host: &str,
+    budget: &ReplyBudget,
 ) -> Result<Reply, Reason> {
     match r {
         Err(_) => Err(reply::timed_out(what, host)),
+        Ok(Err(_)) if budget.is_over() => Err(reply::over_long(host)),
         Ok(Ok(resp)) => Ok(Reply {
             code: u16::from(resp.code()),
             text: resp.message().collect::<Vec<_>>().join(" "),
@@ -396,6 +453,7 @@ mod tests {
             connect_timeout: T,
             command_timeout: T,
             starttls: false,
+            max_reply_size: 64 * 1024,
         }
     }
 
@@ -467,7 +525,40 @@ mod tests {
             smtputf8: false,
             dsn_mail: String::new(),
             dsn_rcpt: &[],
+            notify_success: &[],
         }
+    }
+
+    /// Issue 11, hostile next hop: `220-` and then bytes without a line
+    /// feed. The read fails once the budget is spent (before: lettre's
+    /// read_line grew without end) and the hop is a temporary failure.
+    #[tokio::test]
+    async fn an_endless_reply_line_is_a_temporary_failure() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hop = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let x = [b'x'; 16 * 1024];
+            if s.write_all(b"220-").await.is_err() {
+                return;
+            }
+            // 16 MiB at most (far more than the budget), or until the
+            // client hangs up.
+            for _ in 0..1024 {
+                if s.write_all(&x).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let p = ClientParams {
+            max_reply_size: 4096,
+            ..params()
+        };
+        let Err(r) = connect("hop.test", addr, &p).await else {
+            panic!("connected to a hop that never ends its greeting");
+        };
+        assert_eq!(r, reply::over_long("hop.test"));
+        hop.await.unwrap();
     }
 
     #[tokio::test]

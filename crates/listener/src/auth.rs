@@ -4,18 +4,25 @@
 //! [`UserDb::load`] reads `user:$argon2id$...` lines (`#` comments; the
 //! file is re-read when it changes, and a reload that fails keeps the old
 //! users and is logged). [`UserDb::verify`] checks a password off the async
-//! runtime (Argon2 is deliberately slow). [`AuthLimiter`] counts failures per
-//! client IP and per user in ten-minute windows; past the limit, attempts are
-//! refused before any password is checked. [`hash_password`] makes a users
-//! file entry. Failures are [`AuthError`]s that keep their cause. The SASL
-//! decoding helpers are pure and tested below.
+//! runtime (Argon2 is deliberately slow, 19 MiB a run); an unknown user's
+//! password is checked against a dummy hash of the same cost, so the time
+//! taken does not tell which users exist. [`AuthLimiter`] counts failures per
+//! client (IPv6 by /64) and per user in ten-minute windows; past the limit,
+//! attempts are refused before any password is checked. An attempt is
+//! counted as a failure from the moment it is checked until its verdict is
+//! in ([`Attempt`]), so attempts sent in parallel cannot all pass the check.
+//! The limiter also caps the Argon2 runs in progress ([`VerifyPermit`]).
+//! [`hash_password`] makes a users file entry. Failures are [`AuthError`]s
+//! that keep their cause. The SASL decoding helpers are pure and tested
+//! below.
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use std::collections::HashMap;
 use std::error::Error;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 const WINDOW: Duration = Duration::from_secs(600);
@@ -127,23 +134,55 @@ impl UserDb {
         st.0.get(user).cloned()
     }
 
-    /// True when `pass` is `user`'s password.
-    pub(crate) async fn verify(self: &Arc<Self>, user: String, pass: String) -> bool {
+    /// The hash a password offered for `user` is checked against, and
+    /// whether the user exists: an unknown user's password is checked
+    /// against [`dummy_hash`], so it costs as much as a wrong password.
+    fn hash_for(&self, user: &str) -> (String, bool) {
+        match self.hash_of(user) {
+            Some(hash) => (hash, true),
+            None => (dummy_hash(), false),
+        }
+    }
+
+    /// True when `pass` is `user`'s password. `permit` is one of the
+    /// concurrent verifications allowed; it is held until the Argon2 run
+    /// ends, even when the session has gone by then.
+    pub(crate) async fn verify(
+        self: &Arc<Self>,
+        user: String,
+        pass: String,
+        permit: VerifyPermit,
+    ) -> bool {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
-            let Some(hash) = db.hash_of(&user) else {
-                return false;
-            };
-            let Ok(parsed) = PasswordHash::new(&hash) else {
-                return false;
-            };
-            argon2::Argon2::default()
-                .verify_password(pass.as_bytes(), &parsed)
-                .is_ok()
+            let _permit = permit;
+            let (hash, known) = db.hash_for(&user);
+            let matched = PasswordHash::new(&hash).is_ok_and(|parsed| {
+                argon2::Argon2::default()
+                    .verify_password(pass.as_bytes(), &parsed)
+                    .is_ok()
+            });
+            matched && known
         })
         .await
         .unwrap_or(false)
     }
+}
+
+/// A hash no password matches (its output is all zeros), at the cost of
+/// the hashes [`hash_password`] writes (Argon2id with the default
+/// parameters): what an unknown user's password is checked against.
+fn dummy_hash() -> String {
+    use argon2::Params;
+    format!(
+        "$argon2id$v=19$m={},t={},p={}${}${}",
+        Params::DEFAULT_M_COST,
+        Params::DEFAULT_T_COST,
+        Params::DEFAULT_P_COST,
+        // 16 and 32 zero octets in unpadded base64.
+        "A".repeat(22),
+        "A".repeat(43),
+    )
 }
 
 /// An Argon2id hash of `password` for the users file.
@@ -158,15 +197,94 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
         .map_err(failed)
 }
 
-/// Failed attempts per client and per user. Built with
-/// [`AuthLimiter::new`] (no `Default`: a limit of 0 would refuse every AUTH).
+/// What the limiter counts for one client or one user.
+#[derive(Debug, Clone, Copy)]
+struct Count {
+    /// Start of the current ten-minute window.
+    start: Instant,
+    /// Failures recorded in that window.
+    failures: u32,
+    /// Attempts checked and not yet settled: they count as failures until
+    /// their verdict is in, so attempts sent in parallel cannot all pass
+    /// the check while the first ones are still being verified.
+    pending: u32,
+}
+
+impl Count {
+    fn new(now: Instant) -> Count {
+        Count {
+            start: now,
+            failures: 0,
+            pending: 0,
+        }
+    }
+
+    /// Failures in the window at `now`, plus attempts in flight.
+    fn load(&self, now: Instant) -> u32 {
+        let failures = if now.duration_since(self.start) < WINDOW {
+            self.failures
+        } else {
+            0
+        };
+        failures.saturating_add(self.pending)
+    }
+}
+
+/// Failed attempts per client and per user, and the password
+/// verifications in progress. Built with [`AuthLimiter::new`] (no
+/// `Default`: a limit of 0 would refuse every AUTH).
 #[derive(Debug)]
 pub struct AuthLimiter {
     /// Failures within the window after which a client or user is refused.
     max_failures: u32,
-    /// `ip:<addr>` and `user:<name>` → (window start, failures in it); a
-    /// mutex because every session of every listener shares the table.
-    table: Mutex<HashMap<String, (Instant, u32)>>,
+    /// `ip:<client>` and `user:<name>` → their [`Count`]; a mutex because
+    /// every session of every listener shares the table.
+    table: Mutex<HashMap<String, Count>>,
+    /// Argon2 runs in progress (each holds a [`VerifyPermit`]), against the
+    /// listener's `max_auth_verifies`: each run takes 19 MiB, so hundreds at
+    /// once could exhaust memory.
+    verifying: AtomicUsize,
+}
+
+/// An AUTH attempt being verified, counted as a failure of its client and
+/// its user until it is settled: [`Attempt::failed`] records the failure;
+/// dropped otherwise (the password matched, or the session ended first), it
+/// simply stops counting.
+#[derive(Debug)]
+pub struct Attempt {
+    /// The table the attempt is counted in.
+    limiter: Arc<AuthLimiter>,
+    /// The client's and the user's keys in it.
+    keys: [String; 2],
+    /// Set by [`Attempt::failed`]: record a failure at this time on drop.
+    failed_at: Option<Instant>,
+}
+
+impl Attempt {
+    /// The password did not match: the failure is recorded.
+    pub fn failed(mut self, now: Instant) {
+        self.failed_at = Some(now);
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        self.limiter.settle(&self.keys, self.failed_at);
+    }
+}
+
+/// One of the password verifications allowed at once; the place is freed
+/// when the permit is dropped.
+#[derive(Debug)]
+pub struct VerifyPermit {
+    /// Whose count of verifications in progress the permit is part of.
+    limiter: Arc<AuthLimiter>,
+}
+
+impl Drop for VerifyPermit {
+    fn drop(&mut self) {
+        self.limiter.verifying.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl AuthLimiter {
@@ -176,36 +294,82 @@ impl AuthLimiter {
         Arc::new(AuthLimiter {
             max_failures,
             table: Mutex::new(HashMap::new()),
+            verifying: AtomicUsize::new(0),
         })
     }
 
-    fn count(&self, key: &str, now: Instant) -> u32 {
-        let t = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        match t.get(key) {
-            Some((start, n)) if now.duration_since(*start) < WINDOW => *n,
-            _ => 0,
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Count>> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The table keys of a client (IPv6 by its /64, as the per-IP limits
+    /// count it) and of a user.
+    fn keys(ip: IpAddr, user: &str) -> [String; 2] {
+        [
+            format!("ip:{}", crate::limits::client_key(ip)),
+            format!("user:{user}"),
+        ]
+    }
+
+    /// Starts an attempt by `user` from `ip` at `now`: `None` when the client
+    /// or the user has failed too often lately (attempts still being
+    /// verified count as failures), else the [`Attempt`], which counts until
+    /// it is settled. Checking and counting happen under one lock.
+    pub(crate) fn begin(self: &Arc<Self>, ip: IpAddr, user: &str, now: Instant) -> Option<Attempt> {
+        let keys = Self::keys(ip, user);
+        let mut t = self.lock();
+        let load = |k: &String| t.get(k).map_or(0, |c| c.load(now));
+        if keys.iter().any(|k| load(k) >= self.max_failures) {
+            return None;
         }
-    }
-
-    /// True when the client or the user has failed too often lately.
-    pub(crate) fn blocked(&self, ip: IpAddr, user: Option<&str>, now: Instant) -> bool {
-        self.count(&format!("ip:{ip}"), now) >= self.max_failures
-            || user.is_some_and(|u| self.count(&format!("user:{u}"), now) >= self.max_failures)
-    }
-
-    /// Counts a failed attempt by `user` from `ip`.
-    pub(crate) fn failed(&self, ip: IpAddr, user: &str, now: Instant) {
-        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         if t.len() > 10_000 {
-            t.retain(|_, (s, _)| now.duration_since(*s) < WINDOW);
+            t.retain(|_, c| c.pending > 0 || now.duration_since(c.start) < WINDOW);
         }
-        for key in [format!("ip:{ip}"), format!("user:{user}")] {
-            let e = t.entry(key).or_insert((now, 0));
-            if now.duration_since(e.0) >= WINDOW {
-                *e = (now, 0);
+        for k in &keys {
+            let c = t.entry(k.clone()).or_insert_with(|| Count::new(now));
+            c.pending = c.pending.saturating_add(1);
+        }
+        drop(t);
+        Some(Attempt {
+            limiter: self.clone(),
+            keys,
+            failed_at: None,
+        })
+    }
+
+    /// Ends an attempt under `keys`, recording a failure at `failed_at`.
+    fn settle(&self, keys: &[String; 2], failed_at: Option<Instant>) {
+        let mut t = self.lock();
+        for k in keys {
+            let c = t
+                .entry(k.clone())
+                .or_insert_with(|| Count::new(failed_at.unwrap_or_else(Instant::now)));
+            c.pending = c.pending.saturating_sub(1);
+            if let Some(now) = failed_at {
+                if now.duration_since(c.start) >= WINDOW {
+                    c.start = now;
+                    c.failures = 0;
+                }
+                c.failures = c.failures.saturating_add(1);
             }
-            e.1 += 1;
         }
+    }
+
+    /// One of at most `max` concurrent password verifications, or `None`
+    /// when that many are running.
+    pub(crate) fn try_verify(self: &Arc<Self>, max: usize) -> Option<VerifyPermit> {
+        self.verifying
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                if n < max {
+                    n.checked_add(1)
+                } else {
+                    None
+                }
+            })
+            .ok()
+            .map(|_| VerifyPermit {
+                limiter: self.clone(),
+            })
     }
 }
 
@@ -259,12 +423,91 @@ mod tests {
         let l = AuthLimiter::new(2);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let now = Instant::now();
-        assert!(!l.blocked(ip, Some("u"), now));
-        l.failed(ip, "u", now);
-        l.failed(ip, "u", now);
-        assert!(l.blocked(ip, None, now));
-        assert!(l.blocked("192.0.2.9".parse().unwrap(), Some("u"), now));
-        assert!(!l.blocked(ip, None, now + WINDOW));
+        l.begin(ip, "u", now).expect("not blocked yet").failed(now);
+        l.begin(ip, "u", now).expect("not blocked yet").failed(now);
+        assert!(l.begin(ip, "other", now).is_none(), "the client is blocked");
+        assert!(
+            l.begin("192.0.2.9".parse().unwrap(), "u", now).is_none(),
+            "the user is blocked"
+        );
+        assert!(l.begin(ip, "other", now + WINDOW).is_some(), "a new window");
+    }
+
+    // Finding "AUTH: the failure limit is checked before the slow verify and
+    // recorded after it": attempts in flight count, so parallel attempts
+    // cannot pass the limit; a success or an abandoned attempt gives its
+    // place back.
+    #[test]
+    fn attempts_in_flight_count_against_the_limit() {
+        let l = AuthLimiter::new(3);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let now = Instant::now();
+        let parallel: Vec<Attempt> = (0..10).filter_map(|_| l.begin(ip, "u", now)).collect();
+        assert_eq!(parallel.len(), 3, "only as many as the limit start");
+        drop(parallel);
+        let ok = l.begin(ip, "u", now).expect("places given back");
+        drop(ok);
+        let a = l.begin(ip, "u", now).unwrap();
+        let b = l.begin(ip, "u", now).unwrap();
+        a.failed(now);
+        b.failed(now);
+        let c = l.begin(ip, "u", now).expect("two failures, one place left");
+        assert!(
+            l.begin(ip, "u", now).is_none(),
+            "two failures and one in flight"
+        );
+        c.failed(now);
+        assert!(l.begin(ip, "u", now).is_none());
+    }
+
+    #[test]
+    fn clients_are_keyed_by_their_64() {
+        let l = AuthLimiter::new(1);
+        let now = Instant::now();
+        l.begin("2001:db8::1".parse().unwrap(), "u", now)
+            .unwrap()
+            .failed(now);
+        assert!(l.begin("2001:db8::2".parse().unwrap(), "v", now).is_none());
+        assert!(l
+            .begin("2001:db8:0:1::2".parse().unwrap(), "v", now)
+            .is_some());
+    }
+
+    // Finding "hundreds of concurrent verifies at 19 MiB each": the
+    // verifications in progress are capped.
+    #[test]
+    fn concurrent_verifications_are_capped() {
+        let l = AuthLimiter::new(5);
+        let first = l.try_verify(2).unwrap();
+        let second = l.try_verify(2).unwrap();
+        assert!(l.try_verify(2).is_none(), "over the cap");
+        drop(first);
+        let third = l.try_verify(2).expect("a place was freed");
+        drop((second, third));
+        assert_eq!(l.verifying.load(Ordering::Acquire), 0);
+    }
+
+    // Finding "unknown users skip Argon2 (a timing oracle for user names)":
+    // an unknown user is checked against a dummy hash of the same cost.
+    #[test]
+    fn unknown_users_cost_a_full_verification() {
+        let dummy = dummy_hash();
+        let parsed = PasswordHash::new(&dummy).expect("the dummy hash parses");
+        let real = hash_password("x").unwrap();
+        let real = PasswordHash::new(&real).unwrap();
+        assert_eq!(
+            argon2::Params::try_from(&parsed).unwrap(),
+            argon2::Params::try_from(&real).unwrap(),
+            "the cost of a hash_password hash"
+        );
+        assert_eq!(parsed.algorithm, real.algorithm);
+        assert_eq!(parsed.version, real.version);
+        assert!(
+            argon2::Argon2::default()
+                .verify_password(b"", &parsed)
+                .is_err(),
+            "no password matches"
+        );
     }
 
     #[tokio::test]
@@ -278,9 +521,29 @@ mod tests {
         )
         .unwrap();
         let db = Arc::new(UserDb::load(&f).unwrap());
-        assert!(db.verify("alice".into(), "s3cret".into()).await);
-        assert!(!db.verify("alice".into(), "wrong".into()).await);
-        assert!(!db.verify("bob".into(), "s3cret".into()).await);
+        let limiter = AuthLimiter::new(5);
+        let permit = || limiter.try_verify(1).expect("one at a time");
+        assert!(db.verify("alice".into(), "s3cret".into(), permit()).await);
+        assert!(!db.verify("alice".into(), "wrong".into(), permit()).await);
+        assert!(!db.verify("bob".into(), "s3cret".into(), permit()).await);
+        assert_eq!(db.hash_for("bob"), (dummy_hash(), false));
+        // The unknown user takes about as long as a wrong password (before:
+        // a table lookup, thousands of times faster). Fastest of three each,
+        // with a wide margin for a loaded machine.
+        let mut known = Duration::MAX;
+        let mut unknown = Duration::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            assert!(!db.verify("alice".into(), "wrong".into(), permit()).await);
+            known = known.min(t.elapsed());
+            let t = Instant::now();
+            assert!(!db.verify("bob".into(), "wrong".into(), permit()).await);
+            unknown = unknown.min(t.elapsed());
+        }
+        assert!(
+            unknown * 10 >= known,
+            "unknown user {unknown:?}, known user {known:?}"
+        );
         std::fs::write(&f, "bad line\n").unwrap();
         assert!(UserDb::load(&f).is_err());
     }

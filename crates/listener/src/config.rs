@@ -6,6 +6,7 @@
 //! connection caps are read once, when [`crate::serve`] starts.
 
 use crate::auth::{AuthLimiter, UserDb};
+use crate::budget::DataBudget;
 use crate::tls::TlsConfig;
 use postern_core::relay::RecipientList;
 use postern_core::RelayPolicy;
@@ -57,8 +58,23 @@ pub struct SessionConfig {
     /// wait); one that talks first is refused 554, as spam bots do.
     pub greeting_delay: Duration,
     /// NOOP, RSET, VRFY and HELP allowed per session before 421, so a client
-    /// cannot hold a session without sending mail.
+    /// cannot hold a session without sending mail; a repeated EHLO/HELO and
+    /// `BDAT 0` without LAST count too.
     pub max_noops: u32,
+    /// Octets of message data that every session of the process may hold
+    /// in memory together, 0 for no limit: past it a message is read to its
+    /// end without being stored and answered 452 4.3.1.
+    pub max_data_in_memory: u64,
+    /// What the sessions hold against `max_data_in_memory`; one shared by
+    /// every listener (and kept across reloads), so a flood of sessions
+    /// cannot exhaust memory however it is spread.
+    pub data_budget: Arc<DataBudget>,
+    /// Most Received header fields a message may arrive with (0: no
+    /// limit); more is a mail loop, refused 554 5.4.6.
+    pub max_hops: usize,
+    /// Password verifications (19 MiB Argon2 runs) in progress at once,
+    /// counted in `auth_limiter`; over it AUTH gets 454 4.7.0.
+    pub max_auth_verifies: usize,
     /// Back pressure set by the gateway: 0 none, 1 refuse untrusted
     /// clients, 2 refuse everyone (452 4.3.1 at MAIL).
     pub pressure: Arc<AtomicU8>,
@@ -97,6 +113,10 @@ pub(crate) fn test_config() -> Arc<SessionConfig> {
         max_connection_rate_per_ip: 100,
         greeting_delay: Duration::ZERO,
         max_noops: 5,
+        max_data_in_memory: 1 << 20,
+        data_budget: DataBudget::new(),
+        max_hops: 50,
+        max_auth_verifies: 4,
         pressure: Arc::new(AtomicU8::new(0)),
         users: None,
         auth_limiter: AuthLimiter::new(5),

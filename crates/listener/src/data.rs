@@ -8,7 +8,13 @@
 //! sequences stay inside the (then rejected) message instead of starting a
 //! second transaction. Over-long lines and over-size bodies are recorded and
 //! the rest discarded, so memory stays bounded; the verdict is given when the
-//! terminator arrives, because only then can the client hear a reply.
+//! terminator arrives, because only then can the client hear a reply. The
+//! body's octets are reserved against the process's data budget as they are
+//! stored (a [`Reservation`] the receiver owns); when the budget is spent the
+//! rest is discarded the same way and the verdict is
+//! [`DataError::NoStorage`].
+
+use crate::budget::Reservation;
 
 /// Why a received message must be refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +27,9 @@ pub enum DataError {
     TooBig,
     /// A NUL octet (RFC 5321 forbids it; some parsers stop there).
     Nul,
+    /// The memory budget for message data of every session together was
+    /// spent: the message was not stored (a temporary failure).
+    NoStorage,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +62,17 @@ pub struct DataReceiver {
     max_line: usize,
     /// First problem seen, if any.
     error: Option<DataError>,
+    /// The octets of `body`, reserved against the process's data budget;
+    /// handed on with the body, so they stay counted until the message is
+    /// answered.
+    budget: Reservation,
 }
 
 impl DataReceiver {
     /// A receiver for one message of at most `max_size` octets whose lines
-    /// are at most `max_line` octets, CRLF included.
-    pub fn new(max_size: usize, max_line: usize) -> DataReceiver {
+    /// are at most `max_line` octets, CRLF included, storing the body under
+    /// `budget`.
+    pub fn new(max_size: usize, max_line: usize, budget: Reservation) -> DataReceiver {
         DataReceiver {
             state: State::LineStart,
             body: Vec::with_capacity(8192.min(max_size)),
@@ -66,11 +80,18 @@ impl DataReceiver {
             max_size,
             max_line,
             error: None,
+            budget,
         }
     }
 
+    /// Records the first problem; the message is refused whatever follows,
+    /// so nothing more is kept and its octets are released at once.
     fn flag(&mut self, e: DataError) {
-        self.error.get_or_insert(e);
+        if self.error.is_none() {
+            self.error = Some(e);
+            self.body = Vec::new();
+            self.budget.release();
+        }
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -86,7 +107,10 @@ impl DataReceiver {
         }
         if self.body.len() + bytes.len() > self.max_size {
             self.flag(DataError::TooBig);
-            self.body = Vec::new();
+            return;
+        }
+        if !self.budget.grow(bytes.len()) {
+            self.flag(DataError::NoStorage);
             return;
         }
         self.body.extend_from_slice(bytes);
@@ -168,11 +192,13 @@ impl DataReceiver {
         }
     }
 
-    /// The verdict and the body, once `ingest` has returned `true`.
-    pub fn finish(self) -> Result<Vec<u8>, DataError> {
+    /// The verdict, once `ingest` has returned `true`: the body with its
+    /// reservation (to be held until the message is answered), or why the
+    /// message is refused.
+    pub fn finish(self) -> Result<(Vec<u8>, Reservation), DataError> {
         match self.error {
             Some(e) => Err(e),
-            None => Ok(self.body),
+            None => Ok((self.body, self.budget)),
         }
     }
 }
@@ -205,11 +231,22 @@ pub fn check_strict(body: &[u8], max_line: usize) -> Result<(), DataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::DataBudget;
+
+    /// A receiver with a budget of its own and no memory limit.
+    fn receiver(max_size: usize, max_line: usize) -> DataReceiver {
+        DataReceiver::new(max_size, max_line, Reservation::unlimited())
+    }
+
+    /// The verdict without the reservation.
+    fn body(d: DataReceiver) -> Result<Vec<u8>, DataError> {
+        d.finish().map(|(body, _)| body)
+    }
 
     fn run(input: &[u8]) -> (usize, bool, Result<Vec<u8>, DataError>) {
-        let mut d = DataReceiver::new(1 << 20, 1000);
+        let mut d = receiver(1 << 20, 1000);
         let (n, done) = d.ingest(input);
-        (n, done, d.finish())
+        (n, done, body(d))
     }
 
     #[test]
@@ -230,7 +267,7 @@ mod tests {
     #[test]
     fn byte_at_a_time_equals_whole() {
         let input = b"a\r\n..b\r\n.c\r\n\r\n.\r\n";
-        let mut d = DataReceiver::new(1 << 20, 1000);
+        let mut d = receiver(1 << 20, 1000);
         let mut done = false;
         for (i, b) in input.iter().enumerate() {
             let (n, d2) = d.ingest(std::slice::from_ref(b));
@@ -241,7 +278,7 @@ mod tests {
             }
         }
         assert!(done);
-        assert_eq!(d.finish().unwrap(), b"a\r\n.b\r\nc\r\n\r\n");
+        assert_eq!(body(d).unwrap(), b"a\r\n.b\r\nc\r\n\r\n");
     }
 
     #[test]
@@ -253,13 +290,13 @@ mod tests {
             b"x\r\n.\nMAIL FROM:<a@b.c>\r\n",
             b"x\r\n.\rMAIL FROM:<a@b.c>\r\n",
         ] {
-            let mut d = DataReceiver::new(1 << 20, 1000);
+            let mut d = receiver(1 << 20, 1000);
             let (n, done) = d.ingest(seq);
             assert!(!done, "{seq:?} ended DATA");
             assert_eq!(n, seq.len());
             let (_, done) = d.ingest(b"\r\n.\r\n");
             assert!(done);
-            assert_eq!(d.finish(), Err(DataError::BareLineEnding), "{seq:?}");
+            assert_eq!(body(d), Err(DataError::BareLineEnding), "{seq:?}");
         }
     }
 
@@ -279,21 +316,48 @@ mod tests {
 
     #[test]
     fn nul_is_refused() {
-        let mut d = DataReceiver::new(1 << 20, 1000);
+        let mut d = receiver(1 << 20, 1000);
         let (_, done) = d.ingest(b"a\0b\r\n.\r\n");
         assert!(done);
-        assert_eq!(d.finish(), Err(DataError::Nul));
+        assert_eq!(body(d), Err(DataError::Nul));
     }
 
     #[test]
     fn limits() {
-        let mut d = DataReceiver::new(10, 1000);
+        let mut d = receiver(10, 1000);
         let (_, done) = d.ingest(b"0123456789abcdef\r\n.\r\n");
         assert!(done);
-        assert_eq!(d.finish(), Err(DataError::TooBig));
-        let mut d = DataReceiver::new(1 << 20, 8);
+        assert_eq!(body(d), Err(DataError::TooBig));
+        let mut d = receiver(1 << 20, 8);
         let (_, done) = d.ingest(b"0123456\r\n01234567\r\n.\r\n");
         assert!(done);
-        assert_eq!(d.finish(), Err(DataError::LineTooLong));
+        assert_eq!(body(d), Err(DataError::LineTooLong));
+    }
+
+    // Finding "DATA flood": once the shared budget is spent, the rest of the
+    // message is read but not stored, the end is still found, and what was
+    // held is released at once.
+    #[test]
+    fn spent_budget_discards_the_rest_and_releases() {
+        let budget = DataBudget::new();
+        let mut d = DataReceiver::new(1 << 20, 1000, Reservation::new(&budget, 20));
+        let (_, done) = d.ingest(b"0123456789\r\n");
+        assert!(!done);
+        assert_eq!(budget.in_use(), 12);
+        let (n, done) = d.ingest(b"0123456789\r\nmore\r\n.\r\nQUIT\r\n");
+        assert!(done, "the terminator is still found");
+        assert_eq!(n, 21, "bytes after the terminator are left");
+        assert_eq!(budget.in_use(), 0, "released when the budget ran out");
+        assert_eq!(body(d), Err(DataError::NoStorage));
+        // A message that fits keeps its reservation until the body is
+        // answered (the reservation dropped).
+        let mut d = DataReceiver::new(1 << 20, 1000, Reservation::new(&budget, 20));
+        let (_, done) = d.ingest(b"abc\r\n.\r\n");
+        assert!(done);
+        let (kept, held) = d.finish().unwrap();
+        assert_eq!(kept, b"abc\r\n");
+        assert_eq!(budget.in_use(), 5);
+        drop(held);
+        assert_eq!(budget.in_use(), 0);
     }
 }

@@ -15,22 +15,27 @@
 //!   phase deadline, when shutdown closes a session);
 //! - `server`: [`serve`], the accept loop and the session loop, the one place
 //!   that reads and writes sockets (read → ingest → write);
-//! - `auth`, `tls`, `limits`: AUTH users and failure limits, the TLS
-//!   certificate, per-client-IP admission.
+//! - `auth`, `tls`, `limits`: AUTH users, failure limits and the cap on
+//!   concurrent password checks, the TLS certificate, per-client-IP
+//!   admission (IPv6 by /64);
+//! - `budget`: the memory budget for message data shared by every session
+//!   of the process ([`DataBudget`]); a message that does not fit is read,
+//!   discarded and answered `452 4.3.1`.
 //!
 //! The listener hands each complete message to a [`MessageSink`] (the queue, in
 //! the gateway) and relays its reply; it never answers 250 by itself.
 //!
 //! Public API: [`serve`] runs a listener with a [`SessionConfig`] (filled with
-//! [`UserDb`], [`AuthLimiter`] and [`TlsConfig`]) and a [`MessageSink`] that
-//! takes [`ReceivedMessage`]s and answers with a [`Reply`]; [`hash_password`]
-//! writes users-file entries. Errors: [`ListenerError`], [`AuthError`],
-//! [`TlsError`], each keeping its cause as its `source()`. No rustls type
-//! appears in this API.
+//! [`UserDb`], [`AuthLimiter`], [`DataBudget`] and [`TlsConfig`]) and a
+//! [`MessageSink`] that takes [`ReceivedMessage`]s and answers with a
+//! [`Reply`]; [`hash_password`] writes users-file entries. Errors:
+//! [`ListenerError`], [`AuthError`], [`TlsError`], each keeping its cause as
+//! its `source()`. No rustls type appears in this API.
 
 #![warn(missing_docs)]
 
 mod auth;
+mod budget;
 mod codec;
 mod command;
 mod config;
@@ -45,6 +50,7 @@ mod timing;
 mod tls;
 
 pub use auth::{hash_password, AuthError, AuthLimiter, UserDb};
+pub use budget::DataBudget;
 pub use config::SessionConfig;
 pub use reply::Reply;
 pub use server::{serve, ListenerError};

@@ -4,6 +4,7 @@
 //! from `tests/codec_properties.rs` when the codec and the receiver became
 //! private to the crate.)
 
+use crate::budget::Reservation;
 use crate::codec::{Frame, LineCodec};
 use crate::data::{DataError, DataReceiver};
 use crate::session::{Session, Step};
@@ -77,16 +78,16 @@ fn line_codec_is_chunking_independent_and_bounded() {
 }
 
 fn data_phase(data: &[u8], chunk: usize) -> (usize, bool, Result<Vec<u8>, DataError>) {
-    let mut rx = DataReceiver::new(1000, 100);
+    let mut rx = DataReceiver::new(1000, 100, Reservation::unlimited());
     let mut used = 0;
     for piece in data.chunks(chunk.max(1)) {
         let (n, done) = rx.ingest(piece);
         used += n;
         if done {
-            return (used, true, rx.finish());
+            return (used, true, rx.finish().map(|(body, _)| body));
         }
     }
-    (used, false, rx.finish())
+    (used, false, rx.finish().map(|(body, _)| body))
 }
 
 #[test]

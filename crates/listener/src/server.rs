@@ -403,9 +403,9 @@ async fn answer<S: MessageSink>(
         match step {
             Step::Read => break None,
             Step::Deliver(msg) => session.delivered(sink.accept(*msg).await),
-            Step::Verify { user, pass } => {
+            Step::Verify { user, pass, permit } => {
                 let ok = match &cfg.users {
-                    Some(db) => db.verify(user.clone(), pass).await,
+                    Some(db) => db.verify(user.clone(), pass, permit).await,
                     None => false,
                 };
                 session.verified(user, ok);

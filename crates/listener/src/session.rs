@@ -14,11 +14,22 @@
 //! limits, error counting, the BDAT rules) is tested directly below. Other
 //! entry points: [`Session::greeting`], [`Session::delivered`] and
 //! [`Session::verified`] (the answers to a [`Step`]).
+//!
+//! Rules for an untrusted Internet: message data is stored under the
+//! process's data budget (452 4.3.1 when it is spent; the share is held until
+//! the sink has answered), a message with more Received fields than
+//! `max_hops` is a loop (554 5.4.6), IP-literal senders need a trusted or
+//! authenticated client (550 5.7.1), commands that carry no mail (repeated
+//! greetings and empty BDAT chunks included) count against `max_noops`, and
+//! an AUTH attempt counts as a failure from its check until its verdict, on
+//! one of a capped number of concurrent verifications.
 
 mod input;
 
 pub use input::Step;
 
+use crate::auth::{Attempt, VerifyPermit};
+use crate::budget::Reservation;
 use crate::codec::LineCodec;
 use crate::command::{self, Command};
 use crate::data::{DataError, DataReceiver};
@@ -49,21 +60,61 @@ struct Transaction {
 
 /// Message data received by BDAT chunks (RFC 3030), stored as sent: BDAT
 /// has no dot-stuffing.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct BdatBody {
     /// The accepted chunks' octets, in order.
     data: Vec<u8>,
+    /// Octets of the accepted chunks so far, stored or not: what the size
+    /// limit is checked against.
+    octets: u64,
     /// The chunks passed the size limit: the rest is discarded (memory
     /// stays bounded) and LAST is answered 552.
     too_big: bool,
+    /// The memory budget of every session together was spent: the rest is
+    /// discarded and LAST is answered 452.
+    no_storage: bool,
+    /// `data`'s octets, reserved against the process's data budget.
+    budget: Reservation,
 }
 
 impl BdatBody {
-    /// Keeps a chunk's octets unless the message is already too big.
-    fn push(&mut self, octets: &[u8]) {
-        if !self.too_big {
-            self.data.extend_from_slice(octets);
+    fn new(budget: Reservation) -> BdatBody {
+        BdatBody {
+            data: Vec::new(),
+            octets: 0,
+            too_big: false,
+            no_storage: false,
+            budget,
         }
+    }
+
+    /// Keeps a chunk's octets unless the message is already refused, or
+    /// the budget has no room for them.
+    fn push(&mut self, octets: &[u8]) {
+        self.octets = self.octets.saturating_add(octets.len() as u64);
+        if self.too_big || self.no_storage {
+            return;
+        }
+        if !self.budget.grow(octets.len()) {
+            self.no_storage = true;
+            self.data = Vec::new();
+            self.budget.release();
+            return;
+        }
+        self.data.extend_from_slice(octets);
+    }
+
+    /// The verdict at LAST: the body with its reservation, or why the
+    /// message is refused.
+    fn finish(self, max_text_line: usize) -> Result<(Vec<u8>, Reservation), DataError> {
+        if self.too_big {
+            return Err(DataError::TooBig);
+        }
+        if self.no_storage {
+            return Err(DataError::NoStorage);
+        }
+        crate::data::check_strict(&self.data, max_text_line)?;
+        Ok((self.data, self.budget))
     }
 }
 
@@ -90,7 +141,7 @@ enum State {
 }
 
 /// What a handler decided: a reply, and what the session does next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 enum Action {
     Reply(Reply),
     /// Send the reply (354); the session is in `State::Data` with its
@@ -99,11 +150,12 @@ enum Action {
     /// Send the reply (220) and start the TLS handshake; anything the client
     /// pipelined after STARTTLS is discarded.
     StartTls(Reply),
-    /// Check these credentials (slowly, off the loop), then call
-    /// [`Session::verified`].
+    /// Check these credentials (slowly, off the loop, holding `permit`),
+    /// then call [`Session::verified`].
     Authenticate {
         user: String,
         pass: String,
+        permit: VerifyPermit,
     },
     /// Read this BDAT chunk's octets as message data.
     Bdat(Chunk),
@@ -138,10 +190,17 @@ pub struct Session {
     errors: u32,
     /// The negotiated TLS version and cipher, once the session is encrypted.
     tls: Option<String>,
-    /// NOOP/RSET/VRFY/HELP seen, against `max_noops`.
+    /// Commands that carry no mail seen (NOOP, RSET, VRFY, HELP, a repeated
+    /// EHLO/HELO, BDAT 0 without LAST), against `max_noops`.
     noops: u32,
     /// The authenticated user, after a successful AUTH.
     user: Option<String>,
+    /// The AUTH attempt being verified: it counts as a failure until
+    /// [`Session::verified`] settles it.
+    attempt: Option<Attempt>,
+    /// The reservation of the message handed to the sink, released once
+    /// the sink has answered ([`Session::delivered`]).
+    delivering: Option<Reservation>,
     /// A SASL exchange in progress: the next line is its response.
     sasl: Option<Sasl>,
     /// Frames command lines; kept for the whole session so the rest of an
@@ -180,6 +239,8 @@ impl Session {
             tls: None,
             noops: 0,
             user: None,
+            attempt: None,
+            delivering: None,
             sasl: None,
             codec,
             chunk: None,
@@ -302,13 +363,19 @@ impl Session {
         }
     }
 
-    /// NOOP, RSET, VRFY and HELP count against `max_noops`: a client that
-    /// sends no mail cannot hold the session; past the limit it is closed.
+    /// Commands that carry no mail count against `max_noops`, so a client
+    /// that sends no mail cannot hold the session; past the limit it is
+    /// closed. They are NOOP, RSET, VRFY, HELP, every EHLO or HELO after
+    /// the session's first greeting, and BDAT 0 without LAST (an empty
+    /// chunk). The count is never reset within a session.
     fn count_noop(&mut self, cmd: &Command) -> Option<Action> {
-        if !matches!(
-            cmd,
-            Command::Noop | Command::Rset | Command::Vrfy | Command::Help
-        ) {
+        let counted = match cmd {
+            Command::Noop | Command::Rset | Command::Vrfy | Command::Help => true,
+            Command::Ehlo(_) | Command::Helo(_) => !matches!(self.state, State::Fresh),
+            Command::Bdat { size: 0, last } => !last,
+            _ => false,
+        };
+        if !counted {
             return None;
         }
         self.noops += 1;
@@ -384,6 +451,18 @@ impl Session {
         };
         if self.cfg.require_auth && self.user.is_none() {
             return Action::Reply(Reply::new(530, "5.7.0", "authentication required"));
+        }
+        if sender.as_ref().is_some_and(is_ip_literal)
+            && self.user.is_none()
+            && !self.cfg.relay.is_trusted(self.peer)
+        {
+            // A DSN to an address the client chose (an internal host, or
+            // ourselves) would be reflection, or a loop.
+            return Action::Reply(Reply::new(
+                550,
+                "5.7.1",
+                "IP-literal senders are not accepted from this client",
+            ));
         }
         let pressure = self.cfg.pressure.load(std::sync::atomic::Ordering::Relaxed);
         if pressure >= 2 || (pressure == 1 && !self.cfg.relay.is_trusted(self.peer)) {
@@ -467,6 +546,7 @@ impl Session {
         let rx = DataReceiver::new(
             usize::try_from(self.cfg.max_message_size).unwrap_or(usize::MAX),
             self.cfg.max_text_line,
+            self.reservation(),
         );
         if let State::Mail { helo, esmtp, tx } = std::mem::replace(&mut self.state, State::Fresh) {
             self.state = State::Data {
@@ -482,17 +562,25 @@ impl Session {
         ))
     }
 
+    /// An empty reservation against the process's data budget, for the
+    /// body of a message about to be received.
+    fn reservation(&self) -> Reservation {
+        Reservation::new(&self.cfg.data_budget, self.cfg.max_data_in_memory)
+    }
+
     fn bdat(&mut self, size: u64, last: bool) -> Action {
         // A refused chunk is still read (and dropped), so its octets are
         // never taken for commands; the refusal is the chunk's reply.
+        let cfg = &self.cfg;
         let refused = match &mut self.state {
             State::Mail { tx, .. } if tx.recipients.is_empty() => {
                 Some(Reply::new(554, "5.5.1", "no valid recipients"))
             }
             State::Mail { tx, .. } => {
-                let body = tx.bdat.get_or_insert_with(BdatBody::default);
-                let so_far = body.data.len() as u64;
-                if size > self.cfg.max_message_size.saturating_sub(so_far) {
+                let body = tx.bdat.get_or_insert_with(|| {
+                    BdatBody::new(Reservation::new(&cfg.data_budget, cfg.max_data_in_memory))
+                });
+                if size > cfg.max_message_size.saturating_sub(body.octets) {
                     body.too_big = true;
                 }
                 None
@@ -541,36 +629,42 @@ impl Session {
         else {
             return Err(Action::Reply(Reply::new(503, "5.5.1", "no transaction")));
         };
-        let body = tx.bdat.take().unwrap_or_default();
-        let verdict = if body.too_big {
-            Err(DataError::TooBig)
-        } else {
-            crate::data::check_strict(&body.data, self.cfg.max_text_line).map(|_| body.data)
+        let body = match tx.bdat.take() {
+            Some(body) => body,
+            None => BdatBody::new(self.reservation()),
         };
+        let verdict = body.finish(self.cfg.max_text_line);
         self.complete(helo, esmtp, tx, verdict)
     }
 
     /// The message data is complete (DATA's terminator, or BDAT LAST) with
-    /// this verdict. Returns the message for the sink, or the reply refusing
-    /// it. The session is ready for the next transaction either way.
+    /// this verdict (the body with its reservation, held until the sink has
+    /// answered). Returns the message for the sink, or the reply refusing
+    /// it: a data error, or more Received fields than `max_hops` (a mail
+    /// loop, counted in what the client sent, before our own Received). The
+    /// session is ready for the next transaction either way.
     fn complete(
         &mut self,
         helo: String,
         esmtp: bool,
         tx: Transaction,
-        verdict: Result<Vec<u8>, DataError>,
+        verdict: Result<(Vec<u8>, Reservation), DataError>,
     ) -> Result<ReceivedMessage, Action> {
         self.state = State::Ready {
             helo: helo.clone(),
             esmtp,
         };
-        match verdict {
-            Ok(body) => Ok(self.message(helo, esmtp, tx, body)),
-            Err(e) => {
-                let reply = data_refusal(e, self.cfg.max_text_line);
-                Err(self.finish(Action::Reply(reply)))
-            }
-        }
+        let reply = match verdict {
+            Ok((body, held)) => match hop_refusal(&body, self.cfg.max_hops) {
+                None => {
+                    self.delivering = Some(held);
+                    return Ok(self.message(helo, esmtp, tx, body));
+                }
+                Some(reply) => reply,
+            },
+            Err(e) => data_refusal(e, self.cfg.max_text_line),
+        };
+        Err(self.finish(Action::Reply(reply)))
     }
 
     /// The accepted message: envelope, and the body behind our Received
@@ -610,6 +704,7 @@ impl Session {
             smtputf8: tx.smtputf8,
             dsn_ret_full: tx.ret_full,
             dsn_envid: tx.envid,
+            trusted: self.cfg.relay.is_trusted(self.peer) || self.user.is_some(),
         };
         ReceivedMessage {
             envelope,
@@ -691,28 +786,42 @@ impl Session {
         }
     }
 
+    /// Credentials to verify: the failure limit is checked and the attempt
+    /// counted as a failure in one step (so parallel attempts cannot all
+    /// pass the check), then one of the concurrent verifications is taken
+    /// (over the cap: 454, and the attempt is not counted).
     fn check(&mut self, user: String, pass: String) -> Action {
         let now = std::time::Instant::now();
-        if self.cfg.auth_limiter.blocked(self.peer, Some(&user), now) {
+        let limiter = &self.cfg.auth_limiter;
+        let Some(attempt) = limiter.begin(self.peer, &user, now) else {
             return Action::Reply(Reply::new(
                 454,
                 "4.7.0",
                 "too many failed attempts, try again later",
             ));
-        }
-        Action::Authenticate { user, pass }
+        };
+        let Some(permit) = limiter.try_verify(self.cfg.max_auth_verifies) else {
+            return Action::Reply(Reply::new(
+                454,
+                "4.7.0",
+                "temporary authentication failure, try again later",
+            ));
+        };
+        self.attempt = Some(attempt);
+        Action::Authenticate { user, pass, permit }
     }
 
-    /// The result of an [`Action::Authenticate`].
+    /// The result of an [`Action::Authenticate`]; settles the attempt.
     fn auth_done(&mut self, user: String, ok: bool) -> Action {
+        let attempt = self.attempt.take();
         if ok {
             tracing::info!(peer = %self.peer, %user, "authenticated");
             self.user = Some(user);
             return Action::Reply(Reply::new(235, "2.7.0", "authentication succeeded"));
         }
-        self.cfg
-            .auth_limiter
-            .failed(self.peer, &user, std::time::Instant::now());
+        if let Some(attempt) = attempt {
+            attempt.failed(std::time::Instant::now());
+        }
         self.finish(Action::Reply(Reply::new(
             535,
             "5.7.8",
@@ -740,7 +849,57 @@ fn data_refusal(e: DataError, max_text_line: usize) -> Reply {
             "5.3.4",
             "message size exceeds fixed maximum message size",
         ),
+        DataError::NoStorage => {
+            Reply::new(452, "4.3.1", "insufficient system storage, try again later")
+        }
     }
+}
+
+/// The reply refusing a message whose header section (what the client
+/// sent) has more than `max_hops` Received fields (0: no limit): it has
+/// been relayed that often, most likely in a loop (Postfix's
+/// hopcount_limit).
+fn hop_refusal(message: &[u8], max_hops: usize) -> Option<Reply> {
+    if max_hops == 0 {
+        return None;
+    }
+    let hops = received_fields(message);
+    (hops > max_hops).then(|| {
+        Reply::new(
+            554,
+            "5.4.6",
+            format!("too many hops ({hops} Received headers): mail loop?"),
+        )
+    })
+}
+
+/// Received header fields in the header section of `message` (up to the
+/// first empty line; continuation lines are not fields).
+fn received_fields(message: &[u8]) -> usize {
+    const NAME: &[u8] = b"received";
+    let mut count = 0;
+    for line in message.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        let (Some(name), Some(rest)) = (line.get(..NAME.len()), line.get(NAME.len()..)) else {
+            continue;
+        };
+        // The name may be followed by white space before the colon
+        // (RFC 5322 obsolete syntax).
+        let colon = rest.iter().copied().find(|b| !matches!(b, b' ' | b'\t'));
+        if name.eq_ignore_ascii_case(NAME) && colon == Some(b':') {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// True when an address's domain is an address literal (`[192.0.2.1]`,
+/// `[IPv6:...]`): the parser keeps literals bracketed.
+fn is_ip_literal(a: &Address) -> bool {
+    a.domain.starts_with('[')
 }
 
 /// True when a local part carries routing: `%`, `!` or an `@`.
@@ -1008,12 +1167,294 @@ mod tests {
         // PLAIN with "\0alice\0pw".
         let input = b"EHLO c.test\r\nAUTH PLAIN AGFsaWNlAHB3\r\nNOOP\r\n";
         let (used, step) = s.ingest(input);
-        let Step::Verify { user, pass } = step else {
+        let Step::Verify { user, pass, .. } = step else {
             panic!("credentials to verify")
         };
         assert_eq!((user.as_str(), pass.as_str()), ("alice", "pw"));
         s.verified(user, false);
         assert!(matches!(s.ingest(&input[used..]), (6, Step::Read)));
         assert_eq!(codes(&mut s), [250, 535, 250]);
+    }
+
+    /// A configuration offering AUTH (an empty users file named after the
+    /// test) with a limiter of its own.
+    fn auth_config(test: &str, max_failures: u32, max_auth_verifies: usize) -> Arc<SessionConfig> {
+        let dir = std::env::temp_dir().join(format!("postern-session-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let users = dir.join(format!("users-{test}"));
+        std::fs::write(&users, "# nobody yet\n").unwrap();
+        Arc::new(SessionConfig {
+            users: Some(Arc::new(crate::auth::UserDb::load(&users).unwrap())),
+            auth_limiter: crate::AuthLimiter::new(max_failures),
+            max_auth_verifies,
+            ..(*cfg()).clone()
+        })
+    }
+
+    /// An encrypted session from `peer` after EHLO and AUTH PLAIN for
+    /// alice, and what it asks the loop to do.
+    fn auth_from(config: &Arc<SessionConfig>, peer: &str) -> (Session, Step) {
+        let mut s = Session::encrypted(config.clone(), peer.parse().unwrap(), "TLSv1_3".into());
+        let (_, step) = s.ingest(b"EHLO c.test\r\nAUTH PLAIN AGFsaWNlAHB3\r\n");
+        (s, step)
+    }
+
+    /// The last reply waiting for the loop.
+    fn last_reply(s: &mut Session) -> Reply {
+        s.take_replies().next_back().expect("a reply")
+    }
+
+    // Finding "AUTH: the failure limit is checked before the slow Argon2
+    // verify and recorded after it, so parallel attempts bypass it": before,
+    // all five attempts were verified.
+    #[test]
+    fn parallel_auth_attempts_cannot_pass_the_failure_limit() {
+        let config = auth_config("parallel", 2, 10);
+        let mut verifying = Vec::new();
+        for _ in 0..5 {
+            let (mut s, step) = auth_from(&config, "192.0.2.1");
+            match step {
+                Step::Verify { user, .. } => verifying.push((s, user)),
+                Step::Read => assert_eq!(
+                    last_reply(&mut s),
+                    Reply::new(454, "4.7.0", "too many failed attempts, try again later")
+                ),
+                _ => panic!("verify or refuse"),
+            }
+        }
+        assert_eq!(verifying.len(), 2, "only as many as the limit are checked");
+        for (mut s, user) in verifying {
+            s.verified(user, false);
+            assert_eq!(codes(&mut s), [250, 535]);
+        }
+        let (mut s, step) = auth_from(&config, "192.0.2.1");
+        assert!(matches!(step, Step::Read), "both failures were recorded");
+        assert_eq!(last_reply(&mut s).code, 454);
+    }
+
+    #[test]
+    fn successful_or_abandoned_attempts_stop_counting() {
+        let config = auth_config("settled", 1, 10);
+        let (mut a, step) = auth_from(&config, "192.0.2.1");
+        let Step::Verify { user, .. } = step else {
+            panic!("first attempt")
+        };
+        // While alice's password is being checked, her next attempt waits.
+        let (_, step) = auth_from(&config, "192.0.2.9");
+        assert!(matches!(step, Step::Read));
+        a.verified(user, true);
+        assert_eq!(codes(&mut a), [250, 235]);
+        let (b, step) = auth_from(&config, "192.0.2.9");
+        assert!(
+            matches!(step, Step::Verify { .. }),
+            "a success is no failure"
+        );
+        // A session that ends before the verdict gives its place back.
+        drop((b, step));
+        let (_, step) = auth_from(&config, "192.0.2.9");
+        assert!(matches!(step, Step::Verify { .. }));
+    }
+
+    // Finding "hundreds of concurrent verifies at 19 MiB each can exhaust
+    // memory": over the cap the client hears 454 and nothing runs; before,
+    // every attempt started a verification.
+    #[test]
+    fn concurrent_verifications_are_capped() {
+        let config = auth_config("cap", 100, 1);
+        let (mut a, step) = auth_from(&config, "192.0.2.1");
+        let Step::Verify { user, permit, .. } = step else {
+            panic!("first verification")
+        };
+        let (mut b, step) = auth_from(&config, "192.0.2.2");
+        assert!(matches!(step, Step::Read), "no second verification");
+        assert_eq!(
+            last_reply(&mut b),
+            Reply::new(
+                454,
+                "4.7.0",
+                "temporary authentication failure, try again later"
+            )
+        );
+        // The check ends (the permit goes with the Argon2 run): the next
+        // attempt may start, and the refused one was not a failure.
+        drop(permit);
+        a.verified(user, false);
+        let (_, step) = auth_from(&config, "192.0.2.2");
+        assert!(matches!(step, Step::Verify { .. }));
+    }
+
+    // Finding "EHLO and BDAT 0 keep a session alive past the NOOP cap":
+    // before, both were answered 250 forever.
+    #[test]
+    fn repeated_greetings_and_empty_chunks_count_as_noops() {
+        // max_noops is 5; the first greeting is free.
+        let mut s = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        assert_eq!(code(s.command(b"EHLO c.test")), 250);
+        for _ in 0..5 {
+            assert_eq!(code(s.command(b"HELO c.test")), 250);
+        }
+        assert!(matches!(s.command(b"EHLO c.test"), Action::Close(r) if r.code == 421));
+        let mut b = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        b.ingest(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\n");
+        for _ in 0..5 {
+            assert!(matches!(b.ingest(b"BDAT 0\r\n"), (8, Step::Read)));
+        }
+        assert_eq!(codes(&mut b), [250; 8]);
+        assert!(matches!(b.ingest(b"BDAT 0\r\n"), (8, Step::Close)));
+        assert_eq!(codes(&mut b), [421]);
+        // BDAT 0 LAST ends a message: it is not counted.
+        let mut c = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        c.ingest(b"EHLO c.test\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\nNOOP\r\n");
+        c.ingest(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nBDAT 1\r\nx");
+        assert!(matches!(
+            c.ingest(b"BDAT 0 LAST\r\n"),
+            (13, Step::Deliver(_))
+        ));
+    }
+
+    // Finding "reflection": a DSN to an IP literal the client chose.
+    // Before, every MAIL below was answered 250.
+    #[test]
+    fn ip_literal_senders_need_a_trusted_or_authenticated_client() {
+        let config = Arc::new(SessionConfig {
+            max_errors: 100,
+            ..(*cfg()).clone()
+        });
+        let mut s = Session::new(config.clone(), "192.0.2.1".parse().unwrap());
+        s.command(b"EHLO c.test");
+        for sender in ["<x@[127.0.0.1]>", "<x@[IPv6:::1]>", "<victim@[192.0.2.5]>"] {
+            let Action::Reply(r) = s.command(format!("MAIL FROM:{sender}").as_bytes()) else {
+                panic!("{sender}: a reply")
+            };
+            assert_eq!(
+                r,
+                Reply::new(
+                    550,
+                    "5.7.1",
+                    "IP-literal senders are not accepted from this client"
+                ),
+                "{sender}"
+            );
+        }
+        assert_eq!(code(s.command(b"MAIL FROM:<x@b.test>")), 250);
+        // Trusted networks and authenticated sessions keep them.
+        let mut t = Session::new(config.clone(), "127.0.0.1".parse().unwrap());
+        t.command(b"EHLO c.test");
+        assert_eq!(code(t.command(b"MAIL FROM:<x@[127.0.0.1]>")), 250);
+        let mut u = Session::new(config, "192.0.2.1".parse().unwrap());
+        u.user = Some("alice".into());
+        u.command(b"EHLO c.test");
+        assert_eq!(code(u.command(b"MAIL FROM:<x@[IPv6:::1]>")), 250);
+    }
+
+    #[test]
+    fn received_fields_are_counted_in_the_header_section() {
+        let header = b"Received: a\r\nreceived : b\r\n\tcontinued\r\nRECEIVED:c\r\n\
+            Received-SPF: pass\r\nX-Received: d\r\nReceivedx: e\r\nSubject: s\r\n\r\n\
+            Received: in the body\r\n";
+        assert_eq!(received_fields(header), 3);
+        assert_eq!(received_fields(b"\r\nReceived: x\r\n"), 0, "no header");
+        assert_eq!(received_fields(b"Received: x"), 1, "no body");
+        assert_eq!(received_fields(b""), 0);
+        assert_eq!(hop_refusal(header, 3), None);
+        assert_eq!(hop_refusal(header, 0), None, "0: no limit");
+        assert_eq!(
+            hop_refusal(header, 2),
+            Some(Reply::new(
+                554,
+                "5.4.6",
+                "too many hops (3 Received headers): mail loop?"
+            ))
+        );
+    }
+
+    // Finding "mail loop": no hop-count limit. Before, both messages were
+    // handed to the sink.
+    #[test]
+    fn too_many_received_fields_are_a_loop() {
+        let config = Arc::new(SessionConfig {
+            max_hops: 3,
+            ..(*cfg()).clone()
+        });
+        let hops =
+            |n: usize| "Received: from x by y; now\r\n".repeat(n) + "Subject: s\r\n\r\nhi\r\n";
+        let mut s = Session::new(config, "127.0.0.1".parse().unwrap());
+        s.ingest(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nDATA\r\n");
+        let (_, step) = s.ingest(format!("{}.\r\n", hops(4)).as_bytes());
+        assert!(matches!(step, Step::Read), "not handed to the sink");
+        assert_eq!(last_reply(&mut s).status, Some("5.4.6"));
+        s.ingest(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nDATA\r\n");
+        let (_, Step::Deliver(msg)) = s.ingest(format!("{}.\r\n", hops(3)).as_bytes()) else {
+            panic!("three hops are allowed")
+        };
+        assert_eq!(
+            received_fields(&msg.body),
+            4,
+            "ours is added after the count"
+        );
+        s.delivered(Reply::new(250, "2.0.0", "queued"));
+        // BDAT likewise.
+        let text = hops(4);
+        let input = format!(
+            "MAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nBDAT {} LAST\r\n{text}",
+            text.len()
+        );
+        assert!(matches!(s.ingest(input.as_bytes()), (_, Step::Read)));
+        assert_eq!(
+            last_reply(&mut s),
+            Reply::new(
+                554,
+                "5.4.6",
+                "too many hops (4 Received headers): mail loop?"
+            )
+        );
+    }
+
+    // Finding "DATA flood": total in-memory DATA was unbounded across
+    // sessions. Before, every message below was handed to the sink.
+    #[test]
+    fn data_budget_is_shared_and_released() {
+        let config = Arc::new(SessionConfig {
+            max_data_in_memory: 100,
+            data_budget: crate::DataBudget::new(),
+            max_errors: 100,
+            ..(*cfg()).clone()
+        });
+        let budget = config.data_budget.clone();
+        let start: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\n";
+        let sixty = [&[b'x'; 58][..], &b"\r\n"[..]].concat();
+        let mut a = Session::new(config.clone(), "127.0.0.1".parse().unwrap());
+        let mut b = Session::new(config.clone(), "127.0.0.1".parse().unwrap());
+        a.ingest(&[start, &b"DATA\r\n"[..]].concat());
+        b.ingest(&[start, &b"DATA\r\n"[..]].concat());
+        assert!(matches!(a.ingest(&sixty), (60, Step::Read)));
+        assert_eq!(budget.in_use(), 60);
+        // b's 60 octets do not fit beside a's: the rest of its message is
+        // read and dropped, and its end answered 452.
+        let (_, step) = b.ingest(&[&sixty[..], &b".\r\n"[..]].concat());
+        assert!(matches!(step, Step::Read), "not handed to the sink");
+        assert_eq!(codes(&mut b), [250, 250, 250, 354, 452]);
+        assert_eq!(budget.in_use(), 60, "b's part released at once");
+        // a's message fits; it stays counted until the sink has answered.
+        let (_, Step::Deliver(msg)) = a.ingest(b".\r\n") else {
+            panic!("a's message fits")
+        };
+        drop(msg);
+        assert_eq!(budget.in_use(), 60);
+        a.delivered(Reply::new(250, "2.0.0", "queued"));
+        assert_eq!(budget.in_use(), 0);
+        // BDAT likewise; a session that ends mid-message releases its part.
+        b.ingest(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nBDAT 80\r\n");
+        assert!(matches!(b.ingest(&[b'y'; 80]), (80, Step::Read)));
+        assert_eq!(budget.in_use(), 80);
+        let mut c = Session::new(config, "127.0.0.1".parse().unwrap());
+        c.ingest(start);
+        let chunk = [&b"BDAT 30 LAST\r\n"[..], &[b'z'; 30][..]].concat();
+        assert!(matches!(c.ingest(&chunk), (_, Step::Read)));
+        assert_eq!(codes(&mut c), [250, 250, 250, 452]);
+        drop(b);
+        assert_eq!(budget.in_use(), 0);
+        c.ingest(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\n");
+        assert!(matches!(c.ingest(&chunk), (_, Step::Deliver(_))));
     }
 }

@@ -239,6 +239,7 @@ mod tests {
                 smtputf8: false,
                 dsn_ret_full: false,
                 dsn_envid: None,
+                trusted: false,
             },
             5,
         )

@@ -5,7 +5,8 @@
 //! on disk. So bodies over [`INLINE_MAX`] live in `spool/<queue id>`, written
 //! and fsynced (file, then directory) before their record is stored; the
 //! `bodies` tree then holds only their length and CRC32. A file without a
-//! record (a crash in between) is removed by recovery.
+//! record (a crash in between) is removed by recovery. Body files are
+//! created mode 0600 on Unix.
 
 use postern_core::QueueId;
 use std::fs::{self, File};
@@ -35,9 +36,14 @@ impl Spool {
     }
 
     /// Writes the body and makes it durable: file data, then the directory
-    /// entry.
+    /// entry. On Unix the file is created 0600 whatever the umask: a body is
+    /// somebody's mail, readable by the gateway's user only.
     pub(crate) fn write_durable(&self, id: QueueId, body: &[u8]) -> io::Result<()> {
-        let mut f = File::create(self.path(id))?;
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(self.path(id))?;
         f.write_all(body)?;
         f.sync_all()?;
         File::open(&self.dir)?.sync_all()

@@ -18,6 +18,7 @@ fn env() -> Envelope {
         smtputf8: false,
         dsn_ret_full: false,
         dsn_envid: None,
+        trusted: false,
     }
 }
 

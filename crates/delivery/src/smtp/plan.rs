@@ -13,7 +13,9 @@
 //!   whether to pipeline them (RFC 2920), and which recipients are owed a
 //!   "relayed" DSN; [`Plan::next_lockstep`] says what to send next without
 //!   PIPELINING.
-//! - [`mail_dsn_params`], [`rcpt_dsn_params`]: the RFC 3461 parameters.
+//! - [`mail_dsn_params`], [`rcpt_dsn_params`]: the RFC 3461 parameters;
+//!   [`notify_success`] reads NOTIFY as the keyword list it is (NEVER wins,
+//!   and nothing else, ORCPT included, can ask for a success notice).
 //!
 //! No size limit is enforced here: SIZE= declares the size and the hop
 //! decides (a refusal comes back as the reply to MAIL). Pure: no I/O, table
@@ -79,6 +81,9 @@ pub(crate) struct Message<'a> {
     pub(crate) dsn_mail: String,
     /// RFC 3461 RCPT parameters (NOTIFY, ORCPT), one per recipient.
     pub(crate) dsn_rcpt: &'a [String],
+    /// Per recipient: NOTIFY asks for a success notice
+    /// ([`notify_success`]); missing entries ask for none.
+    pub(crate) notify_success: &'a [bool],
 }
 
 /// How the message body can go to one hop.
@@ -179,7 +184,7 @@ impl Plan {
         }));
         lines.push("DATA".into());
         let relayed = (0..msg.recipients.len())
-            .map(|i| !ext.dsn && msg.dsn_rcpt.get(i).is_some_and(|p| p.contains("SUCCESS")))
+            .map(|i| !ext.dsn && msg.notify_success.get(i).copied().unwrap_or(false))
             .collect();
         Plan {
             lines,
@@ -214,6 +219,19 @@ pub(crate) fn mail_dsn_params(ret_full: bool, envid: Option<&str>) -> String {
         p.push_str(&format!(" ENVID={e}"));
     }
     p
+}
+
+/// True when a recipient's NOTIFY (RFC 3461 4.1: `NEVER`, or a
+/// comma-separated list of SUCCESS, FAILURE and DELAY; `None` is the
+/// default, failures and delays) asks for a success notice. NEVER wins over
+/// anything written next to it.
+pub(crate) fn notify_success(notify: Option<&str>) -> bool {
+    let Some(list) = notify else {
+        return false;
+    };
+    let keywords = || list.split(',').map(str::trim);
+    keywords().any(|k| k.eq_ignore_ascii_case("SUCCESS"))
+        && !keywords().any(|k| k.eq_ignore_ascii_case("NEVER"))
 }
 
 /// RFC 3461 RCPT parameters (NOTIFY, ORCPT) of one recipient, each with a
@@ -259,10 +277,12 @@ mod tests {
             smtputf8: false,
             dsn_mail: String::new(),
             dsn_rcpt: &[],
+            notify_success: &[],
         }
     }
 
-    /// A message asking for RET=FULL, ENVID and per-recipient DSNs.
+    /// A message asking for RET=FULL, ENVID and per-recipient DSNs (the
+    /// first recipient a success notice).
     fn dsn_msg<'a>(
         sender: &'a Address,
         recipients: &'a [&'a Address],
@@ -271,6 +291,7 @@ mod tests {
         Message {
             dsn_mail: " RET=FULL ENVID=e1".into(),
             dsn_rcpt,
+            notify_success: &[true, false],
             ..msg(Some(sender), recipients, b"hi\r\n")
         }
     }
@@ -526,6 +547,53 @@ mod tests {
         // No recipients at all: no DATA either.
         let none = Plan::new(&ext(""), &msg(Some(&s), &two[..0], b""), false, 0);
         assert_eq!(none.next_lockstep(&[r(250)]), None);
+    }
+
+    /// Issue 11: `NOTIFY=NEVER` with an ORCPT naming "SUCCESS" asked for a
+    /// relayed notice (a substring check over both parameters); NOTIFY is a
+    /// keyword list now, and only NOTIFY counts.
+    #[test]
+    fn success_notice_only_when_notify_lists_success() {
+        let cases = [
+            (None, false),
+            (Some("SUCCESS"), true),
+            (Some("success"), true),
+            (Some("FAILURE,SUCCESS"), true),
+            (Some("DELAY, SUCCESS"), true),
+            (Some("FAILURE,DELAY"), false),
+            (Some("NEVER"), false),
+            // Not valid RFC 3461, but NEVER must still win.
+            (Some("NEVER,SUCCESS"), false),
+            (Some("SUCCESS,NEVER"), false),
+            // Keywords, not substrings.
+            (Some("SUCCESSFUL"), false),
+            (Some("NOSUCCESS"), false),
+            (Some(""), false),
+        ];
+        for (notify, want) in cases {
+            assert_eq!(notify_success(notify), want, "{notify:?}");
+        }
+        // The plan asks for a relayed notice from the flag alone: an ORCPT
+        // of "SUCCESS" next to NOTIFY=NEVER asks for nothing.
+        let (s, t) = (a("s", "a.test"), a("t", "b.test"));
+        let one = [&t];
+        let params = [rcpt_dsn_params(
+            Some("NEVER"),
+            Some("rfc822;SUCCESS@x.test"),
+        )];
+        let flags = [notify_success(Some("NEVER"))];
+        let m = Message {
+            dsn_rcpt: &params,
+            notify_success: &flags,
+            ..msg(Some(&s), &one, b"hi\r\n")
+        };
+        assert_eq!(Plan::new(&ext(""), &m, false, 4).relayed, vec![false]);
+        let flags = [notify_success(Some("SUCCESS"))];
+        let m = Message {
+            notify_success: &flags,
+            ..m
+        };
+        assert_eq!(Plan::new(&ext(""), &m, false, 4).relayed, vec![true]);
     }
 
     #[test]

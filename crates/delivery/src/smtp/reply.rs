@@ -10,7 +10,7 @@
 //! it also says how to leave the connection ([`Cleanup`]). Failures that are
 //! not replies (a timeout, a broken or refused connection, a refused EHLO)
 //! become temporary reasons here too ([`timed_out`], [`broken`],
-//! [`connect_failed`], [`ehlo_refused`]).
+//! [`connect_failed`], [`ehlo_refused`], [`over_long`]).
 
 use super::plan::Plan;
 use postern_core::{Outcome, Reason};
@@ -129,6 +129,18 @@ pub(crate) fn ehlo_refused(r: Reason) -> Reason {
         code: 451,
         status: "4.4.0".into(),
         ..r
+    }
+}
+
+/// The next hop sent more for a reply than `delivery.max_reply_size`
+/// allows (an endless line, say): the connection is dropped and the
+/// message deferred.
+pub(crate) fn over_long(host: &str) -> Reason {
+    Reason {
+        code: 451,
+        status: "4.5.0".into(),
+        text: "next hop sent an over-long reply".into(),
+        remote: Some(host.to_string()),
     }
 }
 
@@ -423,6 +435,10 @@ mod tests {
         assert_eq!(
             ehlo_refused(reason(&r(550, "5.7.1 go away"), HOST)),
             remote(451, "4.4.0", "go away")
+        );
+        assert_eq!(
+            over_long(HOST),
+            remote(451, "4.5.0", "next hop sent an over-long reply")
         );
     }
 

@@ -12,6 +12,7 @@
 //! loop's to discard) or close. Nothing here does I/O.
 
 use super::{Action, Chunk, Session, State};
+use crate::auth::VerifyPermit;
 use crate::codec::Frame;
 use crate::{ReceivedMessage, Reply};
 
@@ -30,6 +31,9 @@ pub enum Step {
         user: String,
         /// The password offered.
         pass: String,
+        /// One of the verifications allowed at once: to be held until the
+        /// check (the Argon2 run) has ended.
+        permit: VerifyPermit,
     },
     /// Write the replies, then start the TLS handshake. Whatever the client
     /// pipelined after STARTTLS is dropped, never replayed inside TLS (the
@@ -75,8 +79,10 @@ impl Session {
     }
 
     /// The sink's answer to a [`Step::Deliver`]: sent as it is (it is not a
-    /// client error, so it never counts against `max_errors`).
+    /// client error, so it never counts against `max_errors`). The message's
+    /// octets leave the data budget now.
     pub fn delivered(&mut self, reply: Reply) {
+        self.delivering = None;
         self.replies.push(reply);
     }
 
@@ -133,7 +139,9 @@ impl Session {
                 self.chunk = Some(chunk);
                 self.phase_changed = true;
             }
-            Action::Authenticate { user, pass } => return Some(Step::Verify { user, pass }),
+            Action::Authenticate { user, pass, permit } => {
+                return Some(Step::Verify { user, pass, permit })
+            }
         }
         None
     }

@@ -1,0 +1,165 @@
+//! The memory budget for message data: how many octets of DATA and BDAT
+//! buffers every session of the process holds together.
+//!
+//! One [`DataBudget`] is shared by every listener (and kept across reloads),
+//! so a flood of sessions each streaming a large message cannot exhaust
+//! memory however they are spread. A session reserves the octets it stores
+//! through a [`Reservation`] as its buffer grows; a reservation that would
+//! take the total past the limit fails, and the session then reads the rest
+//! of that message without storing it and answers `452 4.3.1` at its end.
+//! Reservations are released when dropped (the message was answered, the
+//! transaction abandoned, the session ended in any way, panics included).
+//!
+//! The budget counts octets stored, not allocator capacity: a growing
+//! buffer may briefly hold up to twice what it has reserved.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Octets of message data held in memory by every session of the process.
+#[derive(Debug, Default)]
+pub struct DataBudget {
+    /// Octets reserved by the live [`Reservation`]s; an atomic because
+    /// sessions on every runtime thread reserve and release concurrently.
+    used: AtomicU64,
+}
+
+impl DataBudget {
+    /// An empty budget, to be shared by every listener of the process.
+    pub fn new() -> Arc<DataBudget> {
+        Arc::new(DataBudget::default())
+    }
+
+    /// Octets reserved now, by every session together.
+    pub fn in_use(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// Adds `n` octets unless the total would pass `limit` (0: no limit).
+    fn take(&self, n: u64, limit: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|t| limit == 0 || *t <= limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` octets taken before.
+    fn give(&self, n: u64) {
+        // Never below zero, even if the bookkeeping were wrong.
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
+}
+
+/// The octets one message being received holds against a [`DataBudget`];
+/// released when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    /// The budget shared by every session.
+    budget: Arc<DataBudget>,
+    /// The most the budget may hold in total when this reservation grows
+    /// (`server.max_data_in_memory` of the session's configuration); 0 for
+    /// no limit.
+    limit: u64,
+    /// Octets this reservation holds now.
+    held: u64,
+}
+
+impl Reservation {
+    /// An empty reservation against `budget`, which it will not grow past
+    /// `limit` octets in total (0: no limit).
+    pub fn new(budget: &Arc<DataBudget>, limit: u64) -> Reservation {
+        Reservation {
+            budget: budget.clone(),
+            limit,
+            held: 0,
+        }
+    }
+
+    /// Reserves `n` more octets; `false` (and nothing more reserved) when
+    /// the budget would pass its limit.
+    pub fn grow(&mut self, n: usize) -> bool {
+        let n = n as u64;
+        if n == 0 {
+            return true;
+        }
+        if !self.budget.take(n, self.limit) {
+            return false;
+        }
+        self.held += n;
+        true
+    }
+
+    /// Gives back everything held; the reservation may grow again.
+    pub fn release(&mut self) {
+        self.budget.give(std::mem::take(&mut self.held));
+    }
+
+    /// A reservation against a budget of its own with no limit, for tests of
+    /// the decoders that own one.
+    #[cfg(test)]
+    pub fn unlimited() -> Reservation {
+        Reservation::new(&DataBudget::new(), 0)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Finding "DATA flood": the total in memory is bounded across sessions.
+    #[test]
+    fn reservations_share_one_limit_and_release_on_drop() {
+        let budget = DataBudget::new();
+        let mut a = Reservation::new(&budget, 100);
+        let mut b = Reservation::new(&budget, 100);
+        assert!(a.grow(60));
+        assert!(b.grow(40), "exactly the limit fits");
+        assert!(!b.grow(1), "one octet past the limit");
+        assert_eq!(budget.in_use(), 100, "a failed reservation takes nothing");
+        a.release();
+        assert_eq!(budget.in_use(), 40);
+        assert!(a.grow(60));
+        drop(a);
+        drop(b);
+        assert_eq!(budget.in_use(), 0, "dropping releases everything");
+    }
+
+    #[test]
+    fn zero_is_no_limit_and_totals_cannot_wrap() {
+        let budget = DataBudget::new();
+        let mut r = Reservation::new(&budget, 0);
+        assert!(r.grow(1 << 30));
+        assert!(r.grow(0));
+        drop(r);
+        assert_eq!(budget.in_use(), 0);
+        assert!(budget.take(u64::MAX, 0));
+        assert!(
+            !budget.take(1, 0),
+            "a total that would wrap is refused, limit or not"
+        );
+    }
+
+    #[test]
+    fn a_panic_releases_the_reservation() {
+        let budget = DataBudget::new();
+        let b = budget.clone();
+        let result = std::panic::catch_unwind(move || {
+            let mut r = Reservation::new(&b, 1000);
+            assert!(r.grow(500));
+            panic!("session panicked");
+        });
+        assert!(result.is_err());
+        assert_eq!(budget.in_use(), 0);
+    }
+}
