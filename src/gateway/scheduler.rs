@@ -25,10 +25,10 @@
 //! rule is applied. For an untrusted source the sender's domain must have
 //! MX or address records (asked of the delivery resolver) and the DSN
 //! returns headers only; otherwise — no such domain, no records, a null
-//! MX, an IP literal, or a temporary DNS failure — the DSN is withheld
-//! (not retried: a forged sender is the likely case, and a DSN held for a
-//! later try is a DSN an attacker can still aim), with a log line and a
-//! `dsn_withheld` tracking event saying why.
+//! MX, an IP literal — the DSN is withheld, with a log line and a
+//! `dsn_withheld` tracking event saying why. A temporary DNS failure does
+//! not withhold it: the DSN is queued and its own delivery retries (a
+//! legitimate bounce is not lost to a DNS blip).
 
 use crate::gateway::crash::fault::{self, Stage};
 use crate::gateway::crash::gate::Gate;
@@ -546,12 +546,13 @@ async fn dsn_clearance<R: Resolver>(rule: &DsnRule, resolver: &R) -> Result<bool
 
 /// `Ok` when `domain` has an MX record naming a host, or no MX and address
 /// records (the implicit MX); else why not. A temporary DNS failure is a
-/// "no" as well: the DSN is skipped, not retried (see the module docs).
+/// "yes": the DSN is queued and its own delivery retries the lookup (a
+/// legitimate bounce is not lost to a DNS blip).
 async fn domain_resolves<R: Resolver>(resolver: &R, domain: &str) -> Result<(), String> {
     if domain.starts_with('[') {
         return Err(format!("sender domain {domain} is an IP literal"));
     }
-    let temporary = |e: DnsError| format!("sender domain {domain}: {e}; DSN skipped, not retried");
+
     match resolver.mx(domain).await {
         Ok(mx) if mx.iter().any(|m| !matches!(m.exchange.as_str(), "" | ".")) => return Ok(()),
         Ok(mx) if !mx.is_empty() => {
@@ -559,14 +560,14 @@ async fn domain_resolves<R: Resolver>(resolver: &R, domain: &str) -> Result<(), 
         }
         Ok(_) | Err(DnsError::NoData) => {}
         Err(DnsError::NxDomain) => return Err(format!("sender domain {domain} does not exist")),
-        Err(e) => return Err(temporary(e)),
+        Err(DnsError::Temporary(_)) => return Ok(()),
     }
     match resolver.addrs(domain).await {
         Ok(addrs) if !addrs.is_empty() => Ok(()),
         Ok(_) | Err(DnsError::NoData) | Err(DnsError::NxDomain) => Err(format!(
             "sender domain {domain} has no MX or address records"
         )),
-        Err(e) => Err(temporary(e)),
+        Err(DnsError::Temporary(_)) => Ok(()),
     }
 }
 
@@ -660,9 +661,9 @@ mod tests {
                 Err("accepts no mail (null MX)"),
             ),
             (
-                "untrusted, DNS down",
+                "untrusted, DNS down: queued, delivery retries",
                 untrusted("down.test"),
-                Err("timed out; DSN skipped, not retried"),
+                Ok(false),
             ),
             (
                 "untrusted, IP literal (never asked of DNS)",

@@ -27,7 +27,8 @@ use crate::nexthop::{next_hops, Hop, HopLimits, Routes};
 use crate::pool::Pool;
 use crate::resolve::Resolver;
 use crate::smtp::{
-    self, mail_dsn_params, notify_success, rcpt_dsn_params, ClientParams, Conn, Downgrade, Message,
+    self, mail_dsn_params, notify_success, rcpt_dsn_params, untrusted_mail_params,
+    untrusted_rcpt_params, ClientParams, Conn, Downgrade, Message,
 };
 use postern_core::{Address, Envelope, Outcome, Reason};
 use std::collections::{BTreeMap, HashMap};
@@ -169,7 +170,11 @@ impl<R: Resolver> Deliverer<R> {
                 .iter()
                 .map(|i| {
                     let r = &env.recipients[*i];
-                    rcpt_dsn_params(r.notify.as_deref(), r.orcpt.as_deref())
+                    if env.trusted {
+                        rcpt_dsn_params(r.notify.as_deref(), r.orcpt.as_deref())
+                    } else {
+                        untrusted_rcpt_params(r.notify.as_deref(), r.orcpt.as_deref())
+                    }
                 })
                 .collect();
             let success: Vec<bool> = idx
@@ -182,7 +187,11 @@ impl<R: Resolver> Deliverer<R> {
                 body,
                 eight_bit: env.eight_bit,
                 smtputf8: env.smtputf8,
-                dsn_mail: mail_dsn_params(env.dsn_ret_full, env.dsn_envid.as_deref()),
+                dsn_mail: if env.trusted {
+                    mail_dsn_params(env.dsn_ret_full, env.dsn_envid.as_deref())
+                } else {
+                    untrusted_mail_params(env.dsn_envid.as_deref())
+                },
                 dsn_rcpt: &dsn,
                 notify_success: &success,
             };

@@ -25,7 +25,10 @@ mod bounded;
 mod plan;
 mod reply;
 
-pub(crate) use plan::{mail_dsn_params, notify_success, rcpt_dsn_params, Message};
+pub(crate) use plan::{
+    mail_dsn_params, notify_success, rcpt_dsn_params, untrusted_mail_params, untrusted_rcpt_params,
+    Message,
+};
 
 use bounded::{Bounded, ReplyBudget};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};

@@ -363,16 +363,26 @@ impl Session {
         }
     }
 
+    /// In `trusted_networks`, or authenticated.
+    fn trusted_client(&self) -> bool {
+        self.cfg.relay.is_trusted(self.peer) || self.user.is_some()
+    }
+
     /// Commands that carry no mail count against `max_noops`, so a client
     /// that sends no mail cannot hold the session; past the limit it is
-    /// closed. They are NOOP, RSET, VRFY, HELP, every EHLO or HELO after
-    /// the session's first greeting, and BDAT 0 without LAST (an empty
-    /// chunk). The count is never reset within a session.
+    /// closed. They are NOOP, RSET, VRFY, HELP, and for untrusted,
+    /// unauthenticated clients every EHLO or HELO after the session's first
+    /// greeting and BDAT 0 without LAST (an empty chunk). The count is never
+    /// reset within a session.
     fn count_noop(&mut self, cmd: &Command) -> Option<Action> {
         let counted = match cmd {
             Command::Noop | Command::Rset | Command::Vrfy | Command::Help => true,
-            Command::Ehlo(_) | Command::Helo(_) => !matches!(self.state, State::Fresh),
-            Command::Bdat { size: 0, last } => !last,
+            // Repeated greetings and empty chunks are a keep-alive only
+            // for clients we do not trust.
+            Command::Ehlo(_) | Command::Helo(_) => {
+                !matches!(self.state, State::Fresh) && !self.trusted_client()
+            }
+            Command::Bdat { size: 0, last } => !last && !self.trusted_client(),
             _ => false,
         };
         if !counted {

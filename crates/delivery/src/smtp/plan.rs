@@ -241,10 +241,70 @@ pub(crate) fn rcpt_dsn_params(notify: Option<&str>, orcpt: Option<&str>) -> Stri
     if let Some(n) = notify {
         p.push_str(&format!(" NOTIFY={n}"));
     }
+    p.push_str(&orcpt_param(orcpt));
+    p
+}
+
+/// The DSN parameters passed on for a message from an untrusted source:
+/// no success notice (a next hop offering DSN would otherwise send one to a
+/// sender the client chose) and no RET=FULL (see [`untrusted_mail_params`]).
+/// `NOTIFY=SUCCESS` alone becomes `NOTIFY=NEVER`.
+pub(crate) fn untrusted_rcpt_params(notify: Option<&str>, orcpt: Option<&str>) -> String {
+    let mut p = String::new();
+    if let Some(n) = notify {
+        let kept: Vec<&str> = n
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.eq_ignore_ascii_case("SUCCESS"))
+            .collect();
+        let kept = if kept.is_empty() {
+            "NEVER".to_string()
+        } else {
+            kept.join(",")
+        };
+        p.push_str(&format!(" NOTIFY={kept}"));
+    }
+    p.push_str(&orcpt_param(orcpt));
+    p
+}
+
+/// `RET=HDRS` in place of `RET=FULL` for an untrusted source: a bounce from
+/// a later hop returns headers only.
+pub(crate) fn untrusted_mail_params(envid: Option<&str>) -> String {
+    mail_dsn_params(false, envid)
+}
+
+/// ` ORCPT=...` when there is one.
+fn orcpt_param(orcpt: Option<&str>) -> String {
+    let mut p = String::new();
     if let Some(o) = orcpt {
         p.push_str(&format!(" ORCPT={o}"));
     }
     p
+}
+
+#[cfg(test)]
+mod untrusted_tests {
+    use super::*;
+
+    #[test]
+    fn untrusted_sources_ask_no_success_notice_and_no_full_return() {
+        let cases = [
+            (Some("SUCCESS"), None, " NOTIFY=NEVER"),
+            (Some("SUCCESS,FAILURE"), None, " NOTIFY=FAILURE"),
+            (
+                Some("FAILURE,DELAY"),
+                Some("rfc822;a@b"),
+                " NOTIFY=FAILURE,DELAY ORCPT=rfc822;a@b",
+            ),
+            (Some("NEVER"), None, " NOTIFY=NEVER"),
+            (None, None, ""),
+        ];
+        for (notify, orcpt, want) in cases {
+            assert_eq!(untrusted_rcpt_params(notify, orcpt), want, "{notify:?}");
+        }
+        assert_eq!(untrusted_mail_params(Some("x1")), " ENVID=x1");
+    }
 }
 
 #[cfg(test)]
