@@ -1297,14 +1297,19 @@ mod tests {
     // before, both were answered 250 forever.
     #[test]
     fn repeated_greetings_and_empty_chunks_count_as_noops() {
-        // max_noops is 5; the first greeting is free.
-        let mut s = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        // A trusted client may greet again as often as it likes.
+        let mut t = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        for _ in 0..10 {
+            assert_eq!(code(t.command(b"EHLO c.test")), 250);
+        }
+        // Untrusted: max_noops is 5; the first greeting is free.
+        let mut s = Session::new(cfg(), "192.0.2.1".parse().unwrap());
         assert_eq!(code(s.command(b"EHLO c.test")), 250);
         for _ in 0..5 {
             assert_eq!(code(s.command(b"HELO c.test")), 250);
         }
         assert!(matches!(s.command(b"EHLO c.test"), Action::Close(r) if r.code == 421));
-        let mut b = Session::new(cfg(), "127.0.0.1".parse().unwrap());
+        let mut b = Session::new(cfg(), "192.0.2.1".parse().unwrap());
         b.ingest(b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\n");
         for _ in 0..5 {
             assert!(matches!(b.ingest(b"BDAT 0\r\n"), (8, Step::Read)));
