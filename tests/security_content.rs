@@ -247,3 +247,50 @@ async fn failure_dsn_for_an_untrusted_source_returns_headers_only() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(back.count(), 1, "{:?}", back.all());
 }
+
+/// Finding "deadlines include waiting" at intake, under a DNS outage with
+/// more inbound messages than content workers. Before: the receive stage's
+/// in-flight deadline (message_deadline + 5 s) ran while a message waited
+/// for a free worker; with one worker and every message spending its whole
+/// authentication budget (here 2 s), the sixth waited past 9 s and the
+/// supervisor killed the gateway, dropping every session and charging the
+/// messages in flight. After: the deadline starts when a worker takes the
+/// message; all get 250 and the gateway is never restarted.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_with_more_messages_than_workers_kills_nothing() {
+    let dns = silent_nameserver().await;
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{RELAY}{}{}[workers]\nprocesses = 1\nmessage_deadline = \"4s\"\n",
+            delivery(dns),
+            route("example.test", sink.addr)
+        ),
+    );
+    let sends = (0..7).map(|i| {
+        let gw = &gw;
+        async move {
+            let data = format!(
+                "From: Pal <pal@friendly.test>\r\nSubject: queued {i}\r\n\
+                 Message-ID: <queued-{i}@test>\r\n\r\nwanted\r\n"
+            );
+            send_from(
+                gw,
+                "127.0.0.5",
+                "<pal@friendly.test>",
+                "<user@example.test>",
+                &data,
+            )
+            .await
+        }
+    });
+    let replies = futures_util::future::join_all(sends).await;
+    for r in &replies {
+        assert!(r.starts_with("250"), "{r}\n{}", gw.log_text());
+    }
+    wait_until(T, "all delivered", || sink.count() == 7).await;
+    let log = gw.log_text();
+    assert!(!log.contains("gateway died"), "{log}");
+    assert!(!log.contains("content processing failed"), "{log}");
+}

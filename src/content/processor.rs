@@ -199,9 +199,18 @@ pub enum ContentProcessor {
 }
 
 impl ContentProcessor {
-    pub async fn process(&self, msg: &Message<'_>, meta: &Meta) -> Verdict {
+    /// Runs the content stage for `msg`. `working()` is called when the
+    /// work starts (a worker is free) and its guard is held until the
+    /// verdict: waiting for a worker never counts toward a deadline.
+    pub async fn process<G>(
+        &self,
+        msg: &Message<'_>,
+        meta: &Meta,
+        working: impl FnOnce() -> G,
+    ) -> Verdict {
         match self {
             ContentProcessor::InProcess { conv, auth } => {
+                let _working = working();
                 let run = run_content(msg, meta, conv, auth.as_deref());
                 AssertUnwindSafe(run)
                     .catch_unwind()
@@ -214,7 +223,7 @@ impl ContentProcessor {
                 // A worker that reports a crash exits; never reuse it.
                 let keep = |answer: &[u8]| answer.first() != Some(&3);
                 match pool
-                    .call_checked(&encode_request(meta, msg.bytes()), keep)
+                    .call_working(&encode_request(meta, msg.bytes()), keep, working)
                     .await
                 {
                     Ok(raw) => decode(&raw),

@@ -105,10 +105,11 @@ impl Intake {
         alone: bool,
     ) -> Staged {
         let _pass = self.gate.enter(alone).await;
-        let _inflight = self
-            .inflight
-            .enter(format!("r:{hash:016x}"), p.receive_deadline);
-        let received = std::panic::catch_unwind(|| fault::check(Stage::Receive, msg.bytes()));
+        let key = format!("r:{hash:016x}");
+        let received = {
+            let _inflight = self.inflight.enter(key.clone(), p.receive_deadline);
+            std::panic::catch_unwind(|| fault::check(Stage::Receive, msg.bytes()))
+        };
         if let Err(p) = received {
             return Staged::Crashed {
                 stage: "receive",
@@ -116,7 +117,11 @@ impl Intake {
                 reason: format!("panic: {}", postern_supervisor::panic_message(&*p)),
             };
         }
-        match AssertUnwindSafe(p.content.process(msg, meta))
+        // In flight again once a content worker takes the message: waiting
+        // for a free worker (many messages during a DNS outage) is not a
+        // hang and must not make the supervisor kill the gateway.
+        let working = || self.inflight.enter(key.clone(), p.receive_deadline);
+        match AssertUnwindSafe(p.content.process(msg, meta, working))
             .catch_unwind()
             .await
         {

@@ -160,6 +160,20 @@ impl ProcessPool {
         req: &[u8],
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<u8>, CallError> {
+        self.call_working(req, keep, || ()).await
+    }
+
+    /// Like [`call_checked`](Self::call_checked); `working()` is called once
+    /// a worker is ready to take the request (the wait for a free worker
+    /// and any restart throttling are over), and what it returns is held
+    /// until the answer: a caller's deadline guard then measures the work,
+    /// not the wait.
+    pub async fn call_working<G>(
+        &self,
+        req: &[u8],
+        keep: impl Fn(&[u8]) -> bool,
+        working: impl FnOnce() -> G,
+    ) -> Result<Vec<u8>, CallError> {
         let _slot = self
             .slots
             .acquire()
@@ -180,6 +194,7 @@ impl ProcessPool {
                 self.spawn()?
             }
         };
+        let _working = working();
         match tokio::time::timeout(self.cfg.deadline, exchange(&mut w, req, self.cfg.max_frame))
             .await
         {
