@@ -4,29 +4,13 @@
 
 mod common;
 
-use common::{certs, route, swaks, wait_until, Gateway, RawClient, Sink, SwaksRun, RELAY};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use common::{
+    route, swaks, users_and_certificate, wait_until, Gateway, RawClient, Sink, SwaksRun, RELAY,
+};
 use std::time::Duration;
 
 fn setup(dir: &std::path::Path) {
-    certs::self_signed(dir, "gw.example.test");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"s3cret pass\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let hash = String::from_utf8(out.stdout).unwrap();
-    assert!(hash.starts_with("$argon2id$"), "{hash}");
-    std::fs::write(dir.join("users"), format!("# test users\nalice:{}", hash)).unwrap();
+    users_and_certificate(dir);
 }
 
 /// A certificate and a users file (alice, "s3cret pass") in a new

@@ -13,10 +13,10 @@
 
 mod common;
 
-use common::{certs, route, wait_until, Gateway, RawClient, Sink, RELAY};
-use std::io::Write;
+use common::{
+    complete_reply, route, users_and_certificate, wait_until, Gateway, RawClient, Sink, RELAY,
+};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -248,27 +248,6 @@ async fn repeated_ehlo_and_empty_bdat_chunks_reach_the_noop_cap() {
 const WRONG: &str = "AGFsaWNlAHdyb25nIHBhc3N3b3Jk";
 const RIGHT: &str = "AGFsaWNlAHMzY3JldCBwYXNz";
 
-/// A certificate and a users file (alice, "s3cret pass") in `dir`.
-fn users_and_certificate(dir: &std::path::Path) {
-    certs::self_signed(dir, "gw.example.test");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(b"s3cret pass\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let hash = String::from_utf8(out.stdout).unwrap();
-    assert!(hash.starts_with("$argon2id$"), "{hash}");
-    std::fs::write(dir.join("users"), format!("alice:{hash}")).unwrap();
-}
-
 /// A gateway with STARTTLS and AUTH (the given failure limit and cap on
 /// password checks at once), routing all mail to a sink.
 async fn auth_gateway(
@@ -332,7 +311,7 @@ impl TlsClient {
     /// One complete reply; what is buffered when the connection ends.
     async fn reply(&mut self) -> String {
         loop {
-            if let Some(end) = reply_end(&self.buf) {
+            if let Some(end) = complete_reply(&self.buf) {
                 let r: Vec<u8> = self.buf.drain(..end).collect();
                 return String::from_utf8_lossy(&r).into_owned();
             }
@@ -349,19 +328,6 @@ impl TlsClient {
         self.send(line).await;
         self.reply().await
     }
-}
-
-/// Length of the first complete reply in `buf`, if any.
-fn reply_end(buf: &[u8]) -> Option<usize> {
-    let mut start = 0;
-    while let Some(i) = buf[start..].windows(2).position(|w| w == b"\r\n") {
-        let line = &buf[start..start + i];
-        start += i + 2;
-        if line.len() < 4 || line[3] == b' ' {
-            return Some(start);
-        }
-    }
-    None
 }
 
 /// `n` sessions from `src`, each ready for AUTH, then the same AUTH line

@@ -223,3 +223,21 @@ impl Gateway {
         }
     }
 }
+
+/// A self-signed certificate (`cert.pem`, `key.pem`) and a users file
+/// (`users`: alice with the password "s3cret pass", hashed by the real
+/// `postern hash-password`) in `dir`, for the AUTH tests.
+pub fn users_and_certificate(dir: &std::path::Path) {
+    super::certs::self_signed(dir, "gw.example.test");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"s3cret pass\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    std::fs::write(dir.join("users"), format!("# test users\nalice:{hash}")).unwrap();
+}

@@ -30,7 +30,7 @@ pub mod tools;
 #[allow(unused_imports)]
 pub use dns::{DnsServer, Hostile, Zone};
 #[allow(unused_imports)]
-pub use gateway::{route, Gateway, RELAY};
+pub use gateway::{route, users_and_certificate, Gateway, RELAY};
 #[allow(unused_imports)]
 pub use sink::Sink;
 #[allow(unused_imports)]
@@ -245,7 +245,7 @@ impl RawClient {
 }
 
 /// Length of the first complete reply in `buf`, if any.
-fn complete_reply(buf: &[u8]) -> Option<usize> {
+pub fn complete_reply(buf: &[u8]) -> Option<usize> {
     let mut start = 0;
     while let Some(i) = buf[start..].windows(2).position(|w| w == b"\r\n") {
         let line = &buf[start..start + i];
