@@ -196,24 +196,29 @@ mod tests {
     use super::*;
     use postern_core::{QueueId, Recipient};
 
-    #[test]
-    fn dsn_has_the_rfc3464_parts() {
-        let rcpt = Address::parse("u@d.test").unwrap();
-        let env = Envelope {
+    /// A message from s@o.test to `rcpt`, received from `client`.
+    fn envelope(rcpt: &Address, client: &str, ret_full: bool) -> Envelope {
+        Envelope {
             id: QueueId([1; 12]),
             sender: Some(Address::parse("s@o.test").unwrap()),
             recipients: vec![Recipient::new(rcpt.clone())],
-            client: "127.0.0.1".into(),
+            client: client.into(),
             helo: "h".into(),
             received_ms: 0,
             size: 0,
             eight_bit: false,
             message_id: None,
             smtputf8: false,
-            dsn_ret_full: false,
+            dsn_ret_full: ret_full,
             dsn_envid: None,
             trusted: false,
-        };
+        }
+    }
+
+    #[test]
+    fn dsn_has_the_rfc3464_parts() {
+        let rcpt = Address::parse("u@d.test").unwrap();
+        let env = envelope(&rcpt, "127.0.0.1", false);
         let reason = Reason {
             code: 550,
             status: "5.1.1".into(),
@@ -253,21 +258,7 @@ mod tests {
     #[test]
     fn the_body_comes_back_only_when_the_caller_says_so() {
         let rcpt = Address::parse("u@d.test").unwrap();
-        let mut env = Envelope {
-            id: QueueId([2; 12]),
-            sender: Some(Address::parse("s@o.test").unwrap()),
-            recipients: vec![Recipient::new(rcpt.clone())],
-            client: "192.0.2.5".into(),
-            helo: "h".into(),
-            received_ms: 0,
-            size: 0,
-            eight_bit: false,
-            message_id: None,
-            smtputf8: false,
-            dsn_ret_full: true,
-            dsn_envid: None,
-            trusted: false,
-        };
+        let mut env = envelope(&rcpt, "192.0.2.5", true);
         let reason = Reason::local(550, "5.1.1", "no such user");
         let dsn = |env: &Envelope, return_full: bool| {
             let out = build_dsn(&DsnInput {
