@@ -10,8 +10,8 @@
 //!   send its message (RET=FULL) to the address of its choosing; a trusted
 //!   client still gets its "relayed" DSN as before.
 //! - A failure DSN for an untrusted source returns the headers only (not
-//!   the body, whatever RET says), and only to a sender domain that
-//!   resolves.
+//!   the body, whatever RET says), and only to a sender that passed SPF
+//!   and whose domain resolves.
 
 mod common;
 
@@ -181,21 +181,30 @@ async fn no_success_dsn_for_an_untrusted_client() {
 /// Finding "a failure DSN does the same" (reflection through bounces).
 /// Before: RET=FULL from an untrusted client returned the whole message to
 /// any sender. After: the DSN carries the headers only
-/// (text/rfc822-headers), and a sender whose domain does not resolve gets
-/// none at all.
+/// (text/rfc822-headers), and a sender whose domain does not resolve, or
+/// that did not pass SPF (any address a client can forge), gets none at
+/// all.
 #[tokio::test(flavor = "multi_thread")]
 async fn failure_dsn_for_an_untrusted_source_returns_headers_only() {
-    let dns = DnsServer::start(Zone::new().a("remote.test", "127.0.0.1")).await;
+    let dns = DnsServer::start(
+        Zone::new()
+            .a("remote.test", "127.0.0.1")
+            .txt("remote.test", "v=spf1 ip4:127.0.0.5 -all")
+            .a("victim.test", "127.0.0.1")
+            .txt("victim.test", "v=spf1 ip4:192.0.2.1 -all"),
+    )
+    .await;
     let sink = Sink::start("127.0.0.1:0").await;
     let back = Sink::start("127.0.0.1:0").await;
     let gw = Gateway::start(
         "",
         &format!(
-            "{RELAY}{}{}{}{}",
+            "{RELAY}{}{}{}{}{}",
             delivery(dns.addr),
             route("example.test", sink.addr),
             route("remote.test", back.addr),
-            route("forged.test", back.addr)
+            route("forged.test", back.addr),
+            route("victim.test", back.addr)
         ),
     );
     let data = |from: &str| {
@@ -221,6 +230,19 @@ async fn failure_dsn_for_an_untrusted_source_returns_headers_only() {
         "{}",
         gw.log_text()
     );
+
+    // A sender domain that resolves, but its SPF does not name the client:
+    // the sender may be forged (a victim of backscatter): no DSN either.
+    let r = send_from(
+        &gw,
+        "127.0.0.5",
+        "<someone@victim.test>",
+        "<reject-me@example.test>",
+        &data("someone@victim.test"),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    gw.wait_log("someone@victim.test did not pass SPF", T);
 
     let r = send_from(
         &gw,

@@ -288,3 +288,151 @@ async fn a_tarpit_next_hop_is_a_deferral_not_a_hang() {
     never_restarted(&gw);
     drop(tarpit);
 }
+
+/// Finding "mail loop": outbound hygiene removes every Received field but
+/// ours, so a loop through an internal relay (the gateway routes to a
+/// relay that sends the message back to it as a trusted client) never
+/// grew its hop count. Before: every round trip arrived with the same two
+/// Received fields and the loop never ended (the test saw 20 rounds).
+/// After: hygiene carries the hops it removed in `X-Postern-Hops`, the count
+/// grows by two each round, and the gateway refuses the message with 554
+/// 5.4.6 once it passes `server.max_hops`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loop_through_an_internal_relay_reaches_the_hop_limit() {
+    let relay = Sink::start("127.0.0.1:0").await;
+    let gw = Gateway::start(
+        "max_hops = 8",
+        &format!(
+            "{RELAY}[delivery]\nstarttls = false\n{}",
+            route("*", relay.addr)
+        ),
+    );
+    let mut c = RawClient::connect(gw.smtp).await;
+    c.cmd("EHLO relay.internal.test").await;
+    let first = b"Subject: round trip\r\n\r\nloop\r\n.\r\n";
+    let r = c
+        .transaction("<s@example.test>", &["<u@other.test>"], first)
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    // The relay: each copy the gateway delivers goes back to it, with the
+    // relay's own Received on top, from the trusted address.
+    let mut last = String::new();
+    for round in 1..=20 {
+        wait_until(T, "the gateway's copy at the relay", || {
+            relay.count() >= round
+        })
+        .await;
+        let copy = relay.all()[round - 1].data.clone();
+        let back = format!(
+            "Received: from gw.example.test by relay.internal.test; Tue, 1 Dec 2026 00:00:00 +0000\r\n{copy}.\r\n"
+        );
+        last = c
+            .transaction("<s@example.test>", &["<u@other.test>"], back.as_bytes())
+            .await;
+        if !last.starts_with("250") {
+            // Counts 2, 4, 6, 8 pass; the fifth (10) is refused.
+            assert!(round <= 5, "refused only after {round} rounds");
+            break;
+        }
+    }
+    assert!(last.starts_with("554 5.4.6 too many hops"), "{last}");
+    // Nothing more comes round.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let copies = relay.count();
+    assert!(copies <= 5, "{copies} copies");
+    let carried = relay.all()[copies - 1].data.clone();
+    assert!(carried.contains("X-Postern-Hops: "), "{carried}");
+    never_restarted(&gw);
+}
+
+/// A port redirect on loopback (what NAT or `iptables REDIRECT` does in
+/// front of a gateway): every connection to `front` is passed to `to`.
+async fn redirect(front: std::net::SocketAddr, to: std::net::SocketAddr) {
+    let l = TcpListener::bind(front).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut out) = TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+}
+
+/// Sends one message from the trusted client to `rcpt` and returns the
+/// bounce the sender domain (routed to `senders`) gets.
+async fn bounce_of(gw: &Gateway, senders: &Sink, rcpt: &str) -> String {
+    let mut c = RawClient::connect(gw.smtp).await;
+    c.cmd("EHLO client.test").await;
+    let r = c
+        .transaction(
+            "<s@sender.test>",
+            &[rcpt],
+            b"Subject: behind a redirect\r\n\r\nloop\r\n.\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_until(T, "the 5.4.6 bounce", || senders.count() >= 1).await;
+    senders.all()[0].data.clone()
+}
+
+/// Finding "mail loop", through a port redirect: loop detection compared
+/// listening ports, so a next hop at another port that leads back to us
+/// (NAT, REDIRECT :25 → :2525) was not us. Before: the gateway delivered
+/// to itself through the redirect, round after round, until the hop limit
+/// refused a copy. After: the next hop answers EHLO with our own hostname,
+/// so its recipients fail at once with 5.4.6 and no message goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_next_hop_answering_with_our_hostname_is_a_loop() {
+    let senders = Sink::start("127.0.0.1:0").await;
+    // The gateway's own port is known only once it runs: the redirect's
+    // port is chosen first, and it starts after the gateway.
+    let front: std::net::SocketAddr = format!("127.0.0.1:{}", closed_port()).parse().unwrap();
+    let gw = Gateway::start(
+        "",
+        &format!(
+            "{RELAY}[delivery]\nstarttls = false\n{}{}",
+            route("example.test", front),
+            route("sender.test", senders.addr)
+        ),
+    );
+    redirect(front, gw.smtp).await;
+    let dsn = bounce_of(&gw, &senders, "<user@example.test>").await;
+    assert!(dsn.contains("Status: 5.4.6"), "{dsn}");
+    assert!(
+        dsn.contains("replied to EHLO with my own hostname gw.example.test"),
+        "{dsn}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let received = metric(&gw, "postern_messages_received_total");
+    assert!(
+        received.is_some_and(|n| n <= 2),
+        "the gateway received {received:?} messages"
+    );
+    never_restarted(&gw);
+}
+
+/// `server.proxy_addresses`: an address we receive mail on through a proxy
+/// or NAT is us on any port. Before the key existed, a route to it was
+/// tried like any host (here a port nobody answers: deferred, retried for
+/// days). After: its recipients fail with 5.4.6 without a connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_next_hop_at_a_proxy_address_is_a_loop() {
+    let senders = Sink::start("127.0.0.1:0").await;
+    let gw = Gateway::start(
+        "proxy_addresses = [\"127.0.0.9\"]",
+        &format!(
+            "{RELAY}[delivery]\nstarttls = false\n{}{}",
+            route("example.test", format!("127.0.0.9:{}", closed_port())),
+            route("sender.test", senders.addr)
+        ),
+    );
+    let dsn = bounce_of(&gw, &senders, "<user@example.test>").await;
+    assert!(dsn.contains("Status: 5.4.6"), "{dsn}");
+    assert!(
+        dsn.contains("mail for example.test loops back to myself"),
+        "{dsn}"
+    );
+    never_restarted(&gw);
+}

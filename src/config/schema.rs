@@ -321,6 +321,11 @@ pub struct ServerConfig {
     /// Received header fields a message may arrive with (Postfix's
     /// hopcount_limit); more is a mail loop: 554 5.4.6. 0 turns it off.
     pub max_hops: usize,
+    /// Addresses we receive mail on through a proxy, a load balancer or NAT
+    /// (Postfix's proxy_interfaces), e.g. the public address of a port
+    /// redirect: a next hop at one of them, on any port, is a mail loop
+    /// (5.4.6).
+    pub proxy_addresses: Vec<std::net::IpAddr>,
     /// On SIGTERM: how long sessions in a transaction and deliveries in
     /// flight may take to finish before the process exits anyway.
     pub shutdown_timeout: HumanDuration,
@@ -347,6 +352,7 @@ impl Default for ServerConfig {
             max_noops: 50,
             max_data_in_memory: ByteSize(512 * 1024 * 1024),
             max_hops: 50,
+            proxy_addresses: Vec::new(),
             shutdown_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }

@@ -143,6 +143,12 @@ pub fn deliverer(
         .copied()
         .collect(),
         hostname: cfg.server.hostname.clone(),
+        proxy: cfg
+            .server
+            .proxy_addresses
+            .iter()
+            .map(|ip| ip.to_canonical())
+            .collect(),
     };
     // One destination's work ends (deferred) before its in-flight deadline:
     // a slow next hop is never taken for a hung gateway.
@@ -166,6 +172,11 @@ pub fn policy(cfg: &Config) -> Policy {
         max_age: cfg.queue.max_age.0,
         lease: cfg.queue.lease.0,
         hostname: cfg.server.hostname.clone(),
+        authserv_id: if cfg.convert.authserv_id.is_empty() {
+            cfg.server.hostname.clone()
+        } else {
+            cfg.convert.authserv_id.clone()
+        },
         accepted_domains: relay_policy(cfg).accepted_domains,
         poison_threshold: cfg.workers.poison_threshold,
         delivery_deadline: cfg.workers.delivery_deadline.0,

@@ -55,6 +55,9 @@ pub struct Policy {
     pub max_age: Duration,
     pub lease: Duration,
     pub hostname: String,
+    /// Our authserv-id in Authentication-Results: an untrusted sender gets
+    /// a DSN only when our own results say its SPF passed.
+    pub authserv_id: String,
     /// Lower-case accepted domains: their recipients are the `internal`
     /// destination class, everything else `internet`.
     pub accepted_domains: Vec<String>,
@@ -319,7 +322,7 @@ impl Scheduler {
                     &settled.envelope,
                     &settled.notices,
                     &settled.dsn_rule,
-                    &policy.hostname,
+                    &policy,
                     original,
                 )
                 .await
@@ -454,15 +457,18 @@ impl Scheduler {
         env: &Envelope,
         notices: &[Notice],
         rule: &DsnRule,
-        hostname: &str,
+        policy: &Policy,
         original: &[u8],
     ) -> Option<QueueId> {
+        let hostname = policy.hostname.as_str();
         let Some(to) = env.sender.clone() else {
             tracing::info!(id = %env.id, "not bouncing a bounce");
             return None;
         };
         let deliverer = self.deliverer.get();
-        let return_full = match dsn_clearance(rule, deliverer.resolver()).await {
+        let spf_pass =
+            |sender: &str| postern_convert::spf_passed(original, &policy.authserv_id, sender);
+        let return_full = match dsn_clearance(rule, deliverer.resolver(), &spf_pass).await {
             Ok(full) => full,
             Err(why) => {
                 tracing::warn!(id = %env.id, sender = %to, reason = %why, "DSN withheld");
@@ -533,13 +539,24 @@ impl Scheduler {
 }
 
 /// Whether a DSN may go under `rule`: `Ok(return the whole message)`, or
-/// why not. For an untrusted source the sender's domain must resolve.
-async fn dsn_clearance<R: Resolver>(rule: &DsnRule, resolver: &R) -> Result<bool, String> {
+/// why not. For an untrusted source the sender must have passed SPF
+/// (`spf_pass`, from what intake recorded) and its domain must resolve.
+async fn dsn_clearance<R: Resolver>(
+    rule: &DsnRule,
+    resolver: &R,
+    spf_pass: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<bool, String> {
     match rule {
         DsnRule::AsAsked { full } => Ok(*full),
         DsnRule::Never(why) => Err((*why).to_string()),
-        DsnRule::IfDomainResolves { domain } => {
-            domain_resolves(resolver, domain).await.map(|()| false)
+        DsnRule::IfSenderVerified { sender, domain } => {
+            domain_resolves(resolver, domain).await?;
+            if !spf_pass(sender) {
+                return Err(format!(
+                    "sender {sender} did not pass SPF (untrusted source: no DSN to a sender that may be forged)"
+                ));
+            }
+            Ok(false)
         }
     }
 }
@@ -622,13 +639,20 @@ mod tests {
 
     /// Issue 11, reflection and loops: a trusted source's DSN goes as asked
     /// (RET=FULL included, as before); an untrusted source's only to a
-    /// domain that resolves, with headers only, never to an IP literal, and
-    /// not while DNS fails (skipped, with the reason).
+    /// sender that passed SPF, at a domain that resolves, with headers only,
+    /// never to an IP literal (a DNS failure queues it: its delivery
+    /// retries).
     #[tokio::test]
     async fn dsn_clearance_table() {
-        let untrusted = |d: &str| DsnRule::IfDomainResolves { domain: d.into() };
+        let untrusted = |d: &str| DsnRule::IfSenderVerified {
+            sender: format!("s@{d}"),
+            domain: d.into(),
+        };
+        // SPF passed for every sender but forger@ (at a domain that
+        // resolves).
+        let spf_pass = |sender: &str| !sender.starts_with("forger@");
         // (case, rule, Ok(return the whole message) or Err(part of the reason))
-        let cases: [(&str, DsnRule, Result<bool, &str>); 10] = [
+        let cases: [(&str, DsnRule, Result<bool, &str>); 11] = [
             (
                 "trusted, RET=FULL",
                 DsnRule::AsAsked { full: true },
@@ -644,6 +668,14 @@ mod tests {
                 "untrusted, address only",
                 untrusted("a-only.test"),
                 Ok(false),
+            ),
+            (
+                "untrusted, SPF did not pass",
+                DsnRule::IfSenderVerified {
+                    sender: "forger@mx.test".into(),
+                    domain: "mx.test".into(),
+                },
+                Err("forger@mx.test did not pass SPF"),
             ),
             (
                 "untrusted, no such domain",
@@ -677,7 +709,7 @@ mod tests {
             ),
         ];
         for (name, rule, want) in cases {
-            match (dsn_clearance(&rule, &Table).await, want) {
+            match (dsn_clearance(&rule, &Table, &spf_pass).await, want) {
                 (Ok(got), Ok(want)) => assert_eq!(got, want, "{name}"),
                 (Err(got), Err(want)) => assert!(got.contains(want), "{name}: {got}"),
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),

@@ -67,9 +67,12 @@ pub enum DsnRule {
         /// Return the whole message (RET=FULL); else its headers.
         full: bool,
     },
-    /// An untrusted source: the headers only, and only once the sender's
-    /// domain is found to resolve (MX or address records).
-    IfDomainResolves {
+    /// An untrusted source: the headers only, and only to a sender that
+    /// passed SPF at intake (our own Authentication-Results says so) and
+    /// whose domain resolves (MX or address records).
+    IfSenderVerified {
+        /// The sender's address, as SPF checked it.
+        sender: String,
         /// The sender's domain.
         domain: String,
     },
@@ -175,8 +178,8 @@ pub fn settle(
 
 /// What a DSN about `envelope` may be: as asked for a trusted source; for
 /// an untrusted one never to an IP literal (any address the client picks,
-/// internal ones included), else the headers only and only to a domain
-/// that resolves.
+/// internal ones included), else the headers only and only to a sender
+/// that passed SPF and whose domain resolves.
 pub fn dsn_rule(envelope: &Envelope) -> DsnRule {
     if envelope.trusted {
         return DsnRule::AsAsked {
@@ -188,7 +191,8 @@ pub fn dsn_rule(envelope: &Envelope) -> DsnRule {
         Some(s) if s.domain.starts_with('[') => {
             DsnRule::Never("an IP-literal sender from an untrusted source")
         }
-        Some(s) => DsnRule::IfDomainResolves {
+        Some(s) => DsnRule::IfSenderVerified {
+            sender: s.to_string(),
             domain: s.domain.clone(),
         },
     }
@@ -471,7 +475,10 @@ mod tests {
     /// resolves, never to an IP literal.
     #[test]
     fn dsn_rule_table() {
-        let resolves = |d: &str| DsnRule::IfDomainResolves { domain: d.into() };
+        let resolves = |d: &str| DsnRule::IfSenderVerified {
+            sender: format!("s@{d}"),
+            domain: d.into(),
+        };
         // (trusted, RET=FULL, sender, rule)
         let cases = [
             (

@@ -211,10 +211,14 @@ async fn open_queue(cfg: &Config, metrics: &Metrics, inflight: &Inflight) -> any
         path: cfg.queue.path.clone(),
         cache_bytes: cfg.queue.cache_size.0,
     };
-    let (queue, recovery) = tokio::task::spawn_blocking(move || Queue::open(&qopts))
-        .await
-        .context("queue open task")?
-        .with_context(|| format!("cannot open the queue at {}", cfg.queue.path.display()))?;
+    let tracking = cfg.tracking.file(&cfg.queue.path);
+    let (queue, recovery) = tokio::task::spawn_blocking(move || {
+        crate::gateway::private::tighten(&qopts.path, &tracking);
+        Queue::open(&qopts)
+    })
+    .await
+    .context("queue open task")?
+    .with_context(|| format!("cannot open the queue at {}", cfg.queue.path.display()))?;
     if let Some(n) = crate::run::handoff::restarts_from_env() {
         metrics.process.gateway_restarts.inc_by(n);
     }

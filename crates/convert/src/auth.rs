@@ -367,6 +367,32 @@ fn names_us(field: &[u8], authserv_id: &str) -> bool {
     id.eq_ignore_ascii_case(authserv_id)
 }
 
+/// True when `message` carries our own Authentication-Results (authserv-id
+/// `authserv_id`; intake removed any a client forged) saying SPF passed
+/// for MAIL FROM `sender`: the client was a host the sender's domain
+/// names as its own. A DSN to an untrusted sender goes only then (no
+/// reflection to a forged sender).
+pub fn spf_passed(message: &[u8], authserv_id: &str, sender: &str) -> bool {
+    let msg = Message::parse(message);
+    let passed = msg
+        .headers()
+        .filter(|f| f.name().eq_ignore_ascii_case("Authentication-Results"))
+        .filter(|f| names_us(f.raw(), authserv_id))
+        .any(|f| {
+            let text = String::from_utf8_lossy(f.raw());
+            let value = text.split_once(':').map(|(_, v)| v).unwrap_or("");
+            without_comments(value).split(';').any(|clause| {
+                let mut words = clause.split_whitespace();
+                words.next() == Some("spf=pass")
+                    && words.any(|w| {
+                        w.strip_prefix("smtp.mailfrom=")
+                            .is_some_and(|m| m.trim_matches('"').eq_ignore_ascii_case(sender))
+                    })
+            })
+        });
+    passed
+}
+
 /// `text` with parenthesised comments (nesting and `\` escapes included)
 /// removed.
 fn without_comments(text: &str) -> String {
@@ -495,5 +521,50 @@ mod tests {
             out,
             "Authentication-Results: other.test; spf=fail\r\nSubject: x\r\n\r\nb\r\n"
         );
+    }
+
+    #[test]
+    fn spf_pass_is_read_from_our_own_results_only() {
+        let ours = "Authentication-Results: gw.example.test;\r\n\tdkim=none;\r\n\tspf=pass (gw.example.test: domain of s@sender.test designates 127.0.0.5 as permitted sender) smtp.mailfrom=s@sender.test;\r\n\tdmarc=none\r\n";
+        let msg =
+            |h: &str| format!("{h}Subject: x\r\n\r\nspf=pass smtp.mailfrom=s@sender.test\r\n");
+        let cases = [
+            (msg(ours), "s@sender.test", true, "our pass"),
+            (msg(ours), "S@Sender.Test", true, "any case"),
+            (msg(ours), "other@sender.test", false, "another sender"),
+            (
+                msg(&ours.replace("spf=pass", "spf=softfail")),
+                "s@sender.test",
+                false,
+                "softfail",
+            ),
+            (
+                msg(&ours.replace("gw.example.test;", "other.test;")),
+                "s@sender.test",
+                false,
+                "not ours",
+            ),
+            (
+                msg(
+                    "Authentication-Results: gw.example.test; spf=pass smtp.helo=s@sender.test\r\n",
+                ),
+                "s@sender.test",
+                false,
+                "HELO only",
+            ),
+            (
+                msg(""),
+                "s@sender.test",
+                false,
+                "none (the body does not count)",
+            ),
+        ];
+        for (m, sender, want, why) in cases {
+            assert_eq!(
+                spf_passed(m.as_bytes(), "gw.example.test", sender),
+                want,
+                "{why}"
+            );
+        }
     }
 }

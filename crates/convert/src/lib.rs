@@ -32,7 +32,7 @@ mod message;
 mod outbound;
 pub mod tnef;
 
-pub use auth::{authenticate, Inbound, InboundPolicy, QuarantineAction, Session};
+pub use auth::{authenticate, spf_passed, Inbound, InboundPolicy, QuarantineAction, Session};
 pub use authenticator::{Authenticator, DkimCheck, DnsSettings, ResolverError};
 pub use content::{inspect, ContentError, ContentLimits, ContentReport};
 pub use dkim::{DkimError, DkimKey};

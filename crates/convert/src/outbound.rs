@@ -15,6 +15,7 @@
 use crate::dkim::{key_for, DkimKey};
 use crate::tnef::{self, TnefError, TnefMode};
 use crate::{ContentError, ContentLimits, Message};
+use postern_core::hops::{self, HOPS_FIELD};
 use std::collections::HashMap;
 
 /// Outbound policy, built once from configuration.
@@ -103,19 +104,29 @@ pub fn convert_outbound(
 }
 
 /// The message with header hygiene and rewriting applied and missing
-/// headers added.
+/// headers added. Hops that hygiene removes (internal Received fields) are
+/// not forgotten: their number, plus any carried before, goes on in one
+/// [`HOPS_FIELD`], so a loop through an internal relay still reaches the
+/// hop limit ([`postern_core::hops`]).
 fn rebuild(msg: &Message<'_>, p: &OutboundPolicy, now_ms: u64, token: &str) -> Vec<u8> {
     let mut fields: Vec<Vec<u8>> = Vec::new();
     let mut seen_received = false;
     let (mut has_date, mut has_msgid) = (false, false);
+    let (mut removed, mut carried) = (0usize, None::<usize>);
     for f in msg.headers() {
         let name = f.name().to_ascii_lowercase();
         if name == "received" {
             // The first Received is ours (the listener put it on top).
             if seen_received && p.strip_internal_received {
+                removed += 1;
                 continue;
             }
             seen_received = true;
+        }
+        if name.eq_ignore_ascii_case(HOPS_FIELD) {
+            let value = f.raw().splitn(2, |b| *b == b':').nth(1).unwrap_or(b"");
+            carried = Some(carried.unwrap_or(0).max(hops::parse_carried(value)));
+            continue;
         }
         if p.strip_headers
             .iter()
@@ -130,6 +141,12 @@ fn rebuild(msg: &Message<'_>, p: &OutboundPolicy, now_ms: u64, token: &str) -> V
         } else {
             fields.push(f.raw().to_vec());
         }
+    }
+    if removed > 0 || carried.is_some() {
+        let total = (removed + carried.unwrap_or(0)).min(hops::MAX_CARRIED);
+        // After ours: the top Received stays the first field.
+        let at = usize::from(seen_received).min(fields.len());
+        fields.insert(at, format!("{HOPS_FIELD}: {total}\r\n").into_bytes());
     }
     add_missing(&mut fields, has_date, has_msgid, p, now_ms, token);
     let mut rebuilt: Vec<u8> = fields.concat();
@@ -254,6 +271,25 @@ mod tests {
         assert!(s.contains("Message-ID: <tok@gw.example.test>\r\n"));
         assert!(s.ends_with("\r\n\r\nbody\r\n"));
         assert!(out.signed_by.is_none());
+    }
+
+    // Finding "mail loop" through an internal relay: hygiene removed every
+    // Received but ours, so the hop count never grew. Before: no count
+    // carried; after: the removed fields plus the carried count, one field,
+    // right after our Received.
+    #[test]
+    fn removed_hops_are_carried_on() {
+        let msg = b"Received: ours\r\nReceived: relay1\r\nX-Postern-Hops: 5\r\nReceived: relay2\r\nx-postern-hops: 2\r\nFrom: a@x.test\r\n\r\nb\r\n";
+        let s = String::from_utf8(process(msg, &[], &policy(), 0, "t").unwrap().body).unwrap();
+        assert!(
+            s.starts_with("Received: ours\r\nX-Postern-Hops: 7\r\nFrom:"),
+            "{s}"
+        );
+        assert_eq!(postern_core::hops::count(s.as_bytes()), 8, "{s}");
+        // Nothing removed and nothing carried: no field.
+        let plain = b"Received: ours\r\nFrom: a@x.test\r\n\r\nb\r\n";
+        let s = String::from_utf8(process(plain, &[], &policy(), 0, "t").unwrap().body).unwrap();
+        assert!(!s.contains("X-Postern-Hops"), "{s}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! envelope a message travels with ([`envelope`]), the typed outcome of a
 //! delivery attempt per recipient ([`outcome`]), relay policy ([`relay`]),
 //! human units for durations and sizes ([`units`]), base64 ([`base64`]) and
-//! the date formats of mail headers and logs ([`date`]). The configuration
+//! the date formats of mail headers and logs ([`date`]), and hop counting
+//! for loop detection ([`hops`]). The configuration
 //! schema is not here: it lives with the binary that reads it (and the
 //! delivery crate owns its own sections). This crate does no I/O and depends on no other Postern
 //! crate. Every fallible parse returns a typed error ([`AddressError`],
@@ -18,6 +19,7 @@ pub mod address;
 pub mod base64;
 pub mod date;
 pub mod envelope;
+pub mod hops;
 pub mod id;
 pub mod outcome;
 pub mod relay;

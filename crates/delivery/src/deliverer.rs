@@ -250,6 +250,12 @@ impl<R: Resolver> Deliverer<R> {
             for addr in &hop.addrs {
                 let mut conn = match self.checkout(&hop.name, *addr).await {
                     Ok(c) => c,
+                    // Only a loop (the hop is us) is permanent at connect:
+                    // no other host is tried.
+                    Err(r) if r.code >= 500 => {
+                        tracing::warn!(%domain, host = %hop.name, %addr, "{}", r.text);
+                        return for_all(r, msg.recipients.len());
+                    }
                     Err(r) => {
                         last = r;
                         continue;
@@ -383,6 +389,7 @@ mod tests {
         let myself = Myself {
             listen: vec![ours_addr],
             hostname: "gw.test".into(),
+            proxy: Vec::new(),
         };
         let downgrade: Arc<Downgrade> = Arc::new(|_: &[u8]| -> Result<Vec<u8>, DowngradeError> {
             Err(DowngradeError::new("not in this test"))

@@ -11,7 +11,14 @@
 //! 5.4.6 for its recipients. A hop is us when one of its addresses reaches
 //! one of our listening sockets ([`is_listen_addr`]: same port, and the same
 //! IP, or a wildcard listen IP and an address of this machine) or, for an MX
-//! target, its name is our host name.
+//! target, its name is our host name, or its IP is one of our
+//! [`Myself::proxy`] addresses (we receive mail there through a proxy or
+//! NAT, on whatever port: Postfix's proxy_interfaces).
+//!
+//! Port redirection or NAT hairpinning that nobody configured is caught
+//! after connecting: a next hop whose EHLO reply names it as our own host
+//! name is us ([`greeted_as_me`], Postfix's "replied to HELO/EHLO with my
+//! own hostname"), and its recipients fail with 5.4.6 as well.
 //!
 //! The decision is pure, with "is this address on this machine?" passed in;
 //! [`is_local`] answers it in production by asking the kernel's routing.
@@ -32,6 +39,10 @@ pub struct Myself {
     /// Our host name (`server.hostname`), also what we say in EHLO: an MX
     /// target of that name is us, whatever its addresses.
     pub hostname: String,
+    /// Addresses we receive mail on by way of a proxy, a load balancer or
+    /// NAT (`server.proxy_addresses`): a next hop at one of them is us,
+    /// whatever the port.
+    pub proxy: Vec<IpAddr>,
 }
 
 impl Myself {
@@ -39,10 +50,10 @@ impl Myself {
     /// that reaches one of our listening sockets.
     fn is_me(&self, hop: &Hop, is_local: &dyn Fn(IpAddr) -> bool) -> bool {
         (hop.mx && same_host(&hop.name, &self.hostname))
-            || hop
-                .addrs
-                .iter()
-                .any(|a| is_listen_addr(*a, &self.listen, is_local))
+            || hop.addrs.iter().any(|a| {
+                is_listen_addr(*a, &self.listen, is_local)
+                    || self.proxy.contains(&a.ip().to_canonical())
+            })
     }
 }
 
@@ -69,6 +80,30 @@ pub(crate) fn loop_reason(domain: &str) -> Reason {
         "5.4.6",
         format!("mail for {domain} loops back to myself"),
     )
+}
+
+/// True when a next hop's EHLO reply (its first line, without the code)
+/// names the host as `hostname`: we are talking to ourselves.
+pub(crate) fn greeted_as_me(first_line: &str, hostname: &str) -> bool {
+    first_line
+        .split_whitespace()
+        .next()
+        .is_some_and(|name| same_host(name, hostname))
+}
+
+/// The permanent failure of every recipient when the next hop `host`
+/// answered EHLO with our own host name (RFC 3463 5.4.6).
+pub(crate) fn greeted_reason(host: &str, hostname: &str) -> Reason {
+    Reason {
+        remote: Some(host.to_string()),
+        ..Reason::local(
+            554,
+            "5.4.6",
+            format!(
+                "mail loops back to myself: {host} replied to EHLO with my own hostname {hostname}"
+            ),
+        )
+    }
 }
 
 /// True when a connection to `addr` would reach one of the sockets
@@ -162,6 +197,7 @@ mod tests {
         Myself {
             listen: vec![sa("127.0.0.1:2525"), sa("0.0.0.0:25"), sa("[::]:587")],
             hostname: "gw.example.test".into(),
+            proxy: vec![ip("203.0.113.25")],
         }
     }
 
@@ -283,6 +319,29 @@ mod tests {
                 vec![hop("192.0.2.7", &["192.0.2.7:25"], 0, false)],
                 None,
             ),
+            (
+                "an MX at our address behind NAT, on any port",
+                vec![us(5), ext(10)]
+                    .into_iter()
+                    .map(|mut h| {
+                        if h.rank == 5 {
+                            h.addrs = vec![sa("203.0.113.25:25")];
+                        }
+                        h
+                    })
+                    .collect(),
+                None,
+            ),
+            (
+                "a route to our NAT address on another port",
+                vec![hop(
+                    "203.0.113.25",
+                    &["[::ffff:203.0.113.25]:2525"],
+                    0,
+                    false,
+                )],
+                None,
+            ),
         ];
         for (name, hops, want) in cases {
             assert_eq!(before_myself(hops, &me(), &local), want, "{name}");
@@ -297,6 +356,21 @@ mod tests {
             before_myself(unnamed.clone(), &nameless, &local),
             Some(unnamed)
         );
+    }
+
+    #[test]
+    fn a_next_hop_greeting_with_our_name_is_us() {
+        assert!(greeted_as_me(
+            "gw.example.test Postern ESMTP",
+            "gw.example.test"
+        ));
+        assert!(greeted_as_me("GW.example.test.", "gw.example.test"));
+        assert!(!greeted_as_me("sink.test ESMTP", "gw.example.test"));
+        assert!(!greeted_as_me("", "gw.example.test"));
+        assert!(!greeted_as_me("gw.example.test", ""), "nameless: nobody");
+        let r = greeted_reason("mx.other.test", "gw.example.test");
+        assert_eq!((r.code, r.status.as_str()), (554, "5.4.6"));
+        assert_eq!(r.remote.as_deref(), Some("mx.other.test"));
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //!
 //! Failure modes: `Err(Reason)` (temporary) when the connection failed,
 //! timed out or sent an over-long reply before an answer that counts; the
-//! caller tries the next address.
+//! caller tries the next address. The one permanent `Err` is a next hop
+//! that answers EHLO with our own host name: a loop (5.4.6).
 
 mod bounded;
 mod plan;
@@ -30,6 +31,7 @@ pub(crate) use plan::{
     Message,
 };
 
+use crate::myself::{greeted_as_me, greeted_reason};
 use bounded::{Bounded, ReplyBudget};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
@@ -260,7 +262,9 @@ async fn upgrade(
     )
 }
 
-/// Sends our own EHLO and parses the extensions offered.
+/// Sends our own EHLO and parses the extensions offered. A next hop that
+/// replies with our own host name is us (NAT, port redirection): a
+/// permanent 5.4.6 loop.
 async fn ehlo(
     inner: &mut AsyncSmtpConnection,
     budget: &ReplyBudget,
@@ -271,6 +275,9 @@ async fn ehlo(
     let line = format!("EHLO {helo}");
     budget.expect(1);
     match tokio::time::timeout(timeout, inner.command(Raw(&line))).await {
+        Ok(Ok(r)) if r.first_line().is_some_and(|l| greeted_as_me(l, helo)) => {
+            Err(greeted_reason(host, helo))
+        }
         Ok(Ok(r)) => Ok(Extensions::parse(r.message())),
         Ok(Err(_)) if budget.is_over() => Err(reply::over_long(host)),
         Ok(Err(e)) => Err(reply::ehlo_refused(reason_of(&e, host))),
