@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{closed_port, memory, route, wait_until, Gateway, RawClient, Sink, RELAY};
+use common::{
+    closed_port, memory, route, wait_until, DnsServer, Gateway, RawClient, Sink, Zone, RELAY,
+};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -434,5 +436,59 @@ async fn a_next_hop_at_a_proxy_address_is_a_loop() {
         dsn.contains("mail for example.test loops back to myself"),
         "{dsn}"
     );
+    never_restarted(&gw);
+}
+
+/// Finding "mail loop", through DNS and address literals: nothing detected
+/// delivery to ourselves. Before: mail for a domain whose MX is our own
+/// address, and mail to `user@[127.0.0.1]`, were delivered to ourselves,
+/// round after round. After: both fail with 5.4.6 at the first attempt and
+/// the sender gets one bounce each.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mx_or_address_literal_that_is_us_bounces_with_5_4_6() {
+    let senders = Sink::start("127.0.0.1:0").await;
+    let dns = DnsServer::start(
+        Zone::new()
+            .mx("loop.test", 10, "mx.loop.test")
+            .a("mx.loop.test", "127.0.0.1"),
+    )
+    .await;
+    let port = closed_port();
+    let extra = format!(
+        "{RELAY}[delivery]\nport = {port}\nstarttls = false\nnameservers = [\"{}\"]\n{}",
+        dns.addr,
+        route("sender.test", senders.addr),
+    );
+    let gw = Gateway::start_full(
+        "",
+        "",
+        &extra,
+        &[("POSTERN__SERVER__LISTEN", format!("[\"127.0.0.1:{port}\"]"))],
+    );
+    let mut c = RawClient::connect(gw.smtp).await;
+    c.cmd("EHLO client.test").await;
+    for rcpt in ["<user@loop.test>", "<user@[127.0.0.1]>"] {
+        let r = c
+            .transaction(
+                "<s@sender.test>",
+                &[rcpt],
+                b"Subject: via DNS\r\n\r\nloop\r\n.\r\n",
+            )
+            .await;
+        assert!(r.starts_with("250"), "{rcpt}: {r}");
+    }
+    wait_until(T, "two 5.4.6 bounces", || senders.count() >= 2).await;
+    let dsns: Vec<String> = senders.all().into_iter().map(|m| m.data).collect();
+    for domain in ["loop.test", "[127.0.0.1]"] {
+        let text = format!("mail for {domain} loops back to myself");
+        assert!(dsns.iter().any(|d| d.contains(&text)), "{text}: {dsns:#?}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let received = metric(&gw, "postern_messages_received_total");
+    assert!(
+        received.is_some_and(|n| n <= 4),
+        "the gateway received {received:?} messages"
+    );
+    assert_eq!(senders.count(), 2, "one bounce per message");
     never_restarted(&gw);
 }

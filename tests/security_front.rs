@@ -131,6 +131,53 @@ async fn the_data_budget_is_shared_and_released_after_the_answer() {
     .await;
 }
 
+// Finding "A DATA flood", by one client: with one budget for everyone, one
+// client's sessions could hold all of it and every other sender got 452.
+// Before: 127.0.0.6's message was refused while 127.0.0.5 held the budget;
+// after: an untrusted client holds at most a quarter of it (64 KiB of
+// 256 KiB here), so its second message is refused and another client's
+// is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_client_holds_at_most_its_share_of_the_data_budget() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = routed(&sink, "max_data_in_memory = \"256KiB\"");
+    let untrusted = |src: &'static str| RawClient::connect_from(gw.smtp, Some(src));
+    // 127.0.0.5 holds 40 KB of an unfinished message...
+    let mut a = untrusted("127.0.0.5").await;
+    a.cmd("EHLO a.test").await;
+    a.begin_data(FROM, TO).await;
+    let first = large_message("share-first", 40_000);
+    let (held, end) = first.split_at(first.len() - 3);
+    a.send(held).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ...so its second 40 KB pass its 64 KiB share (retried while the
+    // gateway may not have read all of a's octets yet)...
+    let mut b = untrusted("127.0.0.5").await;
+    b.cmd("EHLO b.test").await;
+    let second = large_message("share-second", 40_000);
+    let mut refused = false;
+    for _ in 0..50 {
+        let r = b.transaction(FROM, TO, &second).await;
+        if r.starts_with("452 4.3.1") {
+            refused = true;
+            break;
+        }
+        assert!(r.starts_with("250"), "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "one client held more than its share");
+    // ...while another client's 40 KB are stored.
+    let mut c = untrusted("127.0.0.6").await;
+    c.cmd("EHLO c.test").await;
+    let r = c
+        .transaction(FROM, TO, &large_message("share-other", 40_000))
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    a.send(end).await;
+    let r = a.reply().await;
+    assert!(r.starts_with("250"), "{r}");
+}
+
 // Findings "Reflection and SSRF" and "Mail loop from one message": an
 // untrusted client chose an IP-literal sender, and the DSN went to that
 // address (an internal host, or the gateway itself). Before: 250 at MAIL;
@@ -399,4 +446,41 @@ async fn concurrent_password_checks_are_capped() {
     assert!(r.starts_with("235"), "{r}");
     let r = c.cmd("MAIL FROM:<alice@[127.0.0.1]>").await;
     assert!(r.starts_with("250"), "{r}");
+}
+
+/// The fastest of `n` AUTH PLAIN attempts with `line`, each in a new
+/// session from 127.0.0.1, and its reply.
+async fn fastest_auth(addr: SocketAddr, n: usize, line: &str) -> (Duration, String) {
+    let mut best = (Duration::MAX, String::new());
+    for _ in 0..n {
+        let mut c = TlsClient::start(addr, "127.0.0.1").await;
+        let start = std::time::Instant::now();
+        let r = c.cmd(&format!("AUTH PLAIN {line}")).await;
+        best = best.min((start.elapsed(), r));
+    }
+    best
+}
+
+// Finding "unknown users skip Argon2 (a timing oracle for user names)".
+// Before: a wrong password for alice cost an Argon2 run (tens of ms) and
+// one for an unknown user answered at once, so user names could be
+// probed. After: an unknown user costs one Argon2 run against a stand-in
+// hash, as long (within a factor of two) as a known user's.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_and_known_users_take_as_long_to_refuse() {
+    let (_dir, _sink, gw) = auth_gateway(1000, 4).await;
+    // `\0mallory\0wrong password`: no such user.
+    const UNKNOWN: &str = "AG1hbGxvcnkAd3JvbmcgcGFzc3dvcmQ=";
+    let (known, r) = fastest_auth(gw.smtp, 5, WRONG).await;
+    assert!(r.starts_with("535"), "{r}");
+    let (unknown, r) = fastest_auth(gw.smtp, 5, UNKNOWN).await;
+    assert!(r.starts_with("535"), "{r}");
+    assert!(
+        unknown * 2 >= known && known * 2 >= unknown,
+        "known user refused in {known:?}, unknown user in {unknown:?}"
+    );
+    assert!(
+        known >= Duration::from_millis(5),
+        "a refusal without a password check: {known:?}"
+    );
 }

@@ -17,9 +17,14 @@
 //! POST or DELETE with a form's content type 415 ([`refusal`]). The health
 //! endpoints stay open whatever the request, for probes.
 //!
-//! Bounded: at most `admin.max_connections` connections at once (one over
-//! the cap is closed at once), and a client has `admin.header_timeout` to
-//! send each request's headers.
+//! Bounded: at most `admin.max_connections` connections at once, and a
+//! client has `admin.header_timeout` to send each request's headers (an
+//! idle keep-alive connection too). Clients that hold every slot must not
+//! make the health probes fail (an orchestrator would restart a healthy
+//! gateway): past the cap, [`PROBE_RESERVE`] more connections are served
+//! the health endpoints only, one request each with [`PROBE_HEADER_TIMEOUT`]
+//! to send it (anything else: 503). Past that too, a connection is closed
+//! at once.
 
 use crate::config::AdminAccess;
 use crate::ops::metrics::Metrics;
@@ -36,6 +41,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+
+/// Connections past `admin.max_connections` still served, for the health
+/// endpoints only.
+pub const PROBE_RESERVE: usize = 8;
+
+/// How long a connection of the probe reserve has to send its request.
+pub const PROBE_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the handlers can see.
 pub struct AdminState {
@@ -191,16 +203,25 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 /// Refuses, authenticates, then routes one request.
+/// On a connection of the probe reserve (`probe_only`) only the health
+/// endpoints are served.
 async fn handle(
     req: Request<hyper::body::Incoming>,
     st: Arc<AdminState>,
     hosts: Arc<Vec<String>>,
+    probe_only: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (method, path) = (
         req.method().as_str().to_string(),
         req.uri().path().to_string(),
     );
     let open = matches!(path.as_str(), "/healthz" | "/readyz");
+    if probe_only && !open {
+        return Ok(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "admin.max_connections reached: only /healthz and /readyz are served\n".into(),
+        ));
+    }
     if !open {
         if let Some((status, why)) = refusal(&req, &hosts, !st.token.configured) {
             let body = serde_json::json!({ "error": why }).to_string();
@@ -261,9 +282,11 @@ pub async fn serve(
             Vec::new()
         }
     });
-    // One permit per open connection (`admin.max_connections`).
+    // One permit per open connection (`admin.max_connections`), then the
+    // probe reserve.
     let cap = st.token.max_connections.min(Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(cap));
+    let reserve = Arc::new(Semaphore::new(PROBE_RESERVE));
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -276,20 +299,32 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("admin.max_connections reached: connection closed");
-            drop(stream);
-            continue;
+        let (permit, probe_only) = match slots.clone().try_acquire_owned() {
+            Ok(p) => (p, false),
+            Err(_) => {
+                match reserve.clone().try_acquire_owned() {
+                    Ok(p) => (p, true),
+                    Err(_) => {
+                        tracing::debug!("admin.max_connections and the probe reserve reached: connection closed");
+                        drop(stream);
+                        continue;
+                    }
+                }
+            }
         };
         let (st, hosts) = (st.clone(), hosts.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let timeout = st.token.header_timeout;
-            let svc = service_fn(move |req| handle(req, st.clone(), hosts.clone()));
+            let timeout = match probe_only {
+                true => PROBE_HEADER_TIMEOUT.min(st.token.header_timeout),
+                false => st.token.header_timeout,
+            };
+            let svc = service_fn(move |req| handle(req, st.clone(), hosts.clone(), probe_only));
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(timeout);
+                .header_read_timeout(timeout)
+                .keep_alive(!probe_only);
             if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
                 tracing::debug!(error = %e, "admin connection ended");
             }

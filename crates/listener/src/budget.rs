@@ -10,11 +10,21 @@
 //! Reservations are released when dropped (the message was answered, the
 //! transaction abandoned, the session ended in any way, panics included).
 //!
+//! One client must not take the whole budget and leave every other sender
+//! with 452: an untrusted client (IPv6 by /64) may hold at most
+//! [`CLIENT_SHARE`] of it (`1/4`); trusted clients and authenticated
+//! sessions are held to the total only.
+//!
 //! The budget counts octets stored, not allocator capacity: a growing
 //! buffer may briefly hold up to twice what it has reserved.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// The part of the limit one untrusted client may hold: `limit / CLIENT_SHARE`.
+pub const CLIENT_SHARE: u64 = 4;
 
 /// Octets of message data held in memory by every session of the process.
 #[derive(Debug, Default)]
@@ -22,6 +32,9 @@ pub struct DataBudget {
     /// Octets reserved by the live [`Reservation`]s; an atomic because
     /// sessions on every runtime thread reserve and release concurrently.
     used: AtomicU64,
+    /// Octets held per untrusted client key (IPv6 by /64); entries at 0 are
+    /// removed.
+    clients: Mutex<HashMap<IpAddr, u64>>,
 }
 
 impl DataBudget {
@@ -42,6 +55,38 @@ impl DataBudget {
                 used.checked_add(n).filter(|t| limit == 0 || *t <= limit)
             })
             .is_ok()
+    }
+
+    /// Adds `n` octets to `client`'s share unless it would pass `share`.
+    fn take_share(&self, client: IpAddr, n: u64, share: u64) -> bool {
+        let Ok(mut clients) = self.clients.lock() else {
+            return false;
+        };
+        let held = clients.entry(client).or_insert(0);
+        match held.checked_add(n).filter(|t| *t <= share) {
+            Some(total) => {
+                *held = total;
+                true
+            }
+            None => {
+                if *held == 0 {
+                    clients.remove(&client);
+                }
+                false
+            }
+        }
+    }
+
+    /// Gives back `n` octets of `client`'s share.
+    fn give_share(&self, client: IpAddr, n: u64) {
+        if let Ok(mut clients) = self.clients.lock() {
+            if let Some(held) = clients.get_mut(&client) {
+                *held = held.saturating_sub(n);
+                if *held == 0 {
+                    clients.remove(&client);
+                }
+            }
+        }
     }
 
     /// Gives back `n` octets taken before.
@@ -67,6 +112,8 @@ pub struct Reservation {
     limit: u64,
     /// Octets this reservation holds now.
     held: u64,
+    /// The untrusted client's key whose share this counts against, if any.
+    client: Option<IpAddr>,
 }
 
 impl Reservation {
@@ -77,6 +124,18 @@ impl Reservation {
             budget: budget.clone(),
             limit,
             held: 0,
+            client: None,
+        }
+    }
+
+    /// A reservation of an untrusted client (its key: IPv6 by /64), held
+    /// to its share of `limit` as well (no share when `limit` is 0).
+    pub fn for_client(budget: &Arc<DataBudget>, limit: u64, client: IpAddr) -> Reservation {
+        Reservation {
+            budget: budget.clone(),
+            limit,
+            held: 0,
+            client: (limit > 0).then_some(client),
         }
     }
 
@@ -90,13 +149,23 @@ impl Reservation {
         if !self.budget.take(n, self.limit) {
             return false;
         }
+        if let Some(client) = self.client {
+            if !self.budget.take_share(client, n, self.limit / CLIENT_SHARE) {
+                self.budget.give(n);
+                return false;
+            }
+        }
         self.held += n;
         true
     }
 
     /// Gives back everything held; the reservation may grow again.
     pub fn release(&mut self) {
-        self.budget.give(std::mem::take(&mut self.held));
+        let held = std::mem::take(&mut self.held);
+        self.budget.give(held);
+        if let Some(client) = self.client {
+            self.budget.give_share(client, held);
+        }
     }
 
     /// A reservation against a budget of its own with no limit, for tests of
@@ -133,6 +202,32 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(budget.in_use(), 0, "dropping releases everything");
+    }
+
+    // Finding "DATA flood", one client's share: before, one client's
+    // sessions could hold the whole budget and every other sender got 452.
+    #[test]
+    fn an_untrusted_client_holds_at_most_its_share() {
+        let budget = DataBudget::new();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut a = Reservation::for_client(&budget, 400, ip("192.0.2.1"));
+        let mut b = Reservation::for_client(&budget, 400, ip("192.0.2.1"));
+        assert!(a.grow(60));
+        assert!(b.grow(40), "the share (100) across the client's sessions");
+        assert!(!b.grow(1), "past the share");
+        assert_eq!(budget.in_use(), 100, "a refused share takes nothing");
+        let mut other = Reservation::for_client(&budget, 400, ip("192.0.2.2"));
+        assert!(other.grow(100), "another client has its own share");
+        let mut trusted = Reservation::new(&budget, 400);
+        assert!(trusted.grow(200), "a trusted one only the total");
+        assert!(!trusted.grow(1), "the total");
+        drop(a);
+        assert!(b.grow(60), "a share frees with its sessions");
+        drop((b, other, trusted));
+        assert_eq!(budget.in_use(), 0);
+        assert!(budget.clients.lock().unwrap().is_empty(), "no entry left");
+        let mut unlimited = Reservation::for_client(&budget, 0, ip("192.0.2.1"));
+        assert!(unlimited.grow(1 << 20), "no limit, no share");
     }
 
     #[test]

@@ -574,8 +574,14 @@ impl Session {
 
     /// An empty reservation against the process's data budget, for the
     /// body of a message about to be received.
+    /// A reservation against the data budget: an untrusted client's is
+    /// also held to its share (keyed as the per-IP limits are).
     fn reservation(&self) -> Reservation {
-        Reservation::new(&self.cfg.data_budget, self.cfg.max_data_in_memory)
+        let (budget, limit) = (&self.cfg.data_budget, self.cfg.max_data_in_memory);
+        match self.trusted_client() {
+            true => Reservation::new(budget, limit),
+            false => Reservation::for_client(budget, limit, crate::limits::client_key(self.peer)),
+        }
     }
 
     fn bdat(&mut self, size: u64, last: bool) -> Action {
