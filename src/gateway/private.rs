@@ -7,7 +7,9 @@
 //! not followed, and nothing outside the queue directory and the tracking
 //! log (with its rotated copies) is touched.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(unix)]
+use std::path::PathBuf;
 
 /// Removes group and other permissions from everything under `queue_dir`
 /// and from `tracking` and its rotated copies (`<file>.1`, …); returns
