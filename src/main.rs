@@ -182,16 +182,19 @@ fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
     block_on(async move {
         // Handlers first: from here on SIGHUP is a reload request, never
         // the default action (which would end the process).
-        let signals = run::signals::Signals::new();
+        let mut signals = run::signals::Signals::new();
+        // Windows, under the supervisor: its requests come on stdin.
+        if let Some(rx) = run::handoff::control_channel() {
+            signals = signals.with_channel(rx);
+        }
         let loaded = config::load(path.as_deref())
             .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))?;
-        init_logging(&loaded.config.log, None);
-        #[cfg(unix)]
+        // A gateway under a supervisor that logs to a file writes there too.
+        let log_dir = std::env::var_os(run::handoff::LOG_DIR_ENV).map(PathBuf::from);
+        init_logging(&loaded.config.log, log_dir.as_deref());
         if supervised {
-            return run::supervise::run(loaded, signals).await;
+            return run::supervise::run(loaded, signals, None).await;
         }
-        #[cfg(not(unix))]
-        let _ = supervised;
         gateway::wiring::run_until(loaded, signals).await
     })
 }

@@ -122,11 +122,70 @@ fn limit_cpu(deadline: Duration) {
     }
 }
 
-// On Windows the nearest equivalent is a Job Object with a memory and CPU
-// limit, assigned by the parent; until that lands the wall-clock deadline
-// (enforced by the gateway) is the only limit there.
-#[cfg(not(unix))]
+/// Windows: the worker's own Job Object (inside the gateway's: jobs nest),
+/// holding its memory limit and its CPU-time limit, renewed per message.
+#[cfg(windows)]
+static JOB: std::sync::OnceLock<Option<postern_supervisor::job::Job>> = std::sync::OnceLock::new();
+
+/// Windows: `JOB_OBJECT_LIMIT_PROCESS_MEMORY` on a job of this process's
+/// own, as RLIMIT_AS on Unix (an allocation past it fails and the worker
+/// aborts: only its message is charged).
+#[cfg(windows)]
+fn limit_memory(bytes: u64) {
+    use postern_supervisor::job::{Job, JobLimits};
+    let limits = JobLimits {
+        kill_on_close: false,
+        process_memory: bytes,
+        process_time: None,
+    };
+    let job = match Job::new(&limits).and_then(|j| j.assign_current().map(|()| j)) {
+        Ok(j) => Some(j),
+        Err(e) => {
+            eprintln!("postern worker: cannot set memory limit (job object): {e}");
+            None
+        }
+    };
+    let _ = JOB.set(job);
+}
+
+/// Windows: the CPU time this worker may use before the next message ends,
+/// as RLIMIT_CPU on Unix (`JOB_OBJECT_LIMIT_PROCESS_TIME`: past it the
+/// system ends the worker).
+#[cfg(windows)]
+fn limit_cpu(deadline: Duration) {
+    use postern_supervisor::job::JobLimits;
+    let Some(Some(job)) = JOB.get() else {
+        return;
+    };
+    let Ok(mut limits) = job.limits() else {
+        return;
+    };
+    let used = process_cpu_time().unwrap_or_default();
+    limits.process_time =
+        Some(used + deadline.max(Duration::from_secs(1)) + Duration::from_secs(1));
+    let _ = job.set(&JobLimits { ..limits });
+}
+
+/// The user-mode CPU time this process has used.
+#[cfg(windows)]
+fn process_cpu_time() -> Option<Duration> {
+    use windows_sys::Win32::Foundation::FILETIME;
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessTimes};
+    let zero = FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut c, mut e, mut k, mut u) = (zero, zero, zero, zero);
+    // SAFETY: the pseudo-handle of this process; four out-structs.
+    if unsafe { GetProcessTimes(GetCurrentProcess(), &mut c, &mut e, &mut k, &mut u) } == 0 {
+        return None;
+    }
+    let ticks = (u64::from(u.dwHighDateTime) << 32) | u64::from(u.dwLowDateTime);
+    Some(Duration::from_nanos(ticks.saturating_mul(100)))
+}
+
+#[cfg(not(any(unix, windows)))]
 fn limit_memory(_bytes: u64) {}
 
-#[cfg(not(unix))]
+#[cfg(not(any(unix, windows)))]
 fn limit_cpu(_deadline: Duration) {}

@@ -239,11 +239,12 @@ pub async fn content(
             backoff: postern_supervisor::Backoff::default(),
             max_frame: cfg.server.max_message_size.0.saturating_mul(2) + 1024,
         },
-        Arc::new(move |_reason: &str| {
+        Arc::new(move |reason: &str| {
             m.process
                 .worker_restarts
                 .with_label_values(&["content"])
-                .inc()
+                .inc();
+            crate::run::eventlog::worker_crashed(reason);
         }),
     );
     pool.prestart()

@@ -172,6 +172,7 @@ impl Intake {
             Ok(()) => {
                 let _ = self.queue.clear_suspect(hash);
                 self.tracker.event("quarantined", &env, event);
+                crate::run::eventlog::quarantined(&id.to_string(), stage, &reason);
                 self.metrics.messages.accepted.inc();
                 self.metrics
                     .messages

@@ -227,6 +227,7 @@ impl Scheduler {
     fn quarantine(&self, rec: &Record, stage: &str, reason: &str) {
         let id = rec.envelope.id;
         tracing::error!(%id, stage, reason, "message quarantined");
+        crate::run::eventlog::quarantined(&id.to_string(), stage, reason);
         self.tracker.event(
             "quarantined",
             &self.tracker.subject(&rec.envelope),
@@ -282,6 +283,7 @@ impl Scheduler {
                     serde_json::json!({ "stage": stage, "reason": why, "crashes": r.crashes }),
                 );
                 tracing::error!(%id, stage, %why, crashes = r.crashes, "message quarantined");
+                crate::run::eventlog::quarantined(&id.to_string(), stage, why);
             }
             Ok(r) => {
                 self.tracker.event(

@@ -83,6 +83,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         submission = %smtp.bound[2].join(","),
         admin = %admin_addr,
         hostname = %cfg.server.hostname,
+        pid = std::process::id(),
         "postern ready"
     );
     let stop = Drain {

@@ -15,8 +15,18 @@
 //! `child::Inflight` parses them. Keys: `q:<queue id>` (read back),
 //! `d:<queue id>` (delivering), `r:<content hash>` (receiving).
 //!
-//! Failure modes: a malformed [`LISTEN_ENV`] is a start-up error naming
-//! what is wrong; the other variables fall back to "none".
+//! Windows has no descriptor inheritance to speak of: with [`CONTROL_ENV`]
+//! `=stdio` the gateway's stdin carries the supervisor's lines — first one
+//! [`socket_line`] `S <kind> <hex>` per listening socket (its
+//! `WSAPROTOCOL_INFOW`, from `WSADuplicateSocketW` for the gateway's
+//! process id; the gateway rebuilds it with `WSASocketW`), then [`GO_LINE`]
+//! `G`, then `HUP` (reload) and `TERM` (stop) — and its stdout carries the
+//! in-flight lines above. [`LOG_DIR_ENV`] names the directory of the log
+//! file when the supervisor logs to one (the Windows service), so the
+//! gateway writes to the same file.
+//!
+//! Failure modes: a malformed [`LISTEN_ENV`] or socket line is a start-up
+//! error naming what is wrong; the other variables fall back to "none".
 
 use crate::run::listen::Sockets;
 use std::time::Duration;
@@ -33,6 +43,57 @@ pub const RESTARTS_ENV: &str = "POSTERN_GATEWAY_RESTARTS";
 pub const SUSPECTS_ENV: &str = "POSTERN_SUSPECTS";
 /// How the last gateway died (signal, exit code, hang).
 pub const DEATH_ENV: &str = "POSTERN_LAST_DEATH";
+
+/// Windows: `stdio` when the gateway's stdin and stdout are its channels
+/// to the supervisor.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub const CONTROL_ENV: &str = "POSTERN_CONTROL";
+/// The directory whose `postern.log` the gateway appends to (the
+/// supervisor's own log, when it has one).
+pub const LOG_DIR_ENV: &str = "POSTERN_LOG_DIR";
+/// Windows: the line after the socket lines.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub const GO_LINE: &str = "G\n";
+
+/// Windows: the line handing over one listening socket of `kind`, as its
+/// protocol information `info` (hex).
+#[cfg_attr(not(windows), allow(dead_code))]
+pub fn socket_line(kind: &str, info: &[u8]) -> String {
+    let hex: String = info.iter().map(|b| format!("{b:02x}")).collect();
+    format!("S {kind} {hex}\n")
+}
+
+/// One line of the Windows hand-over: a socket (kind and protocol
+/// information), or `None` for [`GO_LINE`].
+#[cfg_attr(not(windows), allow(dead_code))]
+pub fn parse_socket_line(line: &str) -> anyhow::Result<Option<(&'static str, Vec<u8>)>> {
+    let line = line.trim_end();
+    if line == GO_LINE.trim_end() {
+        return Ok(None);
+    }
+    let mut words = line.split(' ');
+    let (Some("S"), Some(kind), Some(hex), None) =
+        (words.next(), words.next(), words.next(), words.next())
+    else {
+        anyhow::bail!("malformed hand-over line {line:?}");
+    };
+    let kind = match kind {
+        "smtp" => "smtp",
+        "smtps" => "smtps",
+        "submission" => "submission",
+        "admin" => "admin",
+        _ => anyhow::bail!("unknown listener kind {kind}"),
+    };
+    if hex.len() % 2 != 0 {
+        anyhow::bail!("malformed socket information for {kind}");
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| anyhow::anyhow!("malformed socket information for {kind}"))?;
+    Ok(Some((kind, bytes)))
+}
 
 /// The line that says the previous death's suspects are charged.
 pub const READY_LINE: &str = "R\n";
@@ -106,10 +167,179 @@ pub fn inherited_sockets() -> anyhow::Result<Option<Sockets>> {
     }))
 }
 
-/// Without a supervisor there is nothing to inherit.
-#[cfg(not(unix))]
+/// Windows: the listening sockets the supervisor handed over on stdin
+/// (when [`CONTROL_ENV`] says so); then the rest of stdin becomes the
+/// control channel ([`control_channel`]).
+#[cfg(windows)]
+pub fn inherited_sockets() -> anyhow::Result<Option<Sockets>> {
+    if std::env::var(CONTROL_ENV).as_deref() != Ok("stdio") {
+        return Ok(None);
+    }
+    let mut stdin = std::io::stdin().lock();
+    let (mut smtp, mut smtps, mut submission, mut admin) =
+        (Vec::new(), Vec::new(), Vec::new(), None);
+    loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stdin, &mut line)? == 0 {
+            anyhow::bail!("the supervisor closed the hand-over before its end");
+        }
+        let Some((kind, info)) = parse_socket_line(&line)? else {
+            break;
+        };
+        let l = winsock::listener_from(&info)?;
+        match kind {
+            "smtp" => smtp.push(l),
+            "smtps" => smtps.push(l),
+            "submission" => submission.push(l),
+            _ => admin = Some(l),
+        }
+    }
+    drop(stdin);
+    winsock::read_controls();
+    Ok(Some(Sockets {
+        smtp,
+        smtps,
+        submission,
+        admin: admin.ok_or_else(|| anyhow::anyhow!("no admin listener passed"))?,
+    }))
+}
+
+/// Where the Windows gateway's stdin lines go after the hand-over.
+#[cfg(windows)]
+static CONTROL_TX: std::sync::OnceLock<
+    tokio::sync::mpsc::UnboundedSender<crate::run::signals::Sig>,
+> = std::sync::OnceLock::new();
+
+/// Windows, under the supervisor: the requests (`HUP`, `TERM`) it will send
+/// on stdin, for [`crate::run::signals::Signals::with_channel`]. `None`
+/// elsewhere.
+pub fn control_channel() -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::run::signals::Sig>> {
+    #[cfg(windows)]
+    if std::env::var(CONTROL_ENV).as_deref() == Ok("stdio") {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = CONTROL_TX.set(tx);
+        return Some(rx);
+    }
+    None
+}
+
+#[cfg(not(any(unix, windows)))]
 pub fn inherited_sockets() -> anyhow::Result<Option<Sockets>> {
     Ok(None)
+}
+
+/// Windows sockets handed from one process to another.
+#[cfg(windows)]
+pub mod winsock {
+    use super::{socket_line, CONTROL_TX, GO_LINE};
+    use crate::run::listen::Sockets;
+    use crate::run::signals::Sig;
+    use postern_supervisor::child::{parse_control, Control};
+    use std::os::windows::io::{AsRawSocket, FromRawSocket, RawSocket};
+    use windows_sys::Win32::Networking::WinSock::{
+        WSADuplicateSocketW, WSASocketW, WSAStartup, FROM_PROTOCOL_INFO, INVALID_SOCKET, SOCKET,
+        WSADATA, WSAPROTOCOL_INFOW, WSA_FLAG_NO_HANDLE_INHERIT, WSA_FLAG_OVERLAPPED,
+    };
+
+    /// The hand-over for process `pid`: every socket of `s`, duplicated
+    /// for it, then [`GO_LINE`].
+    pub fn handover(s: &Sockets, pid: u32) -> std::io::Result<Vec<u8>> {
+        let mut out = String::new();
+        let kinds = [
+            ("smtp", &s.smtp),
+            ("smtps", &s.smtps),
+            ("submission", &s.submission),
+        ];
+        for (kind, list) in kinds {
+            for l in list.iter() {
+                out.push_str(&socket_line(kind, &duplicate(l.as_raw_socket(), pid)?));
+            }
+        }
+        out.push_str(&socket_line(
+            "admin",
+            &duplicate(s.admin.as_raw_socket(), pid)?,
+        ));
+        out.push_str(GO_LINE);
+        Ok(out.into_bytes())
+    }
+
+    /// The protocol information that lets process `pid` open `socket`.
+    fn duplicate(socket: RawSocket, pid: u32) -> std::io::Result<Vec<u8>> {
+        // SAFETY: a zeroed WSAPROTOCOL_INFOW is plain data, filled by the
+        // call for a socket we own.
+        let mut info: WSAPROTOCOL_INFOW = unsafe { std::mem::zeroed() };
+        if unsafe { WSADuplicateSocketW(socket as SOCKET, pid, &mut info) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: viewing a plain-data struct as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&info as *const WSAPROTOCOL_INFOW).cast::<u8>(),
+                std::mem::size_of::<WSAPROTOCOL_INFOW>(),
+            )
+        };
+        Ok(bytes.to_vec())
+    }
+
+    /// A listener from the protocol information the supervisor sent.
+    pub fn listener_from(info: &[u8]) -> anyhow::Result<std::net::TcpListener> {
+        anyhow::ensure!(
+            info.len() == std::mem::size_of::<WSAPROTOCOL_INFOW>(),
+            "socket information of {} bytes, not {}",
+            info.len(),
+            std::mem::size_of::<WSAPROTOCOL_INFOW>()
+        );
+        // SAFETY: WSAStartup may be called any number of times (counted);
+        // the struct is filled by it.
+        let mut data: WSADATA = unsafe { std::mem::zeroed() };
+        unsafe { WSAStartup(0x0202, &mut data) };
+        // SAFETY: the size was checked; a WSAPROTOCOL_INFOW is plain data
+        // and any byte pattern is a value of it.
+        let proto: WSAPROTOCOL_INFOW =
+            unsafe { std::ptr::read_unaligned(info.as_ptr().cast::<WSAPROTOCOL_INFOW>()) };
+        // SAFETY: the protocol information describes a socket duplicated
+        // for this process.
+        let s = unsafe {
+            WSASocketW(
+                FROM_PROTOCOL_INFO,
+                FROM_PROTOCOL_INFO,
+                FROM_PROTOCOL_INFO,
+                &proto,
+                0,
+                WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT,
+            )
+        };
+        if s == INVALID_SOCKET {
+            return Err(anyhow::anyhow!(
+                "WSASocketW: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: a fresh socket this process owns.
+        Ok(unsafe { std::net::TcpListener::from_raw_socket(s as RawSocket) })
+    }
+
+    /// Turns the rest of stdin into requests on the control channel; the
+    /// end of stdin (the supervisor is gone) is a stop.
+    pub fn read_controls() {
+        let Some(tx) = CONTROL_TX.get().cloned() else {
+            return;
+        };
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::stdin().lock()) {
+                let Ok(line) = line else { break };
+                let sig = match parse_control(&line) {
+                    Some(Control::Reload) => Sig::Reload,
+                    Some(Control::Stop) => Sig::Stop,
+                    None => continue,
+                };
+                if tx.send(sig).is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(Sig::Stop);
+        });
+    }
 }
 
 /// `(kind, fd)` pairs of a [`LISTEN_ENV`] value.
@@ -157,6 +387,27 @@ mod tests {
             parsed,
             vec![("smtp", 3), ("smtp", 4), ("submission", 7), ("admin", 5)]
         );
+    }
+
+    #[test]
+    fn socket_lines_round_trip() {
+        let line = socket_line("submission", &[0, 1, 0xfe, 0xff]);
+        assert_eq!(line, "S submission 0001feff\n");
+        assert_eq!(
+            parse_socket_line(&line).unwrap(),
+            Some(("submission", vec![0, 1, 0xfe, 0xff]))
+        );
+        assert_eq!(parse_socket_line(GO_LINE).unwrap(), None);
+        for bad in [
+            "S pop3 00",
+            "S smtp 0",
+            "S smtp zz",
+            "X smtp 00",
+            "S smtp 00 extra",
+            "",
+        ] {
+            assert!(parse_socket_line(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -35,7 +35,6 @@ impl Signals {
     }
 
     /// Also takes requests sent on `rx`.
-    #[cfg_attr(not(windows), allow(dead_code))]
     pub fn with_channel(mut self, rx: tokio::sync::mpsc::UnboundedReceiver<Sig>) -> Signals {
         self.external = Some(rx);
         self

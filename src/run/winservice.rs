@@ -4,12 +4,16 @@
 //! start, LocalSystem, the configuration file given, logging to a file) and
 //! sets its recovery actions to restart (5 s, 5 s, 30 s; the failure count
 //! resets after a day, and an exit with an error counts as a failure too).
-//! `run` is what the SCM starts: it reports Running, runs the gateway in
-//! this process (there is no process supervisor on Windows; the SCM's
-//! restart is the outer level) and turns Stop/Shutdown into a drain and
-//! ParamChange (`sc control postern paramchange`) into a reload. Relative
-//! paths in the configuration are taken from the configuration's directory.
+//! `run` is what the SCM starts: it reports Running and runs the supervisor
+//! in this process ([`crate::run::supervise`]: the gateway is a child
+//! process in a Job Object, restarted on any death while the service stays
+//! Running; the SCM's restart is for the supervisor itself), and turns
+//! Stop/Shutdown into a drain and ParamChange (`sc control postern
+//! paramchange`) into a reload. Relative paths in the configuration are
+//! taken from the configuration's directory. `install` also registers the
+//! event source ([`crate::run::eventlog`]); `uninstall` removes it.
 
+use crate::run::eventlog::Event;
 use crate::run::signals::{Sig, Signals};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -70,6 +74,9 @@ pub fn install(config: Option<PathBuf>) -> anyhow::Result<()> {
     if let Err(e) = service.set_failure_actions_on_non_crash_failures(true) {
         eprintln!("note: restart on non-crash failures not set: {e}");
     }
+    if let Err(e) = crate::run::eventlog::register(&std::env::current_exe()?) {
+        eprintln!("note: event source not registered: {e}");
+    }
     println!("service {NAME} installed; start it with `sc start {NAME}`");
     Ok(())
 }
@@ -85,6 +92,9 @@ pub fn uninstall() -> anyhow::Result<()> {
         service.stop()?;
     }
     service.delete()?;
+    if let Err(e) = crate::run::eventlog::unregister() {
+        eprintln!("note: event source not removed: {e}");
+    }
     println!("service {NAME} removed");
     Ok(())
 }
@@ -157,10 +167,19 @@ fn run_service() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let signals = Signals::new().with_channel(rx);
-            rt.block_on(crate::gateway::wiring::run_until(loaded, signals))
+            let log_dir = loaded.config.queue.path.clone();
+            crate::run::eventlog::report(Event::Started, "postern: the service started");
+            rt.block_on(crate::run::supervise::run(loaded, signals, Some(log_dir)))
         }
         Err(e) => Err(anyhow::anyhow!("{e}")),
     };
+    match &result {
+        Ok(()) => crate::run::eventlog::report(Event::Stopped, "postern: the service stopped"),
+        Err(e) => crate::run::eventlog::report(
+            Event::Failed,
+            &format!("postern: the service failed: {}", crate::error_text(e)),
+        ),
+    }
     // A failure is reported as one, so the recovery actions restart us.
     let code = if result.is_ok() { 0 } else { 1 };
     handle.set_service_status(status(ServiceState::Stopped, code))?;

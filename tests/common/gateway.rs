@@ -4,6 +4,12 @@
 //! in a temporary directory, fast retries) with the test's extra TOML, starts
 //! `postern run`, and reads its log until the "postern ready" line names the
 //! bound addresses. The log is kept for assertions. Dropping kills it.
+//!
+//! With `POSTERN_TEST_WINE_EXE` naming the Windows build (`postern.exe`,
+//! with the `bcryptprimitives.dll` stand-in beside it), every gateway is
+//! that build run under Wine (`POSTERN_TEST_WINE`, default
+//! `/usr/lib/wine/wine64`) instead of the native binary: the same tests
+//! then check the Windows supervisor (see README, "Windows").
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -100,7 +106,7 @@ impl Gateway {
     fn spawn_env(dir: Arc<tempfile::TempDir>, text: &str, env: &[(&str, String)]) -> Gateway {
         let config = dir.path().join("postern.toml");
         std::fs::write(&config, text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+        let mut child = postern_command()
             .process_group(0)
             .args(["run", "--config"])
             .arg(&config)
@@ -123,7 +129,9 @@ impl Gateway {
                 l.lock().unwrap().push(line);
             }
         });
-        let ready = match rx.recv_timeout(Duration::from_secs(30)) {
+        // Wine starts a process in seconds, not milliseconds.
+        let limit = Duration::from_secs(if wine_exe().is_some() { 120 } else { 30 });
+        let ready = match rx.recv_timeout(limit) {
             Ok(line) => line,
             Err(_) => panic!("postern did not start:\n{}", log.lock().unwrap().join("\n")),
         };
@@ -210,6 +218,38 @@ impl Gateway {
         self.cli(&all)
     }
 
+    /// The process id of the newest gateway child, from its "postern ready"
+    /// line (a Windows process id under Wine).
+    pub fn gateway_pid(&self) -> Option<u32> {
+        let log = self.log_text();
+        let line = log.lines().rev().find(|l| l.contains("postern ready"))?;
+        let rest = &line[line.find(" pid=")? + 5..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Kills the gateway child as the system would kill a crashed process:
+    /// SIGKILL natively, `taskkill /F` (TerminateProcess) under Wine.
+    pub fn kill_gateway(&self) {
+        let pid = self.gateway_pid().expect("a gateway pid in the log");
+        match wine_exe() {
+            Some(_) => {
+                let wine = std::env::var("POSTERN_TEST_WINE")
+                    .unwrap_or_else(|_| "/usr/lib/wine/wine64".to_string());
+                let out = Command::new(wine)
+                    .args(["taskkill", "/F", "/PID", &pid.to_string()])
+                    .env("WINEDEBUG", "-all")
+                    .output()
+                    .expect("run taskkill");
+                assert!(out.status.success(), "taskkill: {out:?}");
+            }
+            // SAFETY: signalling a process of our own test.
+            None => assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0),
+        }
+    }
+
     /// Waits until the log contains `needle`.
     pub fn wait_log(&self, needle: &str, limit: Duration) {
         let start = Instant::now();
@@ -221,6 +261,27 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// The Windows build to run under Wine instead of the native binary, if
+/// `POSTERN_TEST_WINE_EXE` names one.
+pub fn wine_exe() -> Option<PathBuf> {
+    std::env::var_os("POSTERN_TEST_WINE_EXE").map(PathBuf::from)
+}
+
+/// `postern` as the tests run the gateway: the native binary, or the
+/// Windows build under Wine.
+fn postern_command() -> Command {
+    match wine_exe() {
+        Some(exe) => {
+            let wine = std::env::var("POSTERN_TEST_WINE")
+                .unwrap_or_else(|_| "/usr/lib/wine/wine64".to_string());
+            let mut c = Command::new(wine);
+            c.arg(exe).env("WINEDEBUG", "-all");
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_postern")),
     }
 }
 

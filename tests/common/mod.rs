@@ -256,3 +256,41 @@ pub fn complete_reply(buf: &[u8]) -> Option<usize> {
     }
     None
 }
+
+/// Sends `data` from `sender@example.test` to `user@example.test` until a
+/// 250, retrying on 4xx and on dropped connections, as a real client
+/// would. Returns the 250 reply; panics on a 5xx or after a minute.
+pub async fn send_until_accepted(addr: SocketAddr, data: String) -> String {
+    for _ in 0..240 {
+        match try_send(addr, "sender@example.test", "user@example.test", &data).await {
+            Ok(r) => return r,
+            Err(e) if e.starts_with('5') => panic!("permanent refusal: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    panic!("never accepted");
+}
+
+/// Connects to `addr` every 50 ms until `stop`; counts the connections
+/// refused (a listener that was not there).
+pub fn start_prober(
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::Ordering;
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = refused.clone();
+    tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) {
+            match TcpStream::connect(addr).await {
+                Ok(s) => drop(s),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    r.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    refused
+}

@@ -5,9 +5,17 @@
 //! that could kill it, `L <key>` when the item is done. [`run_child`] keeps
 //! the table, kills the child when an item passes its deadline (a hang), and
 //! returns, when the child ends, how it ended and which keys were in flight:
-//! the suspects. Keys are opaque here. Unix only: the pipe and any listening
-//! sockets are inherited by the child (fd numbers are passed in the
-//! environment the caller sets up).
+//! the suspects. Keys are opaque here.
+//!
+//! The platform layer is small: how the reports arrive and how a
+//! [`Control`] request reaches the child. On Unix the reports come on an
+//! inherited pipe ([`InflightPipe`], fd numbers passed in the environment
+//! the caller sets up) and requests are signals (SIGHUP, SIGTERM). On
+//! Windows the child's stdout carries the reports and its stdin the
+//! supervisor's lines: first whatever the caller hands over at spawn
+//! ([`Handover`]: the listening sockets, duplicated for the child's
+//! process id), then `HUP` and `TERM`. The watch loop ([`watch_child`]:
+//! deadlines, stop, grace, forwarding) is one for both.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -72,8 +80,105 @@ pub struct ChildEnd {
     pub ran_for: Duration,
 }
 
+/// A request from the supervisor to its child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Reload the configuration (SIGHUP; `HUP` on Windows).
+    Reload,
+    /// Stop: finish what is in progress and exit (SIGTERM; `TERM`).
+    Stop,
+}
+
+/// The line a [`Control`] request is on the child's stdin (Windows).
+pub fn control_line(c: Control) -> &'static str {
+    match c {
+        Control::Reload => "HUP\n",
+        Control::Stop => "TERM\n",
+    }
+}
+
+/// The [`Control`] request a stdin line asks for (Windows), if any.
+pub fn parse_control(line: &str) -> Option<Control> {
+    match line.trim() {
+        "HUP" => Some(Control::Reload),
+        "TERM" => Some(Control::Stop),
+        _ => None,
+    }
+}
+
+/// The platform half of a watched child: reports in, requests out.
+trait ChildIo {
+    /// Applies every report available now to `table`.
+    fn drain(&mut self, table: &mut Inflight);
+    /// Passes `c` on to the child.
+    fn send(&mut self, child: &tokio::process::Child, c: Control);
+}
+
+/// Waits for `child` to end, draining its reports into `table` every
+/// tick. Kills it when an item overruns its deadline, forwards requests
+/// from `forward`, and once `stop` changes asks it to stop, then kills it
+/// after `grace`. Returns how it ended, and why it was killed if it was.
+async fn watch_child(
+    child: &mut tokio::process::Child,
+    io: &mut impl ChildIo,
+    table: &mut Inflight,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+    forward: &mut tokio::sync::mpsc::UnboundedReceiver<Control>,
+) -> std::io::Result<(std::process::ExitStatus, Option<String>)> {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut killed: Option<String> = None;
+    let status = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                io.drain(table);
+                if killed.is_none() {
+                    if let Some(key) = table.overdue(Instant::now()) {
+                        let why = format!("hang: {key} passed its deadline");
+                        tracing::error!(%why, "killing the gateway");
+                        let _ = child.start_kill();
+                        killed = Some(why);
+                    }
+                }
+            }
+            Some(c) = forward.recv() => io.send(child, c),
+            _ = stop.changed() => {
+                io.send(child, Control::Stop);
+                match tokio::time::timeout(grace, child.wait()).await {
+                    Ok(s) => break s?,
+                    Err(_) => { let _ = child.start_kill(); }
+                }
+            }
+            s = child.wait() => break s?,
+        }
+    };
+    Ok((status, killed))
+}
+
+/// How a watched run ended, from its status and the final table.
+fn child_end(
+    status: std::process::ExitStatus,
+    killed: Option<String>,
+    table: &Inflight,
+    started: Instant,
+) -> ChildEnd {
+    let reason = match killed {
+        Some(k) => format!("{k}; {}", crate::exit::describe(&status)),
+        None => crate::exit::describe(&status),
+    };
+    ChildEnd {
+        clean: status.success(),
+        reason,
+        suspects: table.keys(),
+        was_ready: table.ready,
+        ran_for: started.elapsed(),
+    }
+}
+
 #[cfg(unix)]
 pub use unix::{run_child, InflightPipe};
+#[cfg(windows)]
+pub use windows::{run_child, Handover};
 
 #[cfg(unix)]
 mod unix {
@@ -176,16 +281,33 @@ mod unix {
         Ok(())
     }
 
+    impl ChildIo for PipeReader {
+        fn drain(&mut self, table: &mut Inflight) {
+            PipeReader::drain(self, table);
+        }
+
+        fn send(&mut self, child: &tokio::process::Child, c: Control) {
+            let sig = match c {
+                Control::Reload => libc::SIGHUP,
+                Control::Stop => libc::SIGTERM,
+            };
+            if let Some(pid) = child.id() {
+                // SAFETY: sending a signal to our own child.
+                unsafe { libc::kill(pid as i32, sig) };
+            }
+        }
+    }
+
     /// Runs `cmd` (already configured, with `pipe.write` inherited) until it
     /// ends; kills it when an in-flight item overruns or `stop` turns true
-    /// (then with SIGTERM, and SIGKILL after `grace`). Signal numbers sent
-    /// on `forward` are passed on to the child (SIGHUP for a reload).
+    /// (then with SIGTERM, and SIGKILL after `grace`). Requests sent on
+    /// `forward` are passed on as signals (SIGHUP for a reload).
     pub async fn run_child(
         mut cmd: tokio::process::Command,
         pipe: InflightPipe,
         stop: watch::Receiver<bool>,
         grace: Duration,
-        forward: &mut tokio::sync::mpsc::UnboundedReceiver<i32>,
+        forward: &mut tokio::sync::mpsc::UnboundedReceiver<Control>,
     ) -> std::io::Result<ChildEnd> {
         let started = Instant::now();
         let write_fd = pipe.write.as_raw_fd();
@@ -214,66 +336,99 @@ mod unix {
         // What the child wrote just before it ended (grandchildren do not
         // hold the pipe: the gateway marks it close-on-exec).
         reader.drain(&mut table);
-        let reason = match killed {
-            Some(k) => format!("{k}; {}", crate::exit::describe(&status)),
-            None => crate::exit::describe(&status),
-        };
-        Ok(ChildEnd {
-            clean: status.success(),
-            reason,
-            suspects: table.keys(),
-            was_ready: table.ready,
-            ran_for: started.elapsed(),
-        })
+        Ok(child_end(status, killed, &table, started))
+    }
+}
+
+#[cfg(windows)]
+mod windows {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::sync::{mpsc, watch};
+
+    /// What the supervisor writes on the child's stdin once it exists (it
+    /// may depend on the child's process id and handle: sockets duplicated
+    /// for it, the job it is put in); `Err` kills the child and fails the
+    /// run.
+    pub type Handover = Box<dyn FnOnce(&tokio::process::Child) -> std::io::Result<Vec<u8>> + Send>;
+
+    /// The child's stdio: its report lines, read by a task, and a writer
+    /// task for its stdin.
+    struct Stdio {
+        reports: mpsc::UnboundedReceiver<String>,
+        requests: mpsc::UnboundedSender<Vec<u8>>,
     }
 
-    /// Waits for `child` to end, draining its reports into `table` every
-    /// tick. Kills it when an item overruns its deadline, forwards signals
-    /// from `forward`, and once `stop` changes sends SIGTERM, then SIGKILL
-    /// after `grace`. Returns how it ended, and why it was killed if it was.
-    async fn watch_child(
-        child: &mut tokio::process::Child,
-        reader: &mut PipeReader,
-        table: &mut Inflight,
-        mut stop: watch::Receiver<bool>,
+    impl ChildIo for Stdio {
+        fn drain(&mut self, table: &mut Inflight) {
+            let now = Instant::now();
+            while let Ok(line) = self.reports.try_recv() {
+                table.apply(&line, now);
+            }
+        }
+
+        fn send(&mut self, _child: &tokio::process::Child, c: Control) {
+            let _ = self.requests.send(control_line(c).as_bytes().to_vec());
+        }
+    }
+
+    /// Runs `cmd` until it ends, with its stdin and stdout as the control
+    /// and report channels: `handover` is written first, then requests
+    /// from `forward` (and `TERM` once `stop` turns true; killed after
+    /// `grace`). Kills the child when an in-flight item overruns.
+    pub async fn run_child(
+        mut cmd: tokio::process::Command,
+        handover: Handover,
+        stop: watch::Receiver<bool>,
         grace: Duration,
-        forward: &mut tokio::sync::mpsc::UnboundedReceiver<i32>,
-    ) -> std::io::Result<(std::process::ExitStatus, Option<String>)> {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        let mut killed: Option<String> = None;
-        let status = loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    reader.drain(table);
-                    if killed.is_none() {
-                        if let Some(key) = table.overdue(Instant::now()) {
-                            let why = format!("hang: {key} passed its deadline");
-                            tracing::error!(%why, "killing the gateway");
-                            let _ = child.start_kill();
-                            killed = Some(why);
-                        }
-                    }
-                }
-                Some(sig) = forward.recv() => {
-                    if let Some(pid) = child.id() {
-                        // SAFETY: sending a signal to our own child.
-                        unsafe { libc::kill(pid as i32, sig) };
-                    }
-                }
-                _ = stop.changed() => {
-                    if let Some(pid) = child.id() {
-                        // SAFETY: sending a signal to our own child.
-                        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-                    }
-                    match tokio::time::timeout(grace, child.wait()).await {
-                        Ok(s) => break s?,
-                        Err(_) => { let _ = child.start_kill(); }
-                    }
-                }
-                s = child.wait() => break s?,
+        forward: &mut mpsc::UnboundedReceiver<Control>,
+    ) -> std::io::Result<ChildEnd> {
+        let started = Instant::now();
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped());
+        while forward.try_recv().is_ok() {}
+        let mut child = cmd.spawn()?;
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.start_kill();
+            return Err(std::io::Error::other("child without stdio pipes"));
+        };
+        let first = match handover(&child) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(e);
             }
         };
-        Ok((status, killed))
+        let (req_tx, mut req_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let _ = req_tx.send(first);
+        tokio::spawn(async move {
+            while let Some(bytes) = req_rx.recv().await {
+                if stdin.write_all(&bytes).await.is_err() || stdin.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (rep_tx, reports) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if rep_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut io = Stdio {
+            reports,
+            requests: req_tx,
+        };
+        let mut table = Inflight::default();
+        let (status, killed) =
+            watch_child(&mut child, &mut io, &mut table, stop, grace, forward).await?;
+        // The reader ends at the pipe's EOF: what the child wrote last.
+        let _ = tokio::time::timeout(Duration::from_secs(1), reader).await;
+        io.drain(&mut table);
+        Ok(child_end(status, killed, &table, started))
     }
 }
 
@@ -283,6 +438,14 @@ pub use unix::{clear_cloexec, set_cloexec};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_lines_round_trip() {
+        for c in [Control::Reload, Control::Stop] {
+            assert_eq!(parse_control(control_line(c)), Some(c));
+        }
+        assert_eq!(parse_control("E d:1 5"), None);
+    }
 
     #[test]
     fn table() {

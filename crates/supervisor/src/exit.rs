@@ -1,8 +1,12 @@
-//! How a process ended, in words an administrator can act on.
+//! How a process ended, in words an administrator can act on: a Unix
+//! signal by number and name, a Windows exception status by code and name
+//! as Windows names it (`0xC0000005` access violation, ...), else the exit
+//! status.
 
 use std::process::ExitStatus;
 
-/// "exited with status 1", "killed by signal 6 (SIGABRT)", ...
+/// "exited with status 1", "killed by signal 6 (SIGABRT)", "ended with
+/// 0xC0000005 (access violation)", ...
 pub fn describe(status: &ExitStatus) -> String {
     #[cfg(unix)]
     {
@@ -12,9 +16,44 @@ pub fn describe(status: &ExitStatus) -> String {
         }
     }
     match status.code() {
-        Some(c) => format!("exited with status {c}"),
+        Some(c) => describe_code(c),
         None => "ended without a status".to_string(),
     }
+}
+
+/// An exit code in words: a Windows NTSTATUS error or warning (the code a
+/// process dies with when an exception ends it) by hexadecimal code and
+/// name, any other code as a status.
+pub fn describe_code(code: i32) -> String {
+    let status = code as u32;
+    match windows_status_name(status) {
+        Some(name) => format!("ended with 0x{status:08X} ({name})"),
+        None if status >= 0xC000_0000 => format!("ended with 0x{status:08X} (exception)"),
+        None => format!("exited with status {code}"),
+    }
+}
+
+/// The names of the NTSTATUS codes a crashing process ends with on
+/// Windows.
+pub fn windows_status_name(status: u32) -> Option<&'static str> {
+    Some(match status {
+        0xC000_0005 => "access violation",
+        0xC000_00FD => "stack overflow",
+        0xC000_0409 => "fail-fast/abort",
+        0xC000_0017 => "out of memory",
+        0xC000_001D => "illegal instruction",
+        0xC000_0094 => "integer divide by zero",
+        0xC000_0096 => "privileged instruction",
+        0xC000_0374 => "heap corruption",
+        0xC000_0135 => "DLL not found",
+        0xC000_0139 => "entry point not found",
+        0xC000_013A => "terminated by Ctrl-C",
+        0xC000_0142 => "DLL initialization failed",
+        0xC000_0044 => "quota exceeded",
+        0xC000_070A => "thread not in process",
+        0x4001_0004 => "terminated by a debugger",
+        _ => return None,
+    })
 }
 
 /// Names of the signals a crashing worker dies of.
@@ -33,5 +72,39 @@ pub fn signal_name(sig: i32) -> &'static str {
         24 => "SIGXCPU",
         25 => "SIGXFSZ",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_deaths_are_named_as_windows_names_them() {
+        let cases = [
+            (
+                0xC000_0005u32 as i32,
+                "ended with 0xC0000005 (access violation)",
+            ),
+            (
+                0xC000_00FDu32 as i32,
+                "ended with 0xC00000FD (stack overflow)",
+            ),
+            (
+                0xC000_0409u32 as i32,
+                "ended with 0xC0000409 (fail-fast/abort)",
+            ),
+            (
+                0xC000_0017u32 as i32,
+                "ended with 0xC0000017 (out of memory)",
+            ),
+            (0xC000_0999u32 as i32, "ended with 0xC0000999 (exception)"),
+            (1, "exited with status 1"),
+            (70, "exited with status 70"),
+            (-1, "ended with 0xFFFFFFFF (exception)"),
+        ];
+        for (code, want) in cases {
+            assert_eq!(describe_code(code), want, "{code:#x}");
+        }
     }
 }

@@ -7,7 +7,9 @@
 //! - [`child`]: run one supervised child process that reports what it is
 //!   working on ("in flight") over a pipe, kill it when an item overruns its
 //!   deadline, and report what was in flight when it died;
-//! - [`exit`]: describe how a process ended.
+//! - [`exit`]: describe how a process ended (Unix signals, Windows
+//!   exception statuses by name);
+//! - [`job`]: Windows Job Objects (kill on close, memory and CPU limits).
 //!
 //! [`supervise`] runs a long-lived task built by a factory; when the task
 //! panics or returns an error it is restarted after a delay that doubles
@@ -24,6 +26,7 @@
 
 pub mod child;
 pub mod exit;
+pub mod job;
 pub mod pool;
 
 use std::future::Future;

@@ -3,7 +3,9 @@
 //!
 //! Compiled in only with the `fault-injection` cargo feature (off by default,
 //! never in release artefacts), and even then active only while the file
-//! named by `POSTERN_FAULTS_FILE` exists, so a test can switch faults off
+//! named by `POSTERN_FAULTS_FILE` exists (without that variable:
+//! `postern-faults-on` in the working directory, for a Windows service,
+//! which gets no environment from a test), so a test can switch faults off
 //! before releasing a quarantined message. A message selects its fault with
 //! a header: `X-Postern-Fault: <stage>=<kind>`, stage one of receive,
 //! content, delivery, queue; kind one of panic, abort, stack (overflow),
@@ -38,9 +40,7 @@ impl Stage {
 /// Triggers the fault `msg` asks for at `stage`, if faults are on.
 #[cfg(feature = "fault-injection")]
 pub fn check(stage: Stage, msg: &[u8]) {
-    let Ok(flag) = std::env::var("POSTERN_FAULTS_FILE") else {
-        return;
-    };
+    let flag = std::env::var("POSTERN_FAULTS_FILE").unwrap_or_else(|_| "postern-faults-on".into());
     if !std::path::Path::new(&flag).exists() {
         return;
     }

@@ -6,7 +6,8 @@
 //! one small `write`, atomic on a pipe. When the gateway dies, the
 //! supervisor knows exactly which messages were in flight. Keys: `q:<queue
 //! id>` while a message is read back, `d:<queue id>` while it is delivered,
-//! `r:<content hash>` while it is received. Without a supervisor
+//! `r:<content hash>` while it is received. On Windows the channel is the
+//! gateway's stdout. Without a supervisor
 //! (no pipe named in the environment, see [`crate::run::handoff`]), every call is a no-op.
 
 use crate::run::handoff;
@@ -16,8 +17,9 @@ use std::time::Duration;
 
 #[derive(Default)]
 pub struct Inflight {
-    /// The pipe to the supervisor, if there is one.
-    pipe: Option<Mutex<std::fs::File>>,
+    /// The pipe to the supervisor, if there is one (Unix: the inherited
+    /// descriptor; Windows: stdout, see [`handoff::CONTROL_ENV`]).
+    pipe: Option<Mutex<Box<dyn Write + Send>>>,
 }
 
 impl Inflight {
@@ -34,9 +36,16 @@ impl Inflight {
                 // exactly this use, and nothing else in the process owns it.
                 let f = unsafe { std::fs::File::from_raw_fd(fd) };
                 return Inflight {
-                    pipe: Some(Mutex::new(f)),
+                    pipe: Some(Mutex::new(Box::new(f))),
                 };
             }
+        }
+        #[cfg(windows)]
+        if std::env::var(handoff::CONTROL_ENV).as_deref() == Ok("stdio") {
+            // Line-buffered: each line is written whole as it ends.
+            return Inflight {
+                pipe: Some(Mutex::new(Box::new(std::io::stdout()))),
+            };
         }
         Inflight::default()
     }
