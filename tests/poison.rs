@@ -116,6 +116,18 @@ async fn poison_run(stage: &str, kind: &str, want_stage: &str, want_reasons: &[&
         metrics.contains("postern_messages_quarantined_total"),
         "{metrics}"
     );
+    // Deaths are named in the metrics labels as the platform names them.
+    if kind == "abort" {
+        let (worker, gateway) = match wine_exe() {
+            Some(_) => ("0xC0000409 fail-fast/abort", "0xC0000409 fail-fast/abort"),
+            None => ("SIGABRT", "SIGABRT"),
+        };
+        let label = match want_stage {
+            "content" => format!("postern_worker_deaths_total{{cause=\"{worker}\"}}"),
+            _ => format!("postern_gateway_last_death{{cause=\"{gateway}\"}} 1"),
+        };
+        assert!(metrics.contains(&label), "no {label} in:\n{metrics}");
+    }
 
     // Fault off, release through the CLI: the message is delivered.
     std::fs::remove_file(&faults).unwrap();

@@ -64,4 +64,13 @@ async fn a_gateway_killed_while_clients_send_loses_nothing() {
     );
     let log = gw.log_text();
     assert_eq!(log.matches("gateway died; restarting").count(), 2, "{log}");
+    // The cause of the last death is a metrics label: SIGKILL natively;
+    // Wine reports a process ended by TerminateProcess as status 0.
+    let cause = match common::gateway::wine_exe() {
+        Some(_) => "exit 0",
+        None => "SIGKILL",
+    };
+    let metrics = gw.admin_get("/metrics");
+    let label = format!("postern_gateway_last_death{{cause=\"{cause}\"}} 1");
+    assert!(metrics.contains(&label), "no {label} in:\n{metrics}");
 }

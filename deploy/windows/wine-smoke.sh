@@ -7,7 +7,7 @@
 # (drain, flush), uninstall. Needs Debian packages wine64, gcc-mingw-w64-x86-64,
 # swaks and postfix (smtp-sink), and the rustup target x86_64-pc-windows-gnu.
 # Wine 8 lacks bcryptprimitives!ProcessPrng, which Rust's std imports: a
-# stand-in over RtlGenRandom is built beside the .exe.
+# stand-in over RtlGenRandom is built beside the .exe (stand-in.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d /tmp/postern-wine.XXXXXX)
@@ -25,20 +25,7 @@ trap cleanup EXIT
 
 (cd "$ROOT" && cargo build --target x86_64-pc-windows-gnu --bin postern)
 cp "$ROOT/target/x86_64-pc-windows-gnu/debug/postern.exe" "$WORK/"
-cat > "$WORK/prng.c" <<'C'
-#include <windows.h>
-BOOLEAN WINAPI SystemFunction036(PVOID, ULONG);
-BOOL WINAPI ProcessPrng(PBYTE data, SIZE_T len) {
-    while (len > 0) {
-        ULONG n = len > 0x10000000 ? 0x10000000 : (ULONG)len;
-        if (!SystemFunction036(data, n)) return FALSE;
-        data += n; len -= n;
-    }
-    return TRUE;
-}
-C
-printf 'LIBRARY bcryptprimitives\nEXPORTS\nProcessPrng\n' > "$WORK/prng.def"
-x86_64-w64-mingw32-gcc -shared -o "$WORK/bcryptprimitives.dll" "$WORK/prng.c" "$WORK/prng.def" -ladvapi32
+"$ROOT/deploy/windows/stand-in.sh" "$WORK"
 
 cat > "$WORK/postern.toml" <<CONF
 [server]

@@ -244,6 +244,8 @@ pub async fn content(
                 .worker_restarts
                 .with_label_values(&["content"])
                 .inc();
+            let cause = postern_supervisor::exit::cause_label(reason);
+            m.process.worker_deaths.with_label_values(&[&cause]).inc();
             crate::run::eventlog::worker_crashed(reason);
         }),
     );

@@ -223,6 +223,14 @@ async fn open_queue(cfg: &Config, metrics: &Metrics, inflight: &Inflight) -> any
     if let Some(n) = crate::run::handoff::restarts_from_env() {
         metrics.process.gateway_restarts.inc_by(n);
     }
+    if let Some(death) = crate::run::handoff::last_death_from_env() {
+        let cause = postern_supervisor::exit::cause_label(&death);
+        metrics
+            .process
+            .gateway_last_death
+            .with_label_values(&[&cause])
+            .set(1);
+    }
     let threshold = cfg.workers.poison_threshold;
     let charged =
         crate::gateway::crash::suspects::charge_from_env(&queue, threshold, metrics).await;

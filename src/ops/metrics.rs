@@ -80,8 +80,13 @@ pub struct ProcessMetrics {
     pub crashes: IntCounterVec,
     /// Worker processes replaced.
     pub worker_restarts: IntCounterVec,
+    /// Worker deaths by cause (`SIGABRT`, `0xC0000409 fail-fast/abort`,
+    /// `hang`...: [`postern_supervisor::exit::cause_label`]).
+    pub worker_deaths: IntCounterVec,
     /// Gateway restarts by the supervisor.
     pub gateway_restarts: IntCounter,
+    /// 1 for the cause of the gateway's last death (set at its restart).
+    pub gateway_last_death: IntGaugeVec,
     /// Back-pressure level (0, 1, 2).
     pub back_pressure: IntGauge,
     /// Configuration reloads by result.
@@ -237,10 +242,26 @@ impl ProcessMetrics {
                 "Worker processes replaced after dying or overrunning.",
                 &["kind"],
             )?,
+            worker_deaths: counter_vec(
+                r,
+                "postern_worker_deaths_total",
+                "Content workers that died or overran, by cause.",
+                &["cause"],
+            )?,
             gateway_restarts: counter(
                 r,
                 "postern_gateway_restarts_total",
                 "Times the supervisor restarted the gateway process.",
+            )?,
+            gateway_last_death: reg(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "postern_gateway_last_death",
+                        "1 for the cause of the gateway process's last death.",
+                    ),
+                    &["cause"],
+                )?,
             )?,
             back_pressure: gauge(
                 r,

@@ -115,6 +115,11 @@ pub fn suspects_from_env() -> Option<(String, String)> {
     Some((list, death))
 }
 
+/// How the previous gateway died, if this one is a restart.
+pub fn last_death_from_env() -> Option<String> {
+    std::env::var(DEATH_ENV).ok().filter(|d| !d.is_empty())
+}
+
 /// How many times this gateway's predecessors were restarted (0 if unset).
 pub fn restarts_from_env() -> Option<u64> {
     std::env::var(RESTARTS_ENV).ok()?.parse().ok()

@@ -66,9 +66,12 @@ impl Start {
         if last.suspects.is_empty() {
             cmd.env_remove(SUSPECTS_ENV);
         } else {
-            cmd.env(SUSPECTS_ENV, last.suspects.join(" "))
-                .env(DEATH_ENV, &last.death);
+            cmd.env(SUSPECTS_ENV, last.suspects.join(" "));
         }
+        match last.death.is_empty() {
+            true => cmd.env_remove(DEATH_ENV),
+            false => cmd.env(DEATH_ENV, &last.death),
+        };
         cmd
     }
 }
@@ -200,14 +203,15 @@ mod windows {
     use tokio::sync::{mpsc, watch};
 
     /// What every gateway child gets: the listening sockets (duplicated for
-    /// it) and the job it runs in.
+    /// it) and a job of its own.
     pub(super) struct Inherit {
         /// Kept open here for the whole run, so the backlog holds
         /// connections while a child restarts.
         sockets: Arc<crate::run::listen::Sockets>,
-        /// Kill on close (the gateway and its workers cannot outlive us)
-        /// and `gateway_memory_limit` per process.
-        job: Arc<Job>,
+        /// Each gateway's job: kill on close (the gateway and its workers
+        /// cannot outlive us, nor a dead gateway's workers it) and
+        /// `gateway_memory_limit` per process.
+        limits: JobLimits,
         /// The platform-independent part of the command.
         start: Start,
     }
@@ -215,19 +219,14 @@ mod windows {
     impl Inherit {
         pub(super) fn bind(cfg: &crate::config::Config, start: Start) -> anyhow::Result<Inherit> {
             let sockets = Arc::new(crate::run::listen::bind(cfg)?);
-            let job = Job::new(&JobLimits {
+            let limits = JobLimits {
                 kill_on_close: true,
                 process_memory: cfg.workers.gateway_memory_limit.0,
                 process_time: None,
-            })
-            .map_err(|e| anyhow::anyhow!("cannot create the gateway's job object: {e}"))?;
-            match job.limits() {
-                Ok(kept) => tracing::info!(?kept, "gateway job object"),
-                Err(e) => tracing::warn!(error = %e, "cannot read the gateway job's limits back"),
-            }
+            };
             Ok(Inherit {
                 sockets,
-                job: Arc::new(job),
+                limits,
                 start,
             })
         }
@@ -245,7 +244,18 @@ mod windows {
         ) -> anyhow::Result<ChildEnd> {
             let mut cmd = self.start.command(exe, restarts, last);
             cmd.env(CONTROL_ENV, "stdio");
-            let (sockets, job) = (self.sockets.clone(), self.job.clone());
+            let job = Arc::new(
+                Job::new(&self.limits)
+                    .map_err(|e| anyhow::anyhow!("cannot create the gateway's job object: {e}"))?,
+            );
+            match job.limits() {
+                Ok(kept) if kept != self.limits => {
+                    tracing::warn!(?kept, wanted = ?self.limits, "the system keeps other job limits than set")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read the gateway job's limits back"),
+            }
+            let (sockets, held) = (self.sockets.clone(), job.clone());
             let handover = Box::new(move |child: &tokio::process::Child| {
                 let pid = child
                     .id()
@@ -254,7 +264,7 @@ mod windows {
                     // SAFETY: the child's process handle, alive while
                     // `child` is (for this whole call).
                     let h = unsafe { std::os::windows::io::BorrowedHandle::borrow_raw(h) };
-                    if let Err(e) = job.assign(h) {
+                    if let Err(e) = held.assign(h) {
                         // Without the job the gateway still runs; it only
                         // lacks its memory limit and kill-on-close.
                         tracing::warn!(error = %e, "cannot put the gateway in its job object");
@@ -262,7 +272,11 @@ mod windows {
                 }
                 crate::run::handoff::winsock::handover(&sockets, pid)
             });
-            Ok(run_child(cmd, handover, stop, grace, forward).await?)
+            let end = run_child(cmd, handover, stop, grace, forward).await?;
+            // Closing the job kills whatever the dead gateway left (its
+            // workers).
+            drop(job);
+            Ok(end)
         }
     }
 }

@@ -56,6 +56,47 @@ pub fn windows_status_name(status: u32) -> Option<&'static str> {
     })
 }
 
+/// A short, bounded label for how a process died, from the words of
+/// [`describe`] (and the hang and deadline texts of the supervisors): for
+/// metrics. `0xC0000409 fail-fast/abort`, `SIGABRT`, `hang`, `exit 70`,
+/// `other`.
+pub fn cause_label(reason: &str) -> String {
+    if reason.contains("passed its deadline") || reason.contains("overran") {
+        return "hang".into();
+    }
+    if let Some(i) = reason.find("0x") {
+        let hex = reason[i + 2..].chars().take(8).collect::<String>();
+        if let Ok(code) = u32::from_str_radix(&hex, 16) {
+            return match windows_status_name(code) {
+                Some(name) => format!("0x{code:08X} {name}"),
+                None => format!("0x{code:08X}"),
+            };
+        }
+    }
+    if let Some(i) = reason.find("killed by signal ") {
+        let n = reason[i + 17..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse::<i32>().ok());
+        if let Some(n) = n {
+            return match signal_name(n) {
+                "signal" => format!("signal {n}"),
+                name => name.to_string(),
+            };
+        }
+    }
+    if let Some(i) = reason.find("exited with status ") {
+        let n = reason[i + 19..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse::<u8>().ok());
+        if let Some(n) = n {
+            return format!("exit {n}");
+        }
+    }
+    "other".into()
+}
+
 /// Names of the signals a crashing worker dies of.
 pub fn signal_name(sig: i32) -> &'static str {
     match sig {
@@ -105,6 +146,34 @@ mod tests {
         ];
         for (code, want) in cases {
             assert_eq!(describe_code(code), want, "{code:#x}");
+        }
+    }
+
+    #[test]
+    fn cause_labels_are_short_and_bounded() {
+        let cases = [
+            (
+                "ended with 0xC0000005 (access violation)",
+                "0xC0000005 access violation",
+            ),
+            (
+                "worker ended with 0xC0000409 (fail-fast/abort) (died)",
+                "0xC0000409 fail-fast/abort",
+            ),
+            ("ended with 0xC0001234 (exception)", "0xC0001234"),
+            ("killed by signal 6 (SIGABRT)", "SIGABRT"),
+            ("killed by signal 31 (signal)", "signal 31"),
+            (
+                "hang: d:1 passed its deadline; killed by signal 9 (SIGKILL)",
+                "hang",
+            ),
+            ("worker overran the 2s deadline and was killed", "hang"),
+            ("exited with status 70", "exit 70"),
+            ("exited with status 4000", "other"),
+            ("gateway died", "other"),
+        ];
+        for (reason, want) in cases {
+            assert_eq!(cause_label(reason), want, "{reason}");
         }
     }
 }

@@ -81,6 +81,7 @@ fn charge_message(
                 .with_label_values(&[stage])
                 .inc();
             tracing::error!(%id, crashes = r.crashes, %reason, "suspect quarantined");
+            crate::run::eventlog::quarantined(&id.to_string(), stage, &reason);
         }
         Ok(r) => {
             tracing::error!(%id, crashes = r.crashes, %reason, "suspect charged; will run alone")
