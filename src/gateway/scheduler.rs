@@ -104,6 +104,11 @@ pub struct Scheduler {
     pub policy: Live<Policy>,
     /// Delivery tasks in flight; a permit per leased message.
     pub slots: Arc<Semaphore>,
+    /// Signalled each time a delivery task ends (its slot is free): the
+    /// loop claims more at once instead of at its next tick, so a backlog
+    /// drains at the rate deliveries finish, not `max_concurrency` per
+    /// tick.
+    pub slot_freed: Arc<tokio::sync::Notify>,
     /// Lets crash suspects run alone.
     pub gate: Arc<Gate>,
     /// In-flight reports to the supervisor.
@@ -138,8 +143,10 @@ impl Scheduler {
                 };
                 let me = self.clone();
                 tokio::spawn(async move {
+                    let freed = me.slot_freed.clone();
                     me.attempt(rec).await;
                     drop(permit);
+                    freed.notify_one();
                 });
             }
             if last_housekeeping.elapsed() > Duration::from_secs(1) {
@@ -158,6 +165,7 @@ impl Scheduler {
             .clamp(Duration::from_millis(1), Duration::from_secs(1));
             tokio::select! {
                 _ = self.queue.wait_for_work() => {}
+                _ = self.slot_freed.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => {}
             }

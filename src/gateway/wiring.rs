@@ -72,6 +72,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         tracker: common.tracker.clone(),
         policy: Live::new(assemble::policy(&cfg)),
         slots: slots.clone(),
+        slot_freed: Arc::new(tokio::sync::Notify::new()),
         gate: common.gate.clone(),
         inflight: common.inflight.clone(),
     });
