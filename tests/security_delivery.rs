@@ -33,6 +33,28 @@ fn never_restarted(gw: &Gateway) {
     );
 }
 
+/// Sends one message from the trusted client to `rcpt` (with its RCPT
+/// parameters) and checks the bounce the sender domain (routed to
+/// `senders`) gets: from `<>`, 5.4.6, saying `why`. Returns it.
+async fn bounce_of(gw: &Gateway, senders: &Sink, rcpt: &str, why: &str) -> common::sink::SinkMsg {
+    let mut c = RawClient::connect(gw.smtp).await;
+    c.cmd("EHLO client.test").await;
+    let r = c
+        .transaction(
+            "<s@sender.test>",
+            &[rcpt],
+            b"Subject: round and round\r\n\r\nloop\r\n.\r\n",
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_until(T, "the 5.4.6 bounce", || senders.count() >= 1).await;
+    let dsn = senders.all()[0].clone();
+    assert!(dsn.from.is_empty(), "a DSN comes from <>: {}", dsn.from);
+    assert!(dsn.data.contains("Status: 5.4.6"), "{}", dsn.data);
+    assert!(dsn.data.contains(why), "{why}: {}", dsn.data);
+    dsn
+}
+
 /// Finding "mail loop from one message": `delivery.port` equal to the
 /// listening port and a route to our own address. Before: the gateway
 /// delivered to itself, accepted its own copy and delivered it again,
@@ -55,26 +77,13 @@ async fn a_route_to_ourselves_bounces_with_5_4_6() {
         &[("POSTERN__SERVER__LISTEN", format!("[\"127.0.0.1:{port}\"]"))],
     );
     assert_eq!(gw.smtp.port(), port, "the gateway must listen on the route");
-    let mut c = RawClient::connect(gw.smtp).await;
-    c.cmd("EHLO client.test").await;
-    let r = c
-        .transaction(
-            "<s@sender.test>",
-            &["<user@example.test> NOTIFY=SUCCESS,FAILURE"],
-            b"Subject: round and round\r\n\r\nloop\r\n.\r\n",
-        )
-        .await;
-    assert!(r.starts_with("250"), "{r}");
-    wait_until(T, "the 5.4.6 bounce", || senders.count() >= 1).await;
-    let dsn = &senders.all()[0];
-    assert!(dsn.from.is_empty(), "a DSN comes from <>: {}", dsn.from);
-    assert!(dsn.data.contains("Status: 5.4.6"), "{}", dsn.data);
-    assert!(
-        dsn.data
-            .contains("mail for example.test loops back to myself"),
-        "{}",
-        dsn.data
-    );
+    bounce_of(
+        &gw,
+        &senders,
+        "<user@example.test> NOTIFY=SUCCESS,FAILURE",
+        "mail for example.test loops back to myself",
+    )
+    .await;
     // Time for any copy to come round again.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let received = metric(&gw, "postern_messages_received_total");
@@ -362,23 +371,6 @@ async fn redirect(front: std::net::SocketAddr, to: std::net::SocketAddr) {
     });
 }
 
-/// Sends one message from the trusted client to `rcpt` and returns the
-/// bounce the sender domain (routed to `senders`) gets.
-async fn bounce_of(gw: &Gateway, senders: &Sink, rcpt: &str) -> String {
-    let mut c = RawClient::connect(gw.smtp).await;
-    c.cmd("EHLO client.test").await;
-    let r = c
-        .transaction(
-            "<s@sender.test>",
-            &[rcpt],
-            b"Subject: behind a redirect\r\n\r\nloop\r\n.\r\n",
-        )
-        .await;
-    assert!(r.starts_with("250"), "{r}");
-    wait_until(T, "the 5.4.6 bounce", || senders.count() >= 1).await;
-    senders.all()[0].data.clone()
-}
-
 /// Finding "mail loop", through a port redirect: loop detection compared
 /// listening ports, so a next hop at another port that leads back to us
 /// (NAT, REDIRECT :25 → :2525) was not us. Before: the gateway delivered
@@ -400,12 +392,13 @@ async fn a_next_hop_answering_with_our_hostname_is_a_loop() {
         ),
     );
     redirect(front, gw.smtp).await;
-    let dsn = bounce_of(&gw, &senders, "<user@example.test>").await;
-    assert!(dsn.contains("Status: 5.4.6"), "{dsn}");
-    assert!(
-        dsn.contains("replied to EHLO with my own hostname gw.example.test"),
-        "{dsn}"
-    );
+    bounce_of(
+        &gw,
+        &senders,
+        "<user@example.test>",
+        "replied to EHLO with my own hostname gw.example.test",
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let received = metric(&gw, "postern_messages_received_total");
     assert!(
@@ -430,12 +423,13 @@ async fn a_next_hop_at_a_proxy_address_is_a_loop() {
             route("sender.test", senders.addr)
         ),
     );
-    let dsn = bounce_of(&gw, &senders, "<user@example.test>").await;
-    assert!(dsn.contains("Status: 5.4.6"), "{dsn}");
-    assert!(
-        dsn.contains("mail for example.test loops back to myself"),
-        "{dsn}"
-    );
+    bounce_of(
+        &gw,
+        &senders,
+        "<user@example.test>",
+        "mail for example.test loops back to myself",
+    )
+    .await;
     never_restarted(&gw);
 }
 
