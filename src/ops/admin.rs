@@ -235,9 +235,23 @@ async fn handle(
             return Ok(r);
         }
     }
-    if let Some((code, body)) =
-        crate::ops::queue_api::handle(&st.queue, &st.tracker, &method, &path, req.uri().query())
-    {
+    // Listing or acting on the queue walks it: on a blocking thread, never
+    // on a runtime thread that sessions and deliveries share.
+    let query = req.uri().query().map(str::to_string);
+    let api = {
+        let (st, method, path) = (st.clone(), method.clone(), path.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::ops::queue_api::handle(&st.queue, &st.tracker, &method, &path, query.as_deref())
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Some((
+                500,
+                serde_json::json!({ "error": format!("queue API failed: {e}") }).to_string(),
+            ))
+        })
+    };
+    if let Some((code, body)) = api {
         return Ok(json(
             StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
             body,
