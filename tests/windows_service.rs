@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::gateway::wine_exe;
+use common::gateway::{wine_exe, wine_program};
 use common::{closed_port, route, send_until_accepted, wait_until, Sink};
 use std::path::Path;
 use std::process::Command;
@@ -29,8 +29,7 @@ fn wine(prefix: &Path, dir: &Path, log: &Path, args: &[&str]) -> bool {
         .append(true)
         .open(log)
         .unwrap();
-    let wine = std::env::var("POSTERN_TEST_WINE").unwrap_or_else(|_| "/usr/lib/wine/wine64".into());
-    Command::new(wine)
+    Command::new(wine_program())
         .args(args)
         .current_dir(dir)
         .env("WINEPREFIX", prefix)
@@ -114,9 +113,7 @@ async fn the_service_survives_a_poison_message_and_writes_events() {
     // no ordinary process is left in the prefix (between two gateways a
     // service can be alone): one ordinary process stays while the test
     // runs (`hash-password` waiting on its stdin). Windows has no such rule.
-    let wine_bin =
-        std::env::var("POSTERN_TEST_WINE").unwrap_or_else(|_| "/usr/lib/wine/wine64".into());
-    let mut keeper = Command::new(&wine_bin)
+    let mut keeper = Command::new(wine_program())
         .args(["postern.exe", "hash-password"])
         .current_dir(d)
         .env("WINEPREFIX", &prefix)
@@ -208,9 +205,7 @@ async fn the_service_survives_a_poison_message_and_writes_events() {
     }
     let _ = keeper.kill();
     let _ = keeper.wait();
-    let server = std::env::var("POSTERN_TEST_WINE")
-        .map(|w| w.replace("wine64", "wineserver"))
-        .unwrap_or_else(|_| "/usr/lib/wine/wineserver".into());
+    let server = wine_program().replace("wine64", "wineserver");
     let _ = Command::new(server)
         .arg("-k")
         .env("WINEPREFIX", &prefix)

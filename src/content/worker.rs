@@ -122,10 +122,17 @@ fn limit_cpu(deadline: Duration) {
     }
 }
 
-/// Windows: the worker's own Job Object (inside the gateway's: jobs nest),
-/// holding its memory limit and its CPU-time limit, renewed per message.
+/// Windows: the worker's own Job Object (inside the gateway's: jobs nest)
+/// and the limits set on it (kept here, so renewing the CPU-time limit per
+/// message costs one call, not a read-back and a write).
 #[cfg(windows)]
-static JOB: std::sync::OnceLock<Option<postern_supervisor::job::Job>> = std::sync::OnceLock::new();
+#[allow(clippy::type_complexity)]
+static JOB: std::sync::OnceLock<
+    Option<(
+        postern_supervisor::job::Job,
+        postern_supervisor::job::JobLimits,
+    )>,
+> = std::sync::OnceLock::new();
 
 /// Windows: `JOB_OBJECT_LIMIT_PROCESS_MEMORY` on a job of this process's
 /// own, as RLIMIT_AS on Unix (an allocation past it fails and the worker
@@ -139,7 +146,7 @@ fn limit_memory(bytes: u64) {
         process_time: None,
     };
     let job = match Job::new(&limits).and_then(|j| j.assign_current().map(|()| j)) {
-        Ok(j) => Some(j),
+        Ok(j) => Some((j, limits)),
         Err(e) => {
             eprintln!("postern worker: cannot set memory limit (job object): {e}");
             None
@@ -154,16 +161,14 @@ fn limit_memory(bytes: u64) {
 #[cfg(windows)]
 fn limit_cpu(deadline: Duration) {
     use postern_supervisor::job::JobLimits;
-    let Some(Some(job)) = JOB.get() else {
-        return;
-    };
-    let Ok(mut limits) = job.limits() else {
+    let Some(Some((job, limits))) = JOB.get() else {
         return;
     };
     let used = process_cpu_time().unwrap_or_default();
-    limits.process_time =
-        Some(used + deadline.max(Duration::from_secs(1)) + Duration::from_secs(1));
-    let _ = job.set(&JobLimits { ..limits });
+    let _ = job.set(&JobLimits {
+        process_time: Some(used + deadline.max(Duration::from_secs(1)) + Duration::from_secs(1)),
+        ..*limits
+    });
 }
 
 /// The user-mode CPU time this process has used.

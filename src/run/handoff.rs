@@ -77,21 +77,22 @@ pub fn parse_socket_line(line: &str) -> anyhow::Result<Option<(&'static str, Vec
     else {
         anyhow::bail!("malformed hand-over line {line:?}");
     };
-    let kind = match kind {
-        "smtp" => "smtp",
-        "smtps" => "smtps",
-        "submission" => "submission",
-        "admin" => "admin",
-        _ => anyhow::bail!("unknown listener kind {kind}"),
-    };
+    let kind = listener_kind(kind)?;
+    let malformed = || anyhow::anyhow!("malformed socket information for {kind}");
     if hex.len() % 2 != 0 {
-        anyhow::bail!("malformed socket information for {kind}");
+        return Err(malformed());
     }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| anyhow::anyhow!("malformed socket information for {kind}"))?;
+    // Byte pairs, not string slices: a non-ASCII character is an error,
+    // never a slice through it.
+    let bytes = hex
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let digit = |b: u8| (b as char).to_digit(16);
+            Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(malformed)?;
     Ok(Some((kind, bytes)))
 }
 
@@ -347,6 +348,15 @@ pub mod winsock {
     }
 }
 
+/// The listener kind `name` names (`smtp`, `smtps`, `submission`,
+/// `admin`), as the one static string of that kind.
+fn listener_kind(name: &str) -> anyhow::Result<&'static str> {
+    ["smtp", "smtps", "submission", "admin"]
+        .into_iter()
+        .find(|k| *k == name)
+        .ok_or_else(|| anyhow::anyhow!("unknown listener kind {name}"))
+}
+
 /// `(kind, fd)` pairs of a [`LISTEN_ENV`] value.
 #[cfg_attr(not(unix), allow(dead_code))]
 fn parse_listen_value(v: &str) -> anyhow::Result<Vec<(&'static str, i32)>> {
@@ -355,13 +365,7 @@ fn parse_listen_value(v: &str) -> anyhow::Result<Vec<(&'static str, i32)>> {
         let (name, fds) = part
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("malformed listener list {v:?}"))?;
-        let kind = match name {
-            "smtp" => "smtp",
-            "smtps" => "smtps",
-            "submission" => "submission",
-            "admin" => "admin",
-            _ => anyhow::bail!("unknown listener kind {name}"),
-        };
+        let kind = listener_kind(name)?;
         for fd in fds.split(',').filter(|f| !f.is_empty()) {
             let fd = fd
                 .parse()

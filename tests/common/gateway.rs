@@ -236,9 +236,7 @@ impl Gateway {
         let pid = self.gateway_pid().expect("a gateway pid in the log");
         match wine_exe() {
             Some(_) => {
-                let wine = std::env::var("POSTERN_TEST_WINE")
-                    .unwrap_or_else(|_| "/usr/lib/wine/wine64".to_string());
-                let out = Command::new(wine)
+                let out = Command::new(wine_program())
                     .args(["taskkill", "/F", "/PID", &pid.to_string()])
                     .env("WINEDEBUG", "-all")
                     .output()
@@ -270,14 +268,17 @@ pub fn wine_exe() -> Option<PathBuf> {
     std::env::var_os("POSTERN_TEST_WINE_EXE").map(PathBuf::from)
 }
 
+/// The Wine loader: `POSTERN_TEST_WINE`, default `/usr/lib/wine/wine64`.
+pub fn wine_program() -> String {
+    std::env::var("POSTERN_TEST_WINE").unwrap_or_else(|_| "/usr/lib/wine/wine64".to_string())
+}
+
 /// `postern` as the tests run the gateway: the native binary, or the
 /// Windows build under Wine.
 fn postern_command() -> Command {
     match wine_exe() {
         Some(exe) => {
-            let wine = std::env::var("POSTERN_TEST_WINE")
-                .unwrap_or_else(|_| "/usr/lib/wine/wine64".to_string());
-            let mut c = Command::new(wine);
+            let mut c = Command::new(wine_program());
             c.arg(exe).env("WINEDEBUG", "-all");
             c
         }

@@ -73,28 +73,23 @@ pub fn cause_label(reason: &str) -> String {
             };
         }
     }
-    if let Some(i) = reason.find("killed by signal ") {
-        let n = reason[i + 17..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|n| n.parse::<i32>().ok());
-        if let Some(n) = n {
-            return match signal_name(n) {
-                "signal" => format!("signal {n}"),
-                name => name.to_string(),
-            };
-        }
+    if let Some(n) = number_after(reason, "killed by signal ") {
+        return match i32::try_from(n).map(signal_name) {
+            Ok("signal") | Err(_) => format!("signal {n}"),
+            Ok(name) => name.to_string(),
+        };
     }
-    if let Some(i) = reason.find("exited with status ") {
-        let n = reason[i + 19..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .and_then(|n| n.parse::<u8>().ok());
-        if let Some(n) = n {
-            return format!("exit {n}");
-        }
+    if let Some(n) = number_after(reason, "exited with status ").filter(|n| *n < 256) {
+        return format!("exit {n}");
     }
     "other".into()
+}
+
+/// The decimal number right after the first `prefix` in `text`.
+fn number_after(text: &str, prefix: &str) -> Option<u64> {
+    let rest = &text[text.find(prefix)? + prefix.len()..];
+    let digits = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
 }
 
 /// Names of the signals a crashing worker dies of.
