@@ -313,7 +313,8 @@ fn shared_entries(dir: &std::path::Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_spool_and_tracking_files_are_private() {
-    // Finding: spool bodies, sled files and the tracking log were 0644.
+    // Finding: spool bodies (now body segments), sled files and the
+    // tracking log were 0644.
     // Before: group/other read bits everywhere; after: 0600 files, 0700
     // directories.
     let gw = waiting_gateway(&[]);
@@ -326,10 +327,10 @@ async fn queue_spool_and_tracking_files_are_private() {
         .await
         .unwrap();
     let queue = gw.dir.path().join("queue");
-    let spool = queue.join("spool");
+    let bodies = queue.join("bodies");
     let tracking = queue.join("tracking.log");
-    wait_until(Duration::from_secs(20), "a spool file and the log", || {
-        std::fs::read_dir(&spool).is_ok_and(|mut d| d.next().is_some())
+    wait_until(Duration::from_secs(20), "a body segment and the log", || {
+        std::fs::read_dir(&bodies).is_ok_and(|mut d| d.next().is_some())
             && std::fs::metadata(&tracking).is_ok_and(|m| m.len() > 0)
     })
     .await;
@@ -338,7 +339,8 @@ async fn queue_spool_and_tracking_files_are_private() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&queue), 0o700);
     assert_eq!(mode(&tracking), 0o600);
-    for f in std::fs::read_dir(&spool).unwrap() {
+    assert_eq!(mode(&bodies), 0o700);
+    for f in std::fs::read_dir(&bodies).unwrap() {
         assert_eq!(mode(&f.unwrap().path()), 0o600);
     }
     let shared = shared_entries(&queue);

@@ -73,10 +73,17 @@ pub struct Target {
 
 #[derive(Subcommand)]
 pub enum QueueCmd {
-    /// List messages (filters: --state, --domain, --older-than).
+    /// List messages (filters: --state, --domain, --older-than), in
+    /// queue-id order, fetched a page at a time and printed as they come.
     List {
         #[command(flatten)]
         filter: FilterArgs,
+        /// At most this many messages (default: all).
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Start after this queue id (the last one of a previous listing).
+        #[arg(long)]
+        after: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -154,6 +161,15 @@ fn route(cmd: &QueueCmd) -> (&'static str, String) {
 }
 
 pub async fn run(admin: SocketAddr, token: Option<String>, cmd: QueueCmd) -> anyhow::Result<()> {
+    if let QueueCmd::List {
+        filter,
+        limit,
+        after,
+        json,
+    } = &cmd
+    {
+        return list(admin, token.as_deref(), filter, *limit, after.clone(), *json).await;
+    }
     let (method, path) = route(&cmd);
     let (status, body) = request(admin, token.as_deref(), method, &path).await?;
     if status != 200 {
@@ -164,7 +180,6 @@ pub async fn run(admin: SocketAddr, token: Option<String>, cmd: QueueCmd) -> any
         bail!("{}", msg.trim_end());
     }
     match cmd {
-        QueueCmd::List { json: false, .. } => print_table(&body)?,
         QueueCmd::Summary { json: false, .. } => print_summary(&body)?,
         QueueCmd::Hold(Target { all: true, .. }) | QueueCmd::Retry(Target { all: true, .. }) => {
             let v: serde_json::Value = serde_json::from_str(&body)?;
@@ -221,32 +236,87 @@ fn print_summary(body: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(body: &str) -> anyhow::Result<()> {
-    let rows: Vec<Summary> = serde_json::from_str(body)?;
-    println!(
-        "{:<24} {:<10} {:>7} {:>4} {:>3} {:<28} {:<28} reason",
-        "id", "state", "age", "try", "crs", "from", "to"
-    );
-    for r in &rows {
-        let reason = r
-            .quarantine
-            .as_ref()
-            .map(|q| format!("{}: {}", q.stage, q.reason))
-            .or_else(|| r.last_error.clone())
-            .unwrap_or_default();
-        let line = format!(
-            "{:<24} {:<10} {:>6}s {:>4} {:>3} {:<28} {:<28} {}",
-            r.id,
-            r.state,
-            r.age_secs,
-            r.attempts,
-            r.crashes,
-            if r.from.is_empty() { "<>" } else { &r.from },
-            r.to.join(","),
-            reason
+/// Messages per request of `queue list` (the server's default page).
+const PAGE: usize = crate::ops::queue_api::DEFAULT_PAGE;
+
+/// `queue list`: pages of [`PAGE`] (`?limit=&after=`), each printed as it
+/// arrives, so a listing of a million messages holds one page in memory.
+async fn list(
+    admin: SocketAddr,
+    token: Option<&str>,
+    filter: &FilterArgs,
+    limit: Option<usize>,
+    mut after: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let base = filter.query();
+    let sep = if base.is_empty() { '?' } else { '&' };
+    let mut left = limit.unwrap_or(usize::MAX);
+    let mut shown = 0usize;
+    if json {
+        print!("[");
+    } else {
+        println!(
+            "{:<24} {:<10} {:>7} {:>4} {:>3} {:<28} {:<28} reason",
+            "id", "state", "age", "try", "crs", "from", "to"
         );
-        println!("{}", escape_controls(&line));
     }
-    println!("{} message(s)", rows.len());
+    while left > 0 {
+        let want = left.min(PAGE);
+        let mut path = format!("/queue{base}{sep}limit={want}");
+        if let Some(a) = &after {
+            path.push_str(&format!("&after={}", encode(a)));
+        }
+        let (status, body) = request(admin, token, "GET", &path).await?;
+        if status != 200 {
+            let msg = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or(body);
+            bail!("{}", msg.trim_end());
+        }
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+        for row in &rows {
+            if json {
+                let sep = if shown == 0 { "" } else { "," };
+                print!("{sep}{}", escape_json_controls(&serde_json::to_string_pretty(row)?));
+            } else {
+                let r: Summary = serde_json::from_value(row.clone())?;
+                println!("{}", escape_controls(&table_line(&r)));
+            }
+            shown += 1;
+        }
+        left -= rows.len();
+        match rows.last().and_then(|r| r["id"].as_str()) {
+            Some(id) if rows.len() == want => after = Some(id.to_string()),
+            _ => break,
+        }
+    }
+    if json {
+        println!("]");
+    } else {
+        println!("{shown} message(s)");
+    }
     Ok(())
+}
+
+/// One row of the `queue list` table.
+fn table_line(r: &Summary) -> String {
+    let reason = r
+        .quarantine
+        .as_ref()
+        .map(|q| format!("{}: {}", q.stage, q.reason))
+        .or_else(|| r.last_error.clone())
+        .unwrap_or_default();
+    format!(
+        "{:<24} {:<10} {:>6}s {:>4} {:>3} {:<28} {:<28} {}",
+        r.id,
+        r.state,
+        r.age_secs,
+        r.attempts,
+        r.crashes,
+        if r.from.is_empty() { "<>" } else { &r.from },
+        r.to.join(","),
+        reason
+    )
 }

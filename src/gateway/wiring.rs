@@ -108,7 +108,9 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
     drop(reloader);
     let _ = stop_tx.send(true);
     stop.drain(smtp.tasks, sched_task, &common.metrics).await;
-    common.queue.flush().await.context("final queue flush")?;
+    // Flushed with a snapshot of the counters: the next start need not
+    // walk the queue.
+    common.queue.close().await.context("final queue flush")?;
     tracing::info!("queue flushed; bye");
     Ok(())
 }
@@ -212,6 +214,7 @@ async fn open_queue(cfg: &Config, metrics: &Metrics, inflight: &Inflight) -> any
     let qopts = QueueOptions {
         path: cfg.queue.path.clone(),
         cache_bytes: cfg.queue.cache_size.0,
+        segment_size: postern_queue::DEFAULT_SEGMENT_SIZE,
     };
     let tracking = cfg.tracking.file(&cfg.queue.path);
     let (queue, recovery) = tokio::task::spawn_blocking(move || {
@@ -241,6 +244,7 @@ async fn open_queue(cfg: &Config, metrics: &Metrics, inflight: &Inflight) -> any
         messages = recovery.messages,
         orphans = recovery.orphans,
         corrupt = recovery.corrupt,
+        walked = recovery.walked,
         "queue recovered"
     );
     Ok(queue)

@@ -1,8 +1,14 @@
 //! The queue over the admin HTTP endpoint, as JSON.
 //!
-//! `GET /queue` lists messages and `GET /queue/summary` counts them (by
-//! state; pending recipients by domain and age, like qshape), both taking
-//! the filters `?state=S&domain=D&older_than=1h`; `GET /queue/ID` shows one;
+//! `GET /queue` lists messages one page at a time, in queue-id order:
+//! `?limit=N` (default [`DEFAULT_PAGE`]) and `?after=ID`, the last id of the
+//! previous page (a page shorter than its limit is the last). `GET
+//! /queue/summary` counts them (by state; pending recipients by domain and
+//! age, like qshape) from the queue's counters, never a walk, in
+//! O(domains × distinct minutes of receipt), ages to the minute. Both take
+//! the filters `?state=S&domain=D&older_than=1h` (in the summary, a domain
+//! filter counts that domain's pending recipients and the messages that
+//! have one); `GET /queue/ID` shows one;
 //! `POST /queue/ID/release` (held or quarantined → due now, crash count
 //! reset), `POST /queue/ID/hold`, `POST /queue/ID/retry` (deliver now),
 //! `DELETE /queue/ID`; `POST /queue/hold` and `POST /queue/retry` act on
@@ -11,7 +17,7 @@
 
 use crate::ops::tracking::Tracker;
 use postern_core::QueueId;
-use postern_queue::{QuarantineInfo, Queue, QueueError, Record, State};
+use postern_queue::{QuarantineInfo, Queue, QueueError, Record, Shape, State};
 use serde::Serialize;
 
 /// One line of `queue list`.
@@ -82,7 +88,14 @@ pub struct Filter {
     /// A recipient domain (any recipient of the message).
     pub domain: Option<String>,
     pub older_than_ms: Option<u64>,
+    /// Listing only: the page's length.
+    pub limit: Option<usize>,
+    /// Listing only: the page starts after this id.
+    pub after: Option<QueueId>,
 }
+
+/// Messages in one `GET /queue` page unless `limit` says otherwise.
+pub const DEFAULT_PAGE: usize = 1000;
 
 impl Filter {
     pub fn parse(query: Option<&str>) -> anyhow::Result<Filter> {
@@ -101,6 +114,14 @@ impl Filter {
                 "older_than" => {
                     let d = postern_core::units::parse_duration(v)?;
                     f.older_than_ms = Some(d.as_millis() as u64);
+                }
+                "limit" => match v.parse::<usize>() {
+                    Ok(n) if n > 0 => f.limit = Some(n),
+                    _ => anyhow::bail!("limit must be a positive number, not {v:?}"),
+                },
+                "after" => {
+                    let id = QueueId::parse(v);
+                    f.after = Some(id.ok_or_else(|| anyhow::anyhow!("{v:?} is not a queue id"))?);
                 }
                 _ => anyhow::bail!("unknown filter {k:?}"),
             }
@@ -169,26 +190,51 @@ pub struct QueueSummary {
     pub domains: Vec<DomainRow>,
 }
 
-fn summarize(records: &[Record], now_ms: u64) -> QueueSummary {
+/// The summary from the queue's counters: O(states × domains × minutes).
+fn summarize(shape: &Shape, f: &Filter, now_ms: u64) -> QueueSummary {
+    let now_min = now_ms / 60_000;
+    let old_enough = |minute: u64| {
+        f.older_than_ms
+            .is_none_or(|ms| now_min.saturating_sub(minute).saturating_mul(60_000) >= ms)
+    };
+    let sum_of = |m: &postern_queue::Minutes| -> u64 {
+        m.iter()
+            .filter(|(minute, _)| old_enough(**minute))
+            .map(|(_, n)| n)
+            .sum()
+    };
     let mut sum = QueueSummary::default();
-    let mut rows: std::collections::HashMap<String, DomainRow> = Default::default();
-    for r in records {
-        sum.messages += 1;
-        *sum.states.entry(r.state.name().to_string()).or_default() += 1;
-        let age_min = now_ms.saturating_sub(r.envelope.received_ms) / 60_000;
-        let bucket = AGE_BUCKETS_MIN
-            .iter()
-            .position(|b| age_min < *b)
-            .unwrap_or(AGE_BUCKETS_MIN.len());
-        for (_, rcpt) in r.envelope.pending() {
-            let d = rcpt.address.domain.to_ascii_lowercase();
-            let row = rows.entry(d.clone()).or_insert_with(|| DomainRow {
-                domain: d,
-                total: 0,
-                ages: vec![0; AGE_BUCKETS_MIN.len() + 1],
-            });
-            row.total += 1;
-            row.ages[bucket] += 1;
+    let mut rows: std::collections::BTreeMap<&str, DomainRow> = Default::default();
+    for (name, st) in &shape.states {
+        if f.state.is_some_and(|s| s.name() != name) {
+            continue;
+        }
+        let messages = match &f.domain {
+            None => sum_of(&st.messages),
+            Some(d) => st.domain_messages.get(d).map_or(0, sum_of),
+        };
+        if messages > 0 {
+            *sum.states.entry(name.clone()).or_default() += messages;
+            sum.messages += messages;
+        }
+        for (d, minutes) in &st.domain_recipients {
+            if f.domain.as_ref().is_some_and(|want| want != d) {
+                continue;
+            }
+            for (&minute, &n) in minutes.iter().filter(|(m, _)| old_enough(**m)) {
+                let age_min = now_min.saturating_sub(minute);
+                let bucket = AGE_BUCKETS_MIN
+                    .iter()
+                    .position(|b| age_min < *b)
+                    .unwrap_or(AGE_BUCKETS_MIN.len());
+                let row = rows.entry(d).or_insert_with(|| DomainRow {
+                    domain: d.clone(),
+                    total: 0,
+                    ages: vec![0; AGE_BUCKETS_MIN.len() + 1],
+                });
+                row.total += n;
+                row.ages[bucket] += n;
+            }
         }
     }
     sum.domains = rows.into_values().collect();
@@ -227,12 +273,16 @@ pub fn handle(
         })
     };
     Some(match (method, parts.as_slice()) {
-        ("GET", []) => matching(queue, &filter).map_or_else(from_queue_error, |rs| {
-            json(&rs.iter().map(Summary::of).collect::<Vec<_>>())
-        }),
-        ("GET", ["summary"]) => matching(queue, &filter).map_or_else(from_queue_error, |rs| {
-            json(&summarize(&rs, postern_core::now_ms()))
-        }),
+        ("GET", []) => {
+            let now = postern_core::now_ms();
+            let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
+            queue
+                .page(filter.after, limit, &|r| filter.matches(r, now))
+                .map_or_else(from_queue_error, |(rs, _)| {
+                    json(&rs.iter().map(Summary::of).collect::<Vec<_>>())
+                })
+        }
+        ("GET", ["summary"]) => json(&summarize(&queue.shape(), &filter, postern_core::now_ms())),
         ("POST", ["hold"]) => bulk(queue, tracker, &filter, "held", &|id| queue.hold(id)),
         ("POST", ["retry"]) => bulk(queue, tracker, &filter, "retried", &|id| queue.retry(id)),
         ("GET", [id]) => with_id(id, |id| queue.get(id).map(|r| json(&r))),
@@ -263,15 +313,13 @@ fn with_id(id: &str, f: impl FnOnce(QueueId) -> Result<Answer, QueueError>) -> A
     }
 }
 
-fn matching(queue: &Queue, f: &Filter) -> Result<Vec<Record>, QueueError> {
-    let now = postern_core::now_ms();
-    let mut v = queue.list(f.state)?;
-    v.retain(|r| f.matches(r, now));
-    Ok(v)
-}
+/// Ids listed in a bulk action's answer; the count is always whole.
+const BULK_IDS_SHOWN: usize = 1000;
 
 /// Applies `action` to every waiting (ready or deferred) message that
-/// matches; messages that changed state meanwhile are skipped.
+/// matches, a page at a time (memory stays one page, whatever the queue's
+/// length); messages that changed state meanwhile are skipped. The answer
+/// has the count and the first [`BULK_IDS_SHOWN`] ids.
 fn bulk(
     queue: &Queue,
     tracker: &Tracker,
@@ -279,27 +327,37 @@ fn bulk(
     name: &str,
     action: &dyn Fn(QueueId) -> Result<Record, QueueError>,
 ) -> Answer {
-    let records = match matching(queue, f) {
-        Ok(v) => v,
-        Err(e) => return from_queue_error(e),
-    };
+    let now = postern_core::now_ms();
+    let keep = |r: &Record| matches!(r.state, State::Ready | State::Deferred) && f.matches(r, now);
     let mut ids = Vec::new();
-    for r in records
-        .iter()
-        .filter(|r| matches!(r.state, State::Ready | State::Deferred))
-    {
-        if let Ok(done) = action(r.envelope.id) {
-            tracker.event(
-                name,
-                &tracker.subject(&done.envelope),
-                serde_json::json!({ "by": "admin" }),
-            );
-            ids.push(done.envelope.id.to_string());
+    let mut count = 0usize;
+    let mut after = None;
+    loop {
+        let (page, next) = match queue.page(after, DEFAULT_PAGE, &keep) {
+            Ok(p) => p,
+            Err(e) => return from_queue_error(e),
+        };
+        for r in &page {
+            if let Ok(done) = action(r.envelope.id) {
+                tracker.event(
+                    name,
+                    &tracker.subject(&done.envelope),
+                    serde_json::json!({ "by": "admin" }),
+                );
+                count += 1;
+                if ids.len() < BULK_IDS_SHOWN {
+                    ids.push(done.envelope.id.to_string());
+                }
+            }
+        }
+        match next {
+            Some(n) => after = Some(n),
+            None => break,
         }
     }
     (
         200,
-        serde_json::json!({ "action": name, "count": ids.len(), "ids": ids }).to_string(),
+        serde_json::json!({ "action": name, "count": count, "ids": ids }).to_string(),
     )
 }
 
@@ -316,6 +374,12 @@ mod tests {
         assert!(Filter::parse(Some("state=lost")).is_err());
         assert!(Filter::parse(Some("older_than=soon")).is_err());
         assert!(Filter::parse(Some("colour=red")).is_err());
+        let page = Filter::parse(Some("limit=5&after=0123456789abcdef01234567")).unwrap();
+        assert_eq!(page.limit, Some(5));
+        assert!(page.after.is_some());
+        assert!(Filter::parse(Some("limit=0")).is_err());
+        assert!(Filter::parse(Some("limit=many")).is_err());
+        assert!(Filter::parse(Some("after=nope")).is_err());
         assert!(Filter::parse(Some("state=&domain="))
             .unwrap()
             .state

@@ -8,9 +8,16 @@
 //! Under load many sessions share one fsync; with one writer it costs what a
 //! plain flush costs. Failures come back as [`StorageError`]s, one shared
 //! by every writer of the batch.
+//!
+//! Body segments are synced first, so a durable record never points at
+//! bytes that are not; segments emptied before the flush are deleted after
+//! it. With no writer for a second, the thread still runs a cycle when a
+//! segment waits to be deleted, so a queue that drains gives its space back.
 
 use crate::error::StorageError;
-use std::sync::mpsc;
+use crate::segments::Segments;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Where the commit thread answers one flush request.
@@ -37,7 +44,11 @@ pub(crate) struct Committer {
 
 impl Committer {
     /// `log` is sled's log file (`<queue>/db`), fsynced after each flush.
-    pub(crate) fn start(db: sled::Db, log: &std::path::Path) -> Committer {
+    pub(crate) fn start(
+        db: sled::Db,
+        log: &std::path::Path,
+        segments: Arc<Segments>,
+    ) -> Committer {
         // Write access: Windows' FlushFileBuffers refuses a read-only handle.
         let log = std::fs::OpenOptions::new()
             .read(true)
@@ -49,14 +60,30 @@ impl Committer {
         let spawned = std::thread::Builder::new()
             .name("queue-commit".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
+                loop {
+                    let mut batch = match rx.recv_timeout(Duration::from_secs(1)) {
+                        Ok(first) => vec![first],
+                        Err(mpsc::RecvTimeoutError::Timeout) if segments.has_doomed() => Vec::new(),
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
                     batch.extend(rx.try_iter());
-                    let mut result = db.flush().map(|_| ()).map_err(StorageError::new);
+                    let doomed = segments.take_doomed();
+                    let mut result = segments
+                        .sync()
+                        .map_err(|e| StorageError::with_context("body segment fsync", e));
+                    if result.is_ok() {
+                        result = db.flush().map(|_| ()).map_err(StorageError::new);
+                    }
                     if let (Ok(()), Some(f)) = (&result, &log) {
                         result = f
                             .sync_data()
                             .map_err(|e| StorageError::with_context("fsync", e));
+                    }
+                    if result.is_ok() {
+                        segments.delete(doomed);
+                    } else {
+                        segments.restore(doomed);
                     }
                     for w in batch {
                         let _ = w.send(result.clone());

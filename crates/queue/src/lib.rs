@@ -12,7 +12,12 @@
 //!   to decode is moved aside to quarantine, never fatal.
 //! - `keys`: big-endian `due ++ id` keys so due work is one range scan.
 //! - `commit`: group commit, one fsync for every enqueue waiting at once.
-//! - `spool`: bodies too large for sled's fsynced log, as fsynced files.
+//! - `segments`: bodies in append-only segment files, synced by the group
+//!   commit and deleted once empty.
+//! - `tally`: counters by state, minute and domain ([`Shape`]), kept by
+//!   every transition, so counting never walks the queue.
+//! - `spool`: one file per large body, as versions before segments wrote
+//!   them (read and removed only).
 //! - `store`: [`Queue`] itself, its state transitions and recovery.
 //! - `error`: [`QueueError`] and the opaque [`StorageError`] that carries a
 //!   storage failure with its cause.
@@ -30,9 +35,12 @@ mod commit;
 mod error;
 mod keys;
 mod record;
+mod segments;
 mod spool;
 mod store;
+mod tally;
 
 pub use error::{QueueError, StorageError};
 pub use record::{Corruption, QuarantineInfo, Record, State};
-pub use store::{Queue, QueueOptions, Recovery, StateCounts};
+pub use store::{Queue, QueueOptions, Recovery, StateCounts, DEFAULT_SEGMENT_SIZE};
+pub use tally::{Minutes, Shape, StateShape};

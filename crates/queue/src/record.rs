@@ -6,6 +6,7 @@
 //! [`Corruption`] on failure, which recovery uses to quarantine the record
 //! instead of dying.
 
+use crate::segments::Location;
 use postern_core::Envelope;
 use serde::{Deserialize, Serialize};
 
@@ -38,10 +39,14 @@ pub(crate) enum Found {
     SpoolFile(#[source] std::io::Error),
     #[error("spool file length or checksum mismatch")]
     SpoolMismatch,
+    #[error("body segment {0}: {1}")]
+    SegmentFile(u32, #[source] std::io::Error),
+    #[error("body in segment {0} is out of bounds or fails its checksum")]
+    SegmentMismatch(u32),
 }
 
 /// Where a message stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum State {
     /// Due for its first attempt.
     Ready,
@@ -160,11 +165,16 @@ pub(crate) fn unframe(raw: &[u8]) -> Result<&[u8], Corruption> {
 pub(crate) enum StoredBody<'a> {
     /// In sled itself.
     Inline(&'a [u8]),
-    /// In the spool directory; length and CRC32 of the file.
+    /// In the spool directory; length and CRC32 of the file (written by
+    /// versions before body segments; still read).
     External { len: u64, crc: u32 },
+    /// In a body segment.
+    Segment(Location),
 }
 
-/// A body stored in sled itself.
+/// A body stored in sled itself (how versions before body segments stored
+/// small bodies; kept to test that such queues are still read).
+#[cfg(test)]
 pub(crate) fn frame_inline(body: &[u8]) -> Vec<u8> {
     // frame(&[0] ++ body), built in one buffer without a copy in between.
     let mut crc = crc32fast::Hasher::new();
@@ -178,11 +188,25 @@ pub(crate) fn frame_inline(body: &[u8]) -> Vec<u8> {
     v
 }
 
-/// A reference to a body in the spool.
+/// A reference to a body in the spool (written by versions before body
+/// segments; kept to test that such queues are still read).
+#[cfg(test)]
 pub(crate) fn frame_external(body: &[u8]) -> Vec<u8> {
     let mut p = vec![1];
     p.extend_from_slice(&(body.len() as u64).to_le_bytes());
     p.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    frame(&p)
+}
+
+/// A reference to a body in a segment: tag 2, segment (u32), offset, length
+/// (u64 each) and CRC32, little-endian.
+pub(crate) fn frame_segment(at: Location) -> Vec<u8> {
+    let mut p = Vec::with_capacity(1 + 4 + 8 + 8 + 4);
+    p.push(2);
+    p.extend_from_slice(&at.seg.to_le_bytes());
+    p.extend_from_slice(&at.off.to_le_bytes());
+    p.extend_from_slice(&at.len.to_le_bytes());
+    p.extend_from_slice(&at.crc.to_le_bytes());
     frame(&p)
 }
 
@@ -200,6 +224,19 @@ pub(crate) fn unframe_body(raw: &[u8]) -> Result<StoredBody<'_>, Corruption> {
                     len: u64::from_le_bytes(len),
                     crc: u32::from_le_bytes(crc),
                 }),
+                _ => Err(Found::UnknownBodyTag.into()),
+            }
+        }
+        Some((2, rest)) if rest.len() == 24 => {
+            let u32_at = |i: usize| rest.get(i..i + 4).and_then(|b| b.try_into().ok());
+            let u64_at = |i: usize| rest.get(i..i + 8).and_then(|b| b.try_into().ok());
+            match (u32_at(0), u64_at(4), u64_at(12), u32_at(20)) {
+                (Some(seg), Some(off), Some(len), Some(crc)) => Ok(StoredBody::Segment(Location {
+                    seg: u32::from_le_bytes(seg),
+                    off: u64::from_le_bytes(off),
+                    len: u64::from_le_bytes(len),
+                    crc: u32::from_le_bytes(crc),
+                })),
                 _ => Err(Found::UnknownBodyTag.into()),
             }
         }
@@ -280,6 +317,17 @@ mod tests {
                 crc: crc32fast::hash(body)
             }
         );
+        let at = Location {
+            seg: 7,
+            off: 1 << 33,
+            len: 5,
+            crc: 9,
+        };
+        assert_eq!(
+            unframe_body(&frame_segment(at)).unwrap(),
+            StoredBody::Segment(at)
+        );
+        assert!(unframe_body(&frame_segment(at)[..20]).is_err());
         let bad = unframe_body(&frame(&[1, 2, 3])).unwrap_err();
         assert_eq!(bad.to_string(), "unknown body storage tag");
         assert!(unframe_body(&frame(&[7])).is_err());

@@ -1,20 +1,13 @@
-//! Large message bodies as files, written durably.
-//!
-//! sled keeps values above about a quarter of its segment size in "blob"
-//! files that it never fsyncs, which would break the promise that 250 means
-//! on disk. So bodies over [`INLINE_MAX`] live in `spool/<queue id>`, written
-//! and fsynced (file, then directory) before their record is stored; the
-//! `bodies` tree then holds only their length and CRC32. A file without a
-//! record (a crash in between) is removed by recovery. Body files are
-//! created mode 0600 on Unix.
+//! Large message bodies as one file each, as versions before body segments
+//! wrote them (bodies over 64 KiB in `spool/<queue id>`, the `bodies` tree
+//! holding their length and CRC32). Such a queue is still read: its bodies
+//! are read, checked and removed from here, and recovery removes a file
+//! without a record. New bodies go to segments.
 
 use postern_core::QueueId;
-use std::fs::{self, File};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-
-/// Bodies up to this size are stored inline in sled.
-pub(crate) const INLINE_MAX: usize = 64 * 1024;
 
 /// The spool directory.
 pub(crate) struct Spool {
@@ -35,18 +28,21 @@ impl Spool {
         self.dir.join(id.to_string())
     }
 
-    /// Writes the body and makes it durable: file data, then the directory
+    /// Writes the body as an old version did (tests of reading such a
+    /// queue), and makes it durable: file data, then the directory
     /// entry. On Unix the file is created 0600 whatever the umask: a body is
     /// somebody's mail, readable by the gateway's user only.
+    #[cfg(test)]
     pub(crate) fn write_durable(&self, id: QueueId, body: &[u8]) -> io::Result<()> {
         let mut opts = fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        use std::io::Write;
         let mut f = opts.open(self.path(id))?;
         f.write_all(body)?;
         f.sync_all()?;
-        File::open(&self.dir)?.sync_all()
+        fs::File::open(&self.dir)?.sync_all()
     }
 
     /// The body file's bytes, unchecked (the caller checks length and CRC).

@@ -1,8 +1,10 @@
 //! [`Queue`]: the durable message store and its state transitions.
 //!
-//! Trees: `messages` (id → [`Record`]), `bodies` (id → framed body) and one
-//! index tree per waiting state: `due` (`due ++ id`, for Ready and Deferred),
-//! `held`, `quarantine`; `corrupt` keeps raw records that failed to decode.
+//! Trees: `messages` (id → [`Record`]), `bodies` (id → where the body is:
+//! a body segment, see `segments`) and one index tree per waiting state:
+//! `due` (`due ++ id`, for Ready and Deferred), `held`, `quarantine`;
+//! `corrupt` keeps raw records that failed to decode; `meta` holds the
+//! clean-close snapshot.
 //! Leases live in memory: a lease never outlives its process, so there is
 //! nothing to persist, and a leased message's record still says when it was
 //! due. Records are the truth and indexes are derived: [`Queue::open`]
@@ -12,6 +14,12 @@
 //! then record, then index, and a crash between them leaves something
 //! recovery repairs. One mutex orders state transitions within the process.
 //!
+//! Opening: a queue closed cleanly ([`Queue::close`]) left a snapshot of its
+//! counters ([`Shape`]) and of its segments' live bodies, and indexes that
+//! agree with the records; the open takes the snapshot (removing it
+//! durably first, so a crash after it is recovered in full) and is ready in
+//! O(1). Otherwise the open walks every record, as above.
+//!
 //! Durability: [`Queue::enqueue`] returns only after a (group-committed)
 //! flush. Other transitions rely on sled's periodic flush: losing one on a
 //! crash means a message is delivered again (at-least-once), never lost.
@@ -20,12 +28,24 @@ use crate::commit::Committer;
 use crate::error::{QueueError, SledResult, StorageError};
 use crate::keys::{due_key, due_upper, split_due_key};
 use crate::record::{self, Corruption, Found, QuarantineInfo, Record, State};
-use crate::spool::{Spool, INLINE_MAX};
+use crate::segments::{self, Live, Segments};
+use crate::spool::Spool;
+use crate::tally::Shape;
 use postern_core::{Envelope, QueueId};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
+
+/// Body segments are sealed at this size unless [`QueueOptions`] says
+/// otherwise: small enough that a drained segment gives its space back
+/// soon, large enough that a million messages need a few hundred files.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+/// The `meta` key of the clean-close snapshot.
+const CLEAN_KEY: &[u8] = b"clean";
 
 /// How to open the queue.
 #[derive(Debug, Clone)]
@@ -34,6 +54,8 @@ pub struct QueueOptions {
     pub path: PathBuf,
     /// sled page cache in bytes.
     pub cache_bytes: u64,
+    /// Size at which a body segment is sealed ([`DEFAULT_SEGMENT_SIZE`]).
+    pub segment_size: u64,
 }
 
 /// What [`Queue::open`] found and repaired.
@@ -45,6 +67,17 @@ pub struct Recovery {
     pub corrupt: usize,
     /// Bodies without a record (a crash before the record landed), removed.
     pub orphans: usize,
+    /// Whether every record was read: the queue was not closed cleanly
+    /// (or is new). A clean close leaves a snapshot and the open is O(1).
+    pub walked: bool,
+}
+
+/// What a clean close leaves for the next open.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    shape: Shape,
+    /// (segment, live bodies, live bytes).
+    live: Vec<(u32, u64, u64)>,
 }
 
 /// Message counts by state.
@@ -68,8 +101,6 @@ pub struct Queue {
 }
 
 struct Inner {
-    /// The database, flushed at the end of recovery.
-    db: sled::Db,
     /// id → framed [`Record`]: the truth.
     messages: sled::Tree,
     /// id → framed body (inline, or a reference to a spool file).
@@ -85,15 +116,42 @@ struct Inner {
     /// Content that crashed a stage before it was queued: content hash →
     /// framed (crash count, last reason).
     suspects: sled::Tree,
-    /// Leased messages and when each lease ends (ms). Also the transition
-    /// lock: every state change holds it, so index and record agree.
-    leases: Mutex<HashMap<QueueId, u64>>,
+    /// The clean-close snapshot, while the queue is closed.
+    meta: sled::Tree,
+    /// Leases and counters. Also the transition lock: every state change
+    /// holds it, so index, record and counters agree.
+    guarded: Mutex<Guarded>,
     /// Group commit for enqueue.
     committer: Committer,
-    /// Files for bodies too large to keep inline.
+    /// Body files of versions before segments (read and removed only).
     spool: Spool,
+    /// Body segments.
+    segments: Arc<Segments>,
     /// Wakes the scheduler when something becomes due.
     wake: Notify,
+    /// [`Queue::close`] has written its snapshot: a later transition
+    /// must take it back.
+    closed: AtomicBool,
+}
+
+/// What the transition lock guards.
+#[derive(Default)]
+struct Guarded {
+    /// Leased messages and when each lease ends (ms).
+    leases: HashMap<QueueId, u64>,
+    /// Messages by live state, minute and domain.
+    shape: Shape,
+}
+
+impl Guarded {
+    /// The live state of `r` (Leased while leased).
+    fn live(&self, r: &Record) -> State {
+        if self.leases.contains_key(&r.envelope.id) {
+            State::Leased
+        } else {
+            r.state
+        }
+    }
 }
 
 impl Inner {
@@ -139,58 +197,51 @@ impl Inner {
     }
 }
 
-impl Queue {
-    /// Opens (or creates) the queue and recovers it. See [`Recovery`].
-    pub fn open(opts: &QueueOptions) -> Result<(Queue, Recovery), QueueError> {
-        let db = sled::Config::new()
-            .path(&opts.path)
-            .cache_capacity(opts.cache_bytes)
-            .flush_every_ms(Some(200))
-            .open()
-            .storage()?;
-        let tree = |n: &str| db.open_tree(n).storage();
-        let inner = Inner {
-            messages: tree("messages")?,
-            bodies: tree("bodies")?,
-            due: tree("due")?,
-            held: tree("held")?,
-            quarantine: tree("quarantine")?,
-            corrupt: tree("corrupt")?,
-            suspects: tree("suspects")?,
-            leases: Mutex::new(HashMap::new()),
-            committer: Committer::start(db.clone(), &opts.path.join("db")),
-            spool: Spool::open(&opts.path.join("spool"))?,
-            wake: Notify::new(),
-            db,
+/// The trees recovery works on, before the queue exists.
+struct Trees {
+    messages: sled::Tree,
+    bodies: sled::Tree,
+    due: sled::Tree,
+    held: sled::Tree,
+    quarantine: sled::Tree,
+    corrupt: sled::Tree,
+}
+
+impl Trees {
+    fn set_index(&self, r: &Record) -> Result<(), QueueError> {
+        let t = match r.state {
+            State::Ready | State::Deferred => &self.due,
+            State::Held => &self.held,
+            State::Quarantine => &self.quarantine,
+            State::Leased => return Ok(()),
         };
-        let q = Queue {
-            inner: Arc::new(inner),
-        };
-        let rec = q.recover()?;
-        Ok((q, rec))
+        t.insert(Inner::index_key(r), &[][..]).storage()?;
+        Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<QueueId, u64>> {
-        self.inner.leases.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Rebuilds every index from the records; see the module docs.
-    fn recover(&self) -> Result<Recovery, QueueError> {
-        let i = &self.inner;
-        for t in [&i.due, &i.held, &i.quarantine] {
+    /// The full walk: rebuilds every index and the counters from the
+    /// records (so every message leased by a dead process is due again),
+    /// sweeps bodies whose record never landed, and counts each segment's
+    /// live bodies. See the module docs.
+    fn rebuild(&self, spool: &Spool) -> Result<(Recovery, Shape, HashMap<u32, Live>), QueueError> {
+        for t in [&self.due, &self.held, &self.quarantine] {
             t.clear().storage()?;
         }
         let now = postern_core::now_ms();
-        let mut rec = Recovery::default();
-        for item in i.messages.iter() {
+        let mut rec = Recovery {
+            walked: true,
+            ..Recovery::default()
+        };
+        let mut shape = Shape::default();
+        for item in self.messages.iter() {
             let (k, raw) = item.storage()?;
             let mut r = match record::decode(&raw) {
                 Ok(r) if r.envelope.id.0[..] == k[..] => r,
                 other => {
                     let reason = other.err().unwrap_or_else(|| Found::KeyMismatch.into());
                     tracing::error!(key = ?k, %reason, "queue record failed to decode; quarantined");
-                    i.corrupt.insert(&k, raw).storage()?;
-                    i.messages.remove(&k).storage()?;
+                    self.corrupt.insert(&k, raw).storage()?;
+                    self.messages.remove(&k).storage()?;
                     rec.corrupt += 1;
                     continue;
                 }
@@ -203,26 +254,164 @@ impl Queue {
                     State::Deferred
                 };
                 r.due_ms = r.due_ms.min(now);
-                i.messages.insert(&k, record::encode(&r)).storage()?;
+                self.messages.insert(&k, record::encode(&r)).storage()?;
             }
-            i.set_index(&r, true)?;
+            self.set_index(&r)?;
+            shape.apply(&r, r.state, true);
             rec.messages += 1;
         }
-        for item in i.bodies.iter() {
-            let (k, _) = item.storage()?;
-            if !i.messages.contains_key(&k).storage()? && !i.corrupt.contains_key(&k).storage()? {
-                i.bodies.remove(&k).storage()?;
+        let mut live: HashMap<u32, Live> = HashMap::new();
+        for item in self.bodies.iter() {
+            let (k, raw) = item.storage()?;
+            if !self.messages.contains_key(&k).storage()? && !self.corrupt.contains_key(&k).storage()? {
+                self.bodies.remove(&k).storage()?;
+                rec.orphans += 1;
+                continue;
+            }
+            if let Ok(record::StoredBody::Segment(at)) = record::unframe_body(&raw) {
+                let l = live.entry(at.seg).or_default();
+                l.bodies += 1;
+                l.bytes += segments::BODY_HEADER + at.len;
+            }
+        }
+        for id in spool.ids()? {
+            if !self.bodies.contains_key(id.0).storage()? {
+                spool.remove(id);
                 rec.orphans += 1;
             }
         }
-        for id in i.spool.ids()? {
-            if !i.bodies.contains_key(id.0).storage()? {
-                i.spool.remove(id);
-                rec.orphans += 1;
+        Ok((rec, shape, live))
+    }
+}
+
+impl Queue {
+    /// Opens (or creates) the queue and recovers it. See [`Recovery`].
+    pub fn open(opts: &QueueOptions) -> Result<(Queue, Recovery), QueueError> {
+        let db = sled::Config::new()
+            .path(&opts.path)
+            .cache_capacity(opts.cache_bytes)
+            .flush_every_ms(Some(200))
+            .open()
+            .storage()?;
+        let tree = |n: &str| db.open_tree(n).storage();
+        let trees = Trees {
+            messages: tree("messages")?,
+            bodies: tree("bodies")?,
+            due: tree("due")?,
+            held: tree("held")?,
+            quarantine: tree("quarantine")?,
+            corrupt: tree("corrupt")?,
+        };
+        let meta = tree("meta")?;
+        let spool = Spool::open(&opts.path.join("spool"))?;
+        // The snapshot is good for this one open: gone (durably) before
+        // anything changes, so a crash from here on is recovered in full.
+        let snapshot = match meta.remove(CLEAN_KEY).storage()? {
+            Some(raw) => {
+                db.flush().storage()?;
+                record::unframe(&raw)
+                    .ok()
+                    .and_then(|p| serde_json::from_slice::<Snapshot>(p).ok())
+            }
+            None => None,
+        };
+        let (mut rec, mut shape, live) = match snapshot {
+            Some(s) => {
+                let live = s
+                    .live
+                    .iter()
+                    .map(|&(seg, bodies, bytes)| (seg, Live { bodies, bytes }))
+                    .collect();
+                let messages = s.shape.states.values().map(|st| st.messages.values().sum::<u64>()).sum::<u64>();
+                let rec = Recovery {
+                    messages: messages as usize,
+                    ..Recovery::default()
+                };
+                (rec, s.shape, live)
+            }
+            None => trees.rebuild(&spool)?,
+        };
+        shape.corrupt = trees.corrupt.len() as u64;
+        let (segments, removed) =
+            Segments::open(&opts.path.join("bodies"), opts.segment_size, live)?;
+        rec.orphans += removed;
+        let segments = Arc::new(segments);
+        db.flush().storage()?;
+        let inner = Inner {
+            messages: trees.messages,
+            bodies: trees.bodies,
+            due: trees.due,
+            held: trees.held,
+            quarantine: trees.quarantine,
+            corrupt: trees.corrupt,
+            suspects: tree("suspects")?,
+            meta,
+            guarded: Mutex::new(Guarded {
+                leases: HashMap::new(),
+                shape,
+            }),
+            committer: Committer::start(db.clone(), &opts.path.join("db"), segments.clone()),
+            spool,
+            segments,
+            wake: Notify::new(),
+            closed: AtomicBool::new(false),
+        };
+        let q = Queue {
+            inner: Arc::new(inner),
+        };
+        Ok((q, rec))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Guarded> {
+        let g = self.inner.guarded.lock().unwrap_or_else(|p| p.into_inner());
+        if self.inner.closed.swap(false, Ordering::AcqRel) {
+            // A transition after close: the snapshot no longer holds.
+            // Removed before the transition's own writes, so no flush can
+            // make the transition durable without this.
+            if let Err(e) = self.inner.meta.remove(CLEAN_KEY) {
+                tracing::error!(error = %e, "cannot withdraw the clean-close snapshot");
             }
         }
-        i.db.flush().storage()?;
-        Ok(rec)
+        g
+    }
+
+    /// Closes cleanly: leased messages go back to their index, then the
+    /// counters and the segments' live bodies are stored with a final
+    /// flush, so the next open need not walk the queue. Call it last; a
+    /// transition after it withdraws the snapshot (and costs the next open
+    /// a walk, nothing else).
+    pub async fn close(&self) -> Result<(), QueueError> {
+        {
+            let mut g = self.lock();
+            let i = &self.inner;
+            let leased: Vec<QueueId> = g.leases.keys().copied().collect();
+            for id in leased {
+                g.leases.remove(&id);
+                match i.read(id) {
+                    Ok(r) => {
+                        i.set_index(&r, true)?;
+                        g.shape.moved(&r, State::Leased, &r, r.state);
+                    }
+                    Err(QueueError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let snap = Snapshot {
+                shape: g.shape.clone(),
+                live: i
+                    .segments
+                    .live()
+                    .into_iter()
+                    .map(|(seg, l)| (seg, l.bodies, l.bytes))
+                    .collect(),
+            };
+            let raw = serde_json::to_vec(&snap).map_err(|e| {
+                QueueError::Storage(StorageError::with_context("snapshot", e))
+            })?;
+            i.meta.insert(CLEAN_KEY, record::frame(&raw)).storage()?;
+            i.closed.store(true, Ordering::Release);
+        }
+        self.flush().await
     }
 
     /// Stores a new message durably; returns once it is on disk.
@@ -256,25 +445,20 @@ impl Queue {
     async fn store_new(&self, r: Record, body: &[u8]) -> Result<(), QueueError> {
         let id = r.envelope.id;
         let i = &self.inner;
-        let stored = if body.len() > INLINE_MAX {
-            let q = self.clone();
-            let owned = body.to_vec();
-            tokio::task::spawn_blocking(move || q.inner.spool.write_durable(id, &owned))
-                .await
-                .map_err(|e| QueueError::Storage(StorageError::with_context("spool task", e)))??;
-            record::frame_external(body)
-        } else {
-            record::frame_inline(body)
-        };
-        i.bodies.insert(id.0, stored).storage()?;
-        i.messages.insert(id.0, record::encode(&r)).storage()?;
+        // Appended under the segment lock; durable with the next group
+        // commit, which syncs segments before it flushes records.
+        let at = i.segments.append(id, body)?;
+        {
+            let mut g = self.lock();
+            i.bodies.insert(id.0, record::frame_segment(at)).storage()?;
+            i.messages.insert(id.0, record::encode(&r)).storage()?;
+            g.shape.apply(&r, r.state, true);
+        }
         if let Err(e) = i.committer.flush().await {
             // Not durable, so the client hears 4xx and will send it again:
             // take it back, or it would be delivered twice. (A crash right
             // here leaves a record that recovery delivers: at least once.)
-            let _ = i.messages.remove(id.0);
-            let _ = i.bodies.remove(id.0);
-            i.spool.remove(id);
+            let _ = self.remove(id);
             return Err(QueueError::Flush(e));
         }
         // Only a durable message becomes visible to the scheduler (indexes
@@ -338,21 +522,22 @@ impl Queue {
         id: QueueId,
         f: &dyn Fn(&mut Record) -> Result<(), QueueError>,
     ) -> Result<Record, QueueError> {
-        let mut leases = self.lock();
+        let mut g = self.lock();
         let i = &self.inner;
         let mut old = i.read(id)?;
-        if leases.contains_key(&id) {
+        if g.leases.contains_key(&id) {
             old.state = State::Leased;
         }
         let mut new = old.clone();
         f(&mut new)?;
         if old.state == State::Leased && new.state != State::Leased {
-            leases.remove(&id);
+            g.leases.remove(&id);
         }
         i.set_index(&old, false)?;
         i.set_index(&new, true)?;
         i.messages.insert(id.0, record::encode(&new)).storage()?;
-        drop(leases);
+        g.shape.moved(&old, old.state, &new, new.state);
+        drop(g);
         if matches!(new.state, State::Ready | State::Deferred) {
             i.wake.notify_one();
         }
@@ -361,16 +546,26 @@ impl Queue {
 
     /// Removes a message entirely (delivered, bounced or deleted).
     pub fn remove(&self, id: QueueId) -> Result<(), QueueError> {
-        let mut leases = self.lock();
+        let mut g = self.lock();
         let i = &self.inner;
-        leases.remove(&id);
         if let Ok(old) = i.read(id) {
+            let live = g.live(&old);
             i.set_index(&old, false)?;
+            g.shape.apply(&old, live, false);
         }
+        g.leases.remove(&id);
         i.messages.remove(id.0).storage()?;
-        i.corrupt.remove(id.0).storage()?;
-        i.bodies.remove(id.0).storage()?;
-        i.spool.remove(id);
+        if i.corrupt.remove(id.0).storage()?.is_some() {
+            g.shape.corrupt = g.shape.corrupt.saturating_sub(1);
+        }
+        let body = i.bodies.remove(id.0).storage()?;
+        drop(g);
+        match body.as_deref().map(record::unframe_body) {
+            // Deleted after the flush that makes this removal durable.
+            Some(Ok(record::StoredBody::Segment(at))) => i.segments.release(at),
+            Some(Ok(record::StoredBody::External { .. })) => i.spool.remove(id),
+            _ => {}
+        }
         Ok(())
     }
 
@@ -382,7 +577,7 @@ impl Queue {
         max: usize,
         lease_ms: u64,
     ) -> Result<Vec<Record>, QueueError> {
-        let mut leases = self.lock();
+        let mut g = self.lock();
         let i = &self.inner;
         let mut out = Vec::new();
         let keys: Vec<_> = i
@@ -397,13 +592,14 @@ impl Queue {
             let Some((_, id)) = split_due_key(&k) else {
                 continue;
             };
-            if leases.contains_key(&id) {
+            if g.leases.contains_key(&id) {
                 continue; // a second index entry of a message being delivered
             }
             match i.read(id) {
                 Ok(mut r) if matches!(r.state, State::Ready | State::Deferred) => {
                     let until = now_ms.saturating_add(lease_ms);
-                    leases.insert(id, until);
+                    g.leases.insert(id, until);
+                    g.shape.moved(&r, r.state, &r, State::Leased);
                     r.state = State::Leased;
                     r.lease_until_ms = until;
                     out.push(r);
@@ -413,6 +609,7 @@ impl Queue {
                     tracing::error!(%id, %reason, "corrupt record in the due index; quarantined");
                     if let Some(raw) = i.messages.remove(&k[8..]).storage()? {
                         i.corrupt.insert(&k[8..], raw).storage()?;
+                        g.shape.corrupt += 1;
                     }
                 }
                 Err(e) => return Err(e),
@@ -423,19 +620,23 @@ impl Queue {
 
     /// Leased messages whose lease has run out by `now_ms` become due now.
     pub fn expire_leases(&self, now_ms: u64) -> Result<usize, QueueError> {
-        let mut leases = self.lock();
-        let expired: Vec<QueueId> = leases
+        let mut g = self.lock();
+        let expired: Vec<QueueId> = g
+            .leases
             .iter()
             .filter(|(_, until)| **until <= now_ms)
             .map(|(id, _)| *id)
             .collect();
         for id in &expired {
-            leases.remove(id);
+            g.leases.remove(id);
             // Indexed under the record's own due time, the key every later
             // transition removes (a key of its own would be left behind and
             // skip the next retry's backoff).
             match self.inner.read(*id) {
-                Ok(r) => self.inner.set_index(&r, true)?,
+                Ok(r) => {
+                    self.inner.set_index(&r, true)?;
+                    g.shape.moved(&r, State::Leased, &r, r.state);
+                }
                 Err(QueueError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -443,7 +644,7 @@ impl Queue {
         Ok(expired.len())
     }
 
-    /// The message body, checksum verified (inline or spooled).
+    /// The message body, checksum verified (wherever it is stored).
     pub fn body(&self, id: QueueId) -> Result<Vec<u8>, QueueError> {
         let i = &self.inner;
         let raw = i
@@ -456,6 +657,12 @@ impl Queue {
             reason,
         };
         match record::unframe_body(&raw).map_err(corrupt)? {
+            record::StoredBody::Segment(at) => i.segments.read(at).map_err(|e| {
+                corrupt(match e {
+                    segments::ReadError::Io(e) => Found::SegmentFile(at.seg, e).into(),
+                    segments::ReadError::Mismatch => Found::SegmentMismatch(at.seg).into(),
+                })
+            }),
             record::StoredBody::Inline(b) => Ok(b.to_vec()),
             record::StoredBody::External { len, crc } => {
                 let b = i
@@ -472,9 +679,9 @@ impl Queue {
 
     /// One record, with its live state (Leased while being delivered).
     pub fn get(&self, id: QueueId) -> Result<Record, QueueError> {
-        let leases = self.lock();
+        let g = self.lock();
         let mut r = self.inner.read(id)?;
-        if let Some(until) = leases.get(&id) {
+        if let Some(until) = g.leases.get(&id) {
             r.state = State::Leased;
             r.lease_until_ms = *until;
         }
@@ -483,21 +690,47 @@ impl Queue {
 
     /// Every decodable record (optionally in one state), in id order.
     pub fn list(&self, state: Option<State>) -> Result<Vec<Record>, QueueError> {
-        let leased: HashMap<QueueId, u64> = self.lock().clone();
+        let (page, _) = self.page(None, usize::MAX, &|r| state.is_none_or(|s| s == r.state))?;
+        Ok(page)
+    }
+
+    /// Up to `limit` decodable records that `keep` accepts, in id order,
+    /// starting after `after` (a cursor: the last id of the previous page).
+    /// The second value is the cursor of the next page, `None` at the end.
+    /// Records carry their live state (Leased while being delivered).
+    pub fn page(
+        &self,
+        after: Option<QueueId>,
+        limit: usize,
+        keep: &dyn Fn(&Record) -> bool,
+    ) -> Result<(Vec<Record>, Option<QueueId>), QueueError> {
+        let leased: HashMap<QueueId, u64> = self.lock().leases.clone();
         let mut out = Vec::new();
-        for item in self.inner.messages.iter() {
+        let range = match after {
+            Some(id) => self.inner.messages.range((
+                std::ops::Bound::Excluded(id.0.to_vec()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.inner.messages.iter(),
+        };
+        for item in range {
             let (_, raw) = item.storage()?;
-            if let Ok(mut r) = record::decode(&raw) {
-                if let Some(until) = leased.get(&r.envelope.id) {
-                    r.state = State::Leased;
-                    r.lease_until_ms = *until;
+            let Ok(mut r) = record::decode(&raw) else {
+                continue;
+            };
+            if let Some(until) = leased.get(&r.envelope.id) {
+                r.state = State::Leased;
+                r.lease_until_ms = *until;
+            }
+            if keep(&r) {
+                if out.len() == limit {
+                    let next = out.last().map(|r: &Record| r.envelope.id);
+                    return Ok((out, next));
                 }
-                if state.is_none_or(|s| s == r.state) {
-                    out.push(r);
-                }
+                out.push(r);
             }
         }
-        Ok(out)
+        Ok((out, None))
     }
 
     /// Raw records that failed to decode: (key as hex, reason).
@@ -515,15 +748,28 @@ impl Queue {
         Ok(out)
     }
 
-    /// Counts by state, from the index trees.
+    /// Counts by state, from the counters (no walk).
     pub fn counts(&self) -> StateCounts {
-        let i = &self.inner;
+        let g = self.lock();
+        let n = |s| g.shape.count(s) as usize;
         StateCounts {
-            ready_or_deferred: i.due.len(),
-            leased: self.lock().len(),
-            held: i.held.len(),
-            quarantine: i.quarantine.len() + i.corrupt.len(),
+            ready_or_deferred: n(State::Ready) + n(State::Deferred),
+            leased: n(State::Leased),
+            held: n(State::Held),
+            quarantine: n(State::Quarantine) + g.shape.corrupt as usize,
         }
+    }
+
+    /// The counters: messages by live state, minute of receipt and
+    /// recipient domain (see [`Shape`]).
+    pub fn shape(&self) -> Shape {
+        self.lock().shape.clone()
+    }
+
+    /// Disk use of the body segments: (files, bytes of live bodies).
+    pub fn segment_usage(&self) -> (usize, u64) {
+        let live = self.inner.segments.live();
+        (live.len(), live.values().map(|l| l.bytes).sum())
     }
 
     /// When the earliest due message is due, if any.
@@ -605,5 +851,68 @@ impl Queue {
             .flush()
             .await
             .map_err(QueueError::Flush)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postern_core::{Address, Recipient};
+
+    fn env() -> Envelope {
+        Envelope {
+            id: QueueId::generate(),
+            sender: None,
+            recipients: vec![Recipient::new(Address::parse("c@d.test").unwrap())],
+            client: "127.0.0.1".into(),
+            helo: "h".into(),
+            received_ms: postern_core::now_ms(),
+            size: 5,
+            eight_bit: false,
+            message_id: None,
+            smtputf8: false,
+            dsn_ret_full: false,
+            dsn_envid: None,
+            trusted: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_of_the_layout_before_segments_are_read_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = QueueOptions {
+            path: dir.path().join("q"),
+            cache_bytes: 8 << 20,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+        };
+        let (small, large) = (env(), env());
+        let big = vec![b'b'; 100_000];
+        {
+            // Written the way an older version wrote them: the small body in
+            // sled, the large one in a spool file.
+            let (q, _) = Queue::open(&opts).unwrap();
+            let i = &q.inner;
+            i.spool.write_durable(large.id, &big).unwrap();
+            i.bodies
+                .insert(small.id.0, record::frame_inline(b"inline"))
+                .unwrap();
+            i.bodies
+                .insert(large.id.0, record::frame_external(&big))
+                .unwrap();
+            for e in [&small, &large] {
+                let r = Record::new(e.clone(), 0);
+                i.messages.insert(e.id.0, record::encode(&r)).unwrap();
+            }
+            q.flush().await.unwrap();
+        }
+        let (q, rec) = Queue::open(&opts).unwrap();
+        assert_eq!((rec.messages, rec.orphans), (2, 0));
+        assert_eq!(q.body(small.id).unwrap(), b"inline");
+        assert_eq!(q.body(large.id).unwrap(), big);
+        assert_eq!(q.claim_due(postern_core::now_ms(), 10, 1000).unwrap().len(), 2);
+        q.remove(large.id).unwrap();
+        q.remove(small.id).unwrap();
+        assert!(q.inner.spool.ids().unwrap().is_empty());
+        assert_eq!(q.counts(), StateCounts::default());
     }
 }
