@@ -329,10 +329,14 @@ async fn queue_spool_and_tracking_files_are_private() {
     let queue = gw.dir.path().join("queue");
     let bodies = queue.join("bodies");
     let tracking = queue.join("tracking.log");
-    wait_until(Duration::from_secs(20), "a body segment and the log", || {
-        std::fs::read_dir(&bodies).is_ok_and(|mut d| d.next().is_some())
-            && std::fs::metadata(&tracking).is_ok_and(|m| m.len() > 0)
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "a body segment and the log",
+        || {
+            std::fs::read_dir(&bodies).is_ok_and(|mut d| d.next().is_some())
+                && std::fs::metadata(&tracking).is_ok_and(|m| m.len() > 0)
+        },
+    )
     .await;
     wait_deferred(&gw, 1).await;
     use std::os::unix::fs::PermissionsExt;

@@ -168,7 +168,15 @@ pub async fn run(admin: SocketAddr, token: Option<String>, cmd: QueueCmd) -> any
         json,
     } = &cmd
     {
-        return list(admin, token.as_deref(), filter, *limit, after.clone(), *json).await;
+        return list(
+            admin,
+            token.as_deref(),
+            filter,
+            *limit,
+            after.clone(),
+            *json,
+        )
+        .await;
     }
     let (method, path) = route(&cmd);
     let (status, body) = request(admin, token.as_deref(), method, &path).await?;
@@ -279,7 +287,10 @@ async fn list(
         for row in &rows {
             if json {
                 let sep = if shown == 0 { "" } else { "," };
-                print!("{sep}{}", escape_json_controls(&serde_json::to_string_pretty(row)?));
+                print!(
+                    "{sep}{}",
+                    escape_json_controls(&serde_json::to_string_pretty(row)?)
+                );
             } else {
                 let r: Summary = serde_json::from_value(row.clone())?;
                 println!("{}", escape_controls(&table_line(&r)));

@@ -44,11 +44,7 @@ pub(crate) struct Committer {
 
 impl Committer {
     /// `log` is sled's log file (`<queue>/db`), fsynced after each flush.
-    pub(crate) fn start(
-        db: sled::Db,
-        log: &std::path::Path,
-        segments: Arc<Segments>,
-    ) -> Committer {
+    pub(crate) fn start(db: sled::Db, log: &std::path::Path, segments: Arc<Segments>) -> Committer {
         // Write access: Windows' FlushFileBuffers refuses a read-only handle.
         let log = std::fs::OpenOptions::new()
             .read(true)
@@ -59,35 +55,33 @@ impl Committer {
         let (tx, rx) = mpsc::channel::<Waiter>();
         let spawned = std::thread::Builder::new()
             .name("queue-commit".into())
-            .spawn(move || {
-                loop {
-                    let mut batch = match rx.recv_timeout(Duration::from_secs(1)) {
-                        Ok(first) => vec![first],
-                        Err(mpsc::RecvTimeoutError::Timeout) if segments.has_doomed() => Vec::new(),
-                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    };
-                    batch.extend(rx.try_iter());
-                    let doomed = segments.take_doomed();
-                    let mut result = segments
-                        .sync()
-                        .map_err(|e| StorageError::with_context("body segment fsync", e));
-                    if result.is_ok() {
-                        result = db.flush().map(|_| ()).map_err(StorageError::new);
-                    }
-                    if let (Ok(()), Some(f)) = (&result, &log) {
-                        result = f
-                            .sync_data()
-                            .map_err(|e| StorageError::with_context("fsync", e));
-                    }
-                    if result.is_ok() {
-                        segments.delete(doomed);
-                    } else {
-                        segments.restore(doomed);
-                    }
-                    for w in batch {
-                        let _ = w.send(result.clone());
-                    }
+            .spawn(move || loop {
+                let mut batch = match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(first) => vec![first],
+                    Err(mpsc::RecvTimeoutError::Timeout) if segments.has_doomed() => Vec::new(),
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                batch.extend(rx.try_iter());
+                let doomed = segments.take_doomed();
+                let mut result = segments
+                    .sync()
+                    .map_err(|e| StorageError::with_context("body segment fsync", e));
+                if result.is_ok() {
+                    result = db.flush().map(|_| ()).map_err(StorageError::new);
+                }
+                if let (Ok(()), Some(f)) = (&result, &log) {
+                    result = f
+                        .sync_data()
+                        .map_err(|e| StorageError::with_context("fsync", e));
+                }
+                if result.is_ok() {
+                    segments.delete(doomed);
+                } else {
+                    segments.restore(doomed);
+                }
+                for w in batch {
+                    let _ = w.send(result.clone());
                 }
             });
         let thread = match spawned {

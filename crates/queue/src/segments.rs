@@ -366,7 +366,10 @@ mod tests {
         assert_eq!(s.read(a).unwrap(), b"first body");
         assert_eq!(s.read(b).unwrap(), vec![7u8; 90]);
         // A wrong CRC or a range past the end is a mismatch, not a panic.
-        let bad = Location { crc: a.crc ^ 1, ..a };
+        let bad = Location {
+            crc: a.crc ^ 1,
+            ..a
+        };
         assert!(matches!(s.read(bad), Err(ReadError::Mismatch)));
         let far = Location { off: 1 << 40, ..a };
         assert!(matches!(s.read(far), Err(ReadError::Mismatch)));

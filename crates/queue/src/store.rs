@@ -263,7 +263,9 @@ impl Trees {
         let mut live: HashMap<u32, Live> = HashMap::new();
         for item in self.bodies.iter() {
             let (k, raw) = item.storage()?;
-            if !self.messages.contains_key(&k).storage()? && !self.corrupt.contains_key(&k).storage()? {
+            if !self.messages.contains_key(&k).storage()?
+                && !self.corrupt.contains_key(&k).storage()?
+            {
                 self.bodies.remove(&k).storage()?;
                 rec.orphans += 1;
                 continue;
@@ -322,7 +324,12 @@ impl Queue {
                     .iter()
                     .map(|&(seg, bodies, bytes)| (seg, Live { bodies, bytes }))
                     .collect();
-                let messages = s.shape.states.values().map(|st| st.messages.values().sum::<u64>()).sum::<u64>();
+                let messages = s
+                    .shape
+                    .states
+                    .values()
+                    .map(|st| st.messages.values().sum::<u64>())
+                    .sum::<u64>();
                 let rec = Recovery {
                     messages: messages as usize,
                     ..Recovery::default()
@@ -405,9 +412,8 @@ impl Queue {
                     .map(|(seg, l)| (seg, l.bodies, l.bytes))
                     .collect(),
             };
-            let raw = serde_json::to_vec(&snap).map_err(|e| {
-                QueueError::Storage(StorageError::with_context("snapshot", e))
-            })?;
+            let raw = serde_json::to_vec(&snap)
+                .map_err(|e| QueueError::Storage(StorageError::with_context("snapshot", e)))?;
             i.meta.insert(CLEAN_KEY, record::frame(&raw)).storage()?;
             i.closed.store(true, Ordering::Release);
         }
@@ -909,7 +915,10 @@ mod tests {
         assert_eq!((rec.messages, rec.orphans), (2, 0));
         assert_eq!(q.body(small.id).unwrap(), b"inline");
         assert_eq!(q.body(large.id).unwrap(), big);
-        assert_eq!(q.claim_due(postern_core::now_ms(), 10, 1000).unwrap().len(), 2);
+        assert_eq!(
+            q.claim_due(postern_core::now_ms(), 10, 1000).unwrap().len(),
+            2
+        );
         q.remove(large.id).unwrap();
         q.remove(small.id).unwrap();
         assert!(q.inner.spool.ids().unwrap().is_empty());

@@ -272,10 +272,17 @@ async fn a_drained_queue_gives_its_segments_back() {
     while segment_files(&dir).len() > 1 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert_eq!(segment_files(&dir).len(), 1, "only the active segment stays");
+    assert_eq!(
+        segment_files(&dir).len(),
+        1,
+        "only the active segment stays"
+    );
     drop(q);
     let (_q, _) = Queue::open(&small).unwrap();
-    assert!(segment_files(&dir).is_empty(), "an empty queue keeps no segment");
+    assert!(
+        segment_files(&dir).is_empty(),
+        "an empty queue keeps no segment"
+    );
 }
 
 #[tokio::test]
@@ -355,7 +362,12 @@ async fn pages_follow_a_cursor() {
             None => break,
         }
     }
-    let all: Vec<_> = q.list(None).unwrap().iter().map(|r| r.envelope.id).collect();
+    let all: Vec<_> = q
+        .list(None)
+        .unwrap()
+        .iter()
+        .map(|r| r.envelope.id)
+        .collect();
     assert_eq!(seen, all);
     assert_eq!(seen.len(), 7);
 }
