@@ -1,17 +1,26 @@
 //! The stored record format.
 //!
 //! Every value written is `version (1 byte) ++ crc32 of payload (4 bytes LE)
-//! ++ payload`. Message records carry JSON of [`Record`]; bodies carry the raw
-//! message. [`decode`] checks version and checksum and returns a
+//! ++ payload`. Message records carry [`Record`] in bincode (version 2,
+//! varints, a third of the JSON's size: sled rewrites records as they
+//! change, so their size is most of the database's) or, written by earlier
+//! versions and still read, JSON (version 1); body entries say where the
+//! body is. [`decode`] checks version and checksum and returns a
 //! [`Corruption`] on failure, which recovery uses to quarantine the record
-//! instead of dying.
+//! instead of dying. Decoding is bounded: a record longer than
+//! [`MAX_RECORD`] is refused, whatever its length fields say.
 
 use crate::segments::Location;
 use postern_core::Envelope;
 use serde::{Deserialize, Serialize};
 
-/// Current format version.
+/// Format version of frames other than records, and of JSON records.
 pub(crate) const VERSION: u8 = 1;
+/// Format version of bincode records.
+pub(crate) const RECORD_BIN: u8 = 2;
+/// The longest record decoded (a million recipients' worth of text would
+/// not fit; the listener's recipient limit keeps real ones far below).
+pub(crate) const MAX_RECORD: u64 = 16 << 20;
 const HEADER: usize = 5;
 
 /// Why a stored value cannot be trusted. Its text says what was found; the
@@ -33,6 +42,8 @@ pub(crate) enum Found {
     UnknownBodyTag,
     #[error("undecodable record: {0}")]
     Undecodable(#[source] serde_json::Error),
+    #[error("undecodable record: {0}")]
+    UndecodableBinary(#[source] bincode::Error),
     #[error("key and id differ")]
     KeyMismatch,
     #[error("spool file: {0}")]
@@ -145,10 +156,15 @@ pub(crate) fn frame(payload: &[u8]) -> Vec<u8> {
 
 /// Checks version and checksum; returns the payload.
 pub(crate) fn unframe(raw: &[u8]) -> Result<&[u8], Corruption> {
+    unframe_as(raw, VERSION)
+}
+
+/// [`unframe`] for a frame of version `version`.
+fn unframe_as(raw: &[u8], version: u8) -> Result<&[u8], Corruption> {
     if raw.len() < HEADER {
         return Err(Found::TooShort(raw.len()).into());
     }
-    if raw[0] != VERSION {
+    if raw[0] != version {
         return Err(Found::UnknownVersion(raw[0]).into());
     }
     let stored = u32::from_le_bytes([raw[1], raw[2], raw[3], raw[4]]);
@@ -244,14 +260,33 @@ pub(crate) fn unframe_body(raw: &[u8]) -> Result<StoredBody<'_>, Corruption> {
     }
 }
 
-/// A record, framed for storage.
-pub(crate) fn encode(r: &Record) -> Vec<u8> {
-    // Serialising plain data to JSON cannot fail.
-    frame(&serde_json::to_vec(r).unwrap_or_default())
+fn bincode_options() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_limit(MAX_RECORD)
 }
 
-/// Checks and decodes a stored record.
+/// A record, framed for storage.
+pub(crate) fn encode(r: &Record) -> Vec<u8> {
+    use bincode::Options;
+    // Serialising plain data cannot fail (nor reach the limit: the
+    // listener bounds recipients and the lengths of every text).
+    let payload = bincode_options().serialize(r).unwrap_or_default();
+    let mut v = Vec::with_capacity(HEADER + payload.len());
+    v.push(RECORD_BIN);
+    v.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    v.extend_from_slice(&payload);
+    v
+}
+
+/// Checks and decodes a stored record (bincode, or JSON of version 1).
 pub(crate) fn decode(raw: &[u8]) -> Result<Record, Corruption> {
+    use bincode::Options;
+    if raw.first() == Some(&RECORD_BIN) {
+        let payload = unframe_as(raw, RECORD_BIN)?;
+        return bincode_options()
+            .deserialize(payload)
+            .map_err(|e| Found::UndecodableBinary(e).into());
+    }
     let payload = unframe(raw)?;
     serde_json::from_slice(payload).map_err(|e| Found::Undecodable(e).into())
 }
@@ -298,6 +333,17 @@ mod tests {
         assert!(why(&[9, 0, 0, 0, 0]).contains("version"));
         assert!(why(&[1]).contains("short"));
         assert!(why(&frame(b"{not json")).contains("undecodable"));
+        // Records written as JSON (version 1) are still read.
+        let json = frame(&serde_json::to_vec(&r).unwrap());
+        assert_eq!(decode(&json).unwrap(), r);
+        assert!(encode(&r).len() * 2 < json.len(), "bincode is the smaller");
+        // A length field claiming more than the limit is refused, not
+        // allocated.
+        let mut huge = vec![RECORD_BIN, 0, 0, 0, 0];
+        let payload = [12u8, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        huge[1..5].copy_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        huge.extend_from_slice(&payload);
+        assert!(why(&huge).contains("undecodable"));
         // The JSON error is kept as the source, not only as text.
         let e = decode(&frame(b"{not json")).unwrap_err();
         assert!(std::error::Error::source(&e).is_some());
