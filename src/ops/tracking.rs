@@ -8,8 +8,10 @@
 //! delivered, deferred, bounced, dsn, held, released, retried, deleted.
 //!
 //! Writing never blocks a session or a delivery: lines go through a bounded
-//! channel to one writer thread, which flushes at once when traffic is quiet
-//! and at most every 50 ms under load (a crash loses at most that), and rotates the file at `max_size` (`tracking.log.1` newest …
+//! channel to one writer thread. Under load it takes them in batches every
+//! 10 ms (so no sender has to wake it) and flushes at least every 50 ms (a
+//! crash loses at most that); when traffic pauses it flushes and waits on
+//! the channel. It rotates the file at `max_size` (`tracking.log.1` newest …
 //! `.keep` oldest). A full channel drops the line and counts it
 //! (`postern_tracking_dropped_total`). [`read_events`] is the reading side
 //! used by `postern trace`.
@@ -216,36 +218,51 @@ impl Sink {
     }
 }
 
+/// While lines keep coming, the writer sleeps this long between batches
+/// instead of waiting on the channel: a sender then never has to wake it
+/// (a futex wake per line cost more than writing the line).
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 fn writer(rx: Receiver<String>, mut sink: Sink) {
-    use std::sync::mpsc::RecvTimeoutError;
+    use std::sync::mpsc::TryRecvError;
     let mut failing = false;
     // Written but not yet flushed, and when the last flush was.
     let mut pending = false;
     let mut last_flush = std::time::Instant::now();
+    // Nothing came during the last pause: wait on the channel.
+    let mut idle = true;
     loop {
-        let next = if pending {
-            match rx.recv_timeout(FLUSH_EVERY.saturating_sub(last_flush.elapsed())) {
-                Ok(l) => Some(l),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = sink.flush();
-                    return;
-                }
-            }
-        } else {
+        let mut res = Ok(());
+        let mut lines = 0usize;
+        if idle {
             match rx.recv() {
-                Ok(l) => Some(l),
+                Ok(l) => {
+                    res = sink.write(&l);
+                    lines += 1;
+                }
                 Err(_) => return,
             }
-        };
-        let mut res = Ok(());
-        if let Some(first) = next {
-            res = std::iter::once(first)
-                .chain(rx.try_iter().take(4096))
-                .try_for_each(|l| sink.write(&l));
-            pending = true;
+        } else {
+            std::thread::sleep(BATCH_PAUSE);
         }
-        if pending && last_flush.elapsed() >= FLUSH_EVERY {
+        let mut gone = false;
+        loop {
+            match rx.try_recv() {
+                Ok(l) => {
+                    res = res.and_then(|_| sink.write(&l));
+                    lines += 1;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    gone = true;
+                    break;
+                }
+            }
+        }
+        pending |= lines > 0;
+        idle = lines == 0;
+        // Flushed when traffic pauses, and at least every FLUSH_EVERY.
+        if pending && (idle || gone || last_flush.elapsed() >= FLUSH_EVERY) {
             res = res.and_then(|_| sink.flush());
             pending = false;
             last_flush = std::time::Instant::now();
@@ -258,6 +275,9 @@ fn writer(rx: Receiver<String>, mut sink: Sink) {
             }
             Ok(()) => failing = false,
             Err(_) => {}
+        }
+        if gone {
+            return;
         }
     }
 }

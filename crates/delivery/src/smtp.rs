@@ -285,6 +285,14 @@ async fn ehlo(
     }
 }
 
+/// The bytes to hand lettre's `message`, which dot-stuffs them and then
+/// sends CRLF . CRLF: a body's own final CRLF is that first CRLF (passing it
+/// too would add an empty line to every message at every hop). A body
+/// without one gets it from lettre, as SMTP requires.
+fn data_text(body: &[u8]) -> &[u8] {
+    body.strip_suffix(b"\r\n").unwrap_or(body)
+}
+
 /// Runs one transaction. `Ok` holds one outcome per recipient, in order.
 /// `Err` means the connection failed before any recipient got an answer
 /// that counts, so the caller may try another host.
@@ -335,7 +343,7 @@ pub(crate) async fn transact(
         Next::SendBody(pending) => {
             // RFC 5321 4.5.3.2.6: allow 10 minutes for the final reply.
             conn.budget.expect(1);
-            let end = conn.inner.message(&body);
+            let end = conn.inner.message(data_text(&body));
             let last = read(
                 tokio::time::timeout(timeout.saturating_mul(2), end).await,
                 "end of data reply",
@@ -434,6 +442,18 @@ fn reason_of(e: &SmtpError, host: &str) -> Reason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_body_s_final_crlf_is_the_terminator_s_first() {
+        assert_eq!(data_text(b"a\r\nb\r\n"), b"a\r\nb");
+        assert_eq!(
+            data_text(b"a\r\n.\r\n"),
+            b"a\r\n.",
+            "a last line '.' is still stuffed"
+        );
+        assert_eq!(data_text(b"no end"), b"no end");
+        assert_eq!(data_text(b"\r\n"), b"");
+    }
     use postern_core::Address;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     use tokio::net::TcpListener;

@@ -159,6 +159,25 @@ impl Reservation {
         true
     }
 
+    /// Octets held now.
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
+    /// Gives back what is held beyond `n` octets (a receiver that reserved
+    /// ahead, at the end of its message).
+    pub fn shrink_to(&mut self, n: u64) {
+        let extra = self.held.saturating_sub(n);
+        if extra == 0 {
+            return;
+        }
+        self.held -= extra;
+        self.budget.give(extra);
+        if let Some(client) = self.client {
+            self.budget.give_share(client, extra);
+        }
+    }
+
     /// Gives back everything held; the reservation may grow again.
     pub fn release(&mut self) {
         let held = std::mem::take(&mut self.held);
@@ -196,6 +215,10 @@ mod tests {
         assert!(b.grow(40), "exactly the limit fits");
         assert!(!b.grow(1), "one octet past the limit");
         assert_eq!(budget.in_use(), 100, "a failed reservation takes nothing");
+        a.shrink_to(10);
+        assert_eq!((a.held(), budget.in_use()), (10, 50));
+        a.shrink_to(20);
+        assert_eq!(a.held(), 10, "shrinking never grows");
         a.release();
         assert_eq!(budget.in_use(), 40);
         assert!(a.grow(60));

@@ -16,6 +16,14 @@
 
 use crate::budget::Reservation;
 
+/// The largest buffer a SIZE= declaration makes the receiver start with (a
+/// client may declare what it likes; past this the buffer grows as data
+/// arrives).
+pub const HINT_MAX: usize = 4 << 20;
+
+/// How far ahead of the body the receiver reserves memory budget.
+const RESERVE_STEP: u64 = 64 * 1024;
+
 /// Why a received message must be refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataError {
@@ -69,13 +77,27 @@ pub struct DataReceiver {
 }
 
 impl DataReceiver {
+    /// [`DataReceiver::with_hint`] without a declared size (tests).
+    #[cfg(test)]
+    pub fn new(max_size: usize, max_line: usize, budget: Reservation) -> DataReceiver {
+        DataReceiver::with_hint(max_size, max_line, budget, 0)
+    }
+
     /// A receiver for one message of at most `max_size` octets whose lines
     /// are at most `max_line` octets, CRLF included, storing the body under
-    /// `budget`.
-    pub fn new(max_size: usize, max_line: usize, budget: Reservation) -> DataReceiver {
+    /// `budget`. The client declared it `hint` octets long (MAIL's SIZE=; 0
+    /// if not): the buffer starts that large (up to `max_size` and
+    /// [`HINT_MAX`]) instead of doubling its way there.
+    pub fn with_hint(
+        max_size: usize,
+        max_line: usize,
+        budget: Reservation,
+        hint: usize,
+    ) -> DataReceiver {
+        let capacity = hint.clamp(8192, HINT_MAX).min(max_size);
         DataReceiver {
             state: State::LineStart,
-            body: Vec::with_capacity(8192.min(max_size)),
+            body: Vec::with_capacity(capacity),
             line_len: 0,
             max_size,
             max_line,
@@ -95,7 +117,7 @@ impl DataReceiver {
     }
 
     fn push(&mut self, bytes: &[u8]) {
-        if bytes.contains(&0) {
+        if memchr::memchr(0, bytes).is_some() {
             self.flag(DataError::Nul);
         }
         self.line_len += bytes.len();
@@ -109,11 +131,24 @@ impl DataReceiver {
             self.flag(DataError::TooBig);
             return;
         }
-        if !self.budget.grow(bytes.len()) {
+        let needed = (self.body.len() + bytes.len()) as u64;
+        if needed > self.budget.held() && !self.reserve(needed) {
             self.flag(DataError::NoStorage);
             return;
         }
         self.body.extend_from_slice(bytes);
+    }
+
+    /// Grows the reservation to at least `needed` octets, a
+    /// [`RESERVE_STEP`] ahead when the budget allows (one shared-counter
+    /// update per step, not per line); exactly when it is tight.
+    fn reserve(&mut self, needed: u64) -> bool {
+        let held = self.budget.held();
+        let ahead = needed
+            .saturating_add(RESERVE_STEP)
+            .min(self.max_size as u64)
+            .max(needed);
+        self.budget.grow((ahead - held) as usize) || self.budget.grow((needed - held) as usize)
     }
 
     fn end_line(&mut self) {
@@ -132,10 +167,7 @@ impl DataReceiver {
             match self.state {
                 State::Text => {
                     // Fast path: copy the run of ordinary bytes at once.
-                    let run = input[i..]
-                        .iter()
-                        .position(|c| *c == b'\r' || *c == b'\n')
-                        .unwrap_or(input.len() - i);
+                    let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                     if run > 0 {
                         self.push(&input[i..i + run]);
                         i += run;
@@ -195,10 +227,15 @@ impl DataReceiver {
     /// The verdict, once `ingest` has returned `true`: the body with its
     /// reservation (to be held until the message is answered), or why the
     /// message is refused.
-    pub fn finish(self) -> Result<(Vec<u8>, Reservation), DataError> {
+    pub fn finish(mut self) -> Result<(Vec<u8>, Reservation), DataError> {
         match self.error {
             Some(e) => Err(e),
-            None => Ok((self.body, self.budget)),
+            None => {
+                // What was reserved ahead goes back: the body holds exactly
+                // its length from here on.
+                self.budget.shrink_to(self.body.len() as u64);
+                Ok((self.body, self.budget))
+            }
         }
     }
 }

@@ -53,6 +53,8 @@ struct Transaction {
     eight_bit: bool,
     /// The client declared SMTPUTF8 (RFC 6531).
     smtputf8: bool,
+    /// The size the client declared (SIZE=), a hint for the buffer.
+    declared_size: Option<u64>,
     /// Message data received by BDAT so far; `None` until the first
     /// accepted chunk (and then DATA is refused).
     bdat: Option<BdatBody>,
@@ -497,6 +499,7 @@ impl Session {
                 recipients: Vec::new(),
                 eight_bit,
                 smtputf8,
+                declared_size: size,
                 ret_full: false,
                 envid: None,
                 bdat: None,
@@ -553,10 +556,15 @@ impl Session {
             State::Mail { .. } => {}
             _ => return Action::Reply(Reply::new(503, "5.5.1", "need MAIL and RCPT before DATA")),
         }
-        let rx = DataReceiver::new(
+        let hint = match &self.state {
+            State::Mail { tx, .. } => tx.declared_size.unwrap_or(0),
+            _ => 0,
+        };
+        let rx = DataReceiver::with_hint(
             usize::try_from(self.cfg.max_message_size).unwrap_or(usize::MAX),
             self.cfg.max_text_line,
             self.reservation(),
+            usize::try_from(hint).unwrap_or(usize::MAX),
         );
         if let State::Mail { helo, esmtp, tx } = std::mem::replace(&mut self.state, State::Fresh) {
             self.state = State::Data {
