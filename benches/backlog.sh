@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Backlog drain against live relay, same build, same run (issue 13).
 #
-#   benches/backlog.sh [MESSAGES] [BIN ...]      (default 5000, target/release/postern)
+#   [LIMIT=600] [SKIP_LIVE=1] benches/backlog.sh [MESSAGES] [BIN ...]
+#   (default 5000, target/release/postern; LIMIT: seconds a step may take)
 #
 # For each binary: a queue filled with MESSAGES × 4 KB while the next hop is
 # down (retry in 10 minutes), the gateway stopped (SIGTERM) and restarted
@@ -126,6 +127,10 @@ for BIN in "${BINS[@]}"; do
   printf '%-10s %8d %10s %10s %9s %9s %9s   (%s)\n' settled 0 - - "$(rss_mib "$GW")" \
     "$(store_mib "$D")" "$(log_mib "$D")" "MiB: $(cd "$D/queue" && du -sm db bodies | tr '\t\n' '= ')"
   stop_gw
+  if [ -n "${SKIP_LIVE:-}" ]; then   # SKIP_LIVE=1: backlog steps only
+    kill "$SINK" 2>/dev/null || true; SINK=""
+    continue
+  fi
   # Live: a fresh queue, the hop up.
   rm -rf "$D/queue"
   start_gw "$BIN" "$D/postern.toml"

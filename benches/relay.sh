@@ -10,13 +10,16 @@
 #   postern  smtp-source -> postern (fsync before 250) -> smtp-sink
 #   inproc   the same with workers.processes = 0 (content in the gateway)
 #   notrack  postern with the tracking log off (the cost of tracking)
+#   signed   postern signing every message with DKIM (RSA-SHA256, 2048 bits)
 #   baseline with BASELINE_BIN set: another postern binary (e.g. a release
 #            build of an earlier commit), same settings as postern,
 #            alternating with it round by round (a regression check)
 #   postfix  smtp-source -> postfix (loopback relay)   -> smtp-sink
 # For each it prints accepted/s (smtp-source finished: every message got its
-# 250) and delivered/s (the sink has counted every message), then the ratios,
-# and Postern's resident memory idle and after the run.
+# 250), delivered/s (the sink has counted every message) and the whole
+# machine's CPU per message (ms, from /proc/stat: load generator, sink and
+# the MTA between them), then the ratios, Postern's own CPU per message (its
+# process tree's user + system time) and its resident memory.
 # Needs: Debian packages postfix (smtp-source, smtp-sink, postfix) and a
 # release build (the script runs cargo build --release).
 set -euo pipefail
@@ -67,9 +70,15 @@ sink_count() {
 
 wait_port() { for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
-# run NAME PORT: prints "NAME accepted/s delivered/s"
+# CPU time the whole machine has spent (clock ticks, all cores), idle and
+# I/O wait excluded.
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+TICK_MS=$(echo "1000 / $(getconf CLK_TCK)" | bc -l)
+
+# run NAME PORT: prints "NAME accepted/s delivered/s machine-CPU-ms/msg"
 run() {
-  local name=$1 port=$2 t0 t1 t2 c
+  local name=$1 port=$2 t0 t1 t2 c m0 m1
+  m0=$(machine_ticks)
   t0=$(now)
   smtp-source -s "$CONC" -m "$N" -l "$SIZE" -f bench@example.test -t user@example.test "127.0.0.1:$port"
   t1=$(now)
@@ -79,7 +88,8 @@ run() {
     sleep 0.02
   done
   t2=$(now)
-  echo "$name $(echo "$N / ($t1 - $t0)" | bc -l) $(echo "$N / ($t2 - $t0)" | bc -l)"
+  m1=$(machine_ticks)
+  echo "$name $(echo "$N / ($t1 - $t0)" | bc -l) $(echo "$N / ($t2 - $t0)" | bc -l) $(echo "($m1 - $m0) * $TICK_MS / $N" | bc -l)"
 }
 
 results=()
@@ -92,7 +102,7 @@ stop_sink
 # 2. postern, content processing in worker processes (the default), then
 #    in-process (workers.processes = 0): the cost of crash isolation.
 run_postern() {
-  local name=$1 workers=$2 tracking=${3:-file} bin=${4:-$BIN}
+  local name=$1 workers=$2 tracking=${3:-file} bin=${4:-$BIN} extra=${5:-}
   start_sink
   rm -rf "$WORK/queue"
   cat > "$WORK/postern.toml" <<CONF
@@ -112,6 +122,7 @@ domain = "*"
 hosts = ["127.0.0.1:$SINK_PORT"]
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
+$extra
 CONF
   POSTERN_LOG=warn "$bin" run --config "$WORK/postern.toml" 2> "$WORK/postern.log" &
   POSTERN_PID=$!
@@ -128,19 +139,39 @@ CONF
     done
     echo "$t"
   }
+  # CPU time of the whole tree (clock ticks), live and reaped children.
+  tree_ticks() {
+    local t=0 pgid
+    pgid=$(ps -o pgid= "$POSTERN_PID" | tr -d ' ')
+    for p in $(pgrep -g "$pgid" postern 2>/dev/null); do
+      t=$((t + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+  }
   local idle; idle=$(tree_rss)
+  local c0; c0=$(tree_ticks)
   results+=("$(run "$name" "$POSTERN_PORT")")
+  local c1; c1=$(tree_ticks)
   local peak; peak=$(tree_rss)
+  OWN+=("$name $(echo "($c1 - $c0) * $TICK_MS / $N" | bc -l)")
   RSS+=("$name idle ${idle} KiB, after the run ${peak} KiB (supervisor + gateway + workers)")
   kill "$POSTERN_PID"; wait "$POSTERN_PID" 2>/dev/null || true
   stop_sink
 }
 RSS=()
+OWN=()
+# A DKIM key for the sender's domain (bench@example.test).
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/dkim.pem" 2>/dev/null
+SIGNED="[[convert.dkim]]
+domain = \"example.test\"
+selector = \"bench\"
+key_file = \"$WORK/dkim.pem\""
 for _ in $(seq 1 "$ROUNDS"); do
   run_postern postern 2
   [ -n "$BASELINE_BIN" ] && run_postern baseline 2 file "$BASELINE_BIN"
   run_postern inproc 0
   run_postern notrack 2 off
+  run_postern signed 2 file "$BIN" "$SIGNED"
 done
 
 # 3. postfix as a loopback relay (private instance in $WORK)
@@ -201,15 +232,18 @@ stop_sink
 
 echo
 echo "messages=$N size=$SIZE sessions=$CONC cores=$(nproc)"
-printf '%-8s %12s %12s\n' target accepted/s delivered/s
+printf '%-8s %12s %12s %12s\n' target accepted/s delivered/s cpu_ms/msg
 declare -A ACC DEL
 # The median of each target's runs (ROUNDS > 1 repeats the Postern runs).
 median() { sort -g | awk '{v[NR]=$1} END {print (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 for r in "${results[@]}"; do
-  read -r name a d <<<"$r"
-  printf '%-8s %12.0f %12.0f\n' "$name" "$a" "$d"
+  read -r name a d m <<<"$r"
+  printf '%-8s %12.0f %12.0f %12.3f\n' "$name" "$a" "$d" "$m"
 done
-for name in direct postern baseline inproc notrack postfix; do
+declare -A CPU OWNCPU
+for name in direct postern baseline inproc notrack signed postfix; do
+  CPU[$name]=$(printf '%s\n' "${results[@]}" | awk -v n="$name" '$1==n {print $4}' | median)
+  OWNCPU[$name]=$(printf '%s\n' "${OWN[@]}" | awk -v n="$name" '$1==n {print $2}' | median)
   ACC[$name]=$(printf '%s\n' "${results[@]}" | awk -v n="$name" '$1==n {print $2}' | median)
   DEL[$name]=$(printf '%s\n' "${results[@]}" | awk -v n="$name" '$1==n {print $3}' | median)
 done
@@ -227,4 +261,10 @@ if [ -n "$BASELINE_BIN" ]; then
   printf 'postern/baseline (%s): accepted %.3fx, delivered %.3fx\n' "$BASELINE_BIN" \
     "$(echo "${ACC[postern]} / ${ACC[baseline]}" | bc -l)" "$(echo "${DEL[postern]} / ${DEL[baseline]}" | bc -l)"
 fi
+printf 'signed/unsigned (DKIM RSA-2048 on every message): accepted %.2fx, delivered %.2fx\n' \
+  "$(echo "${ACC[signed]} / ${ACC[postern]}" | bc -l)" "$(echo "${DEL[signed]} / ${DEL[postern]}" | bc -l)"
+printf 'machine CPU ms/msg (median): direct %.3f, postern %.3f, signed %.3f, postfix %.3f\n' \
+  "${CPU[direct]}" "${CPU[postern]}" "${CPU[signed]}" "${CPU[postfix]}"
+printf "Postern's own CPU ms/msg (its process tree, median): postern %.3f, inproc %.3f, notrack %.3f, signed %.3f\n" \
+  "${OWNCPU[postern]}" "${OWNCPU[inproc]}" "${OWNCPU[notrack]}" "${OWNCPU[signed]}"
 for r in "${RSS[@]}"; do echo "RSS $r"; done
