@@ -113,12 +113,20 @@ pub async fn run_content(
     }
 }
 
-/// Request wire form: meta length (u32 LE), meta JSON, message.
-pub fn encode_request(meta: &Meta, msg: &[u8]) -> Vec<u8> {
+/// Request wire form: meta length (u32 LE), meta JSON, message. This is the
+/// part before the message, which is sent after it as it is.
+pub fn request_head(meta: &Meta) -> Vec<u8> {
     let m = serde_json::to_vec(meta).unwrap_or_default();
-    let mut out = Vec::with_capacity(4 + m.len() + msg.len());
+    let mut out = Vec::with_capacity(4 + m.len());
     out.extend_from_slice(&(m.len() as u32).to_le_bytes());
     out.extend_from_slice(&m);
+    out
+}
+
+/// The whole request (head and message), for tests.
+#[cfg(test)]
+pub fn encode_request(meta: &Meta, msg: &[u8]) -> Vec<u8> {
+    let mut out = request_head(meta);
     out.extend_from_slice(msg);
     out
 }
@@ -222,8 +230,9 @@ impl ContentProcessor {
             ContentProcessor::Workers(pool) => {
                 // A worker that reports a crash exits; never reuse it.
                 let keep = |answer: &[u8]| answer.first() != Some(&3);
+                let head = request_head(meta);
                 match pool
-                    .call_working(&encode_request(meta, msg.bytes()), keep, working)
+                    .call_working(&[&head, msg.bytes()], keep, working)
                     .await
                 {
                     Ok(raw) => decode(&raw),

@@ -27,6 +27,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
+/// Free room for each read while a message's text arrives.
+const READ_DATA: usize = 64 * 1024;
+
 /// Failures of the accept loop itself (never of one session).
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
@@ -346,8 +349,18 @@ where
         }
         let (per_read, phase) = timeouts.for_phase(session.reading_message());
         let wait = deadline.next_wait(per_read, phase, pending, Instant::now());
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(8192);
+        // Commands need little room; message text is read in large reads
+        // (a 100 KB message in a few wake-ups, not a dozen), and the room
+        // goes back once the message has been taken.
+        let room = if session.reading_message() {
+            READ_DATA
+        } else {
+            4096
+        };
+        if buf.capacity() - buf.len() < room {
+            buf.reserve(room.max(8192));
+        } else if !session.reading_message() && buf.capacity() > 2 * READ_DATA {
+            buf.shrink_to(8192);
         }
         let read = tokio::select! {
             r = tokio::time::timeout(wait, stream.read_buf(&mut buf)) => r,

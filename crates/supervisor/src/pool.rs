@@ -152,6 +152,13 @@ impl ProcessPool {
         self.call_checked(req, |_| true).await
     }
 
+    /// Like [`call`](Self::call) for a request in parts, sent as one frame
+    /// without joining them (a gathered write: a message body is not
+    /// copied to be framed).
+    pub async fn call_parts(&self, req: &[&[u8]]) -> Result<Vec<u8>, CallError> {
+        self.call_working(req, |_| true, || ()).await
+    }
+
     /// Like [`call`](Self::call); `keep(answer)` false retires the worker
     /// after this answer (it reported a state that cannot be trusted, such
     /// as a caught panic), so the next request never meets a dying worker.
@@ -160,17 +167,17 @@ impl ProcessPool {
         req: &[u8],
         keep: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<u8>, CallError> {
-        self.call_working(req, keep, || ()).await
+        self.call_working(&[req], keep, || ()).await
     }
 
     /// Like [`call_checked`](Self::call_checked); `working()` is called once
     /// a worker is ready to take the request (the wait for a free worker
     /// and any restart throttling are over), and what it returns is held
     /// until the answer: a caller's deadline guard then measures the work,
-    /// not the wait.
+    /// not the wait. The request is the concatenation of `req`'s parts.
     pub async fn call_working<G>(
         &self,
-        req: &[u8],
+        req: &[&[u8]],
         keep: impl Fn(&[u8]) -> bool,
         working: impl FnOnce() -> G,
     ) -> Result<Vec<u8>, CallError> {
@@ -247,13 +254,26 @@ enum ExchangeError {
     Protocol(String),
 }
 
-async fn exchange(w: &mut Worker, req: &[u8], max: u64) -> Result<Vec<u8>, ExchangeError> {
+async fn exchange(w: &mut Worker, req: &[&[u8]], max: u64) -> Result<Vec<u8>, ExchangeError> {
     let io = |_| ExchangeError::Closed;
-    // One write per request: length and body together.
-    let mut frame = Vec::with_capacity(req.len() + 8);
-    frame.extend_from_slice(&(req.len() as u64).to_be_bytes());
-    frame.extend_from_slice(req);
-    w.stdin.write_all(&frame).await.map_err(io)?;
+    // One gathered write per request: the length, then the parts as they
+    // are (no copy of the message to frame it).
+    let len = req
+        .iter()
+        .map(|p| p.len() as u64)
+        .sum::<u64>()
+        .to_be_bytes();
+    let mut parts: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(req.len() + 1);
+    parts.push(std::io::IoSlice::new(&len));
+    parts.extend(req.iter().map(|p| std::io::IoSlice::new(p)));
+    let mut rest = &mut parts[..];
+    while !rest.is_empty() {
+        let n = w.stdin.write_vectored(rest).await.map_err(io)?;
+        if n == 0 {
+            return Err(ExchangeError::Closed);
+        }
+        std::io::IoSlice::advance_slices(&mut rest, n);
+    }
     w.stdin.flush().await.map_err(io)?;
     let len = w.stdout.read_u64().await.map_err(io)?;
     if len > max {
@@ -321,6 +341,8 @@ mod tests {
         // `cat` echoes the frame back unchanged: a valid answer.
         let p = pool("exec cat", 2000);
         assert_eq!(p.call(b"hello").await.unwrap(), b"hello");
+        let parts: [&[u8]; 3] = [b"he", b"", b"llo"];
+        assert_eq!(p.call_parts(&parts).await.unwrap(), b"hello");
         assert_eq!(p.call(b"again").await.unwrap(), b"again");
         assert_eq!(p.restarts(), 0);
         // A worker that dies at once: the call fails with its exit reason.
