@@ -13,7 +13,7 @@
 # Prints each step's time, the tree's resident memory (peak while draining)
 # and the queue's size on disk: queue_MiB is the store (sled database, body
 # segments and any old-layout spool files; payload: MESSAGES × 4 KB), log_MiB
-# the tracking log beside it; then drain/live. Exits non-zero if a message is missing at the
+# the tracking log beside it with its rotations; then drain/live. Exits non-zero if a message is missing at the
 # sink (CI runs it small as a does-nothing-get-lost check). Needs smtp-source
 # and smtp-sink (Debian postfix), bc.
 set -euo pipefail
@@ -40,11 +40,11 @@ metric() { # value of a counter line
   curl -s "127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {print $2}' | head -1
 }
 delivered() { metric 'postern_recipients_delivered_total{class="internet"}'; }
-store_mib() { # the queue's store: everything in the queue directory but the tracking log
+store_mib() { # the queue's store: the queue directory without the tracking log and its rotations
   local q="$1/queue"
-  echo $(( ($(du -sb "$q" | cut -f1) - $(stat -c %s "$q/tracking.log" 2>/dev/null || echo 0)) / 1048576 ))
+  echo $(( ($(du -sb "$q" | cut -f1) - $(cat "$q"/tracking.log* 2>/dev/null | wc -c)) / 1048576 ))
 }
-log_mib() { echo $(( $(stat -c %s "$1/queue/tracking.log" 2>/dev/null || echo 0) / 1048576 )); }
+log_mib() { echo $(( $(cat "$1"/queue/tracking.log* 2>/dev/null | wc -c) / 1048576 )); }
 start_gw() { # bin config
   setsid "$1" run --config "$2" 2>>"$WORK/log" >/dev/null &
   GW=$!
@@ -125,7 +125,7 @@ for BIN in "${BINS[@]}"; do
     "$(store_mib "$D")" "$(log_mib "$D")"
   sleep 3   # emptied space is given back after the next flush
   printf '%-10s %8d %10s %10s %9s %9s %9s   (%s)\n' settled 0 - - "$(rss_mib "$GW")" \
-    "$(store_mib "$D")" "$(log_mib "$D")" "MiB: $(cd "$D/queue" && du -sm db bodies | tr '\t\n' '= ')"
+    "$(store_mib "$D")" "$(log_mib "$D")" "MiB: $(cd "$D/queue" && du -sm db bodies 2>/dev/null | tr '\t\n' '= ')"
   stop_gw
   if [ -n "${SKIP_LIVE:-}" ]; then   # SKIP_LIVE=1: backlog steps only
     kill "$SINK" 2>/dev/null || true; SINK=""

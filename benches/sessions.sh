@@ -6,7 +6,7 @@
 #
 # The sessions come from one Python process on loopback (a trusted client, so
 # no greeting delay); the gateway's max_connections is raised to fit and the
-# file limit to 65536. Needs python3.
+# file limit to its hard maximum. Needs python3.
 set -euo pipefail
 COUNTS=("$@")
 [ ${#COUNTS[@]} -gt 0 ] || COUNTS=(1000 5000 10000)
@@ -16,9 +16,9 @@ BIN=${BIN:-$ROOT/target/release/postern}
 WORK=$(mktemp -d /tmp/postern-sessions.XXXXXX)
 SMTP=${SMTP_PORT:-23025} ADMIN=${ADMIN_PORT:-23026}
 GW=""
-cleanup() { [ -n "$GW" ] && kill -9 -- "-$GW" 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() { [ -n "$GW" ] && { kill -9 -- "-$GW"; wait "$GW"; } 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-ulimit -n 65536
+ulimit -n "$(ulimit -Hn)"   # as many sockets as we may
 cat > "$WORK/postern.toml" <<EOF
 [server]
 hostname = "bench.example.test"
