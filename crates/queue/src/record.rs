@@ -265,6 +265,31 @@ fn bincode_options() -> impl bincode::Options {
     bincode::DefaultOptions::new().with_limit(MAX_RECORD)
 }
 
+/// An envelope for the crate's tests: a fresh id, received at
+/// `received_ms`, for the recipients `to`.
+#[cfg(test)]
+pub(crate) fn test_envelope(received_ms: u64, to: &[&str]) -> Envelope {
+    use postern_core::{Address, QueueId, Recipient};
+    Envelope {
+        id: QueueId::generate(),
+        sender: None,
+        recipients: to
+            .iter()
+            .map(|t| Recipient::new(Address::parse(t).unwrap()))
+            .collect(),
+        client: "127.0.0.1".into(),
+        helo: "x".into(),
+        received_ms,
+        size: 2,
+        eight_bit: false,
+        message_id: None,
+        smtputf8: false,
+        dsn_ret_full: false,
+        dsn_envid: None,
+        trusted: false,
+    }
+}
+
 /// A record, framed for storage.
 pub(crate) fn encode(r: &Record) -> Vec<u8> {
     use bincode::Options;
@@ -294,27 +319,9 @@ pub(crate) fn decode(raw: &[u8]) -> Result<Record, Corruption> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_core::{Address, QueueId, Recipient};
 
     fn rec() -> Record {
-        Record::new(
-            Envelope {
-                id: QueueId::generate(),
-                sender: None,
-                recipients: vec![Recipient::new(Address::parse("a@b.test").unwrap())],
-                client: "127.0.0.1".into(),
-                helo: "x".into(),
-                received_ms: 1,
-                size: 2,
-                eight_bit: false,
-                message_id: None,
-                smtputf8: false,
-                dsn_ret_full: false,
-                dsn_envid: None,
-                trusted: false,
-            },
-            5,
-        )
+        Record::new(test_envelope(1, &["a@b.test"]), 5)
     }
 
     /// The reason's text, as recovery logs it.

@@ -873,34 +873,23 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_core::{Address, Recipient};
 
     fn env() -> Envelope {
-        Envelope {
-            id: QueueId::generate(),
-            sender: None,
-            recipients: vec![Recipient::new(Address::parse("c@d.test").unwrap())],
-            client: "127.0.0.1".into(),
-            helo: "h".into(),
-            received_ms: postern_core::now_ms(),
-            size: 5,
-            eight_bit: false,
-            message_id: None,
-            smtputf8: false,
-            dsn_ret_full: false,
-            dsn_envid: None,
-            trusted: false,
+        record::test_envelope(postern_core::now_ms(), &["c@d.test"])
+    }
+
+    fn opts(dir: &tempfile::TempDir) -> QueueOptions {
+        QueueOptions {
+            path: dir.path().join("q"),
+            cache_bytes: 8 << 20,
+            segment_size: DEFAULT_SEGMENT_SIZE,
         }
     }
 
     #[tokio::test]
     async fn a_stale_due_entry_is_dropped_not_claimed() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = QueueOptions {
-            path: dir.path().join("q"),
-            cache_bytes: 8 << 20,
-            segment_size: DEFAULT_SEGMENT_SIZE,
-        };
+        let opts = opts(&dir);
         let (q, _) = Queue::open(&opts).unwrap();
         let e = env();
         let id = e.id;
@@ -924,11 +913,7 @@ mod tests {
     #[tokio::test]
     async fn bodies_of_the_layout_before_segments_are_read_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = QueueOptions {
-            path: dir.path().join("q"),
-            cache_bytes: 8 << 20,
-            segment_size: DEFAULT_SEGMENT_SIZE,
-        };
+        let opts = opts(&dir);
         let (small, large) = (env(), env());
         let big = vec![b'b'; 100_000];
         {

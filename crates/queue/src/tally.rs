@@ -97,29 +97,9 @@ impl Shape {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_core::{Address, Envelope, QueueId, Recipient};
 
     fn rec(received_ms: u64, to: &[&str]) -> Record {
-        let recipients = to
-            .iter()
-            .map(|t| Recipient::new(Address::parse(t).unwrap()))
-            .collect();
-        let e = Envelope {
-            id: QueueId([1; 12]),
-            sender: None,
-            recipients,
-            client: "127.0.0.1".into(),
-            helo: "x".into(),
-            received_ms,
-            size: 2,
-            eight_bit: false,
-            message_id: None,
-            smtputf8: false,
-            dsn_ret_full: false,
-            dsn_envid: None,
-            trusted: false,
-        };
-        Record::new(e, 0)
+        Record::new(crate::record::test_envelope(received_ms, to), 0)
     }
 
     #[test]
