@@ -133,6 +133,19 @@ async fn request(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// The body of a 200 answer; otherwise an error with the API's `error`
+/// text (or the whole body when it has none).
+fn answered((status, body): (u16, String)) -> anyhow::Result<String> {
+    if status == 200 {
+        return Ok(body);
+    }
+    let msg = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+        .unwrap_or(body);
+    bail!("{}", msg.trim_end())
+}
+
 /// `postern health`: 0 when `path` answers 200.
 pub async fn check(admin: SocketAddr, token: Option<String>, path: &str) -> anyhow::Result<()> {
     let (status, body) = request(admin, token.as_deref(), "GET", path).await?;
@@ -179,14 +192,7 @@ pub async fn run(admin: SocketAddr, token: Option<String>, cmd: QueueCmd) -> any
         .await;
     }
     let (method, path) = route(&cmd);
-    let (status, body) = request(admin, token.as_deref(), method, &path).await?;
-    if status != 200 {
-        let msg = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-            .unwrap_or(body);
-        bail!("{}", msg.trim_end());
-    }
+    let body = answered(request(admin, token.as_deref(), method, &path).await?)?;
     match cmd {
         QueueCmd::Summary { json: false, .. } => print_summary(&body)?,
         QueueCmd::Hold(Target { all: true, .. }) | QueueCmd::Retry(Target { all: true, .. }) => {
@@ -275,14 +281,7 @@ async fn list(
         if let Some(a) = &after {
             path.push_str(&format!("&after={}", encode(a)));
         }
-        let (status, body) = request(admin, token, "GET", &path).await?;
-        if status != 200 {
-            let msg = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-                .unwrap_or(body);
-            bail!("{}", msg.trim_end());
-        }
+        let body = answered(request(admin, token, "GET", &path).await?)?;
         let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
         for row in &rows {
             if json {
