@@ -18,7 +18,7 @@ SINK_PORT=${SINK_PORT:-24025} SMTP=${SMTP_PORT:-24026} ADMIN=${ADMIN_PORT:-24028
 GW="" SINK="" PP=""
 cleanup() {
   [ -n "$PP" ] && kill "$PP" 2>/dev/null || true
-  [ -n "$GW" ] && kill -9 -- "-$GW" 2>/dev/null || true
+  [ -n "$GW" ] && { kill -9 -- "-$GW"; wait "$GW"; } 2>/dev/null || true
   [ -n "$SINK" ] && kill "$SINK" 2>/dev/null || true
   rm -rf "$W"
 }
