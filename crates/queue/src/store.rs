@@ -378,7 +378,11 @@ impl Queue {
 
     fn lock(&self) -> MutexGuard<'_, Guarded> {
         let g = self.inner.guarded.lock().unwrap_or_else(|p| p.into_inner());
-        if self.inner.closed.swap(false, Ordering::AcqRel) {
+        // A load first: the swap (a write to a shared line) only in the
+        // rare case that a close happened; every transition takes this lock.
+        if self.inner.closed.load(Ordering::Acquire)
+            && self.inner.closed.swap(false, Ordering::AcqRel)
+        {
             // A transition after close: the snapshot no longer holds.
             // Removed before the transition's own writes, so no flush can
             // make the transition durable without this.
