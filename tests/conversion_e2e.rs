@@ -212,3 +212,61 @@ async fn tnef_becomes_mime_attachments_outbound() {
     let data = postern_convert::encode::base64_decode(parts[2].body()).unwrap();
     assert_eq!(data, b"PK\x03\x04sheet");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tnef_item_not_converted_faithfully_keeps_its_winmail_dat_and_says_why() {
+    // A real stream (crates/convert/tests/data/tnef, see its ORIGIN.md):
+    // an embedded Outlook task. The task becomes message/rfc822, but a
+    // task's own properties have no MIME form: the original stays beside
+    // it, and the tracking log's `converted` line says why.
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = Gateway::start("", &route("*", sink.addr));
+    let tnef = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/crates/convert/tests/data/tnef/christmas-embedded-task.tnef"
+    ))
+    .unwrap();
+    let b64 = String::from_utf8(postern_convert::encode::base64_lines(&tnef)).unwrap();
+    let msg = format!(
+        "From: a@example.test\r\nTo: b@far.test\r\nSubject: task\r\nMessage-ID: <tnef-kept@test>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n--outer\r\nContent-Type: application/ms-tnef; name=\"winmail.dat\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}--outer--\r\n"
+    );
+    let r = send(
+        gw.smtp,
+        "127.0.0.1",
+        "a@example.test",
+        "b@far.test",
+        msg.as_bytes(),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    wait_until(T, "delivery", || sink.count() == 1).await;
+    let got = sink.all()[0].data.clone();
+    assert!(got.contains("Content-Type: message/rfc822"), "{got}");
+    assert!(got.contains("Subject: Build a train table"), "{got}");
+    assert!(
+        got.contains("application/ms-tnef"),
+        "the original is kept: {got}"
+    );
+    let trace = || {
+        let out = gw.trace(&["--json", "<tnef-kept@test>"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until(Duration::from_secs(5), "converted line", || {
+        trace().contains("delivered")
+    })
+    .await;
+    let line = trace()
+        .lines()
+        .find(|l| l.contains("\"converted\""))
+        .map(str::to_string)
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let notes = v["notes"].as_array().expect("notes").clone();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.as_str().unwrap_or("").contains("IPM.Task")),
+        "{line}"
+    );
+}

@@ -24,6 +24,9 @@ use std::panic::AssertUnwindSafe;
 pub enum Verdict {
     /// Accept; `Some` carries a rewritten message.
     Accept(Option<Vec<u8>>),
+    /// Accept the rewritten message, with notes for the tracking log (e.g.
+    /// why a winmail.dat was kept beside what was extracted from it).
+    Noted { body: Vec<u8>, notes: Vec<String> },
     /// Accept, but keep it held for an administrator (with the message).
     Hold { body: Vec<u8>, reason: String },
     /// Refuse with this SMTP reply.
@@ -62,11 +65,23 @@ pub async fn run_content(
             &meta.token,
         ) {
             Ok(out) => {
-                for e in &out.tnef_errors {
-                    tracing::warn!(error = %e, "TNEF part left as it was");
-                }
+                let mut notes: Vec<String> = out
+                    .tnef_errors
+                    .iter()
+                    .map(|e| format!("TNEF part left as it was: {e}"))
+                    .collect();
+                notes.extend(
+                    out.tnef_kept
+                        .iter()
+                        .map(|k| format!("winmail.dat kept beside what was extracted: {k}")),
+                );
                 // Unchanged content is not sent back over the pipe.
-                if out.body == msg.bytes() {
+                if !notes.is_empty() {
+                    Verdict::Noted {
+                        body: out.body,
+                        notes,
+                    }
+                } else if out.body == msg.bytes() {
                     Verdict::Accept(None)
                 } else {
                     Verdict::Accept(Some(out.body))
@@ -158,6 +173,13 @@ pub fn encode(v: &Verdict) -> Vec<u8> {
             p.extend_from_slice(body);
             tagged(4, &p)
         }
+        Verdict::Noted { body, notes } => {
+            let joined = notes.join("\n");
+            let mut p = (joined.len() as u32).to_le_bytes().to_vec();
+            p.extend_from_slice(joined.as_bytes());
+            p.extend_from_slice(body);
+            tagged(5, &p)
+        }
     }
 }
 
@@ -191,6 +213,16 @@ pub fn decode(raw: &[u8]) -> Verdict {
                     reason: text(r),
                 },
                 _ => Verdict::Crash("worker answered a malformed hold".into()),
+            }
+        }
+        Some((5, rest)) if rest.len() >= 4 => {
+            let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            match (rest.get(4..4 + n), rest.get(4 + n..)) {
+                (Some(notes), Some(body)) => Verdict::Noted {
+                    body: body.to_vec(),
+                    notes: text(notes).lines().map(str::to_string).collect(),
+                },
+                _ => Verdict::Crash("worker answered malformed notes".into()),
             }
         }
         _ => Verdict::Crash("worker answered an unknown verdict".into()),
@@ -264,6 +296,10 @@ mod tests {
             Verdict::Hold {
                 body: b"held body".to_vec(),
                 reason: "DMARC".into(),
+            },
+            Verdict::Noted {
+                body: b"converted".to_vec(),
+                notes: vec!["one".into(), "two: x".into()],
             },
         ] {
             assert_eq!(decode(&encode(&v)), v);

@@ -11,7 +11,7 @@ use crate::gateway::scheduler::{Dns, Policy};
 use crate::ops::metrics::Metrics;
 use anyhow::Context;
 use postern_core::RelayPolicy;
-use postern_delivery::{Deliverer, HickoryResolver};
+use postern_delivery::{ConnEvent, Deliverer, HickoryResolver};
 use postern_listener::SessionConfig;
 use postern_supervisor::pool::{PoolConfig, ProcessPool};
 use std::sync::atomic::AtomicU8;
@@ -131,6 +131,7 @@ pub fn deliverer(
             .map_err(|e| postern_delivery::DowngradeError::with_source(e.reply().2, e))
     });
     let connections = metrics.delivery.delivery_connections.clone();
+    let dead = metrics.delivery.dead_connections.clone();
     // Loop detection: every address we take SMTP on, and our name.
     let myself = postern_delivery::Myself {
         listen: [
@@ -158,10 +159,11 @@ pub fn deliverer(
         .0
         .min(cfg.workers.delivery_deadline.0.saturating_mul(4) / 5);
     let deliverer = Deliverer::new(&delivery, &cfg.routes, myself, dns, downgrade);
-    Ok(deliverer.on_connect(Arc::new(move |tls| {
-        connections
+    Ok(deliverer.on_connect(Arc::new(move |event| match event {
+        ConnEvent::Opened { tls } => connections
             .with_label_values(&[if tls { "yes" } else { "no" }])
-            .inc()
+            .inc(),
+        ConnEvent::FoundDead => dead.inc(),
     })))
 }
 

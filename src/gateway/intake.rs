@@ -54,7 +54,7 @@ pub struct IntakePolicy {
 
 /// How the receive stage ended.
 enum Staged {
-    Accept(Option<Vec<u8>>),
+    Accept(Option<Vec<u8>>, Vec<String>),
     Hold {
         body: Vec<u8>,
         reason: String,
@@ -134,7 +134,8 @@ impl Intake {
                 },
                 reason,
             },
-            Ok(Verdict::Accept(new)) => Staged::Accept(new),
+            Ok(Verdict::Accept(new)) => Staged::Accept(new, Vec::new()),
+            Ok(Verdict::Noted { body, notes }) => Staged::Accept(Some(body), notes),
             Ok(Verdict::Hold { body, reason }) => Staged::Hold { body, reason },
             Ok(Verdict::Reject { code, status, text }) => Staged::Reject { code, status, text },
             Err(p) => Staged::Crashed {
@@ -194,6 +195,8 @@ impl Intake {
 struct Converted {
     /// The converted message, when conversion changed it.
     body: Option<Vec<u8>>,
+    /// What conversion could not do faithfully (for the tracking log).
+    notes: Vec<String>,
     /// A policy hold (DMARC quarantine): stored held, with this reason.
     hold: Option<String>,
     /// Outbound mail (trusted client): the envelope is rewritten too.
@@ -260,6 +263,7 @@ impl Intake {
                     "direction": if c.outbound { "outbound" } else { "inbound" },
                     "size_before": msg.body.len(),
                     "size_after": new.len(),
+                    "notes": &c.notes,
                 }),
             );
         }
@@ -378,9 +382,9 @@ impl MessageSink for Intake {
         }
         let meta = self.meta(&p, &msg);
         let staged = self.run_stages(&p, &view, &meta, hash, crashes > 0).await;
-        let (body, hold) = match staged {
-            Staged::Accept(new) => (new, None),
-            Staged::Hold { body, reason } => (Some(body), Some(reason)),
+        let (body, hold, notes) = match staged {
+            Staged::Accept(new, notes) => (new, None, notes),
+            Staged::Hold { body, reason } => (Some(body), Some(reason), Vec::new()),
             Staged::Reject { code, status, text } => {
                 let _ = self.queue.clear_suspect(hash);
                 tracing::info!(id = %msg.envelope.id, code, %text, "refused by content processing");
@@ -399,6 +403,7 @@ impl MessageSink for Intake {
         };
         let converted = Converted {
             body,
+            notes,
             hold,
             outbound: meta.outbound,
             was_suspect: crashes > 0,

@@ -72,6 +72,9 @@ pub struct DeliveryMetrics {
     pub dns_lookups: IntCounterVec,
     /// Outbound connections by whether STARTTLS was negotiated.
     pub delivery_connections: IntCounterVec,
+    /// Idle outbound connections found dead when reused (the transaction
+    /// was sent again on a new one).
+    pub dead_connections: IntCounter,
 }
 
 /// The process's own health.
@@ -222,6 +225,11 @@ impl DeliveryMetrics {
                 "postern_delivery_connections_total",
                 "Outbound SMTP connections opened, by whether STARTTLS was negotiated.",
                 &["tls"],
+            )?,
+            dead_connections: counter(
+                r,
+                "postern_delivery_dead_connections_total",
+                "Idle outbound connections found closed by the next hop when reused; the transaction went again on a new connection.",
             )?,
         })
     }

@@ -14,7 +14,8 @@
 //!
 //! Besides: [`to_seven_bit`] is the 8BITMIME downgrade delivery applies for
 //! a 7-bit hop, [`build_dsn`] builds RFC 3464 delivery status notifications,
-//! and [`encode`] and [`tnef`] are the codecs, public for tests and fixtures.
+//! and [`encode`], [`tnef`] and [`rtf`] are the codecs, public for tests,
+//! fixtures and fuzzing.
 //! No mail-auth or hickory type appears in this API: the crate owns its
 //! boundary types and its errors.
 
@@ -30,6 +31,7 @@ mod dsn;
 pub mod encode;
 mod message;
 mod outbound;
+pub mod rtf;
 pub mod tnef;
 
 pub use auth::{authenticate, spf_passed, Inbound, InboundPolicy, QuarantineAction, Session};

@@ -54,6 +54,8 @@ pub struct Outbound {
     pub signed_by: Option<String>,
     /// TNEF parts that could not be read (left as they were).
     pub tnef_errors: Vec<TnefError>,
+    /// Why TNEF parts were kept beside what was extracted from them.
+    pub tnef_kept: Vec<String>,
 }
 
 /// Rewrites an address per the canonical map, then masquerading; `None`
@@ -83,8 +85,8 @@ pub fn convert_outbound(
         .find_map(|d| p.tnef_by_domain.get(&d.to_ascii_lowercase()).copied())
         .or(p.tnef)
         .unwrap_or(TnefMode::Leave);
-    let (converted, tnef_errors) = tnef::convert_message(msg, mode);
-    let mut rebuilt = match &converted {
+    let tnef = tnef::convert_message(msg, mode);
+    let mut rebuilt = match &tnef.converted {
         Some(bytes) => rebuild(&Message::parse(bytes), p, now_ms, token),
         None => rebuild(msg, p, now_ms, token),
     };
@@ -99,7 +101,8 @@ pub fn convert_outbound(
     Ok(Outbound {
         body,
         signed_by,
-        tnef_errors,
+        tnef_errors: tnef.errors,
+        tnef_kept: tnef.kept,
     })
 }
 

@@ -37,9 +37,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// Observer of new outbound connections (metrics): called with `true` when
-/// STARTTLS was negotiated.
-pub type ConnectHook = Arc<dyn Fn(bool) + Send + Sync>;
+/// Observer of outbound connections (metrics).
+pub type ConnectHook = Arc<dyn Fn(ConnEvent) + Send + Sync>;
+
+/// What happened to an outbound connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// A new connection; `tls` when STARTTLS was negotiated.
+    Opened {
+        /// STARTTLS was negotiated.
+        tls: bool,
+    },
+    /// An idle connection taken from the pool broke before the message
+    /// text was sent (the next hop had closed it); the transaction was run
+    /// again on a new connection.
+    FoundDead,
+}
 
 /// Delivers messages to their next hops: routes and DNS (through `R`),
 /// pooled SMTP connections, a global and a per-destination concurrency
@@ -65,7 +78,7 @@ pub struct Deliverer<R: Resolver> {
     per_dest: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// 8-bit to 7-bit conversion for hops without 8BITMIME.
     downgrade: Arc<Downgrade>,
-    /// Told of every new connection: true when STARTTLS was negotiated.
+    /// Told of every new connection and every pooled one found dead.
     on_connect: Option<ConnectHook>,
     /// Our own endpoints: a next hop among them is a loop, never tried.
     myself: Myself,
@@ -111,7 +124,8 @@ impl<R: Resolver> Deliverer<R> {
         }
     }
 
-    /// Calls `hook` with the TLS state of every new connection.
+    /// Calls `hook` for every new connection and every pooled one found
+    /// dead.
     pub fn on_connect(mut self, hook: ConnectHook) -> Self {
         self.on_connect = Some(hook);
         self
@@ -242,42 +256,68 @@ impl<R: Resolver> Deliverer<R> {
     }
 
     /// Tries every address of every hop in order until one answers the
-    /// transaction; the last failure otherwise.
+    /// transaction; the last failure otherwise. A pooled connection that
+    /// breaks before the message text was sent (the next hop restarted and
+    /// closed it) is not the hop's answer: the transaction is run again at
+    /// once on a new connection, and the hop's other idle connections,
+    /// dead the same way, are closed.
     async fn try_hops(&self, domain: &str, hops: &[Hop], msg: &Message<'_>) -> Vec<Outcome> {
         let timeout = self.client.command_timeout;
         let mut last = Reason::local(451, "4.4.1", format!("no next hop answered for {domain}"));
         for hop in hops {
             for addr in &hop.addrs {
-                let mut conn = match self.checkout(&hop.name, *addr).await {
-                    Ok(c) => c,
-                    // Only a loop (the hop is us) is permanent at connect:
-                    // no other host is tried.
-                    Err(r) if r.code >= 500 => {
-                        tracing::warn!(%domain, host = %hop.name, %addr, "{}", r.text);
-                        return for_all(r, msg.recipients.len());
-                    }
-                    Err(r) => {
-                        last = r;
-                        continue;
-                    }
-                };
-                match smtp::transact(&mut conn, msg, &*self.downgrade, timeout).await {
-                    Ok(outcomes) => {
-                        if let Some(c) = self.pool.put(conn) {
-                            c.quit(timeout).await;
+                let mut pooled_ok = true;
+                loop {
+                    let mut conn = match self.checkout(&hop.name, *addr, pooled_ok).await {
+                        Ok(c) => c,
+                        // Only a loop (the hop is us) is permanent at
+                        // connect: no other host is tried.
+                        Err(r) if r.code >= 500 => {
+                            tracing::warn!(%domain, host = %hop.name, %addr, "{}", r.text);
+                            return for_all(r, msg.recipients.len());
                         }
-                        return outcomes;
+                        Err(r) => {
+                            last = r;
+                            break;
+                        }
+                    };
+                    let reused = conn.uses > 0;
+                    match smtp::transact(&mut conn, msg, &*self.downgrade, timeout).await {
+                        Ok(outcomes) => {
+                            if let Some(c) = self.pool.put(conn) {
+                                c.quit(timeout).await;
+                            }
+                            return outcomes;
+                        }
+                        Err(r) if reused && !conn.text_sent => {
+                            tracing::info!(%domain, host = %hop.name, %addr, reason = %r.text,
+                                "idle connection was dead; sending again on a new one");
+                            if let Some(hook) = &self.on_connect {
+                                hook(ConnEvent::FoundDead);
+                            }
+                            drop(self.pool.take_all(*addr));
+                            pooled_ok = false;
+                        }
+                        Err(r) => {
+                            last = r;
+                            break;
+                        }
                     }
-                    Err(r) => last = r,
                 }
             }
         }
         for_all(last, msg.recipients.len())
     }
 
-    /// A pooled connection that still answers RSET, or a new one.
-    async fn checkout(&self, host: &str, addr: SocketAddr) -> Result<Conn, Reason> {
-        while let Some(mut c) = self.pool.take(addr) {
+    /// A pooled connection that still answers RSET (when `pooled_ok`), or a
+    /// new one.
+    async fn checkout(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        pooled_ok: bool,
+    ) -> Result<Conn, Reason> {
+        while let Some(mut c) = self.pool.take(addr).filter(|_| pooled_ok) {
             // A connection used moments ago is alive; an older one must
             // prove it with RSET (the server may have timed it out).
             if c.idle_since.elapsed() < Duration::from_secs(2)
@@ -288,7 +328,9 @@ impl<R: Resolver> Deliverer<R> {
         }
         let conn = smtp::connect(host, addr, &self.client).await?;
         if let Some(hook) = &self.on_connect {
-            hook(conn.is_encrypted());
+            hook(ConnEvent::Opened {
+                tls: conn.is_encrypted(),
+            });
         }
         Ok(conn)
     }

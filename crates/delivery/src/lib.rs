@@ -6,7 +6,8 @@
 //!   pooled or new connection and one SMTP transaction, under a global and a
 //!   per-destination concurrency limit and a time limit per destination; it
 //!   tells its caller when work on a destination starts and ends (the
-//!   in-flight record); [`ConnectHook`] observes new connections (metrics).
+//!   in-flight record); [`ConnectHook`] observes new connections and dead pooled ones
+//!   (metrics).
 //! - [`Myself`] is our own SMTP endpoints (listening addresses, host name):
 //!   a next hop that is us is a mail loop, failed with 5.4.6.
 //! - [`Resolver`] is the DNS it asks ([`MxRecord`], [`DnsError`],
@@ -38,7 +39,7 @@ mod resolve;
 mod smtp;
 
 pub use config::{split_host_port, DeliveryConfig, HostPortError, Route};
-pub use deliverer::{ConnectHook, Deliverer};
+pub use deliverer::{ConnEvent, ConnectHook, Deliverer};
 pub use myself::Myself;
 pub use resolve::{
     DnsConfig, DnsError, HickoryResolver, MxRecord, Resolver, ResolverBuildError, ResolverFailure,

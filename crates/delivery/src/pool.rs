@@ -51,6 +51,12 @@ impl Pool {
         None
     }
 
+    /// Removes every idle connection to `addr` (found dead: the next hop
+    /// restarted).
+    pub(crate) fn take_all(&self, addr: SocketAddr) -> Vec<Conn> {
+        self.lock().remove(&addr).unwrap_or_default()
+    }
+
     /// Keeps `conn` for reuse, or hands it back when it should be closed.
     pub(crate) fn put(&self, mut conn: Conn) -> Option<Conn> {
         if conn.uses >= self.max_uses || !conn.is_usable() {

@@ -127,6 +127,10 @@ pub(crate) struct Conn {
     /// False when the server may still be inside a transaction we could not
     /// reset: such a connection is closed, never pooled.
     clean: bool,
+    /// True once the current transaction's message text was (being)
+    /// written: from then on a failure may follow the next hop's
+    /// acceptance, so the message is not sent again at once.
+    pub(crate) text_sent: bool,
 }
 
 impl Conn {
@@ -207,6 +211,7 @@ pub(crate) async fn connect(
         uses: 0,
         idle_since: Instant::now(),
         clean: true,
+        text_sent: false,
     })
 }
 
@@ -333,6 +338,7 @@ pub(crate) async fn transact(
 ) -> Result<Vec<Outcome>, Reason> {
     let host = conn.host.clone();
     let n = msg.recipients.len();
+    conn.text_sent = false;
     let (body, eight_bit) = match plan::body_form(&conn.ext, msg, &host) {
         BodyForm::AsIs { eight_bit } => (Cow::Borrowed(msg.body), eight_bit),
         // RFC 6152: convert to 7 bit for a hop without 8BITMIME.
@@ -372,6 +378,7 @@ pub(crate) async fn transact(
         Next::SendBody(pending) => {
             // RFC 5321 4.5.3.2.6: allow 10 minutes for the final reply.
             conn.budget.expect(1);
+            conn.text_sent = true;
             let end = async {
                 match std::str::from_utf8(&body) {
                     // One write of the stuffed text and its terminator,
