@@ -26,6 +26,8 @@ pub struct Sink {
     /// RCPT attempts seen per recipient.
     seen: Arc<Mutex<HashMap<String, u32>>>,
     task: Arc<tokio::task::JoinHandle<()>>,
+    /// Every session's task, for [`Sink::stop`].
+    sessions: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Drop for Sink {
@@ -53,12 +55,15 @@ impl Sink {
         let msgs = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let (m, s) = (msgs.clone(), seen.clone());
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let all = sessions.clone();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = l.accept().await {
                 let (m, s) = (m.clone(), s.clone());
-                tokio::spawn(async move {
+                let t = tokio::spawn(async move {
                     let _ = session(sock, m, s, eight_bit).await;
                 });
+                all.lock().unwrap().push(t.abort_handle());
             }
         });
         Sink {
@@ -66,7 +71,31 @@ impl Sink {
             msgs,
             seen,
             task: Arc::new(task),
+            sessions,
         }
+    }
+
+    /// Stops as a restarting server does: the listener closes and every
+    /// open connection is dropped.
+    pub fn stop(&self) {
+        self.task.abort();
+        for s in self.sessions.lock().unwrap().drain(..) {
+            s.abort();
+        }
+    }
+
+    /// [`Sink::stop`], then a new sink on the same address (once the old
+    /// listener is gone), with nothing received yet.
+    pub async fn restart(&self) -> Sink {
+        self.stop();
+        for _ in 0..100 {
+            if let Ok(l) = std::net::TcpListener::bind(self.addr) {
+                drop(l);
+                return Self::start(&self.addr.to_string()).await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("{} still in use after the sink stopped", self.addr);
     }
 
     pub fn count(&self) -> usize {
