@@ -177,6 +177,47 @@ fn private_files() {
 #[cfg(not(unix))]
 fn private_files() {}
 
+/// Raises the soft limit of open files to the hard limit, as servers do:
+/// every SMTP session, outbound connection, worker pipe and queue segment
+/// is a descriptor, and distributions start services at 1,024. Said in the
+/// log either way (the gateway inherits the raised limit from the
+/// supervisor and finds nothing to raise).
+#[cfg(unix)]
+fn raise_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let before = lim.rlim_cur;
+    if before >= lim.rlim_max {
+        tracing::info!(limit = before, "open-file limit (soft = hard)");
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        rlim_max: lim.rlim_max,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        tracing::info!(
+            from = before,
+            to = lim.rlim_max,
+            "raised the open-file limit to the hard limit"
+        );
+    } else {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(limit = before, error = %e, "could not raise the open-file limit");
+    }
+}
+
+/// Windows has no per-process descriptor limit to raise.
+#[cfg(not(unix))]
+fn raise_file_limit() {}
+
 /// Loads the configuration and runs the supervisor or the gateway.
 fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
     block_on(async move {
@@ -192,6 +233,7 @@ fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
         // A gateway under a supervisor that logs to a file writes there too.
         let log_dir = std::env::var_os(run::handoff::LOG_DIR_ENV).map(PathBuf::from);
         init_logging(&loaded.config.log, log_dir.as_deref());
+        raise_file_limit();
         if supervised {
             return run::supervise::run(loaded, signals, None).await;
         }

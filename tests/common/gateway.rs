@@ -104,9 +104,44 @@ impl Gateway {
     }
 
     fn spawn_env(dir: Arc<tempfile::TempDir>, text: &str, env: &[(&str, String)]) -> Gateway {
+        Self::spawn_limited(dir, text, env, None)
+    }
+
+    /// Starts postern with extra sections and its open-file limit (soft,
+    /// hard) set before it runs.
+    pub fn start_with_nofile(extra: &str, nofile: (u64, u64)) -> Gateway {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let text = config_text(dir.path(), "", "", extra);
+        Self::spawn_limited(dir, &text, &[], Some(nofile))
+    }
+
+    fn spawn_limited(
+        dir: Arc<tempfile::TempDir>,
+        text: &str,
+        env: &[(&str, String)],
+        nofile: Option<(u64, u64)>,
+    ) -> Gateway {
         let config = dir.path().join("postern.toml");
         std::fs::write(&config, text).unwrap();
-        let mut child = postern_command()
+        let mut cmd = postern_command();
+        if let Some((soft, hard)) = nofile {
+            let lim = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: setrlimit is async-signal-safe and reads a struct
+            // copied into the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd
             .process_group(0)
             .args(["run", "--config"])
             .arg(&config)

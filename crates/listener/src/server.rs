@@ -73,12 +73,19 @@ pub async fn serve<S: MessageSink>(
         stop: shutdown.clone(),
         _tracker: tracker,
     });
+    let mut last_warned: Option<Instant> = None;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) if is_transient(&e) => {
-                    tracing::warn!(error = %e, "accept failed; continuing");
+                    // Out of descriptors (EMFILE): the connection waits in
+                    // the backlog while sessions end; we try again in 50 ms
+                    // rather than spin, and say so once a minute at most.
+                    if last_warned.is_none_or(|t: Instant| t.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!(error = %e, "accept failed; waiting 50 ms between tries");
+                        last_warned = Some(Instant::now());
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
