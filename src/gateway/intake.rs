@@ -185,7 +185,7 @@ impl Intake {
             }
             Err(e) => {
                 tracing::error!(%id, error = %e, "cannot store quarantined message");
-                self.queue_failed(&env)
+                self.queue_failed(&env, &e)
             }
         }
     }
@@ -277,7 +277,7 @@ impl Intake {
         };
         if let Err(e) = stored {
             tracing::error!(%id, error = %e, "queue write failed; message refused");
-            return self.queue_failed(&tracked);
+            return self.queue_failed(&tracked, &e);
         }
         self.tracker
             .event("queued", &tracked, serde_json::json!({ "size": size }));
@@ -317,11 +317,16 @@ impl Intake {
     }
 
     /// The message could not be stored: the client must try again.
-    fn queue_failed(&self, env: &Subject) -> Reply {
-        self.refuse(
-            env,
-            Reply::new(451, "4.3.0", "queue write failed, try again later"),
-        )
+    /// The refusal of a message the queue could not store: 452 4.3.1 when
+    /// the disk is full (RFC 3463: mail system full; back pressure now
+    /// refuses new transactions until space returns), else 451 4.3.0.
+    fn queue_failed(&self, env: &Subject, e: &postern_queue::QueueError) -> Reply {
+        let reply = if e.is_no_space() {
+            Reply::new(452, "4.3.1", "insufficient system storage, try again later")
+        } else {
+            Reply::new(451, "4.3.0", "queue write failed, try again later")
+        };
+        self.refuse(env, reply)
     }
 
     /// What content processing needs to know about the transaction.

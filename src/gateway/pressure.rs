@@ -6,6 +6,11 @@
 //! everyone is (level 2). Checked every second; mail is accepted again as
 //! soon as the measure falls back. Exposed as `postern_back_pressure` and in
 //! `/readyz`.
+//!
+//! A write that failed for want of space (whatever `min_free_disk` says)
+//! is level 2 too, until space returns: [`NO_SPACE_CLEAR`] free under the
+//! queue, or [`NO_SPACE_RETRY`] since the failure (the next write then
+//! tells again). `postern_queue_storage_full` shows it.
 
 use crate::config::QueueConfig;
 use crate::ops::metrics::Metrics;
@@ -77,14 +82,60 @@ pub fn level(messages: u64, free: Option<u64>, mem: Option<u64>, q: &QueueConfig
     l
 }
 
-/// Updates `state` every second until the process ends.
-pub async fn watch(queue: Queue, q: QueueConfig, state: Arc<AtomicU8>, metrics: Arc<Metrics>) {
+/// Free space under the queue at which a want of space is over.
+pub const NO_SPACE_CLEAR: u64 = 64 << 20;
+/// Time after a write failed for want of space when writes are tried
+/// again even without that much free space.
+pub const NO_SPACE_RETRY: Duration = Duration::from_secs(30);
+
+/// Whether the queue still wants space: it failed a write for want of it
+/// and neither [`NO_SPACE_CLEAR`] is free nor [`NO_SPACE_RETRY`] passed.
+fn still_full(since_ms: Option<u64>, now_ms: u64, free: Option<u64>) -> bool {
+    let Some(t) = since_ms else {
+        return false;
+    };
+    let waited = now_ms.saturating_sub(t) >= NO_SPACE_RETRY.as_millis() as u64;
+    !(waited || free.is_some_and(|f| f >= NO_SPACE_CLEAR))
+}
+
+/// Updates `state` every second until the process ends. When space has
+/// returned after a write failed for want of it, the queue is probed: a
+/// store that still fails (sled keeps its first I/O error) cannot recover
+/// in this process, and `reopen` is told (the gateway then stops in order
+/// and exits for the supervisor to start it again on a reopened store).
+pub async fn watch(
+    queue: Queue,
+    q: QueueConfig,
+    state: Arc<AtomicU8>,
+    metrics: Arc<Metrics>,
+    reopen: Arc<tokio::sync::Notify>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
         let c = queue.counts();
         let messages = (c.ready_or_deferred + c.leased + c.held) as u64;
-        let new = level(messages, free_disk(&q.path), rss(), &q);
+        let free = free_disk(&q.path);
+        let since = queue.no_space_since();
+        let full = still_full(since, postern_core::now_ms(), free);
+        let mut broken = false;
+        if since.is_some() && !full {
+            match queue.probe().await {
+                Ok(()) => {
+                    queue.clear_no_space();
+                    tracing::warn!(free, "the queue's file system has space again");
+                }
+                Err(e) => {
+                    tracing::error!(free, error = %e,
+                        "space has returned but the queue store still fails; restarting the gateway to reopen it");
+                    broken = true;
+                    reopen.notify_one();
+                }
+            }
+        }
+        let full = full || broken;
+        metrics.process.storage_full.set(i64::from(full));
+        let new = if full { 2 } else { level(messages, free, rss(), &q) };
         let old = state.swap(new, Ordering::Relaxed);
         if old != new {
             tracing::warn!(level = new, messages, "back pressure changed");
@@ -117,5 +168,15 @@ mod tests {
         };
         assert_eq!(level(0, None, Some(120), &m), 1);
         assert_eq!(level(0, None, Some(200), &m), 2);
+    }
+
+    #[test]
+    fn a_want_of_space_lasts_until_space_returns() {
+        let t = 1_000_000;
+        assert!(!still_full(None, t, Some(0)));
+        assert!(still_full(Some(t), t + 1000, Some(1 << 20)));
+        assert!(still_full(Some(t), t + 1000, None));
+        assert!(!still_full(Some(t), t + 1000, Some(NO_SPACE_CLEAR)));
+        assert!(!still_full(Some(t), t + 30_000, Some(0)));
     }
 }

@@ -104,10 +104,19 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         intake: front.intake,
         scheduler,
     };
-    reload_until_stop(&mut signals, &reloader).await;
+    let reopen = tokio::select! {
+        _ = reload_until_stop(&mut signals, &reloader) => false,
+        _ = common.reopen.notified() => true,
+    };
     drop(reloader);
     let _ = stop_tx.send(true);
     stop.drain(smtp.tasks, sched_task, &common.metrics).await;
+    if reopen {
+        // Everything acknowledged is in the store's durable part; what was
+        // in progress got 4xx. A non-zero exit: the supervisor (or the
+        // service manager) starts the gateway again, on a reopened store.
+        anyhow::bail!("the queue store failed and must be reopened; exiting to be restarted");
+    }
     // Flushed with a snapshot of the counters: the next start need not
     // walk the queue.
     common.queue.close().await.context("final queue flush")?;
@@ -129,6 +138,9 @@ struct Common {
     gate: Arc<Gate>,
     /// The back-pressure level, set by the watcher, read by sessions.
     pressure: Arc<AtomicU8>,
+    /// Told by the watcher when the queue store fails for good: the
+    /// gateway stops in order and exits to be started on a reopened store.
+    reopen: Arc<tokio::sync::Notify>,
 }
 
 impl Common {
@@ -142,11 +154,13 @@ impl Common {
         let tracker = Tracker::start(&cfg.tracking, &cfg.queue.path, dropped)
             .context("cannot open the tracking log")?;
         let pressure = Arc::new(AtomicU8::new(0));
+        let reopen = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(crate::gateway::pressure::watch(
             queue.clone(),
             cfg.queue.clone(),
             pressure.clone(),
             metrics.clone(),
+            reopen.clone(),
         ));
         Ok(Common {
             metrics,
@@ -155,6 +169,7 @@ impl Common {
             inflight,
             gate: Arc::new(Gate::default()),
             pressure,
+            reopen,
         })
     }
 }

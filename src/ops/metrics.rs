@@ -92,6 +92,9 @@ pub struct ProcessMetrics {
     pub gateway_last_death: IntGaugeVec,
     /// Back-pressure level (0, 1, 2).
     pub back_pressure: IntGauge,
+    /// 1 while the queue's file system is full (a write failed for want of
+    /// space and space has not returned).
+    pub storage_full: IntGauge,
     /// Configuration reloads by result.
     pub config_reloads: IntCounterVec,
     /// Tracking lines dropped because the writer fell behind.
@@ -275,6 +278,11 @@ impl ProcessMetrics {
                 r,
                 "postern_back_pressure",
                 "Back-pressure level: 0 none, 1 refusing untrusted clients, 2 refusing all.",
+            )?,
+            storage_full: gauge(
+                r,
+                "postern_queue_storage_full",
+                "1 while the queue's file system is full: a write failed for want of space and space has not returned.",
             )?,
             config_reloads: counter_vec(
                 r,

@@ -107,6 +107,11 @@ impl Gateway {
         Self::spawn_limited(dir, text, env, None)
     }
 
+    /// Starts postern on a whole configuration text of the test's own.
+    pub fn start_config(dir: Arc<tempfile::TempDir>, text: &str) -> Gateway {
+        Self::spawn(dir, text)
+    }
+
     /// Starts postern with extra sections and its open-file limit (soft,
     /// hard) set before it runs.
     pub fn start_with_nofile(extra: &str, nofile: (u64, u64)) -> Gateway {

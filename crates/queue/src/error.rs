@@ -46,6 +46,30 @@ pub enum QueueError {
     },
 }
 
+impl QueueError {
+    /// True when the storage failed for want of space (ENOSPC, EDQUOT):
+    /// a condition that passes when space returns, answered with 452 4.3.1.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            QueueError::Storage(e) | QueueError::Flush(e) => e.is_no_space(),
+            _ => false,
+        }
+    }
+}
+
+/// True for an I/O error that means the file system is full.
+pub(crate) fn io_no_space(e: &std::io::Error) -> bool {
+    // ENOSPC and EDQUOT on Linux; ERROR_DISK_FULL and
+    // ERROR_HANDLE_DISK_FULL on Windows.
+    #[cfg(unix)]
+    let codes: &[i32] = &[28, 122];
+    #[cfg(not(unix))]
+    let codes: &[i32] = &[112, 39];
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || e.raw_os_error().is_some_and(|c| codes.contains(&c))
+}
+
 impl From<std::io::Error> for QueueError {
     fn from(e: std::io::Error) -> Self {
         QueueError::Storage(StorageError::new(e))
@@ -83,6 +107,28 @@ impl StorageError {
             context: Some(context),
             cause: Arc::new(cause),
         }
+    }
+}
+
+impl StorageError {
+    /// True when the cause, or any error it wraps, is an I/O error of a
+    /// full file system.
+    pub fn is_no_space(&self) -> bool {
+        let mut e: Option<&(dyn Error + 'static)> = Some(&*self.cause);
+        while let Some(cur) = e {
+            if let Some(io) = cur.downcast_ref::<std::io::Error>() {
+                if io_no_space(io) {
+                    return true;
+                }
+            }
+            if let Some(sled::Error::Io(io)) = cur.downcast_ref::<sled::Error>() {
+                if io_no_space(io) {
+                    return true;
+                }
+            }
+            e = cur.source();
+        }
+        false
     }
 }
 
@@ -133,5 +179,17 @@ mod tests {
         );
         let r: Result<(), sled::Error> = Err(sled::Error::Unsupported("nope".into()));
         assert!(matches!(r.storage(), Err(QueueError::Storage(_))));
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart() {
+        let full = std::io::Error::from_raw_os_error(28);
+        assert!(QueueError::from(full).is_no_space());
+        let sled_full: Result<(), sled::Error> =
+            Err(sled::Error::Io(std::io::Error::from_raw_os_error(28)));
+        assert!(sled_full.storage().unwrap_err().is_no_space());
+        let flush = StorageError::with_context("fsync", std::io::Error::from_raw_os_error(28));
+        assert!(QueueError::Flush(flush).is_no_space());
+        assert!(!QueueError::from(std::io::Error::other("EIO")).is_no_space());
     }
 }

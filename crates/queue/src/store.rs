@@ -35,7 +35,7 @@ use postern_core::{Envelope, QueueId};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
@@ -132,7 +132,13 @@ struct Inner {
     /// [`Queue::close`] has written its snapshot: a later transition
     /// must take it back.
     closed: AtomicBool,
+    /// When (ms) a write last failed for want of space; 0: not since the
+    /// last clear.
+    no_space_ms: AtomicU64,
 }
+
+/// The key [`Queue::probe`] writes in `meta`.
+const PROBE_KEY: &[u8] = b"probe";
 
 /// What the transition lock guards.
 #[derive(Default)]
@@ -369,6 +375,7 @@ impl Queue {
             segments,
             wake: Notify::new(),
             closed: AtomicBool::new(false),
+            no_space_ms: AtomicU64::new(0),
         };
         let q = Queue {
             inner: Arc::new(inner),
@@ -460,6 +467,41 @@ impl Queue {
     }
 
     async fn store_new(&self, r: Record, body: &[u8]) -> Result<(), QueueError> {
+        let stored = self.store_new_inner(r, body).await;
+        if let Err(e) = &stored {
+            if e.is_no_space() {
+                let now = postern_core::now_ms().max(1);
+                self.inner.no_space_ms.store(now, Ordering::Relaxed);
+            }
+        }
+        stored
+    }
+
+    /// When (ms since the epoch) a new message last failed to be stored
+    /// for want of space, unless [`Queue::clear_no_space`] was called
+    /// since: back pressure refuses new mail meanwhile.
+    pub fn no_space_since(&self) -> Option<u64> {
+        Some(self.inner.no_space_ms.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// Writes and removes a probe record, flushed like a message: `Ok` when
+    /// the store takes writes again. sled keeps the first I/O error of its
+    /// log and fails every later operation with it, space or not: such a
+    /// store answers `Err` here for good and must be reopened (the gateway
+    /// restarts for that).
+    pub async fn probe(&self) -> Result<(), QueueError> {
+        let i = &self.inner;
+        i.meta.insert(PROBE_KEY, &[][..]).storage()?;
+        i.meta.remove(PROBE_KEY).storage()?;
+        i.committer.flush().await.map_err(QueueError::Flush)
+    }
+
+    /// Forgets the last want of space (the caller saw space return).
+    pub fn clear_no_space(&self) {
+        self.inner.no_space_ms.store(0, Ordering::Relaxed);
+    }
+
+    async fn store_new_inner(&self, r: Record, body: &[u8]) -> Result<(), QueueError> {
         let id = r.envelope.id;
         let i = &self.inner;
         // Appended under the segment lock; durable with the next group
@@ -467,8 +509,17 @@ impl Queue {
         let at = i.segments.append(id, body)?;
         {
             let mut g = self.lock();
-            i.bodies.insert(id.0, record::frame_segment(at)).storage()?;
-            i.messages.insert(id.0, record::encode(&r)).storage()?;
+            let written = i
+                .bodies
+                .insert(id.0, record::frame_segment(at))
+                .and_then(|_| i.messages.insert(id.0, record::encode(&r)))
+                .storage();
+            if let Err(e) = written {
+                // Nothing points at the appended bytes: give them back.
+                let _ = i.bodies.remove(id.0);
+                i.segments.release(at);
+                return Err(e);
+            }
             g.shape.apply(&r, r.state, true);
         }
         if let Err(e) = i.committer.flush().await {
