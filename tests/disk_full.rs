@@ -23,7 +23,13 @@ impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(at).unwrap();
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(at)
             .output()
             .expect("run mount");
@@ -77,7 +83,8 @@ async fn send_one(addr: std::net::SocketAddr, tag: &str, body: &str) -> Fate {
         if !r.starts_with("354") {
             return Fate::Refused(r);
         }
-        let data = format!("Subject: {tag}\r\nMessage-ID: <{tag}@disk.test>\r\n\r\n{body}\r\n.\r\n");
+        let data =
+            format!("Subject: {tag}\r\nMessage-ID: <{tag}@disk.test>\r\n\r\n{body}\r\n.\r\n");
         c.send(data.as_bytes()).await;
         let r = c.reply().await;
         if r.starts_with("250") {
@@ -139,7 +146,12 @@ hosts = ["{hop_addr}"]
     let refused_in_a_row = Arc::new(Mutex::new(0u32));
     let mut clients = Vec::new();
     for c in 0..4 {
-        let (fates, row, body, addr) = (fates.clone(), refused_in_a_row.clone(), body.clone(), gw.smtp);
+        let (fates, row, body, addr) = (
+            fates.clone(),
+            refused_in_a_row.clone(),
+            body.clone(),
+            gw.smtp,
+        );
         clients.push(tokio::spawn(async move {
             for i in 0..600 {
                 if *row.lock().unwrap() >= 40 {
@@ -164,7 +176,10 @@ hosts = ["{hop_addr}"]
         .filter(|(_, f)| matches!(f, Fate::Accepted))
         .map(|(t, _)| t.clone())
         .collect();
-    let no_reply: Vec<&(String, Fate)> = fates.iter().filter(|(_, f)| matches!(f, Fate::NoReply(_))).collect();
+    let no_reply: Vec<&(String, Fate)> = fates
+        .iter()
+        .filter(|(_, f)| matches!(f, Fate::NoReply(_)))
+        .collect();
     let refusals: Vec<&String> = fates
         .iter()
         .filter_map(|(_, f)| match f {
@@ -172,18 +187,31 @@ hosts = ["{hop_addr}"]
             _ => None,
         })
         .collect();
-    eprintln!("first refusals: {:?}", refusals.iter().take(3).collect::<Vec<_>>());
+    eprintln!(
+        "first refusals: {:?}",
+        refusals.iter().take(3).collect::<Vec<_>>()
+    );
     eprintln!(
         "accepted {}, refused {}, no reply {}",
         accepted.len(),
         refusals.len(),
         no_reply.len()
     );
-    assert!(no_reply.is_empty(), "transactions without a reply: {no_reply:?}");
-    assert!(accepted.len() > 50, "the disk filled too early: {}", accepted.len());
+    assert!(
+        no_reply.is_empty(),
+        "transactions without a reply: {no_reply:?}"
+    );
+    assert!(
+        accepted.len() > 50,
+        "the disk filled too early: {}",
+        accepted.len()
+    );
     assert!(!refusals.is_empty(), "the disk never filled");
     for r in &refusals {
-        assert!(r.starts_with("452 4.3.1") || r.starts_with("451"), "not a 4xx: {r}");
+        assert!(
+            r.starts_with("452 4.3.1") || r.starts_with("451"),
+            "not a 4xx: {r}"
+        );
     }
     assert!(
         refusals.iter().any(|r| r.starts_with("452 4.3.1")),
@@ -228,7 +256,11 @@ hosts = ["{hop_addr}"]
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("delivered {} in {:?} after space returned", accepted.len(), start.elapsed());
+    eprintln!(
+        "delivered {} in {:?} after space returned",
+        accepted.len(),
+        start.elapsed()
+    );
     // And new mail is taken again.
     let again = send_one(gw.smtp, "after", &body).await;
     assert!(matches!(again, Fate::Accepted), "{again:?}");

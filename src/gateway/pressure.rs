@@ -135,7 +135,11 @@ pub async fn watch(
         }
         let full = full || broken;
         metrics.process.storage_full.set(i64::from(full));
-        let new = if full { 2 } else { level(messages, free, rss(), &q) };
+        let new = if full {
+            2
+        } else {
+            level(messages, free, rss(), &q)
+        };
         let old = state.swap(new, Ordering::Relaxed);
         if old != new {
             tracing::warn!(level = new, messages, "back pressure changed");
