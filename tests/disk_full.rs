@@ -61,7 +61,7 @@ impl Drop for Tmpfs {
 enum Fate {
     Accepted,
     Refused(String),
-    NoReply(String),
+    NoReply,
 }
 
 async fn send_one(addr: std::net::SocketAddr, tag: &str, body: &str) -> Fate {
@@ -96,7 +96,7 @@ async fn send_one(addr: std::net::SocketAddr, tag: &str, body: &str) -> Fate {
     // Every stage of the gateway has a deadline; 60 s is far past them.
     match tokio::time::timeout(Duration::from_secs(60), attempt).await {
         Ok(f) => f,
-        Err(_) => Fate::NoReply(tag.to_string()),
+        Err(_) => Fate::NoReply,
     }
 }
 
@@ -178,7 +178,7 @@ hosts = ["{hop_addr}"]
         .collect();
     let no_reply: Vec<&(String, Fate)> = fates
         .iter()
-        .filter(|(_, f)| matches!(f, Fate::NoReply(_)))
+        .filter(|(_, f)| matches!(f, Fate::NoReply))
         .collect();
     let refusals: Vec<&String> = fates
         .iter()
