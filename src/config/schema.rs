@@ -407,6 +407,10 @@ pub struct QueueConfig {
     /// Back pressure: gateway resident memory above which untrusted clients
     /// are refused; at 1.5 times it, everyone is. "0" turns it off.
     pub max_memory: ByteSize,
+    /// Longest the queue may take to store a message durably at the end of
+    /// DATA. Past it the client gets 451 4.3.0 and the gateway, whose
+    /// storage is stuck, stops in order and is restarted.
+    pub write_timeout: HumanDuration,
 }
 
 impl Default for QueueConfig {
@@ -421,6 +425,7 @@ impl Default for QueueConfig {
             max_messages: 100_000,
             min_free_disk: ByteSize(1024 * 1024 * 1024),
             max_memory: ByteSize(0),
+            write_timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
 }

@@ -197,6 +197,7 @@ pub fn intake_policy(
         relay: relay_policy(cfg),
         conversion,
         receive_deadline: cfg.workers.message_deadline.0 + Duration::from_secs(5),
+        write_timeout: cfg.queue.write_timeout.0,
     }
 }
 

@@ -35,6 +35,9 @@ pub struct Intake {
     pub tracker: Arc<Tracker>,
     pub gate: Arc<Gate>,
     pub inflight: Arc<Inflight>,
+    /// Told when a queue write passes its deadline: the gateway stops in
+    /// order and is restarted.
+    pub reopen: Arc<tokio::sync::Notify>,
     /// What a configuration reload may replace.
     pub policy: Live<IntakePolicy>,
 }
@@ -50,6 +53,8 @@ pub struct IntakePolicy {
     /// In-flight deadline for the receive stage (after it the supervisor
     /// declares the gateway hung).
     pub receive_deadline: Duration,
+    /// `queue.write_timeout`: the deadline of the queue write.
+    pub write_timeout: Duration,
 }
 
 /// How the receive stage ended.
@@ -271,9 +276,24 @@ impl Intake {
         envelope.size = body.len() as u64;
         let (id, size, rcpts) = (envelope.id, body.len(), envelope.recipients.len());
         // A policy hold is stored held: the scheduler never sees it waiting.
-        let stored = match c.hold {
-            Some(_) => self.queue.enqueue_held(envelope, &body).await,
-            None => self.queue.enqueue(envelope, &body).await,
+        let write = async {
+            fault::stall(Stage::Store, &body).await;
+            match c.hold {
+                Some(_) => self.queue.enqueue_held(envelope, &body).await,
+                None => self.queue.enqueue(envelope, &body).await,
+            }
+        };
+        // Like every stage, the write has a deadline: stuck storage (a hung
+        // fsync, a dead NFS server) is a 4xx and a restart, never a client
+        // waiting for ever at the end of DATA.
+        let Ok(stored) = tokio::time::timeout(p.write_timeout, write).await else {
+            tracing::error!(%id, timeout = ?p.write_timeout,
+                "queue write passed queue.write_timeout; message refused, restarting the gateway");
+            self.reopen.notify_one();
+            return self.refuse(
+                &tracked,
+                Reply::new(451, "4.3.0", "queue write timed out, try again later"),
+            );
         };
         if let Err(e) = stored {
             tracing::error!(%id, error = %e, "queue write failed; message refused");

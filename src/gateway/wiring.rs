@@ -115,7 +115,14 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         // Everything acknowledged is in the store's durable part; what was
         // in progress got 4xx. A non-zero exit: the supervisor (or the
         // service manager) starts the gateway again, on a reopened store.
-        anyhow::bail!("the queue store failed and must be reopened; exiting to be restarted");
+        // At once, without destructors: a stuck store could hold its
+        // commit thread, which dropping the queue would wait for.
+        tracing::error!(
+            "the queue store failed and must be reopened; exiting (status 75) to be restarted"
+        );
+        // The tracking writer flushes every 10 ms.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::process::exit(75);
     }
     // Flushed with a snapshot of the counters: the next start need not
     // walk the queue.
@@ -211,6 +218,7 @@ impl Front {
             tracker: c.tracker.clone(),
             gate: c.gate.clone(),
             inflight: c.inflight.clone(),
+            reopen: c.reopen.clone(),
             policy: Live::new(assemble::intake_policy(cfg, conversion, content)),
         });
         Ok(Front {

@@ -23,6 +23,9 @@ pub enum Stage {
     Delivery,
     /// In the gateway, reading a message back from the queue for delivery.
     Queue,
+    /// In the gateway, writing a message to the queue at the end of DATA
+    /// (only `stall`: the write waits for ever, as on a hung disk).
+    Store,
 }
 
 impl Stage {
@@ -33,6 +36,7 @@ impl Stage {
             Stage::Content => "content",
             Stage::Delivery => "delivery",
             Stage::Queue => "queue",
+            Stage::Store => "store",
         }
     }
 }
@@ -60,6 +64,32 @@ pub fn check(stage: Stage, msg: &[u8]) {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn check(_stage: Stage, _msg: &[u8]) {}
+
+/// Waits for ever when `msg` asks for `<stage>=stall` and faults are on:
+/// an await that never ends, as storage that hangs (the runtime's threads
+/// stay free, unlike `hang`).
+#[cfg(feature = "fault-injection")]
+pub async fn stall(stage: Stage, msg: &[u8]) {
+    let flag = std::env::var("POSTERN_FAULTS_FILE").unwrap_or_else(|_| "postern-faults-on".into());
+    if !std::path::Path::new(&flag).exists() {
+        return;
+    }
+    let asked = postern_convert::Message::parse(msg)
+        .header("X-Postern-Fault")
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|i| i.trim() == format!("{}=stall", stage.name()))
+        });
+    if asked {
+        tracing::warn!(stage = stage.name(), "injecting a stall");
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Without the feature: nothing, and no cost.
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub async fn stall(_stage: Stage, _msg: &[u8]) {}
 
 #[cfg(feature = "fault-injection")]
 fn trigger(stage: Stage, kind: &str) {
