@@ -258,7 +258,10 @@ pub(crate) fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F
             let text = error_text(&e);
             tracing::error!("fatal: {text}");
             eprintln!("postern: {text}");
-            ExitCode::from(1)
+            match e.downcast_ref::<gateway::wiring::QueueUnopenable>() {
+                Some(_) => ExitCode::from(gateway::wiring::QueueUnopenable::EXIT),
+                None => ExitCode::from(1),
+            }
         }
     }
 }

@@ -91,10 +91,58 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
 
 /// `postern queue ...` against the running daemon.
 pub fn queue_command(path: Option<&Path>, cmd: queue::QueueCmd) -> ExitCode {
+    if let queue::QueueCmd::Salvage {
+        queue_dir,
+        out_dir,
+        json,
+    } = &cmd
+    {
+        return salvage(queue_dir, out_dir, *json);
+    }
     match admin_target(path) {
         Ok((admin, token)) => block_on(async move { queue::run(admin, token, cmd).await }),
         Err(e) => {
             eprintln!("{}", escape_controls(crate::error_text(&e).trim_end()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `postern queue salvage DIR OUT`: every intact body in DIR's segments,
+/// written to OUT (no record is read: the store may be unreadable).
+fn salvage(queue_dir: &Path, out_dir: &Path, json: bool) -> ExitCode {
+    let bodies = queue_dir.join("bodies");
+    if !bodies.is_dir() {
+        eprintln!(
+            "{} has no bodies/ directory: not a Postern queue (or nothing to salvage)",
+            queue_dir.display()
+        );
+        return ExitCode::from(1);
+    }
+    match postern_queue::salvage::salvage(&bodies, out_dir, &mut |_| false) {
+        Ok(s) => {
+            if json {
+                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            } else {
+                println!(
+                    "{} message(s) saved in {}; {} failed their CRC; {} damaged stretch(es)",
+                    s.saved,
+                    out_dir.display(),
+                    s.corrupt,
+                    s.damaged.len()
+                );
+                for d in &s.damaged {
+                    println!("  damaged: {}", escape_controls(d));
+                }
+            }
+            if s.damaged.is_empty() && s.corrupt == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Err(e) => {
+            eprintln!("salvage failed: {e}");
             ExitCode::from(1)
         }
     }

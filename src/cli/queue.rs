@@ -105,6 +105,19 @@ pub enum QueueCmd {
     Retry(Target),
     /// Delete a message from the queue.
     Delete { id: String },
+    /// Save every intact message body of a queue directory that cannot be
+    /// opened (moved aside) as DIR_OUT/<id>.eml, reading its body segments
+    /// directly; the gateway need not run. Exit 0 when nothing was damaged,
+    /// 2 when damaged stretches were skipped (listed).
+    Salvage {
+        /// The damaged queue directory (its `bodies/` is read).
+        queue_dir: std::path::PathBuf,
+        /// Where the .eml files go (created).
+        out_dir: std::path::PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 async fn request(
@@ -170,6 +183,8 @@ fn route(cmd: &QueueCmd) -> (&'static str, String) {
         QueueCmd::Hold(t) => ("POST", one_or_all(t, "hold")),
         QueueCmd::Retry(t) => ("POST", one_or_all(t, "retry")),
         QueueCmd::Delete { id } => ("DELETE", format!("/queue/{id}")),
+        // Handled without the admin endpoint (cli::queue_command).
+        QueueCmd::Salvage { .. } => ("GET", "/queue/summary".into()),
     }
 }
 

@@ -33,6 +33,39 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+/// The queue directory cannot be opened (damaged beyond what recovery
+/// reads, unreadable, locked): the gateway exits with
+/// [`QueueUnopenable::EXIT`] and the supervisor does not restart it, since
+/// a restart would fail the same way. The text says what an operator does.
+#[derive(Debug)]
+pub struct QueueUnopenable {
+    /// The queue directory.
+    pub path: std::path::PathBuf,
+    /// Why, with its causes.
+    pub cause: String,
+}
+
+impl QueueUnopenable {
+    /// EX_CONFIG (sysexits.h): a restart will not help.
+    pub const EXIT: u8 = 78;
+}
+
+impl std::fmt::Display for QueueUnopenable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.path.display();
+        write!(
+            f,
+            "cannot open the queue at {p}: {}. Not restarting. If the directory is damaged: stop \
+             Postern, move it aside (mv {p} {p}.damaged), start Postern (an empty queue is created), \
+             then save the mail of the old one with `postern queue salvage {p}.damaged OUTDIR` and \
+             resend it (README: Damaged queue)",
+            self.cause
+        )
+    }
+}
+
+impl std::error::Error for QueueUnopenable {}
+
 /// File in the queue directory holding the admin endpoint's bound address.
 pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 
@@ -246,7 +279,10 @@ async fn open_queue(cfg: &Config, metrics: &Metrics, inflight: &Inflight) -> any
     })
     .await
     .context("queue open task")?
-    .with_context(|| format!("cannot open the queue at {}", cfg.queue.path.display()))?;
+    .map_err(|e| QueueUnopenable {
+        path: cfg.queue.path.clone(),
+        cause: crate::error_text(&anyhow::Error::new(e)),
+    })?;
     if let Some(n) = crate::run::handoff::restarts_from_env() {
         metrics.process.gateway_restarts.inc_by(n);
     }
@@ -268,9 +304,35 @@ async fn open_queue(cfg: &Config, metrics: &Metrics, inflight: &Inflight) -> any
         orphans = recovery.orphans,
         corrupt = recovery.corrupt,
         walked = recovery.walked,
+        saved_bodies = recovery.saved_bodies,
         "queue recovered"
     );
+    report_damage(&recovery, &cfg.queue.path);
     Ok(queue)
+}
+
+/// Says, naming files, what recovery found damaged or without a record.
+fn report_damage(r: &postern_queue::Recovery, queue: &std::path::Path) {
+    if r.saved_bodies > 0 {
+        tracing::error!(
+            bodies = r.saved_bodies,
+            dir = %queue.join("lost").display(),
+            "message bodies without a queue record were saved as .eml files: messages being received when the \
+             gateway stopped (never acknowledged), or records the store lost. Resend those that were \
+             acknowledged (their headers say to whom), then delete them (README: Damaged queue)"
+        );
+    }
+    for d in &r.damaged {
+        tracing::error!(stretch = %d, "damaged stretch in a body segment skipped");
+    }
+    for m in &r.missing {
+        tracing::error!(segment = %m,
+            "body segment missing or truncated: its messages are quarantined when delivery reads them");
+    }
+    if r.corrupt > 0 {
+        tracing::error!(records = r.corrupt,
+            "queue records that failed their checks were moved aside (postern queue list --state quarantine)");
+    }
 }
 
 /// The SMTP listeners' tasks and the addresses they serve.

@@ -22,6 +22,7 @@
 //! is what the gateway reads, and the gateway is told to reload.
 
 use crate::config::Loaded;
+use crate::gateway::wiring::QueueUnopenable;
 use crate::run::handoff::{DEATH_ENV, LOG_DIR_ENV, RESTARTS_ENV, SUSPECTS_ENV};
 use anyhow::Context;
 use postern_supervisor::child::{ChildEnd, Control};
@@ -374,6 +375,15 @@ pub async fn run(
         if stopping(&stop_rx, end.clean).await {
             tracing::info!(reason = %end.reason, "gateway stopped; supervisor exits");
             return Ok(());
+        }
+        if end.code == Some(i32::from(QueueUnopenable::EXIT)) {
+            // It said why (its last log lines); starting it again would
+            // fail the same way: no crash loop.
+            return Err(QueueUnopenable {
+                path: cfg.queue.path.clone(),
+                cause: "the gateway could not open it (see the error above)".into(),
+            }
+            .into());
         }
         last.update(&end);
         let delay = restarts.after_run(end.ran_for);

@@ -209,6 +209,14 @@ impl Gateway {
 
     /// SIGKILL to the supervisor, the gateway and its workers at once (the
     /// process group): no chance to flush anything, as in a power cut.
+    /// Stops the gateway as an operator does (SIGTERM to the supervisor)
+    /// and waits for it to exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+
     pub fn kill9(&mut self) {
         // SAFETY: signalling our own child's process group.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
@@ -315,7 +323,8 @@ pub fn wine_program() -> String {
 
 /// `postern` as the tests run the gateway: the native binary, or the
 /// Windows build under Wine.
-fn postern_command() -> Command {
+/// The postern binary under test (the Windows build under Wine when set).
+pub fn postern_command() -> Command {
     match wine_exe() {
         Some(exe) => {
             let mut c = Command::new(wine_program());

@@ -35,6 +35,7 @@ mod commit;
 mod error;
 mod keys;
 mod record;
+pub mod salvage;
 mod segments;
 mod spool;
 mod store;

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Magic at the start of each body in a segment.
-const MAGIC: &[u8; 4] = b"PSTB";
+pub(crate) const MAGIC: &[u8; 4] = b"PSTB";
 /// Length of a body's header in a segment.
 pub(crate) const BODY_HEADER: u64 = 4 + 12 + 8 + 4;
 

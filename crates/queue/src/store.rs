@@ -70,6 +70,17 @@ pub struct Recovery {
     /// Whether every record was read: the queue was not closed cleanly
     /// (or is new). A clean close leaves a snapshot and the open is O(1).
     pub walked: bool,
+    /// After a walk, bodies in segments that no record refers to (being
+    /// received at a crash and never acknowledged, or records the store
+    /// lost to damage), saved in `<queue>/lost/<id>.eml` before their
+    /// segment could be deleted.
+    pub saved_bodies: usize,
+    /// Damaged stretches of segment files, by file and offset.
+    pub damaged: Vec<String>,
+    /// Segment files that records point into but that are missing or
+    /// shorter than the bodies in them (those messages are quarantined
+    /// when delivery reads them).
+    pub missing: Vec<String>,
 }
 
 /// What a clean close leaves for the next open.
@@ -135,6 +146,57 @@ struct Inner {
     /// When (ms) a write last failed for want of space; 0: not since the
     /// last clear.
     no_space_ms: AtomicU64,
+}
+
+/// Segment files that live bodies are in but that are missing, or shorter
+/// than the furthest body in them, named with the number of bodies.
+fn missing_segments(
+    dir: &std::path::Path,
+    bodies: &sled::Tree,
+    live: &HashMap<u32, crate::segments::Live>,
+) -> Vec<String> {
+    let mut short = Vec::new();
+    let mut ends: HashMap<u32, u64> = HashMap::new();
+    let mut check = |seg: u32, end: u64| {
+        let e = ends.entry(seg).or_default();
+        *e = (*e).max(end);
+    };
+    // Only when a file looks wrong is the bodies tree walked for ends.
+    let suspicious: Vec<u32> = live
+        .keys()
+        .copied()
+        .filter(|seg| {
+            let len = std::fs::metadata(dir.join(format!("{seg:08}.seg"))).map(|m| m.len());
+            len.map_or(true, |l| l < live[seg].bytes)
+        })
+        .collect();
+    if suspicious.is_empty() {
+        return short;
+    }
+    for (_, v) in bodies.iter().flatten() {
+        if let Ok(record::StoredBody::Segment(at)) = record::unframe_body(&v) {
+            if suspicious.contains(&at.seg) {
+                check(at.seg, at.off + at.len);
+            }
+        }
+    }
+    for seg in suspicious {
+        let path = dir.join(format!("{seg:08}.seg"));
+        let have = std::fs::metadata(&path).map(|m| m.len()).ok();
+        let n = live[&seg].bodies;
+        match have {
+            None => short.push(format!(
+                "{} is missing ({n} message bodies)",
+                path.display()
+            )),
+            Some(l) if l < ends.get(&seg).copied().unwrap_or(0) => short.push(format!(
+                "{} is {l} bytes, shorter than its {n} message bodies need",
+                path.display()
+            )),
+            Some(_) => {}
+        }
+    }
+    short
 }
 
 /// The key [`Queue::probe`] writes in `meta`.
@@ -352,8 +414,18 @@ impl Queue {
             None => trees.rebuild(&spool)?,
         };
         shape.corrupt = trees.corrupt.len() as u64;
-        let (segments, removed) =
-            Segments::open(&opts.path.join("bodies"), opts.segment_size, live)?;
+        let bodies_dir = opts.path.join("bodies");
+        if rec.walked {
+            // Before any segment may be deleted as holding nothing: save
+            // what no record refers to. Never lose mail to a lost record.
+            let bodies = &trees.bodies;
+            let mut referenced = |id: &QueueId| bodies.contains_key(id.0).unwrap_or(true);
+            let s = crate::salvage::salvage(&bodies_dir, &opts.path.join("lost"), &mut referenced)?;
+            rec.saved_bodies = s.saved;
+            rec.damaged = s.damaged;
+        }
+        rec.missing = missing_segments(&bodies_dir, &trees.bodies, &live);
+        let (segments, removed) = Segments::open(&bodies_dir, opts.segment_size, live)?;
         rec.orphans += removed;
         let segments = Arc::new(segments);
         db.flush().storage()?;

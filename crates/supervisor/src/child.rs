@@ -68,6 +68,8 @@ impl Inflight {
 pub struct ChildEnd {
     /// Exited with status 0.
     pub clean: bool,
+    /// The exit status, when it exited (rather than being killed).
+    pub code: Option<i32>,
     /// How it ended, in words ("exited with status 1", "hang: ...; killed
     /// by signal 9 (SIGKILL)").
     pub reason: String,
@@ -162,12 +164,17 @@ fn child_end(
     table: &Inflight,
     started: Instant,
 ) -> ChildEnd {
-    let reason = match killed {
+    let reason = match &killed {
         Some(k) => format!("{k}; {}", crate::exit::describe(&status)),
         None => crate::exit::describe(&status),
     };
     ChildEnd {
         clean: status.success(),
+        code: if killed.is_none() {
+            status.code()
+        } else {
+            None
+        },
         reason,
         suspects: table.keys(),
         was_ready: table.ready,
