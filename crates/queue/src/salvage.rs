@@ -13,7 +13,7 @@
 //! Reads are bounded (a header's length is checked against the file's) and
 //! a damaged segment never stops the scan of the others.
 
-use crate::segments::{BODY_HEADER, MAGIC};
+use crate::segments::{BODY_HEADER, DEAD, MAGIC};
 use postern_core::QueueId;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -35,22 +35,26 @@ pub struct Found {
 /// What a scan of one segment found.
 #[derive(Debug, Default)]
 pub struct Scanned {
-    /// Intact bodies (length within the file; the CRC is checked when the
-    /// body is read).
+    /// Bodies not marked dead (length within the file; the CRC is checked
+    /// when the body is read).
     pub bodies: Vec<Found>,
+    /// Bodies marked dead (delivered or deleted), passed over.
+    pub dead: usize,
     /// Stretches skipped as damaged: (offset, length).
     pub damaged: Vec<(u64, u64)>,
 }
 
-/// Reads a header at `off`, if one is there and fits in the file.
-fn header_at(f: &mut File, off: u64, file_len: u64) -> io::Result<Option<Found>> {
+/// Reads a header at `off`, if one is there and fits in the file; a dead
+/// body's header (delivered or deleted) comes back with `dead` set.
+fn header_at(f: &mut File, off: u64, file_len: u64) -> io::Result<Option<(Found, bool)>> {
     if off + BODY_HEADER > file_len {
         return Ok(None);
     }
     let mut h = [0u8; BODY_HEADER as usize];
     f.seek(SeekFrom::Start(off))?;
     f.read_exact(&mut h)?;
-    if &h[..4] != MAGIC {
+    let dead = &h[..4] == DEAD;
+    if &h[..4] != MAGIC && !dead {
         return Ok(None);
     }
     let mut id = [0u8; 12];
@@ -61,12 +65,15 @@ fn header_at(f: &mut File, off: u64, file_len: u64) -> io::Result<Option<Found>>
     if body.checked_add(len).is_none_or(|end| end > file_len) {
         return Ok(None);
     }
-    Ok(Some(Found {
-        id: QueueId(id),
-        off: body,
-        len,
-        crc,
-    }))
+    Ok(Some((
+        Found {
+            id: QueueId(id),
+            off: body,
+            len,
+            crc,
+        },
+        dead,
+    )))
 }
 
 /// Whether the body of `found` has its CRC.
@@ -86,9 +93,12 @@ pub fn scan(path: &Path) -> io::Result<Scanned> {
     let mut out = Scanned::default();
     let mut off = 0u64;
     while off < file_len {
-        if let Some(found) = header_at(&mut f, off, file_len)? {
+        if let Some((found, dead)) = header_at(&mut f, off, file_len)? {
             off = found.off + found.len;
-            out.bodies.push(found);
+            match dead {
+                true => out.dead += 1,
+                false => out.bodies.push(found),
+            }
             continue;
         }
         // Damage (or the zeroed tail of a torn write): search forward for
@@ -97,19 +107,22 @@ pub fn scan(path: &Path) -> io::Result<Scanned> {
         let mut next = None;
         let mut at = off + 1;
         while let Some(cand) = find_magic(&mut f, at, file_len)? {
-            if let Some(found) = header_at(&mut f, cand, file_len)? {
+            if let Some((found, dead)) = header_at(&mut f, cand, file_len)? {
                 if intact(&mut f, &found)?.is_some() {
-                    next = Some((cand, found));
+                    next = Some((cand, found, dead));
                     break;
                 }
             }
             at = cand + 1;
         }
         match next {
-            Some((cand, found)) => {
+            Some((cand, found, dead)) => {
                 out.damaged.push((start, cand - start));
                 off = found.off + found.len;
-                out.bodies.push(found);
+                match dead {
+                    true => out.dead += 1,
+                    false => out.bodies.push(found),
+                }
             }
             None => {
                 // Zeros after the last body are not damage: a segment is
@@ -133,7 +146,8 @@ fn find_magic(f: &mut File, from: u64, file_len: u64) -> io::Result<Option<u64>>
         let n = usize::try_from((file_len - pos).min(buf.len() as u64)).unwrap_or(CHUNK);
         f.seek(SeekFrom::Start(pos))?;
         f.read_exact(&mut buf[..n])?;
-        if let Some(i) = memchr::memmem::find(&buf[..n], MAGIC) {
+        // "PST": the start of a live or a dead body's header.
+        if let Some(i) = memchr::memmem::find(&buf[..n], &MAGIC[..3]) {
             return Ok(Some(pos + i as u64));
         }
         if n < 4 {
@@ -243,6 +257,12 @@ mod tests {
         segs.sync().unwrap();
         let file = segment_files(&bodies).unwrap().remove(0);
         assert_eq!(scan(&file).unwrap().bodies.len(), 5);
+        // A released (delivered) body is passed over.
+        let extra = QueueId([9; 12]);
+        let gone = segs.append(extra, b"delivered\r\n").unwrap();
+        segs.release(gone);
+        let scanned = scan(&file).unwrap();
+        assert_eq!((scanned.bodies.len(), scanned.dead), (5, 1));
         // Overwrite the middle of body 2 and its successor's header.
         let mut data = std::fs::read(&file).unwrap();
         let hit = at[2].off as usize + 10;

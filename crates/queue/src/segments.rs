@@ -31,6 +31,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Magic at the start of each body in a segment.
 pub(crate) const MAGIC: &[u8; 4] = b"PSTB";
+/// The magic of a body whose record is gone on purpose (delivered,
+/// deleted): written over `MAGIC` when the body is released, so that a
+/// scan for bodies without records (after damage) passes over it.
+pub(crate) const DEAD: &[u8; 4] = b"PSTD";
+/// Sealed segment files kept open for marking released bodies.
+const OPEN_FILES: usize = 64;
 /// Length of a body's header in a segment.
 pub(crate) const BODY_HEADER: u64 = 4 + 12 + 8 + 4;
 
@@ -72,6 +78,9 @@ struct State {
     /// Emptied segments, deleted after the next flush.
     doomed: Vec<u32>,
     next: u32,
+    /// Sealed segments opened to mark released bodies dead (at most
+    /// [`OPEN_FILES`]).
+    open: HashMap<u32, Arc<File>>,
 }
 
 /// The segment directory.
@@ -119,6 +128,7 @@ impl Segments {
             live,
             doomed: Vec::new(),
             next,
+            open: HashMap::new(),
         };
         Ok((
             Segments {
@@ -225,6 +235,7 @@ impl Segments {
     /// sealed segment left empty is doomed.
     pub(crate) fn release(&self, at: Location) {
         let mut st = self.lock();
+        self.mark_dead(&mut st, at);
         let active = st.active.as_ref().map(|a| a.seg);
         let Some(live) = st.live.get_mut(&at.seg) else {
             return;
@@ -234,6 +245,38 @@ impl Segments {
         if live.bodies == 0 && active != Some(at.seg) {
             st.live.remove(&at.seg);
             st.doomed.push(at.seg);
+        }
+    }
+
+    /// Writes [`DEAD`] over the body's magic. Best effort: a failure (or a
+    /// power cut before the page reaches the disk) only means a later
+    /// salvage saves a body that was delivered.
+    fn mark_dead(&self, st: &mut State, at: Location) {
+        let Some(header) = at.off.checked_sub(BODY_HEADER) else {
+            return;
+        };
+        let file = match &st.active {
+            Some(a) if a.seg == at.seg => Some(a.file.clone()),
+            _ => match st.open.get(&at.seg) {
+                Some(f) => Some(f.clone()),
+                None => {
+                    let f = fs::OpenOptions::new().write(true).open(self.path(at.seg));
+                    match f {
+                        Ok(f) => {
+                            if st.open.len() >= OPEN_FILES {
+                                st.open.clear();
+                            }
+                            let f = Arc::new(f);
+                            st.open.insert(at.seg, f.clone());
+                            Some(f)
+                        }
+                        Err(_) => None,
+                    }
+                }
+            },
+        };
+        if let Some(f) = file {
+            let _ = write_all_at(&f, DEAD, header);
         }
     }
 
@@ -250,6 +293,12 @@ impl Segments {
     /// Deletes segments taken before a successful flush; a failure to
     /// delete is logged (the space stays taken, nothing else is wrong).
     pub(crate) fn delete(&self, doomed: Doomed) {
+        {
+            let mut st = self.lock();
+            for seg in &doomed.0 {
+                st.open.remove(seg);
+            }
+        }
         for seg in doomed.0 {
             if let Err(e) = fs::remove_file(self.path(seg)) {
                 if e.kind() != io::ErrorKind::NotFound {
