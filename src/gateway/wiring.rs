@@ -58,7 +58,7 @@ impl std::fmt::Display for QueueUnopenable {
             "cannot open the queue at {p}: {}. Not restarting. If the directory is damaged: stop \
              Postern, move it aside (mv {p} {p}.damaged), start Postern (an empty queue is created), \
              then save the mail of the old one with `postern queue salvage {p}.damaged OUTDIR` and \
-             resend it (README: Damaged queue)",
+             resend it (README: \"A damaged queue directory\")",
             self.cause
         )
     }
@@ -319,7 +319,7 @@ fn report_damage(r: &postern_queue::Recovery, queue: &std::path::Path) {
             dir = %queue.join("lost").display(),
             "message bodies without a queue record were saved as .eml files: messages being received when the \
              gateway stopped (never acknowledged), or records the store lost. Resend those that were \
-             acknowledged (their headers say to whom), then delete them (README: Damaged queue)"
+             acknowledged (their headers say to whom), then delete them (README: \"A damaged queue directory\")"
         );
     }
     for d in &r.damaged {

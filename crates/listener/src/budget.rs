@@ -189,7 +189,7 @@ impl Reservation {
 
     /// A reservation against a budget of its own with no limit, for tests of
     /// the decoders that own one.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn unlimited() -> Reservation {
         Reservation::new(&DataBudget::new(), 0)
     }

@@ -91,7 +91,7 @@ pub struct SessionConfig {
 }
 
 /// The configuration the unit tests share: trusted 127.0.0.1, small limits.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn test_config() -> Arc<SessionConfig> {
     Arc::new(SessionConfig {
         hostname: "gw.example.test".into(),

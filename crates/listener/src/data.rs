@@ -78,7 +78,7 @@ pub struct DataReceiver {
 
 impl DataReceiver {
     /// [`DataReceiver::with_hint`] without a declared size (tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn new(max_size: usize, max_line: usize, budget: Reservation) -> DataReceiver {
         DataReceiver::with_hint(max_size, max_line, budget, 0)
     }

@@ -40,6 +40,8 @@ mod codec;
 mod command;
 mod config;
 mod data;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod limits;
 #[cfg(test)]
 mod properties;

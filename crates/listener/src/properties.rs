@@ -4,12 +4,7 @@
 //! from `tests/codec_properties.rs` when the codec and the receiver became
 //! private to the crate.)
 
-use crate::budget::Reservation;
-use crate::codec::{Frame, LineCodec};
-use crate::data::{DataError, DataReceiver};
-use crate::session::{Session, Step};
-use crate::{Reply, SessionConfig};
-use std::sync::Arc;
+use crate::fuzzing::{data_phase, lines, session_run};
 
 struct Rng(u64);
 
@@ -30,40 +25,6 @@ fn input(rng: &mut Rng, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Runs the line codec over `data` in chunks; returns the lines and errors.
-fn lines(data: &[u8], chunk: usize) -> Vec<Result<Vec<u8>, ()>> {
-    let mut codec = LineCodec::new(64);
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    for piece in data.chunks(chunk.max(1)) {
-        buf.extend_from_slice(piece);
-        loop {
-            match codec.decode(&buf) {
-                Ok(None) => {
-                    // What stays buffered is one incomplete line, under the limit.
-                    assert!(
-                        buf.len() < 64,
-                        "the codec let its buffer grow past the limit"
-                    );
-                    break;
-                }
-                Ok(Some(Frame::Skipped(n))) => {
-                    buf.drain(..n);
-                }
-                Ok(Some(Frame::Line { consumed, text_len })) => {
-                    out.push(Ok(buf[..text_len].to_vec()));
-                    buf.drain(..consumed);
-                }
-                Err((_, n)) => {
-                    out.push(Err(()));
-                    buf.drain(..n);
-                }
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn line_codec_is_chunking_independent_and_bounded() {
     let mut rng = Rng(7);
@@ -75,19 +36,6 @@ fn line_codec_is_chunking_independent_and_bounded() {
             assert_eq!(lines(&data, chunk), whole);
         }
     }
-}
-
-fn data_phase(data: &[u8], chunk: usize) -> (usize, bool, Result<Vec<u8>, DataError>) {
-    let mut rx = DataReceiver::new(1000, 100, Reservation::unlimited());
-    let mut used = 0;
-    for piece in data.chunks(chunk.max(1)) {
-        let (n, done) = rx.ingest(piece);
-        used += n;
-        if done {
-            return (used, true, rx.finish().map(|(body, _)| body));
-        }
-    }
-    (used, false, rx.finish().map(|(body, _)| body))
 }
 
 #[test]
@@ -139,46 +87,6 @@ fn client_input(rng: &mut Rng) -> Vec<u8> {
         }
     }
     data
-}
-
-/// What a session answered to `data` fed in reads of `chunk` bytes, as the
-/// server loop feeds it: the replies, what the client sent of each message,
-/// and how the session ended (`None`: it wants to read more).
-fn session_run(data: &[u8], chunk: usize) -> (Vec<Reply>, Vec<Vec<u8>>, Option<bool>) {
-    let cfg = Arc::new(SessionConfig {
-        max_errors: 1000,
-        max_noops: 1000,
-        max_command_line: 64,
-        ..(*crate::config::test_config()).clone()
-    });
-    let mut s = Session::new(cfg, "192.0.2.1".parse().unwrap());
-    let (mut replies, mut messages) = (Vec::new(), Vec::new());
-    let mut buf = Vec::new();
-    for piece in data.chunks(chunk.max(1)) {
-        buf.extend_from_slice(piece);
-        let mut pos = 0;
-        loop {
-            let (used, step) = s.ingest(&buf[pos..]);
-            pos += used;
-            replies.extend(s.take_replies());
-            match step {
-                Step::Read => break,
-                Step::Deliver(msg) => {
-                    messages.push(msg.body[msg.trace_len..].to_vec());
-                    s.delivered(Reply::new(250, "2.0.0", "queued"));
-                }
-                Step::Verify { user, .. } => s.verified(user, false),
-                Step::StartTls => return (replies, messages, Some(true)),
-                Step::Close => return (replies, messages, Some(false)),
-            }
-        }
-        buf.drain(..pos);
-        assert!(
-            buf.len() < 64,
-            "the session let its buffer grow past the limit"
-        );
-    }
-    (replies, messages, None)
 }
 
 #[test]

@@ -42,6 +42,6 @@ mod store;
 mod tally;
 
 pub use error::{QueueError, StorageError};
-pub use record::{Corruption, QuarantineInfo, Record, State};
+pub use record::{decode as decode_record, Corruption, QuarantineInfo, Record, State};
 pub use store::{Queue, QueueOptions, Recovery, StateCounts, DEFAULT_SEGMENT_SIZE};
 pub use tally::{Minutes, Shape, StateShape};

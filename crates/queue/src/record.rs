@@ -304,7 +304,7 @@ pub(crate) fn encode(r: &Record) -> Vec<u8> {
 }
 
 /// Checks and decodes a stored record (bincode, or JSON of version 1).
-pub(crate) fn decode(raw: &[u8]) -> Result<Record, Corruption> {
+pub fn decode(raw: &[u8]) -> Result<Record, Corruption> {
     use bincode::Options;
     if raw.first() == Some(&RECORD_BIN) {
         let payload = unframe_as(raw, RECORD_BIN)?;
