@@ -117,18 +117,26 @@ impl DataReceiver {
     }
 
     fn push(&mut self, bytes: &[u8]) {
-        if memchr::memchr(0, bytes).is_some() {
-            self.flag(DataError::Nul);
-        }
-        self.line_len += bytes.len();
-        if self.line_len > self.max_line {
-            self.flag(DataError::LineTooLong);
-        }
         if self.error.is_some() {
             return;
         }
-        if self.body.len() + bytes.len() > self.max_size {
-            self.flag(DataError::TooBig);
+        // The first problem in byte order, as if the run came a byte at a
+        // time (a NUL, then the line's length, then the message's size,
+        // for each byte): the same refusal however the client's writes
+        // were cut (found by fuzzing: a long line with a NUL in it was
+        // `Nul` in one read and `LineTooLong` in many).
+        let nul = memchr::memchr(0, bytes).map(|at| (at, 0));
+        let long = (self.line_len + bytes.len() > self.max_line)
+            .then(|| (self.max_line.saturating_sub(self.line_len), 1));
+        let big = (self.body.len() + bytes.len() > self.max_size)
+            .then(|| (self.max_size.saturating_sub(self.body.len()), 2));
+        self.line_len += bytes.len();
+        if let Some((_, which)) = [nul, long, big].into_iter().flatten().min() {
+            self.flag(match which {
+                0 => DataError::Nul,
+                1 => DataError::LineTooLong,
+                _ => DataError::TooBig,
+            });
             return;
         }
         let needed = (self.body.len() + bytes.len()) as u64;

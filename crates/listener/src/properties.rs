@@ -103,3 +103,17 @@ fn session_is_chunking_independent_and_bounded() {
         }
     }
 }
+
+/// Found by fuzzing (fuzz/corpus/data_receiver/crash-9380d91e…): a line
+/// over the length limit with a NUL in it was refused as `Nul` when it came
+/// in one read and as `LineTooLong` byte by byte.
+#[test]
+fn a_long_line_with_a_nul_is_refused_the_same_in_any_chunking() {
+    let mut input = vec![0xFFu8; 44];
+    input.extend([6u8; 60]);
+    input.extend([0xFF; 5]);
+    input.extend([b'.', 171, 106, 44, 0]);
+    crate::fuzzing::fuzz_data_receiver(&input);
+    let (_, _, whole) = data_phase(&input, input.len());
+    assert_eq!(whole, Err(crate::data::DataError::LineTooLong));
+}
