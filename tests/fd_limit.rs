@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{route, wait_until, Gateway, RawClient, Sink};
+use common::{route, wait_until, Gateway, Sink};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -19,15 +19,6 @@ fn cpu_ticks(pid: u32) -> u64 {
     let rest = &stat[stat.rfind(')').unwrap() + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-}
-
-async fn one_message(gw: &Gateway, tag: &str) -> String {
-    let mut c = RawClient::connect(gw.smtp).await;
-    let r = c.cmd("EHLO client.test").await;
-    assert!(r.starts_with("250"), "{r}");
-    let data = format!("Subject: {tag}\r\n\r\n{tag}\r\n.\r\n");
-    c.transaction("<s@example.test>", &["<r@inside.test>"], data.as_bytes())
-        .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -43,7 +34,9 @@ async fn descriptors_run_out_and_the_listener_waits_without_spinning() {
                 && log.contains(&format!("to={hard}")),
             "{log}"
         );
-        assert!(one_message(&gw, "raised").await.starts_with("250"));
+        assert!(common::send_subject(gw.smtp, "", "raised")
+            .await
+            .starts_with("250"));
     }
     // 2. A hard limit far below max_connections (1,000 by default).
     let gw = Gateway::start_with_nofile(&route("inside.test", sink.addr), (160, 160));
@@ -78,9 +71,12 @@ async fn descriptors_run_out_and_the_listener_waits_without_spinning() {
     );
     // Clients go away: the gateway serves again, by itself.
     drop(idle);
-    let sent = tokio::time::timeout(Duration::from_secs(60), one_message(&gw, "after"))
-        .await
-        .expect("served once descriptors are free");
+    let sent = tokio::time::timeout(
+        Duration::from_secs(60),
+        common::send_subject(gw.smtp, "", "after"),
+    )
+    .await
+    .expect("served once descriptors are free");
     assert!(sent.starts_with("250"), "{sent}");
     wait_until(Duration::from_secs(20), "delivered", || {
         !sink.with("after").is_empty()

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{route, wait_until, Gateway, RawClient, Sink};
+use common::{route, wait_until, Gateway, Sink};
 use std::time::Duration;
 
 /// The value of the counter line `name <value>`, if there is one.
@@ -24,12 +24,7 @@ async fn batch(gw: &Gateway, tag: &str, n: usize) {
         let addr = gw.smtp;
         let tag = tag.to_string();
         tasks.push(tokio::spawn(async move {
-            let mut c = RawClient::connect(addr).await;
-            let r = c.cmd("EHLO client.test").await;
-            assert!(r.starts_with("250"), "{r}");
-            let data = format!("Subject: {tag} {i}\r\n\r\n{tag} body {i}\r\n.\r\n");
-            c.transaction("<s@example.test>", &["<r@inside.test>"], data.as_bytes())
-                .await
+            common::send_subject(addr, "", &format!("{tag} {i}")).await
         }));
     }
     for t in tasks {

@@ -10,17 +10,8 @@
 
 mod common;
 
-use common::{route, wait_until, Gateway, RawClient, Sink};
+use common::{route, wait_until, Gateway, Sink};
 use std::time::{Duration, Instant};
-
-async fn send(gw: &Gateway, headers: &str, tag: &str) -> String {
-    let mut c = RawClient::connect(gw.smtp).await;
-    let r = c.cmd("EHLO client.test").await;
-    assert!(r.starts_with("250"), "{r}");
-    let data = format!("{headers}Subject: {tag}\r\n\r\n{tag}\r\n.\r\n");
-    c.transaction("<s@example.test>", &["<r@inside.test>"], data.as_bytes())
-        .await
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queue_write_that_hangs_is_a_4xx_and_a_restart_not_a_silent_client() {
@@ -34,7 +25,7 @@ async fn a_queue_write_that_hangs_is_a_4xx_and_a_restart_not_a_silent_client() {
     );
     let before = gw.gateway_pid();
     let start = Instant::now();
-    let r = send(&gw, "X-Postern-Fault: store=stall\r\n", "stalled").await;
+    let r = common::send_subject(gw.smtp, "X-Postern-Fault: store=stall\r\n", "stalled").await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
     assert!(
         start.elapsed() < Duration::from_secs(10),

@@ -244,6 +244,18 @@ impl RawClient {
     }
 }
 
+/// One message from s@example.test to r@inside.test over a new
+/// connection (EHLO, then the transaction): `headers` (each line ending in
+/// CRLF) and `Subject: <subject>` above a one-line body. The final reply.
+pub async fn send_subject(addr: SocketAddr, headers: &str, subject: &str) -> String {
+    let mut c = RawClient::connect(addr).await;
+    let r = c.cmd("EHLO client.test").await;
+    assert!(r.starts_with("250"), "{r}");
+    let data = format!("{headers}Subject: {subject}\r\n\r\n{subject}\r\n.\r\n");
+    c.transaction("<s@example.test>", &["<r@inside.test>"], data.as_bytes())
+        .await
+}
+
 /// Length of the first complete reply in `buf`, if any.
 pub fn complete_reply(buf: &[u8]) -> Option<usize> {
     let mut start = 0;
