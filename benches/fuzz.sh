@@ -25,7 +25,8 @@ for t in "${targets[@]}"; do
     exit 1
   fi
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
+  first=$(grep -oE 'INITED cov: [0-9]+ ft: [0-9]+' "$log" | head -1 | sed 's/INITED //' || true)
   last=$(grep -E '#[0-9]+' "$log" | tail -1 | grep -oE 'cov: [0-9]+ ft: [0-9]+' || echo "cov: ? ft: ?")
-  echo "$t: ${secs} s, $execs executions, $last, corpus $(ls "corpus/$t" | wc -l) files"
+  echo "$t: ${secs} s, $execs executions, ${first:-?} at start -> $last, corpus $(ls "corpus/$t" | wc -l) files"
   rm -f "$log"
 done
