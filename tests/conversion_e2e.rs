@@ -166,22 +166,21 @@ async fn inbound_authentication_and_dmarc_reject() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn tnef_becomes_mime_attachments_outbound() {
-    let sink = Sink::start("127.0.0.1:0").await;
-    let gw = Gateway::start("", &route("*", sink.addr));
-    let tnef = postern_convert::tnef::build(
-        Some("The plain text body"),
-        &[
-            ("Quarterly results 2026.xlsx", b"PK\x03\x04sheet"),
-            ("notes.txt", b"remember"),
-        ],
-        true,
-    );
-    let b64 = String::from_utf8(postern_convert::encode::base64_lines(&tnef)).unwrap();
+/// Relays outbound (a trusted client) a message whose `headers` are
+/// followed by a multipart/mixed body of `before` (whole parts, each
+/// opening with its delimiter) and `stream` as winmail.dat; what the next
+/// hop got.
+async fn relay_winmail(
+    gw: &Gateway,
+    sink: &Sink,
+    stream: &[u8],
+    headers: &str,
+    before: &str,
+) -> String {
+    let b64 = String::from_utf8(postern_convert::encode::base64_lines(stream)).unwrap();
     let msg = format!(
-        "From: a@example.test\r\nTo: b@far.test\r\nSubject: report\r\nMIME-Version: 1.0\r\n\
-         Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n--outer\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+        "From: a@example.test\r\nTo: b@far.test\r\n{headers}MIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n{before}\
          --outer\r\nContent-Type: application/ms-tnef; name=\"winmail.dat\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}--outer--\r\n"
     );
     let r = send(
@@ -194,7 +193,29 @@ async fn tnef_becomes_mime_attachments_outbound() {
     .await;
     assert!(r.starts_with("250"), "{r}");
     wait_until(T, "delivery", || sink.count() == 1).await;
-    let got = sink.all()[0].data.clone();
+    sink.all()[0].data.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tnef_becomes_mime_attachments_outbound() {
+    let sink = Sink::start("127.0.0.1:0").await;
+    let gw = Gateway::start("", &route("*", sink.addr));
+    let tnef = postern_convert::tnef::build(
+        Some("The plain text body"),
+        &[
+            ("Quarterly results 2026.xlsx", b"PK\x03\x04sheet"),
+            ("notes.txt", b"remember"),
+        ],
+        true,
+    );
+    let got = relay_winmail(
+        &gw,
+        &sink,
+        &tnef,
+        "Subject: report\r\n",
+        "--outer\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n",
+    )
+    .await;
     assert!(!got.contains("ms-tnef"), "{got}");
     let parts = Message::parse(got.as_bytes()).parts();
     assert_eq!(parts.len(), 4, "text, TNEF body text, two files: {got}");
@@ -226,22 +247,14 @@ async fn a_tnef_item_not_converted_faithfully_keeps_its_winmail_dat_and_says_why
         "/crates/convert/tests/data/tnef/christmas-embedded-task.tnef"
     ))
     .unwrap();
-    let b64 = String::from_utf8(postern_convert::encode::base64_lines(&tnef)).unwrap();
-    let msg = format!(
-        "From: a@example.test\r\nTo: b@far.test\r\nSubject: task\r\nMessage-ID: <tnef-kept@test>\r\nMIME-Version: 1.0\r\n\
-         Content-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n--outer\r\nContent-Type: application/ms-tnef; name=\"winmail.dat\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{b64}--outer--\r\n"
-    );
-    let r = send(
-        gw.smtp,
-        "127.0.0.1",
-        "a@example.test",
-        "b@far.test",
-        msg.as_bytes(),
+    let got = relay_winmail(
+        &gw,
+        &sink,
+        &tnef,
+        "Subject: task\r\nMessage-ID: <tnef-kept@test>\r\n",
+        "",
     )
     .await;
-    assert!(r.starts_with("250"), "{r}");
-    wait_until(T, "delivery", || sink.count() == 1).await;
-    let got = sink.all()[0].data.clone();
     assert!(got.contains("Content-Type: message/rfc822"), "{got}");
     assert!(got.contains("Subject: Build a train table"), "{got}");
     assert!(

@@ -22,23 +22,7 @@ use std::time::{Duration, Instant};
 const N: usize = 30;
 
 fn config(dir: &Path, hop: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-[server]
-hostname = "gw.example.test"
-listen = ["127.0.0.1:0"]
-[queue]
-path = "{q}"
-retry_intervals = ["1s"]
-min_free_disk = "0"
-[admin]
-listen = "127.0.0.1:0"
-[[route]]
-domain = "*"
-hosts = ["{hop}"]
-"#,
-        q = dir.join("queue").display()
-    )
+    common::gateway::config_text(dir, "", "min_free_disk = \"0\"", &common::route("*", hop))
 }
 
 /// A closed port: the next hop is down.

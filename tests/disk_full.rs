@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{wait_until, Gateway, RawClient, Sink};
+use common::{route, wait_until, Gateway, RawClient, Sink};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -114,29 +114,16 @@ async fn a_full_disk_refuses_with_4xx_loses_nothing_and_recovers_by_itself() {
     let hop = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hop_addr = hop.local_addr().unwrap();
     drop(hop);
-    let text = format!(
-        r#"
-[server]
-hostname = "gw.example.test"
-listen = ["127.0.0.1:0"]
-
-[queue]
-path = "{q}"
-retry_intervals = ["1s"]
-cache_size = "8MiB"
-min_free_disk = "0"
-
-[admin]
-listen = "127.0.0.1:0"
-
-[tracking]
-destination = "off"
-
-[[route]]
-domain = "inside.test"
-hosts = ["{hop_addr}"]
-"#,
-        q = mnt.0.join("queue").display()
+    // The queue on the small filesystem; the tracking log off (it would
+    // compete for the space).
+    let text = common::gateway::config_text(
+        &mnt.0,
+        "",
+        "min_free_disk = \"0\"",
+        &format!(
+            "[tracking]\ndestination = \"off\"\n{}",
+            route("inside.test", hop_addr)
+        ),
     );
     let gw = Gateway::start_config(dir.clone(), &text);
     let body: String = (0..68)
