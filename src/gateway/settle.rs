@@ -286,7 +286,7 @@ pub fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postern_core::{QueueId, Recipient};
+    use postern_core::Recipient;
 
     const HOUR: u64 = 3_600_000;
 
@@ -295,21 +295,15 @@ mod tests {
     }
 
     fn record(rcpts: &[&str], sender: Option<&str>, received_ms: u64) -> Record {
-        let envelope = Envelope {
-            id: QueueId::generate(),
-            sender: sender.map(addr),
-            recipients: rcpts.iter().map(|r| Recipient::new(addr(r))).collect(),
-            client: "192.0.2.1".into(),
-            helo: "client.test".into(),
+        let rcpts = rcpts.iter().map(|r| Recipient::new(addr(r))).collect();
+        let envelope = Envelope::new(
+            sender.map(addr),
+            rcpts,
+            "192.0.2.1",
+            "client.test",
             received_ms,
-            size: 10,
-            eight_bit: false,
-            message_id: None,
-            smtputf8: false,
-            dsn_ret_full: false,
-            dsn_envid: None,
-            trusted: false,
-        };
+            10,
+        );
         Record::new(envelope, received_ms)
     }
 

@@ -100,6 +100,34 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// A new envelope with a fresh id: no BODY, SMTPUTF8 or DSN parameters,
+    /// no Message-ID yet, an untrusted client (the session sets what the
+    /// client declared).
+    pub fn new(
+        sender: Option<Address>,
+        recipients: Vec<Recipient>,
+        client: &str,
+        helo: &str,
+        received_ms: u64,
+        size: u64,
+    ) -> Envelope {
+        Envelope {
+            id: QueueId::generate(),
+            sender,
+            recipients,
+            client: client.to_string(),
+            helo: helo.to_string(),
+            received_ms,
+            size,
+            eight_bit: false,
+            message_id: None,
+            smtputf8: false,
+            dsn_ret_full: false,
+            dsn_envid: None,
+            trusted: false,
+        }
+    }
+
     /// True when the message is itself a bounce: never bounce a bounce.
     pub fn is_bounce(&self) -> bool {
         self.sender.is_none()

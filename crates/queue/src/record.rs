@@ -269,25 +269,12 @@ fn bincode_options() -> impl bincode::Options {
 /// `received_ms`, for the recipients `to`.
 #[cfg(test)]
 pub(crate) fn test_envelope(received_ms: u64, to: &[&str]) -> Envelope {
-    use postern_core::{Address, QueueId, Recipient};
-    Envelope {
-        id: QueueId::generate(),
-        sender: None,
-        recipients: to
-            .iter()
-            .map(|t| Recipient::new(Address::parse(t).unwrap()))
-            .collect(),
-        client: "127.0.0.1".into(),
-        helo: "x".into(),
-        received_ms,
-        size: 2,
-        eight_bit: false,
-        message_id: None,
-        smtputf8: false,
-        dsn_ret_full: false,
-        dsn_envid: None,
-        trusted: false,
-    }
+    use postern_core::{Address, Recipient};
+    let to = to
+        .iter()
+        .map(|t| Recipient::new(Address::parse(t).unwrap()))
+        .collect();
+    Envelope::new(None, to, "127.0.0.1", "x", received_ms, 2)
 }
 
 /// A record, framed for storage.

@@ -5,21 +5,14 @@ use postern_core::{Address, Envelope, QueueId, Recipient};
 use postern_queue::{QuarantineInfo, Queue, QueueOptions, State};
 
 fn env() -> Envelope {
-    Envelope {
-        id: QueueId::generate(),
-        sender: Some(Address::parse("a@b.test").unwrap()),
-        recipients: vec![Recipient::new(Address::parse("c@d.test").unwrap())],
-        client: "127.0.0.1".into(),
-        helo: "h".into(),
-        received_ms: postern_core::now_ms(),
-        size: 5,
-        eight_bit: false,
-        message_id: None,
-        smtputf8: false,
-        dsn_ret_full: false,
-        dsn_envid: None,
-        trusted: false,
-    }
+    Envelope::new(
+        Some(Address::parse("a@b.test").unwrap()),
+        vec![Recipient::new(Address::parse("c@d.test").unwrap())],
+        "127.0.0.1",
+        "h",
+        postern_core::now_ms(),
+        5,
+    )
 }
 
 fn opts(dir: &tempfile::TempDir) -> QueueOptions {
