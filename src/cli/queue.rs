@@ -169,13 +169,14 @@ pub async fn check(admin: SocketAddr, token: Option<String>, path: &str) -> anyh
     Ok(())
 }
 
-/// The method and path of one CLI command.
-fn route(cmd: &QueueCmd) -> (&'static str, String) {
+/// The method and path of one CLI command; `None` for a command that does
+/// not talk to the daemon (`salvage`).
+fn route(cmd: &QueueCmd) -> Option<(&'static str, String)> {
     let one_or_all = |t: &Target, action: &str| match &t.id {
         Some(id) if !t.all => format!("/queue/{id}/{action}"),
         _ => format!("/queue/{action}{}", t.filter.query()),
     };
-    match cmd {
+    Some(match cmd {
         QueueCmd::List { filter, .. } => ("GET", format!("/queue{}", filter.query())),
         QueueCmd::Summary { filter, .. } => ("GET", format!("/queue/summary{}", filter.query())),
         QueueCmd::Show { id } => ("GET", format!("/queue/{id}")),
@@ -183,9 +184,8 @@ fn route(cmd: &QueueCmd) -> (&'static str, String) {
         QueueCmd::Hold(t) => ("POST", one_or_all(t, "hold")),
         QueueCmd::Retry(t) => ("POST", one_or_all(t, "retry")),
         QueueCmd::Delete { id } => ("DELETE", format!("/queue/{id}")),
-        // Handled without the admin endpoint (cli::queue_command).
-        QueueCmd::Salvage { .. } => ("GET", "/queue/summary".into()),
-    }
+        QueueCmd::Salvage { .. } => return None,
+    })
 }
 
 pub async fn run(admin: SocketAddr, token: Option<String>, cmd: QueueCmd) -> anyhow::Result<()> {
@@ -206,7 +206,9 @@ pub async fn run(admin: SocketAddr, token: Option<String>, cmd: QueueCmd) -> any
         )
         .await;
     }
-    let (method, path) = route(&cmd);
+    let Some((method, path)) = route(&cmd) else {
+        anyhow::bail!("this command reads the queue directory itself (cli::queue_command)");
+    };
     let body = answered(request(admin, token.as_deref(), method, &path).await?)?;
     match cmd {
         QueueCmd::Summary { json: false, .. } => print_summary(&body)?,
