@@ -9,7 +9,9 @@
 
 use ipnet::IpNet;
 use postern_core::units::{ByteSize, HumanDuration};
-pub use postern_delivery::{split_host_port, DeliveryConfig, Route};
+pub use postern_delivery::{
+    split_host_port, DeliveryConfig, OutboundTlsConfig, Route, TlsPolicyEntry,
+};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -44,6 +46,50 @@ pub struct Config {
     pub log: LogConfig,
     /// `[tracking]`: the message tracking log.
     pub tracking: TrackingConfig,
+    /// `[outbound_tls]`: outbound transport security (levels, MTA-STS,
+    /// DANE).
+    pub outbound_tls: OutboundTlsConfig,
+    /// `[[tls_policy]]`: the TLS level of particular destinations.
+    #[serde(rename = "tls_policy")]
+    pub tls_policies: Vec<TlsPolicyEntry>,
+    /// `[tls_report]`: TLS-RPT (RFC 8460) aggregate reports.
+    pub tls_report: TlsReportConfig,
+}
+
+/// `[tls_report]`: daily TLS-RPT reports to the domains that ask for them
+/// (`_smtp._tls` TXT). Off until `organization` and `contact` are set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsReportConfig {
+    /// `organization-name` in reports.
+    pub organization: String,
+    /// `contact-info` in reports (an address or URL).
+    pub contact: String,
+    /// The reporting period (one day; a lab may shorten it).
+    pub interval: HumanDuration,
+    /// The From address of mailed reports; empty: `noreply-smtp-tls-reporting@<hostname>`.
+    pub from: String,
+    /// Most policy domains counted per period (the rest are not reported).
+    pub max_domains: usize,
+}
+
+impl Default for TlsReportConfig {
+    fn default() -> Self {
+        TlsReportConfig {
+            organization: String::new(),
+            contact: String::new(),
+            interval: HumanDuration(Duration::from_secs(86_400)),
+            from: String::new(),
+            max_domains: 100_000,
+        }
+    }
+}
+
+impl TlsReportConfig {
+    /// True when reports are to be made.
+    pub fn enabled(&self) -> bool {
+        !self.organization.is_empty() && !self.contact.is_empty()
+    }
 }
 
 /// `[log]`: the ordinary diagnostic log (tracing) on standard error.
@@ -472,7 +518,39 @@ impl Config {
         self.check_convert(&mut errs);
         self.check_names(&mut errs);
         self.check_routes(&mut errs);
+        self.check_outbound_tls(&mut errs);
         errs
+    }
+
+    /// `[outbound_tls]`, `[[tls_policy]]` and `[tls_report]`.
+    fn check_outbound_tls(&self, errs: &mut Vec<String>) {
+        if let Err(e) = postern_delivery::validate_policies(&self.tls_policies) {
+            errs.push(e);
+        }
+        let t = &self.outbound_tls;
+        for (name, path) in [("ca_file", &t.ca_file), ("trust_anchor", &t.trust_anchor)] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    errs.push(format!(
+                        "outbound_tls.{name}: {} is not a readable file",
+                        p.display()
+                    ));
+                }
+            }
+        }
+        if t.mta_sts_timeout.0.is_zero() || t.mta_sts_max_size.0 < 1024 {
+            errs.push(
+                "outbound_tls.mta_sts_timeout must be above 0 and mta_sts_max_size at least 1 KiB"
+                    .into(),
+            );
+        }
+        let r = &self.tls_report;
+        if r.organization.is_empty() != r.contact.is_empty() {
+            errs.push("tls_report: set both organization and contact (or neither)".into());
+        }
+        if r.interval.0 < Duration::from_secs(1) {
+            errs.push("tls_report.interval must be at least 1s".into());
+        }
     }
 
     /// Listener, queue, delivery, auth and worker limits.

@@ -28,7 +28,7 @@ pub fn validate(cfg: &Config) -> anyhow::Result<()> {
     let budget = postern_listener::DataBudget::new();
     session_configs(cfg, Arc::new(AtomicU8::new(0)), limiter, budget)?;
     let metrics = Arc::new(Metrics::new()?);
-    deliverer(cfg, &conversion, &metrics)?;
+    deliverer(cfg, &conversion, &metrics, &TlsWiring::default())?;
     Ok(())
 }
 
@@ -115,12 +115,27 @@ pub fn deliverer(
     cfg: &Config,
     conversion: &Conversion,
     metrics: &Arc<Metrics>,
+    tls: &TlsWiring,
 ) -> anyhow::Result<Deliverer<Dns>> {
-    let resolver = HickoryResolver::new(&postern_delivery::DnsConfig {
+    let dns_config = postern_delivery::DnsConfig {
         nameservers: cfg.delivery.nameservers.clone(),
         timeout: cfg.delivery.dns_timeout.0,
-    })
-    .context("DNS resolver")?;
+    };
+    let mut resolver = HickoryResolver::new(&dns_config).context("DNS resolver")?;
+    if Deliverer::<Dns>::needs_dnssec(&cfg.tls_policies, cfg.outbound_tls.level) {
+        let anchor = match &cfg.outbound_tls.trust_anchor {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("outbound_tls.trust_anchor {}", p.display()))?,
+            ),
+            None => None,
+        };
+        resolver = resolver
+            .validating(&dns_config, anchor.as_deref())
+            .context("DNSSEC-validating resolver")?;
+    }
+    let checker = postern_delivery::Checker::new(cfg.outbound_tls.ca_file.as_deref())
+        .context("outbound TLS")?;
     let dns = crate::gateway::dns::Counted {
         inner: resolver,
         lookups: metrics.delivery.dns_lookups.clone(),
@@ -158,13 +173,39 @@ pub fn deliverer(
         .attempt_timeout
         .0
         .min(cfg.workers.delivery_deadline.0.saturating_mul(4) / 5);
-    let deliverer = Deliverer::new(&delivery, &cfg.routes, myself, dns, downgrade);
+    let tls_results = metrics.delivery.tls_results.clone();
+    let reporter = tls.reporter.clone();
+    let deliverer = Deliverer::new(&delivery, &cfg.routes, myself, dns, downgrade).with_tls(
+        &cfg.outbound_tls,
+        &cfg.tls_policies,
+        checker,
+        tls.store.clone(),
+    );
     Ok(deliverer.on_connect(Arc::new(move |event| match event {
         ConnEvent::Opened { tls } => connections
             .with_label_values(&[if tls { "yes" } else { "no" }])
             .inc(),
         ConnEvent::FoundDead => dead.inc(),
+        ConnEvent::Tls(e) => {
+            let result = e.failure.as_ref().map_or("ok", |f| f.result_type());
+            tls_results
+                .with_label_values(&[e.policy.label(), result])
+                .inc();
+            if let Some(r) = &reporter {
+                r.record(&e);
+            }
+        }
     })))
+}
+
+/// What the deliverer's TLS side shares with the rest of the gateway: the
+/// MTA-STS policy store (the queue's) and the TLS-RPT counter.
+#[derive(Clone, Default)]
+pub struct TlsWiring {
+    /// Where MTA-STS policies are kept across restarts.
+    pub store: Option<Arc<dyn postern_delivery::StsStore>>,
+    /// Counts sessions for TLS-RPT.
+    pub reporter: Option<Arc<crate::ops::tlsrpt::Reporter>>,
 }
 
 /// Retry, expiry and classification policy of the scheduler.

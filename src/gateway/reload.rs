@@ -46,6 +46,8 @@ pub struct Reloader {
     pub submission: watch::Sender<Arc<SessionConfig>>,
     pub intake: Arc<Intake>,
     pub scheduler: Arc<Scheduler>,
+    /// The MTA-STS store and TLS-RPT counter every new deliverer shares.
+    pub tls: super::assemble::TlsWiring,
 }
 
 impl Reloader {
@@ -71,7 +73,7 @@ impl Reloader {
             self.auth_limiter.clone(),
             self.data_budget.clone(),
         )?;
-        let deliverer = assemble::deliverer(&cfg, &conversion, &self.metrics)?;
+        let deliverer = assemble::deliverer(&cfg, &conversion, &self.metrics, &self.tls)?;
         let content =
             assemble::content(&cfg, &conversion, loaded.path.as_deref(), &self.metrics).await?;
         // Everything is built: swap.

@@ -41,9 +41,10 @@ use crate::ops::metrics::Metrics;
 use crate::ops::tracking::Tracker;
 use postern_convert::{build_dsn, DsnInput, DsnRecipient};
 use postern_core::{Envelope, Outcome, QueueId, Reason, Recipient};
-use postern_delivery::{Deliverer, DnsError, HickoryResolver, Resolver};
+use postern_delivery::{Deliverer, DnsError, HickoryResolver, Resolver, TlsNote};
 use postern_queue::{Queue, QueueError, Record, State};
 use rand::Rng;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -227,7 +228,13 @@ impl Scheduler {
                 return;
             }
         };
-        if let Err(e) = self.apply(rec, outcomes, &body).await {
+        // How each attempt's connection was secured, for its tracking line.
+        let notes: HashMap<usize, TlsNote> = outcomes
+            .iter()
+            .filter_map(|(i, _, n)| n.clone().map(|n| (*i, n)))
+            .collect();
+        let outcomes = outcomes.into_iter().map(|(i, o, _)| (i, o)).collect();
+        if let Err(e) = self.apply(rec, outcomes, &notes, &body).await {
             tracing::error!(%id, error = %e, "cannot record delivery outcome");
         }
     }
@@ -316,6 +323,7 @@ impl Scheduler {
         &self,
         rec: Record,
         outcomes: Vec<(usize, Outcome)>,
+        notes: &HashMap<usize, TlsNote>,
         original: &[u8],
     ) -> Result<(), QueueError> {
         let now = postern_core::now_ms();
@@ -324,7 +332,7 @@ impl Scheduler {
         let delay = policy.retry_delay(rec.attempts + 1);
         let settled = settle(&rec, outcomes, now, policy.max_age, delay);
         let tracked = self.tracker.subject(&settled.envelope);
-        self.record_attempts(&settled, rec.attempts + 1, now, &policy, &tracked);
+        self.record_attempts(&settled, rec.attempts + 1, now, &policy, &tracked, notes);
         let dsn = match settled.notices.is_empty() {
             true => None,
             false => {
@@ -393,6 +401,7 @@ impl Scheduler {
         now: u64,
         policy: &Policy,
         tracked: &crate::ops::tracking::Subject,
+        notes: &HashMap<usize, TlsNote>,
     ) {
         let env = &settled.envelope;
         for a in &settled.attempted {
@@ -406,13 +415,15 @@ impl Scheduler {
             let rcpt = r.address.to_string();
             let reply = reply_text(reason);
             let hop = &reason.remote;
-            self.tracker.event(
-                "attempt",
-                tracked,
-                serde_json::json!({
-                    "rcpt": &rcpt, "attempt": attempt, "result": kind, "hop": hop, "reply": &reply,
-                }),
-            );
+            let mut fields = serde_json::json!({
+                "rcpt": &rcpt, "attempt": attempt, "result": kind, "hop": hop, "reply": &reply,
+            });
+            if let Some(n) = notes.get(&a.index) {
+                fields["tls_policy"] = n.policy.into();
+                fields["tls"] = n.version.unwrap_or("none").into();
+                fields["tls_result"] = n.result.into();
+            }
+            self.tracker.event("attempt", tracked, fields);
             match &a.outcome {
                 Outcome::Relayed(_) => {
                     self.metrics
@@ -628,6 +639,7 @@ mod tests {
             let mx = |exchange: &str| MxRecord {
                 preference: 10,
                 exchange: exchange.to_string(),
+                secure: false,
             };
             match domain {
                 "mx.test" => Ok(vec![mx("mail.mx.test")]),

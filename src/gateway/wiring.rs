@@ -66,6 +66,63 @@ impl std::fmt::Display for QueueUnopenable {
 
 impl std::error::Error for QueueUnopenable {}
 
+/// The TLS side's background work: MTA-STS policies fetched again before
+/// they lapse (every 10 minutes, those past half their max_age), and the
+/// TLS-RPT reporter (counts saved every 30 s, reports sent when a period
+/// ends). Ends when `stop` says so.
+fn start_tls_tasks(
+    scheduler: &Arc<Scheduler>,
+    reporter: Arc<crate::ops::tlsrpt::Reporter>,
+    checker: postern_delivery::Checker,
+    stop: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let refresher = scheduler.clone();
+    let mut refresh_stop = stop.clone();
+    let refresh = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                _ = refresh_stop.changed() => return,
+            }
+            let n = refresher.deliverer.get().refresh_policies().await;
+            if n > 0 {
+                tracing::info!(policies = n, "MTA-STS policies refreshed");
+            }
+        }
+    });
+    let holder = scheduler.clone();
+    let resolver = move || holder.deliverer.get();
+    let report_stop = stop.clone();
+    tokio::spawn(async move {
+        reporter
+            .run(
+                move || Arc::new(ResolverOf(resolver())),
+                checker,
+                report_stop,
+            )
+            .await;
+        refresh.abort();
+    })
+}
+
+/// The resolver of a (reloadable) deliverer, for the TLS reporter.
+struct ResolverOf(Arc<postern_delivery::Deliverer<crate::gateway::scheduler::Dns>>);
+
+impl postern_delivery::Resolver for ResolverOf {
+    async fn mx(
+        &self,
+        domain: &str,
+    ) -> Result<Vec<postern_delivery::MxRecord>, postern_delivery::DnsError> {
+        self.0.resolver().mx(domain).await
+    }
+    async fn addrs(&self, host: &str) -> Result<Vec<std::net::IpAddr>, postern_delivery::DnsError> {
+        self.0.resolver().addrs(host).await
+    }
+    async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, postern_delivery::DnsError> {
+        self.0.resolver().txt(name).await
+    }
+}
+
 /// File in the queue directory holding the admin endpoint's bound address.
 pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 
@@ -78,7 +135,19 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
     // Built once: its limits serve the delivery-time downgrade, its policy
     // the intake (and in-process content processing).
     let conversion = Arc::new(Conversion::from_config(&cfg)?);
-    let deliverer = assemble::deliverer(&cfg, &conversion, &common.metrics)?;
+    let reporter = Arc::new(crate::ops::tlsrpt::Reporter::new(
+        cfg.tls_report.clone(),
+        cfg.server.hostname.clone(),
+        common.queue.clone(),
+        common.metrics.delivery.tls_reports.clone(),
+    ));
+    let tls_wiring = assemble::TlsWiring {
+        store: Some(Arc::new(crate::gateway::dns::QueueStsStore(
+            common.queue.clone(),
+        ))),
+        reporter: reporter.enabled().then(|| reporter.clone()),
+    };
+    let deliverer = assemble::deliverer(&cfg, &conversion, &common.metrics, &tls_wiring)?;
     let front = Front::build(&cfg, &common, conversion, loaded.path.as_deref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (smtp_l, smtps_l, submission_l, admin_l) = listeners(&cfg)?;
@@ -110,6 +179,9 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         inflight: common.inflight.clone(),
     });
     let sched_task = start_scheduler(&scheduler, &common.metrics, &stop_rx);
+    let report_checker = postern_delivery::Checker::new(cfg.outbound_tls.ca_file.as_deref())
+        .context("outbound TLS")?;
+    let tls_tasks = start_tls_tasks(&scheduler, reporter, report_checker, &stop_rx);
     tracing::info!(
         config = %loaded.source,
         smtp = %smtp.bound[0].join(","),
@@ -136,6 +208,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         submission: front.submission,
         intake: front.intake,
         scheduler,
+        tls: tls_wiring,
     };
     let reopen = tokio::select! {
         _ = reload_until_stop(&mut signals, &reloader) => false,
@@ -144,6 +217,8 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
     drop(reloader);
     let _ = stop_tx.send(true);
     stop.drain(smtp.tasks, sched_task, &common.metrics).await;
+    // The report counts are saved on the way out.
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls_tasks).await;
     if reopen {
         // Everything acknowledged is in the store's durable part; what was
         // in progress got 4xx. A non-zero exit: the supervisor (or the

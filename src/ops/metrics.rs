@@ -75,6 +75,11 @@ pub struct DeliveryMetrics {
     /// Idle outbound connections found dead when reused (the transaction
     /// was sent again on a new one).
     pub dead_connections: IntCounter,
+    /// Outbound TLS policy results, by policy and result (ok or the
+    /// TLS-RPT result type).
+    pub tls_results: IntCounterVec,
+    /// TLS-RPT reports, by result (sent, failed).
+    pub tls_reports: IntCounterVec,
 }
 
 /// The process's own health.
@@ -234,6 +239,18 @@ impl DeliveryMetrics {
                 "postern_delivery_dead_connections_total",
                 "Idle outbound connections found closed by the next hop when reused; the transaction went again on a new connection.",
             )?,
+            tls_results: counter_vec(
+                r,
+                "postern_delivery_tls_total",
+                "Outbound TLS policy results: new sessions and failures before one, by policy (none, may, encrypt, verify, mta-sts, mta-sts-testing, dane, dane-only) and result (ok, or the TLS-RPT result type).",
+                &["policy", "result"],
+            )?,
+            tls_reports: counter_vec(
+                r,
+                "postern_tls_reports_total",
+                "TLS-RPT aggregate reports, by result (sent, failed).",
+                &["result"],
+            )?,
         })
     }
 }
@@ -352,6 +369,12 @@ impl Metrics {
         }
         for tls in ["yes", "no"] {
             d.delivery_connections.with_label_values(&[tls]);
+        }
+        for policy in ["may", "verify", "mta-sts", "dane"] {
+            d.tls_results.with_label_values(&[policy, "ok"]);
+        }
+        for result in ["sent", "failed"] {
+            d.tls_reports.with_label_values(&[result]);
         }
         for stage in ["receive", "content", "queue", "delivery"] {
             self.messages.quarantined.with_label_values(&[stage]);

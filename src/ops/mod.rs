@@ -2,10 +2,12 @@
 //!
 //! [`admin`] is the admin HTTP endpoint (health, readiness, metrics, the
 //! queue API in [`queue_api`]); [`metrics`] is the Prometheus registry;
-//! [`tracking`] is the message tracking log. The gateway reports into these;
+//! [`tracking`] is the message tracking log; [`tlsrpt`] counts outbound TLS
+//! sessions and sends TLS-RPT reports. The gateway reports into these;
 //! they never drive mail.
 
 pub mod admin;
 pub mod metrics;
 pub mod queue_api;
+pub mod tlsrpt;
 pub mod tracking;

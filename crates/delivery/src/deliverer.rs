@@ -25,10 +25,15 @@ use crate::config::{DeliveryConfig, Route};
 use crate::myself::{before_myself, is_local, loop_reason, Myself};
 use crate::nexthop::{next_hops, Hop, HopLimits, Routes};
 use crate::pool::Pool;
-use crate::resolve::Resolver;
+use crate::resolve::{DnsError, Resolver, TemporaryDns};
 use crate::smtp::{
     self, mail_dsn_params, notify_success, rcpt_dsn_params, untrusted_mail_params,
-    untrusted_rcpt_params, ClientParams, Conn, Downgrade, Message,
+    untrusted_rcpt_params, ClientParams, Conn, Downgrade, Failed, Message,
+};
+use crate::tls::sts::{FetchParams, StsAnswer, StsCache};
+use crate::tls::{
+    Checker, OutboundTlsConfig, PolicySource, PolicyTable, Require, StsMode, StsStore, TlsEvent,
+    TlsFailure, TlsLevel, TlsPolicyEntry,
 };
 use postern_core::{Address, Envelope, Outcome, Reason};
 use std::collections::{BTreeMap, HashMap};
@@ -37,17 +42,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
-/// Observer of outbound connections (metrics).
+/// Observer of outbound connections (metrics, TLS reports).
 pub type ConnectHook = Arc<dyn Fn(ConnEvent) + Send + Sync>;
 
 /// What happened to an outbound connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnEvent {
     /// A new connection; `tls` when STARTTLS was negotiated.
     Opened {
         /// STARTTLS was negotiated.
         tls: bool,
     },
+    /// A TLS policy result: a new connection's, or a failure before one
+    /// (a policy fetch, a bogus TLSA answer, an MX not in the policy).
+    Tls(TlsEvent),
     /// An idle connection taken from the pool broke before the message
     /// text was sent (the next hop had closed it); the transaction was run
     /// again on a new connection.
@@ -85,6 +93,39 @@ pub struct Deliverer<R: Resolver> {
     /// Longest one destination's work may take (`delivery.attempt_timeout`,
     /// kept below the in-flight deadline by the binary).
     attempt_timeout: Duration,
+    /// Outbound TLS: policies, certificate checks, MTA-STS.
+    tls: TlsSetup,
+}
+
+/// The outbound TLS settings a deliverer works with.
+struct TlsSetup {
+    /// Static levels per destination.
+    table: PolicyTable,
+    /// The TLS client configuration and roots (`None` only if rustls
+    /// refused it: plain text then).
+    checker: Option<Checker>,
+    /// MTA-STS policies, when enabled.
+    sts: Option<StsCache>,
+}
+
+/// How one attempt's connection was secured, for its tracking line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsNote {
+    /// The policy that applied: none, may, encrypt, verify, mta-sts,
+    /// mta-sts-testing, dane.
+    pub policy: &'static str,
+    /// The negotiated TLS version; `None` for plain text.
+    pub version: Option<&'static str>,
+    /// "ok", or the TLS-RPT result type of a failure that was noted but
+    /// not enforced, or of the failure that stopped delivery.
+    pub result: &'static str,
+}
+
+/// The TLS plan of one destination: its level and its MTA-STS policy.
+struct DomainTls {
+    level: TlsLevel,
+    match_names: Vec<String>,
+    sts: Option<StsAnswer>,
 }
 
 impl<R: Resolver> Deliverer<R> {
@@ -121,6 +162,70 @@ impl<R: Resolver> Deliverer<R> {
             on_connect: None,
             myself,
             attempt_timeout: cfg.attempt_timeout.0,
+            tls: TlsSetup {
+                table: PolicyTable::new(&[], TlsLevel::May),
+                checker: Checker::new(None).ok(),
+                sts: None,
+            },
+        }
+    }
+
+    /// Applies the outbound TLS settings: the default level, the
+    /// per-destination table, `checker` (roots), and MTA-STS with policies
+    /// kept in `store` when enabled.
+    pub fn with_tls(
+        mut self,
+        cfg: &OutboundTlsConfig,
+        policies: &[TlsPolicyEntry],
+        checker: Checker,
+        store: Option<Arc<dyn StsStore>>,
+    ) -> Self {
+        self.tls = TlsSetup {
+            table: PolicyTable::new(policies, cfg.level),
+            checker: Some(checker),
+            sts: cfg.mta_sts.then(|| {
+                StsCache::new(
+                    store,
+                    FetchParams {
+                        port: cfg.mta_sts_port,
+                        timeout: cfg.mta_sts_timeout.0,
+                        max_size: usize::try_from(cfg.mta_sts_max_size.0).unwrap_or(usize::MAX),
+                    },
+                )
+            }),
+        };
+        self
+    }
+
+    /// True when a destination may need DANE: the resolver must validate.
+    pub fn needs_dnssec(policies: &[TlsPolicyEntry], default: TlsLevel) -> bool {
+        PolicyTable::new(policies, default).needs_dane()
+    }
+
+    /// The MTA-STS policy of `domain` as delivery would use it now
+    /// (cache, TXT id, fetch): for `postern tls-policy check`.
+    pub async fn mta_sts(&self, domain: &str) -> Option<StsAnswer> {
+        let (sts, checker) = (self.tls.sts.as_ref()?, self.tls.checker.as_ref()?);
+        Some(sts.policy(domain, &self.resolver, checker).await)
+    }
+
+    /// The static level of `domain` and its `match` names.
+    pub fn static_level(&self, domain: &str) -> (TlsLevel, Vec<String>) {
+        let names = self
+            .tls
+            .table
+            .lookup(domain)
+            .map(|e| e.match_names.clone())
+            .unwrap_or_default();
+        (self.tls.table.level(domain), names)
+    }
+
+    /// Fetches again cached MTA-STS policies past half their max_age.
+    /// Call periodically; returns how many were refreshed.
+    pub async fn refresh_policies(&self) -> usize {
+        match (&self.tls.sts, &self.tls.checker) {
+            (Some(sts), Some(checker)) => sts.refresh(&self.resolver, checker).await,
+            _ => 0,
         }
     }
 
@@ -169,7 +274,7 @@ impl<R: Resolver> Deliverer<R> {
         env: &Envelope,
         body: &[u8],
         working: &(impl Fn(&str) -> G + Sync),
-    ) -> Vec<(usize, Outcome)> {
+    ) -> Vec<(usize, Outcome, Option<TlsNote>)> {
         let mut by_domain: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, r) in env.pending() {
             by_domain
@@ -209,8 +314,12 @@ impl<R: Resolver> Deliverer<R> {
                 dsn_rcpt: &dsn,
                 notify_success: &success,
             };
-            let outcomes = self.deliver_domain(domain, &msg, working).await;
-            out.extend(idx.into_iter().zip(outcomes));
+            let (outcomes, note) = self.deliver_domain(domain, &msg, working).await;
+            out.extend(
+                idx.into_iter()
+                    .zip(outcomes)
+                    .map(|(i, o)| (i, o, note.clone())),
+            );
         }
         out
     }
@@ -222,37 +331,233 @@ impl<R: Resolver> Deliverer<R> {
         domain: &str,
         msg: &Message<'_>,
         working: &(impl Fn(&str) -> G + Sync),
-    ) -> Vec<Outcome> {
+    ) -> (Vec<Outcome>, Option<TlsNote>) {
         let n = msg.recipients.len();
         let shutting_down = || Reason::local(451, "4.3.0", "delivery is shutting down");
         let Ok(_global) = self.global.acquire().await else {
-            return for_all(shutting_down(), n);
+            return (for_all(shutting_down(), n), None);
         };
         let slot = self.dest_slot(domain);
         let Ok(_dest) = slot.acquire().await else {
-            return for_all(shutting_down(), n);
+            return (for_all(shutting_down(), n), None);
         };
         let _working = working(domain);
         let work = self.resolve_and_send(domain, msg);
         match tokio::time::timeout(self.attempt_timeout, work).await {
-            Ok(outcomes) => outcomes,
-            Err(_) => for_all(attempt_timed_out(domain, self.attempt_timeout), n),
+            Ok(done) => done,
+            Err(_) => (
+                for_all(attempt_timed_out(domain, self.attempt_timeout), n),
+                None,
+            ),
         }
     }
 
-    /// The work on one destination: its hops (none that is us), then the
-    /// transaction on the first that answers.
-    async fn resolve_and_send(&self, domain: &str, msg: &Message<'_>) -> Vec<Outcome> {
+    /// The work on one destination: its hops (none that is us), its TLS
+    /// plan, then the transaction on the first hop that answers.
+    async fn resolve_and_send(
+        &self,
+        domain: &str,
+        msg: &Message<'_>,
+    ) -> (Vec<Outcome>, Option<TlsNote>) {
         let n = msg.recipients.len();
         let hops = match next_hops(domain, &self.routes, &self.resolver, &self.hop_limits).await {
             Ok(h) => h,
-            Err(r) => return for_all(r, n),
+            Err(r) => return (for_all(r, n), None),
         };
         let Some(hops) = before_myself(hops, &self.myself, &is_local) else {
             tracing::warn!(%domain, "mail loops back to myself");
-            return for_all(loop_reason(domain), n);
+            return (for_all(loop_reason(domain), n), None);
         };
-        self.try_hops(domain, &hops, msg).await
+        let plan = self.tls_plan(domain, &hops).await;
+        self.try_hops(domain, &hops, msg, &plan).await
+    }
+
+    /// The destination's static level and, when it may apply, its MTA-STS
+    /// policy (only for MX hops: a static route is the operator's choice).
+    async fn tls_plan(&self, domain: &str, hops: &[Hop]) -> DomainTls {
+        let (level, match_names) = self.static_level(domain);
+        let sts = match (&self.tls.sts, &self.tls.checker) {
+            (Some(sts), Some(checker))
+                if matches!(level, TlsLevel::May | TlsLevel::Dane) && hops.iter().any(|h| h.mx) =>
+            {
+                let answer = sts.policy(domain, &self.resolver, checker).await;
+                if let Some((f, why)) = &answer.problem {
+                    self.tls_event(
+                        domain,
+                        "",
+                        None,
+                        sts_source(&answer),
+                        Some(f.clone()),
+                        None,
+                        why,
+                    );
+                }
+                Some(answer)
+            }
+            _ => None,
+        };
+        DomainTls {
+            level,
+            match_names,
+            sts,
+        }
+    }
+
+    /// Tells the hook of a TLS result.
+    #[allow(clippy::too_many_arguments)]
+    fn tls_event(
+        &self,
+        domain: &str,
+        mx_host: &str,
+        ip: Option<std::net::IpAddr>,
+        policy: PolicySource,
+        failure: Option<TlsFailure>,
+        version: Option<&'static str>,
+        detail: &str,
+    ) {
+        if let Some(hook) = &self.on_connect {
+            hook(ConnEvent::Tls(TlsEvent {
+                domain: domain.to_string(),
+                mx_host: mx_host.to_string(),
+                ip,
+                policy,
+                failure,
+                version,
+                detail: detail.to_string(),
+            }));
+        }
+    }
+
+    /// What a connection to `hop` must achieve, and which policy says so;
+    /// `Err` when the hop must not be used (DANE required and absent, a
+    /// bogus TLSA answer, an MX host the enforced MTA-STS policy does not
+    /// list).
+    async fn require_for(
+        &self,
+        domain: &str,
+        hop: &Hop,
+        plan: &DomainTls,
+    ) -> Result<(Require, PolicySource), Failed> {
+        let level = plan.level;
+        let names = || {
+            let mut v = vec![hop.name.clone()];
+            v.extend(plan.match_names.iter().cloned());
+            v
+        };
+        let fail = |policy: &str, f: TlsFailure, why: String| Failed {
+            reason: Reason::local(
+                451,
+                "4.7.5",
+                format!(
+                    "TLS policy {policy} for {domain}: {} {} ({why}); will retry",
+                    hop.name,
+                    f.result_type()
+                ),
+            ),
+            tls: Some((f, why)),
+        };
+        match level {
+            TlsLevel::None => return Ok((Require::Plain, PolicySource::Static(level))),
+            TlsLevel::Encrypt => return Ok((Require::Encrypt, PolicySource::Static(level))),
+            TlsLevel::Verify => {
+                return Ok((
+                    Require::Pki {
+                        names: names(),
+                        enforce: true,
+                    },
+                    PolicySource::Static(level),
+                ))
+            }
+            TlsLevel::May | TlsLevel::Dane | TlsLevel::DaneOnly => {}
+        }
+        if level.uses_dane() {
+            if hop.mx && hop.secure {
+                let port = hop.addrs.first().map_or(self.hop_limits.port, |a| a.port());
+                match self.resolver.tlsa(&hop.name, port).await {
+                    Ok(a) if a.secure => {
+                        let shown: Vec<String> = a.records.iter().map(|t| t.to_string()).collect();
+                        let usable: Vec<_> =
+                            a.records.into_iter().filter(|t| t.is_usable()).collect();
+                        // RFC 7672 2.2: no usable record still means TLS,
+                        // unauthenticated.
+                        let require = if usable.is_empty() {
+                            Require::Encrypt
+                        } else {
+                            Require::Dane {
+                                tlsa: Arc::new(usable),
+                                names: vec![hop.name.clone(), domain.to_string()],
+                            }
+                        };
+                        return Ok((require, PolicySource::Tlsa(shown)));
+                    }
+                    Ok(_) | Err(DnsError::NoData) | Err(DnsError::NxDomain) => {}
+                    Err(DnsError::Temporary(TemporaryDns::Bogus(e))) => {
+                        return Err(fail(
+                            "dane",
+                            TlsFailure::DnssecInvalid,
+                            format!("TLSA lookup: {e}"),
+                        ))
+                    }
+                    Err(DnsError::Temporary(e)) => {
+                        // RFC 7672 2.2: a failed TLSA lookup makes the host
+                        // unusable, as if unreachable.
+                        return Err(Failed::from(Reason::local(
+                            451,
+                            "4.4.3",
+                            format!("TLSA lookup for {}: {e}", hop.name),
+                        )));
+                    }
+                }
+            }
+            if level == TlsLevel::DaneOnly {
+                let why = if hop.secure {
+                    "no DNSSEC-validated TLSA records".to_string()
+                } else {
+                    "MX records are not DNSSEC-validated".to_string()
+                };
+                return Err(fail("dane-only", TlsFailure::DaneRequired, why));
+            }
+        }
+        if let Some(answer) = &plan.sts {
+            if let Some(entry) = answer
+                .entry
+                .as_ref()
+                .filter(|e| e.policy.mode != StsMode::None)
+            {
+                let source = sts_source(answer);
+                if !hop.mx {
+                    return Ok((Require::May, PolicySource::Static(TlsLevel::May)));
+                }
+                let enforce = entry.policy.mode == StsMode::Enforce;
+                if !entry.policy.allows(&hop.name) {
+                    let why = format!("{} is not an MX host of the MTA-STS policy", hop.name);
+                    if enforce {
+                        return Err(fail("mta-sts", TlsFailure::ValidationFailure, why));
+                    }
+                    self.tls_event(
+                        domain,
+                        &hop.name,
+                        None,
+                        source.clone(),
+                        Some(TlsFailure::ValidationFailure),
+                        None,
+                        &why,
+                    );
+                    return Ok((Require::May, source));
+                }
+                return Ok((
+                    Require::Pki {
+                        names: vec![hop.name.clone()],
+                        enforce,
+                    },
+                    source,
+                ));
+            }
+        }
+        if !self.client.starttls {
+            return Ok((Require::Plain, PolicySource::Static(TlsLevel::None)));
+        }
+        Ok((Require::May, PolicySource::Static(TlsLevel::May)))
     }
 
     /// Tries every address of every hop in order until one answers the
@@ -261,33 +566,93 @@ impl<R: Resolver> Deliverer<R> {
     /// closed it) is not the hop's answer: the transaction is run again at
     /// once on a new connection, and the hop's other idle connections,
     /// dead the same way, are closed.
-    async fn try_hops(&self, domain: &str, hops: &[Hop], msg: &Message<'_>) -> Vec<Outcome> {
+    async fn try_hops(
+        &self,
+        domain: &str,
+        hops: &[Hop],
+        msg: &Message<'_>,
+        plan: &DomainTls,
+    ) -> (Vec<Outcome>, Option<TlsNote>) {
         let timeout = self.client.command_timeout;
+        let n = msg.recipients.len();
         let mut last = Reason::local(451, "4.4.1", format!("no next hop answered for {domain}"));
+        let mut last_note = None;
         for hop in hops {
+            let (require, source) = match self.require_for(domain, hop, plan).await {
+                Ok(r) => r,
+                Err(f) => {
+                    tracing::info!(%domain, host = %hop.name, reason = %f.reason.text, "next hop skipped by TLS policy");
+                    if let Some((failure, why)) = &f.tls {
+                        let policy = if plan.level.uses_dane()
+                            && !matches!(failure, TlsFailure::ValidationFailure)
+                        {
+                            PolicySource::Static(plan.level)
+                        } else {
+                            plan.sts
+                                .as_ref()
+                                .map_or(PolicySource::Static(plan.level), sts_source)
+                        };
+                        last_note = Some(TlsNote {
+                            policy: policy.label(),
+                            version: None,
+                            result: failure.result_type(),
+                        });
+                        self.tls_event(
+                            domain,
+                            &hop.name,
+                            None,
+                            policy,
+                            Some(failure.clone()),
+                            None,
+                            why,
+                        );
+                    }
+                    last = f.reason;
+                    continue;
+                }
+            };
             for addr in &hop.addrs {
                 let mut pooled_ok = true;
                 loop {
-                    let mut conn = match self.checkout(&hop.name, *addr, pooled_ok).await {
+                    let checked = self
+                        .checkout(domain, &hop.name, *addr, pooled_ok, &require, &source)
+                        .await;
+                    let mut conn = match checked {
                         Ok(c) => c,
                         // Only a loop (the hop is us) is permanent at
                         // connect: no other host is tried.
-                        Err(r) if r.code >= 500 => {
-                            tracing::warn!(%domain, host = %hop.name, %addr, "{}", r.text);
-                            return for_all(r, msg.recipients.len());
+                        Err(f) if f.reason.code >= 500 => {
+                            tracing::warn!(%domain, host = %hop.name, %addr, "{}", f.reason.text);
+                            return (for_all(f.reason, n), None);
                         }
-                        Err(r) => {
-                            last = r;
+                        Err(f) => {
+                            if let Some((failure, _)) = &f.tls {
+                                last_note = Some(TlsNote {
+                                    policy: source.label(),
+                                    version: None,
+                                    result: failure.result_type(),
+                                });
+                            }
+                            last = f.reason;
                             break;
                         }
                     };
                     let reused = conn.uses > 0;
+                    let note = TlsNote {
+                        policy: source.label(),
+                        version: conn.tls.version,
+                        result: conn
+                            .tls
+                            .noted
+                            .as_ref()
+                            .map_or("ok", |(f, _)| f.result_type()),
+                    };
                     match smtp::transact(&mut conn, msg, &*self.downgrade, timeout).await {
                         Ok(outcomes) => {
                             if let Some(c) = self.pool.put(conn) {
                                 c.quit(timeout).await;
                             }
-                            return outcomes;
+                            return (outcomes, Some(note));
                         }
                         Err(r) if reused && !conn.text_sent => {
                             tracing::info!(%domain, host = %hop.name, %addr, reason = %r.text,
@@ -300,24 +665,29 @@ impl<R: Resolver> Deliverer<R> {
                         }
                         Err(r) => {
                             last = r;
+                            last_note = Some(note);
                             break;
                         }
                     }
                 }
             }
         }
-        for_all(last, msg.recipients.len())
+        (for_all(last, n), last_note)
     }
 
     /// A pooled connection that still answers RSET (when `pooled_ok`), or a
     /// new one.
     async fn checkout(
         &self,
+        domain: &str,
         host: &str,
         addr: SocketAddr,
         pooled_ok: bool,
-    ) -> Result<Conn, Reason> {
-        while let Some(mut c) = self.pool.take(addr).filter(|_| pooled_ok) {
+        require: &Require,
+        source: &PolicySource,
+    ) -> Result<Conn, Failed> {
+        let tag = require.tag();
+        while let Some(mut c) = self.pool.take(addr, &tag).filter(|_| pooled_ok) {
             // A connection used moments ago is alive; an older one must
             // prove it with RSET (the server may have timed it out).
             if c.idle_since.elapsed() < Duration::from_secs(2)
@@ -326,13 +696,71 @@ impl<R: Resolver> Deliverer<R> {
                 return Ok(c);
             }
         }
-        let conn = smtp::connect(host, addr, &self.client).await?;
-        if let Some(hook) = &self.on_connect {
-            hook(ConnEvent::Opened {
-                tls: conn.is_encrypted(),
-            });
+        let (require, source) = match &self.tls.checker {
+            Some(_) => (require, source),
+            // Without a TLS client configuration (rustls refused it) only
+            // plain text is possible.
+            None => (&Require::Plain, &PolicySource::Static(TlsLevel::None)),
+        };
+        let checker = match &self.tls.checker {
+            Some(c) => c,
+            None => &Checker::new(None).map_err(|e| {
+                Failed::from(Reason::local(451, "4.7.5", format!("TLS client: {e}")))
+            })?,
+        };
+        let label = source.label();
+        match smtp::connect(host, addr, &self.client, require, label, checker).await {
+            Ok(conn) => {
+                if let Some(hook) = &self.on_connect {
+                    hook(ConnEvent::Opened {
+                        tls: conn.is_encrypted(),
+                    });
+                }
+                if !matches!(require, Require::Plain) {
+                    let (failure, detail) = match &conn.tls.noted {
+                        Some((f, why)) => (Some(f.clone()), why.as_str()),
+                        None => (None, ""),
+                    };
+                    self.tls_event(
+                        domain,
+                        host,
+                        Some(addr.ip()),
+                        source.clone(),
+                        failure,
+                        conn.tls.version,
+                        detail,
+                    );
+                }
+                Ok(conn)
+            }
+            Err(f) => {
+                if let Some((failure, why)) = &f.tls {
+                    tracing::warn!(%domain, %host, %addr, policy = label, result = failure.result_type(), "{why}");
+                    self.tls_event(
+                        domain,
+                        host,
+                        Some(addr.ip()),
+                        source.clone(),
+                        Some(failure.clone()),
+                        None,
+                        why,
+                    );
+                }
+                Err(f)
+            }
         }
-        Ok(conn)
+    }
+}
+
+/// The policy source of an MTA-STS answer (no policy: `may`).
+fn sts_source(answer: &StsAnswer) -> PolicySource {
+    match &answer.entry {
+        Some(e) => PolicySource::Sts {
+            id: e.id.clone(),
+            mode: e.policy.mode,
+            lines: e.policy.lines(),
+        },
+        None => PolicySource::Static(TlsLevel::May),
     }
 }
 
@@ -441,7 +869,7 @@ mod tests {
         let working = |domain: &str| worked.lock().unwrap().push(domain.to_string());
         let from = address("s", "a.test");
         let (me, slow) = (address("u", "self.test"), address("u", "slow.test"));
-        let looped = d
+        let (looped, _) = d
             .deliver_domain("self.test", &message(&from, &[&me]), &working)
             .await;
         assert_eq!(
@@ -455,7 +883,7 @@ mod tests {
         let nobody = tokio::time::timeout(Duration::from_millis(50), ours.accept()).await;
         assert!(nobody.is_err(), "connected to ourselves");
         let started = std::time::Instant::now();
-        let slowed = d
+        let (slowed, _) = d
             .deliver_domain("slow.test", &message(&from, &[&slow]), &working)
             .await;
         assert!(started.elapsed() < Duration::from_secs(5));

@@ -37,12 +37,18 @@ mod nexthop;
 mod pool;
 mod resolve;
 mod smtp;
+mod tls;
 
 pub use config::{split_host_port, DeliveryConfig, HostPortError, Route};
-pub use deliverer::{ConnEvent, ConnectHook, Deliverer};
+pub use deliverer::{ConnEvent, ConnectHook, Deliverer, TlsNote};
 pub use myself::Myself;
 pub use resolve::{
     DnsConfig, DnsError, HickoryResolver, MxRecord, Resolver, ResolverBuildError, ResolverFailure,
-    TemporaryDns,
+    TemporaryDns, TlsaAnswer,
 };
 pub use smtp::{Downgrade, DowngradeError};
+pub use tls::sts::{StsAnswer, StsEntry};
+pub use tls::{
+    validate_policies, Checker, OutboundTlsConfig, PolicySource, StsMode, StsPolicy, StsStore,
+    TlsEvent, TlsFailure, TlsLevel, TlsPolicyEntry, TlsSetupError, Tlsa,
+};

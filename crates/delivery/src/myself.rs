@@ -207,6 +207,7 @@ mod tests {
             addrs: addrs.iter().copied().map(sa).collect(),
             rank,
             mx,
+            secure: false,
         }
     }
 

@@ -30,6 +30,8 @@ pub(crate) struct Hop {
     /// The host is an MX target (or the implicit MX): our own host name
     /// here means the mail would come back to us.
     pub(crate) mx: bool,
+    /// The host came from a DNSSEC-validated MX answer: DANE applies.
+    pub(crate) secure: bool,
 }
 
 /// Static routes by domain, `"*"` for the smart host.
@@ -159,6 +161,7 @@ fn literal_hop(domain: &str, lit: &str, port: u16) -> Result<Vec<Hop>, Reason> {
         addrs: vec![SocketAddr::new(ip, port)],
         rank: 0,
         mx: false,
+        secure: false,
     }])
 }
 
@@ -193,6 +196,7 @@ async fn mx_hops<R: Resolver>(
         let p = prefs.entry(m.exchange.clone()).or_insert(m.preference);
         *p = (*p).min(m.preference);
     }
+    let secure = mx.iter().all(|m| m.secure);
     let mut hops = Vec::new();
     let mut last = None;
     for host in order_mx(mx, lim.max_mx_hosts) {
@@ -201,6 +205,7 @@ async fn mx_hops<R: Resolver>(
             Ok(h) => hops.push(Hop {
                 rank,
                 mx: true,
+                secure,
                 ..h
             }),
             Err(e) => last = Some(format!("{host}: {e}")),
@@ -247,6 +252,7 @@ async fn host_addrs<R: Resolver>(
             addrs: vec![SocketAddr::new(ip, port)],
             rank: 0,
             mx: false,
+            secure: false,
         });
     }
     let mut ips = resolver.addrs(host).await?;
@@ -262,6 +268,7 @@ async fn host_addrs<R: Resolver>(
             .collect(),
         rank: 0,
         mx: false,
+        secure: false,
     })
 }
 
@@ -297,6 +304,7 @@ mod tests {
 
     fn mx(p: u16, e: &str) -> MxRecord {
         MxRecord {
+            secure: false,
             preference: p,
             exchange: e.into(),
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// Idle connections by next-hop address.
 pub(crate) struct Pool {
     /// Idle connections by address, most recently returned last.
-    idle: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
+    idle: Mutex<HashMap<(SocketAddr, String), Vec<Conn>>>,
     /// How long an idle connection is kept.
     idle_timeout: Duration,
     /// Transactions per connection before it is closed.
@@ -33,16 +33,17 @@ impl Pool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Conn>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, String), Vec<Conn>>> {
         // A panic elsewhere cannot leave the map inconsistent: recover it.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The most recently returned connection to `addr` that is not past
-    /// its idle timeout (older ones are dropped).
-    pub(crate) fn take(&self, addr: SocketAddr) -> Option<Conn> {
+    /// The most recently returned connection to `addr`, made under the TLS
+    /// requirement `tag`, that is not past its idle timeout (older ones are
+    /// dropped).
+    pub(crate) fn take(&self, addr: SocketAddr, tag: &str) -> Option<Conn> {
         let mut idle = self.lock();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&(addr, tag.to_string()))?;
         while let Some(c) = list.pop() {
             if c.idle_since.elapsed() < self.idle_timeout {
                 return Some(c);
@@ -54,7 +55,12 @@ impl Pool {
     /// Removes every idle connection to `addr` (found dead: the next hop
     /// restarted).
     pub(crate) fn take_all(&self, addr: SocketAddr) -> Vec<Conn> {
-        self.lock().remove(&addr).unwrap_or_default()
+        let mut idle = self.lock();
+        let keys: Vec<(SocketAddr, String)> =
+            idle.keys().filter(|k| k.0 == addr).cloned().collect();
+        keys.iter()
+            .flat_map(|k| idle.remove(k).unwrap_or_default())
+            .collect()
     }
 
     /// Keeps `conn` for reuse, or hands it back when it should be closed.
@@ -63,7 +69,10 @@ impl Pool {
             return Some(conn);
         }
         conn.idle_since = Instant::now();
-        self.lock().entry(conn.addr).or_default().push(conn);
+        self.lock()
+            .entry((conn.addr, conn.tag.clone()))
+            .or_default()
+            .push(conn);
         None
     }
 

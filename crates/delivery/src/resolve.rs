@@ -29,6 +29,18 @@ pub struct MxRecord {
     pub preference: u16,
     /// Exchange host name without the trailing dot; "" or "." for null MX.
     pub exchange: String,
+    /// The MX answer was DNSSEC-validated (only a validating resolver says
+    /// so): DANE applies to its hosts (RFC 7672 section 2.2.1).
+    pub secure: bool,
+}
+
+/// The TLSA records at `_<port>._tcp.<host>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsaAnswer {
+    /// The records, usable or not.
+    pub records: Vec<crate::tls::Tlsa>,
+    /// Every record was DNSSEC-validated.
+    pub secure: bool,
 }
 
 /// Why a lookup gave no usable answer.
@@ -59,6 +71,10 @@ pub enum TemporaryDns {
     /// The lookup itself failed: timeout, network error, malformed answer.
     #[error(transparent)]
     Lookup(ResolverFailure),
+    /// DNSSEC validation failed: the answer is bogus (a bad or missing
+    /// signature where one must be).
+    #[error("DNSSEC validation failed (bogus answer): {0}")]
+    Bogus(ResolverFailure),
     /// A failure described in words by a [`Resolver`] other than
     /// [`HickoryResolver`] (a wrapper or a test double).
     #[error("{0}")]
@@ -85,6 +101,22 @@ pub trait Resolver: Send + Sync + 'static {
     fn mx(&self, domain: &str) -> impl Future<Output = Result<Vec<MxRecord>, DnsError>> + Send;
     /// The addresses of `host`, in the order to try them.
     fn addrs(&self, host: &str) -> impl Future<Output = Result<Vec<IpAddr>, DnsError>> + Send;
+    /// The TXT records of `name` (MTA-STS, TLS-RPT), each as its strings
+    /// joined. None by default.
+    fn txt(&self, name: &str) -> impl Future<Output = Result<Vec<Vec<u8>>, DnsError>> + Send {
+        let _ = name;
+        async { Err(DnsError::NoData) }
+    }
+    /// The TLSA records for SMTP at `host` (`_<port>._tcp.<host>`) and
+    /// whether they validated. None by default.
+    fn tlsa(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = Result<TlsaAnswer, DnsError>> + Send {
+        let _ = (host, port);
+        async { Err(DnsError::NoData) }
+    }
 }
 
 /// The production [`Resolver`]: hickory-resolver on a [`DnsConfig`], with
@@ -92,13 +124,36 @@ pub trait Resolver: Send + Sync + 'static {
 /// attempts per question.
 pub struct HickoryResolver {
     inner: TokioResolver,
+    /// DNSSEC-validating, for MX, addresses and TLSA when DANE is in use.
+    validating: Option<TokioResolver>,
 }
 
 impl HickoryResolver {
     /// Builds the resolver. Call inside a tokio runtime.
     pub fn new(config: &DnsConfig) -> Result<Self, ResolverBuildError> {
         let inner = postern_dns::build(config).map_err(ResolverBuildError)?;
-        Ok(HickoryResolver { inner })
+        Ok(HickoryResolver {
+            inner,
+            validating: None,
+        })
+    }
+
+    /// Validates MX, address and TLSA answers with DNSSEC from now on
+    /// (DANE), trusting `anchor` (DNSKEY records in zone-file form) or the
+    /// IANA root keys. TXT lookups stay unvalidated.
+    pub fn validating(
+        mut self,
+        config: &DnsConfig,
+        anchor: Option<&str>,
+    ) -> Result<Self, ResolverBuildError> {
+        self.validating =
+            Some(postern_dns::build_validating(config, anchor).map_err(ResolverBuildError)?);
+        Ok(self)
+    }
+
+    /// The resolver for MX, address and TLSA questions.
+    fn routing(&self) -> &TokioResolver {
+        self.validating.as_ref().unwrap_or(&self.inner)
     }
 }
 
@@ -111,6 +166,12 @@ fn classify(e: NetError) -> DnsError {
             rc => Some(rc.to_string()),
         },
         NetError::Dns(HickoryDnsError::ResponseCode(rc)) => Some(rc.to_string()),
+        NetError::Dns(HickoryDnsError::DnssecBogus) => {
+            return DnsError::Temporary(TemporaryDns::Bogus(ResolverFailure(Arc::new(e))))
+        }
+        NetError::Dns(HickoryDnsError::Nsec { proof, .. }) if proof.is_bogus() => {
+            return DnsError::Temporary(TemporaryDns::Bogus(ResolverFailure(Arc::new(e))))
+        }
         _ => None,
     };
     let source = ResolverFailure(Arc::new(e));
@@ -131,7 +192,11 @@ fn fqdn(name: &str) -> String {
 
 impl Resolver for HickoryResolver {
     async fn mx(&self, domain: &str) -> Result<Vec<MxRecord>, DnsError> {
-        let answer = self.inner.mx_lookup(fqdn(domain)).await.map_err(classify)?;
+        let answer = self
+            .routing()
+            .mx_lookup(fqdn(domain))
+            .await
+            .map_err(classify)?;
         Ok(answer
             .answers()
             .iter()
@@ -143,6 +208,7 @@ impl Resolver for HickoryResolver {
                         .to_ascii()
                         .trim_end_matches('.')
                         .to_ascii_lowercase(),
+                    secure: r.proof.is_secure(),
                 }),
                 _ => None,
             })
@@ -150,8 +216,53 @@ impl Resolver for HickoryResolver {
     }
 
     async fn addrs(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
-        let answer = self.inner.lookup_ip(fqdn(host)).await.map_err(classify)?;
+        let answer = self
+            .routing()
+            .lookup_ip(fqdn(host))
+            .await
+            .map_err(classify)?;
         Ok(answer.iter().collect())
+    }
+
+    async fn txt(&self, name: &str) -> Result<Vec<Vec<u8>>, DnsError> {
+        let answer = self.inner.txt_lookup(fqdn(name)).await.map_err(classify)?;
+        Ok(answer
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(t) => Some(t.txt_data.iter().flat_map(|s| s.iter().copied()).collect()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn tlsa(&self, host: &str, port: u16) -> Result<TlsaAnswer, DnsError> {
+        let Some(v) = &self.validating else {
+            return Err(DnsError::NoData);
+        };
+        let name = fqdn(&format!("_{port}._tcp.{host}"));
+        let answer = v.tlsa_lookup(name).await.map_err(classify)?;
+        let mut secure = true;
+        let records = answer
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TLSA(t) => {
+                    secure &= r.proof.is_secure();
+                    Some(crate::tls::Tlsa {
+                        usage: t.cert_usage.into(),
+                        selector: t.selector.into(),
+                        matching: t.matching.into(),
+                        data: t.cert_data.clone(),
+                    })
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        Ok(TlsaAnswer {
+            secure: secure && !records.is_empty(),
+            records,
+        })
     }
 }
 

@@ -32,14 +32,19 @@ pub(crate) use plan::{
 };
 
 use crate::myself::{greeted_as_me, greeted_reason};
-use bounded::{Bounded, ReplyBudget};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use crate::tls::{Checker, Require, TlsFailure};
+use bounded::{Bounded, ReplyBudget, Wire};
+// The stream type is public but deprecated; it is the one way to put
+// TLS done by us under lettre's connection.
+#[allow(deprecated)]
+use lettre::transport::smtp::client::{AsyncNetworkStream, AsyncSmtpConnection};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use lettre::transport::smtp::Error as SmtpError;
 use plan::{BodyForm, Extensions, Plan};
 use postern_core::{Outcome, Reason};
 use reply::{Cleanup, Next, Reply};
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
@@ -131,12 +136,17 @@ pub(crate) struct Conn {
     /// written: from then on a failure may follow the next hop's
     /// acceptance, so the message is not sent again at once.
     pub(crate) text_sent: bool,
+    /// What TLS the connection got.
+    pub(crate) tls: TlsState,
+    /// The requirement it was made under ([`Require::tag`]): the pool only
+    /// hands it to deliveries with the same one.
+    pub(crate) tag: String,
 }
 
 impl Conn {
     /// True when STARTTLS was negotiated.
     pub(crate) fn is_encrypted(&self) -> bool {
-        self.inner.is_encrypted()
+        self.tls.version.is_some()
     }
 
     /// True when the connection can take another transaction.
@@ -183,25 +193,100 @@ impl fmt::Display for Raw<'_> {
     }
 }
 
-/// Opens a connection; `Err` is a temporary reason (try the next address).
+/// Why [`connect`] gave no connection: the reason for the recipients and,
+/// when the TLS policy was not met, which failure it was (for TLS-RPT and
+/// metrics).
+#[derive(Debug, Clone)]
+pub(crate) struct Failed {
+    pub(crate) reason: Reason,
+    pub(crate) tls: Option<(TlsFailure, String)>,
+}
+
+impl From<Reason> for Failed {
+    fn from(reason: Reason) -> Failed {
+        Failed { reason, tls: None }
+    }
+}
+
+/// The temporary 4.7.5 reason of a connection that did not meet its TLS
+/// policy (RFC 3463 4.7.5: cryptographic failure), naming the failure.
+fn policy_failed(host: &str, addr: SocketAddr, policy: &str, f: TlsFailure, why: String) -> Failed {
+    let text = format!(
+        "TLS policy {policy} not met by {host} [{}]: {} ({why}); will retry",
+        addr.ip(),
+        f.result_type()
+    );
+    Failed {
+        reason: Reason::local(451, "4.7.5", text),
+        tls: Some((f, why)),
+    }
+}
+
+/// What TLS a new connection got.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TlsState {
+    /// The negotiated version ("TLSv1.3"); `None`: plain text.
+    pub(crate) version: Option<&'static str>,
+    /// A failure that was reported but not enforced (MTA-STS testing, or a
+    /// failed opportunistic handshake).
+    pub(crate) noted: Option<(TlsFailure, String)>,
+}
+
+/// Opens a connection meeting `require` (checked with `checker`; `policy`
+/// names it in reasons). `Err` is a temporary reason (try the next address).
 pub(crate) async fn connect(
     host: &str,
     addr: SocketAddr,
     p: &ClientParams,
-) -> Result<Conn, Reason> {
+    require: &Require,
+    policy: &str,
+    checker: &Checker,
+) -> Result<Conn, Failed> {
     let id = ClientId::Domain(p.helo.clone());
-    let (mut inner, mut budget) = open(host, addr, p, &id).await?;
+    let (mut inner, mut budget, mut slot) = open(host, addr, p, &id).await?;
     let mut ext = ehlo(&mut inner, &budget, &p.helo, host, p.command_timeout).await?;
-    if p.starttls && ext.starttls {
-        if !upgrade(&mut inner, &budget, host, p, &id).await {
-            if budget.is_over() {
-                return Err(reply::over_long(host));
+    let mut state = TlsState::default();
+    let fail = |f: TlsFailure, why: String| policy_failed(host, addr, policy, f, why);
+    if !matches!(require, Require::Plain) {
+        if !ext.starttls {
+            let why = "STARTTLS not offered".to_string();
+            if require.mandatory() {
+                quit_now(inner, &budget, p.command_timeout).await;
+                return Err(fail(TlsFailure::StartTlsNotSupported, why));
             }
-            tracing::info!(%host, %addr, "STARTTLS failed; retrying without TLS");
-            (inner, budget) = open(host, addr, p, &id).await?;
+            if matches!(require, Require::Pki { .. }) {
+                state.noted = Some((TlsFailure::StartTlsNotSupported, why));
+            }
+        } else {
+            match upgrade(&mut inner, &budget, &slot, host, p, checker).await {
+                Ok((version, chain)) => {
+                    state.version = Some(version);
+                    if let Err((f, why)) = check_chain(require, checker, &chain) {
+                        if require.mandatory() {
+                            quit_now(inner, &budget, p.command_timeout).await;
+                            return Err(fail(f, why));
+                        }
+                        state.noted = Some((f, why));
+                    }
+                }
+                Err((f, why)) => {
+                    if budget.is_over() {
+                        return Err(reply::over_long(host).into());
+                    }
+                    if require.mandatory() {
+                        return Err(fail(f, why));
+                    }
+                    tracing::info!(%host, %addr, error = %why, "STARTTLS failed; retrying without TLS");
+                    if matches!(require, Require::Pki { .. }) {
+                        state.noted = Some((f, why));
+                    }
+                    (inner, budget, slot) = open(host, addr, p, &id).await?;
+                }
+            }
+            ext = ehlo(&mut inner, &budget, &p.helo, host, p.command_timeout).await?;
         }
-        ext = ehlo(&mut inner, &budget, &p.helo, host, p.command_timeout).await?;
     }
+    drop(slot);
     Ok(Conn {
         inner,
         budget,
@@ -212,17 +297,41 @@ pub(crate) async fn connect(
         idle_since: Instant::now(),
         clean: true,
         text_sent: false,
+        tls: state,
+        tag: require.tag(),
     })
 }
 
+/// Checks the chain the server sent against `require`.
+fn check_chain(
+    require: &Require,
+    checker: &Checker,
+    chain: &[CertificateDer<'static>],
+) -> Result<(), (TlsFailure, String)> {
+    match require {
+        Require::Plain | Require::May | Require::Encrypt => Ok(()),
+        Require::Pki { names, .. } => checker.verify_pki(chain, names),
+        Require::Dane { tlsa, names } => checker.verify_dane(tlsa, chain, names),
+    }
+}
+
+/// QUIT on a connection we will not use (its policy was not met).
+async fn quit_now(mut inner: AsyncSmtpConnection, budget: &ReplyBudget, timeout: Duration) {
+    budget.expect(1);
+    let _ = tokio::time::timeout(timeout.min(Duration::from_secs(5)), inner.quit()).await;
+}
+
+/// The slot a plain connection's stream sits in until STARTTLS takes it.
+type Slot = Arc<std::sync::Mutex<Option<Bounded>>>;
+
 /// TCP connect, the greeting and lettre's own EHLO, over a [`Bounded`]
-/// stream; the connection and its reply budget.
+/// stream; the connection, its reply budget and the stream's slot.
 async fn open(
     host: &str,
     addr: SocketAddr,
     p: &ClientParams,
     id: &ClientId,
-) -> Result<(AsyncSmtpConnection, Arc<ReplyBudget>), Reason> {
+) -> Result<(AsyncSmtpConnection, Arc<ReplyBudget>, Slot), Reason> {
     let tcp = match tokio::time::timeout(p.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(reply::connect_failed(host, addr, &e.to_string())),
@@ -234,37 +343,90 @@ async fn open(
     let budget = ReplyBudget::new(p.max_reply_size);
     // The greeting and the reply to lettre's EHLO.
     budget.expect(2);
-    let stream = Box::new(Bounded::new(tcp, budget.clone()));
-    let greeting = AsyncSmtpConnection::connect_with_transport(stream, id);
+    let (wire, slot) = Wire::plain(Bounded::new(tcp, budget.clone()));
+    let greeting = AsyncSmtpConnection::connect_with_transport(Box::new(wire), id);
     match tokio::time::timeout(p.command_timeout, greeting).await {
-        Ok(Ok(c)) => Ok((c, budget)),
+        Ok(Ok(c)) => Ok((c, budget, slot)),
         Ok(Err(_)) if budget.is_over() => Err(reply::over_long(host)),
         Ok(Err(e)) => Err(reply::connect_failed(host, addr, &e.to_string())),
         Err(_) => Err(reply::timed_out("greeting", host)),
     }
 }
 
-/// STARTTLS without certificate checks; false when it failed (the
+/// STARTTLS, done by Postern itself: the command, then the handshake over
+/// the stream taken back from lettre (any bytes the server sent after its
+/// 220 are dropped with lettre's buffer: no STARTTLS command injection),
+/// checking only the handshake signatures. The TLS version and the chain
+/// (DER, leaf first) for the policy check; `Err` when it failed (the
 /// connection is then of no further use).
 async fn upgrade(
     inner: &mut AsyncSmtpConnection,
     budget: &ReplyBudget,
+    slot: &Slot,
     host: &str,
     p: &ClientParams,
-    id: &ClientId,
-) -> bool {
-    let tls = TlsParameters::builder(host.to_string())
-        .dangerous_accept_invalid_certs(true)
-        .dangerous_accept_invalid_hostnames(true)
-        .build_rustls();
-    let Ok(tls) = tls else {
-        return false;
+    checker: &Checker,
+) -> Result<(&'static str, Vec<CertificateDer<'static>>), (TlsFailure, String)> {
+    budget.expect(1);
+    match tokio::time::timeout(p.command_timeout, inner.command(Raw("STARTTLS"))).await {
+        Ok(Ok(r)) if r.code().to_string() == "220" => {}
+        Ok(Ok(r)) => {
+            let text = r.first_line().unwrap_or("").to_string();
+            return Err((
+                TlsFailure::StartTlsNotSupported,
+                format!("STARTTLS answered {text}"),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err((
+                TlsFailure::StartTlsNotSupported,
+                format!("STARTTLS refused: {}", error_text(&e)),
+            ))
+        }
+        Err(_) => {
+            return Err((
+                TlsFailure::StartTlsNotSupported,
+                "no reply to STARTTLS".into(),
+            ))
+        }
+    }
+    let Some(wire) = Wire::take(slot) else {
+        return Err((TlsFailure::ValidationFailure, "stream already taken".into()));
     };
+    // The handshake's server flight, bounded on the wire like replies.
     budget.expect(STARTTLS_REPLIES);
-    matches!(
-        tokio::time::timeout(p.command_timeout, inner.starttls(tls, id)).await,
-        Ok(Ok(()))
-    )
+    let name = ServerName::try_from(host.to_string()).map_err(|e| {
+        (
+            TlsFailure::ValidationFailure,
+            format!("host name {host:?}: {e}"),
+        )
+    })?;
+    let connector = tokio_rustls::TlsConnector::from(checker.client.clone());
+    let tls = match tokio::time::timeout(p.command_timeout, connector.connect(name, wire)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err((TlsFailure::ValidationFailure, format!("TLS handshake: {e}"))),
+        Err(_) => {
+            return Err((
+                TlsFailure::ValidationFailure,
+                "TLS handshake timed out".into(),
+            ))
+        }
+    };
+    let session = tls.get_ref().1;
+    let version = match session.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
+    let chain = session
+        .peer_certificates()
+        .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+        .unwrap_or_default();
+    #[allow(deprecated)]
+    inner.set_stream(AsyncNetworkStream::use_existing_tokio1(Box::new(
+        Wire::Tls(Box::new(tls)),
+    )));
+    Ok((version, chain))
 }
 
 /// Sends our own EHLO and parses the extensions offered. A next hop that
@@ -562,6 +724,12 @@ mod tests {
         }
     }
 
+    /// A connection without STARTTLS.
+    async fn plain_connect(addr: SocketAddr, p: &ClientParams) -> Result<Conn, Failed> {
+        let checker = Checker::new(None).unwrap();
+        connect("hop.test", addr, p, &Require::Plain, "none", &checker).await
+    }
+
     fn no_downgrade(_: &[u8]) -> Result<Vec<u8>, DowngradeError> {
         Err(DowngradeError::new("not expected in this test"))
     }
@@ -659,7 +827,7 @@ mod tests {
             max_reply_size: 4096,
             ..params()
         };
-        let Err(r) = connect("hop.test", addr, &p).await else {
+        let Err(Failed { reason: r, .. }) = plain_connect(addr, &p).await else {
             panic!("connected to a hop that never ends its greeting");
         };
         assert_eq!(r, reply::over_long("hop.test"));
@@ -683,7 +851,7 @@ mod tests {
             },
         )
         .await;
-        let mut conn = connect("hop.test", addr, &params()).await.unwrap();
+        let mut conn = plain_connect(addr, &params()).await.unwrap();
         let from = address("s", "a.test");
         let (good, bad) = (address("good", "b.test"), address("bad", "b.test"));
         let rcpts = [&good, &bad];
@@ -731,7 +899,7 @@ mod tests {
             },
         )
         .await;
-        let mut conn = connect("hop.test", addr, &params()).await.unwrap();
+        let mut conn = plain_connect(addr, &params()).await.unwrap();
         let (from, to) = (address("s", "a.test"), address("t", "b.test"));
         let rcpts = [&to];
         let msg = plain_message(&from, &rcpts, b"hi\r\n");
@@ -767,7 +935,7 @@ mod tests {
             },
         )
         .await;
-        let mut conn = connect("hop.test", addr, &params()).await.unwrap();
+        let mut conn = plain_connect(addr, &params()).await.unwrap();
         let (from, to) = (address("s", "a.test"), address("t", "b.test"));
         let rcpts = [&to];
         let msg = plain_message(&from, &rcpts, "Gr\u{fc}\u{df}e\r\n".as_bytes());

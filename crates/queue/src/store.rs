@@ -129,6 +129,9 @@ struct Inner {
     suspects: sled::Tree,
     /// The clean-close snapshot, while the queue is closed.
     meta: sled::Tree,
+    /// Other durable state kept beside the queue (MTA-STS policies, TLS
+    /// report counts): key → framed bytes.
+    state: sled::Tree,
     /// Leases and counters. Also the transition lock: every state change
     /// holds it, so index, record and counters agree.
     guarded: Mutex<Guarded>,
@@ -437,6 +440,7 @@ impl Queue {
             quarantine: trees.quarantine,
             corrupt: trees.corrupt,
             suspects: tree("suspects")?,
+            state: tree("state")?,
             meta,
             guarded: Mutex::new(Guarded {
                 leases: HashMap::new(),
@@ -646,6 +650,41 @@ impl Queue {
             .insert(hash.to_be_bytes(), record::frame(&p))
             .storage()?;
         Ok(n)
+    }
+
+    /// The bytes stored under `key` in the state tree (MTA-STS policies,
+    /// TLS report counts); a damaged value reads as absent.
+    pub fn state_get(&self, key: &str) -> Result<Option<Vec<u8>>, QueueError> {
+        let Some(raw) = self.inner.state.get(key.as_bytes()).storage()? else {
+            return Ok(None);
+        };
+        Ok(record::unframe(&raw).ok().map(|p| p.to_vec()))
+    }
+
+    /// Stores `value` under `key` in the state tree (framed with a CRC).
+    pub fn state_put(&self, key: &str, value: &[u8]) -> Result<(), QueueError> {
+        self.inner
+            .state
+            .insert(key.as_bytes(), record::frame(value))
+            .storage()?;
+        Ok(())
+    }
+
+    /// Removes `key` from the state tree.
+    pub fn state_remove(&self, key: &str) -> Result<(), QueueError> {
+        self.inner.state.remove(key.as_bytes()).storage()?;
+        Ok(())
+    }
+
+    /// The keys of the state tree that start with `prefix`.
+    pub fn state_keys(&self, prefix: &str) -> Result<Vec<String>, QueueError> {
+        self.inner
+            .state
+            .scan_prefix(prefix.as_bytes())
+            .keys()
+            .map(|k| k.map(|k| String::from_utf8_lossy(&k).into_owned()))
+            .collect::<Result<Vec<_>, _>>()
+            .storage()
     }
 
     /// Forgets a content hash (it went through, or was quarantined).

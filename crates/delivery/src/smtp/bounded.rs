@@ -162,6 +162,117 @@ impl AsyncTokioStream for Bounded {
     }
 }
 
+/// The stream lettre reads from: before STARTTLS a [`Bounded`] TCP stream
+/// in a slot the shell can take it back from for the TLS handshake
+/// ([`Wire::take`]); after it, TLS over that same [`Bounded`] stream, so
+/// the reply budget still counts octets on the wire.
+#[derive(Debug)]
+pub(crate) enum Wire {
+    /// Plain text; the slot is emptied by [`Wire::take`].
+    Plain(Arc<std::sync::Mutex<Option<Bounded>>>),
+    /// After STARTTLS.
+    Tls(Box<tokio_rustls::client::TlsStream<Bounded>>),
+}
+
+impl Wire {
+    /// A plain stream and the slot to take it back from.
+    pub(crate) fn plain(b: Bounded) -> (Wire, Arc<std::sync::Mutex<Option<Bounded>>>) {
+        let slot = Arc::new(std::sync::Mutex::new(Some(b)));
+        (Wire::Plain(slot.clone()), slot)
+    }
+
+    /// Takes the plain stream out of `slot` (for the TLS handshake); the
+    /// [`Wire`] that shared it fails every later read and write.
+    pub(crate) fn take(slot: &std::sync::Mutex<Option<Bounded>>) -> Option<Bounded> {
+        slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+fn handed_over() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "stream handed over to TLS")
+}
+
+/// Runs `f` on the plain stream in the slot, or fails when it was taken.
+fn with_plain<T>(
+    slot: &std::sync::Mutex<Option<Bounded>>,
+    f: impl FnOnce(Pin<&mut Bounded>) -> Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    match slot.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        Some(b) => f(Pin::new(b)),
+        None => Poll::Ready(Err(handed_over())),
+    }
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(slot) => with_plain(slot, |b| b.poll_read(cx, buf)),
+            Wire::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Wire::Plain(slot) => with_plain(slot, |b| b.poll_write(cx, buf)),
+            Wire::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(slot) => with_plain(slot, |b| b.poll_flush(cx)),
+            Wire::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Wire::Plain(slot) => with_plain(slot, |b| b.poll_shutdown(cx)),
+            Wire::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Wire::Plain(slot) => with_plain(slot, |b| b.poll_write_vectored(cx, bufs)),
+            Wire::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Wire::Plain(_) => true,
+            Wire::Tls(t) => t.is_write_vectored(),
+        }
+    }
+}
+
+impl AsyncTokioStream for Wire {
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        match self {
+            Wire::Plain(slot) => match slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                Some(b) => b.tcp.peer_addr(),
+                None => Err(handed_over()),
+            },
+            Wire::Tls(t) => t.get_ref().0.tcp.peer_addr(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
