@@ -59,6 +59,14 @@ enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Show the outbound TLS policy of a destination (static level,
+    /// MTA-STS, DANE) and why.
+    TlsPolicy {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        cmd: cli::tls_policy::TlsPolicyCmd,
+    },
     /// Print a message's life from the tracking log, by queue ID or Message-ID.
     Trace {
         #[command(flatten)]
@@ -128,6 +136,9 @@ fn main() -> ExitCode {
         ),
         Command::Queue { config, cmd } => cli::queue_command(config.config.as_deref(), cmd),
         Command::Health { config, ready } => cli::health(config.config.as_deref(), ready),
+        Command::TlsPolicy { config, cmd } => {
+            cli::tls_policy_command(config.config.as_deref(), cmd)
+        }
         Command::Trace { config, key, json } => match config::load(config.config.as_deref()) {
             Ok(loaded) => cli::trace::run(&loaded.config, &key, json),
             Err(e) => {

@@ -1,7 +1,8 @@
 //! The command-line clients: what an operator types besides `postern run`.
 //!
 //! Here: `check-config`, `hash-password`, `health` and the dispatch of
-//! `queue`, each returning the process exit code (0 success, 1 failure).
+//! `queue` and `tls-policy`, each returning the process exit code (0
+//! success, 1 failure). [`tls_policy`] explains a destination's outbound TLS.
 //! [`queue`] is a client of the running daemon's admin endpoint (list,
 //! summary, show, hold, release, retry, delete); [`trace`] reads the
 //! tracking log directly and works without the daemon. They use the
@@ -11,6 +12,7 @@
 //! [`escape_json_controls`] as JSON), never raw to the terminal.
 
 pub mod queue;
+pub mod tls_policy;
 pub mod trace;
 
 use crate::block_on;
@@ -82,6 +84,20 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
             println!("{}: configuration OK", loaded.source);
             Ok(())
         }),
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `postern tls-policy ...`.
+pub fn tls_policy_command(path: Option<&Path>, cmd: tls_policy::TlsPolicyCmd) -> ExitCode {
+    match crate::config::load(path) {
+        Ok(loaded) => {
+            let daemon = admin_target(path).ok();
+            block_on(async move { tls_policy::run(&loaded.config, daemon, cmd).await })
+        }
         Err(e) => {
             eprint!("{e}");
             ExitCode::from(1)

@@ -120,7 +120,7 @@ pub enum QueueCmd {
     },
 }
 
-async fn request(
+pub(crate) async fn request(
     admin: SocketAddr,
     token: Option<&str>,
     method: &str,
@@ -148,7 +148,7 @@ async fn request(
 
 /// The body of a 200 answer; otherwise an error with the API's `error`
 /// text (or the whole body when it has none).
-fn answered((status, body): (u16, String)) -> anyhow::Result<String> {
+pub(crate) fn answered((status, body): (u16, String)) -> anyhow::Result<String> {
     if status == 200 {
         return Ok(body);
     }

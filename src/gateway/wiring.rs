@@ -158,14 +158,6 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         &front.intake,
         &stop_rx,
     )?;
-    let admin_state = AdminState {
-        metrics: common.metrics.clone(),
-        queue: common.queue.clone(),
-        pressure: common.pressure.clone(),
-        tracker: common.tracker.clone(),
-        token: admin_token,
-    };
-    let admin_addr = start_admin(admin_l, admin_state, &cfg.queue.path, &stop_rx)?;
     let slots = Arc::new(Semaphore::new(cfg.delivery.max_concurrency));
     let scheduler = Arc::new(Scheduler {
         queue: common.queue.clone(),
@@ -179,6 +171,23 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         inflight: common.inflight.clone(),
     });
     let sched_task = start_scheduler(&scheduler, &common.metrics, &stop_rx);
+    let explainer = scheduler.clone();
+    let explain: crate::ops::admin::Explain = Arc::new(move |domain: String| {
+        let deliverer = explainer.deliverer.get();
+        Box::pin(async move {
+            let report = deliverer.explain(&domain).await;
+            crate::cli::tls_policy::report_json(&domain, &report)
+        })
+    });
+    let admin_state = AdminState {
+        metrics: common.metrics.clone(),
+        queue: common.queue.clone(),
+        pressure: common.pressure.clone(),
+        tracker: common.tracker.clone(),
+        token: admin_token,
+        explain: Some(explain),
+    };
+    let admin_addr = start_admin(admin_l, admin_state, &cfg.queue.path, &stop_rx)?;
     let report_checker = postern_delivery::Checker::new(cfg.outbound_tls.ca_file.as_deref())
         .context("outbound TLS")?;
     let tls_tasks = start_tls_tasks(&scheduler, reporter, report_checker, &stop_rx);

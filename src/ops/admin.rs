@@ -62,7 +62,17 @@ pub struct AdminState {
     /// How requests are admitted: the bearer token and what it guards, the
     /// connection cap and the header timeout.
     pub token: AdminAccess,
+    /// `GET /tls-policy/<domain>`: what outbound TLS applies, worked out
+    /// by the running deliverer (with its MTA-STS cache).
+    pub explain: Option<Explain>,
 }
+
+/// Works out a destination's TLS policy as JSON.
+pub type Explain = Arc<
+    dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// The Host values that name the endpoint bound at `bound`: its address,
 /// and on a loopback or unspecified address the loopback names with its
@@ -234,6 +244,14 @@ async fn handle(
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return Ok(r);
         }
+    }
+    if let (Some(domain), "GET", Some(explain)) = (
+        path.strip_prefix("/tls-policy/"),
+        method.as_str(),
+        &st.explain,
+    ) {
+        let v = explain(domain.to_ascii_lowercase()).await;
+        return Ok(json(StatusCode::OK, v.to_string()));
     }
     // Listing or acting on the queue walks it: on a blocking thread, never
     // on a runtime thread that sessions and deliveries share.

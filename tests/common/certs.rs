@@ -110,3 +110,154 @@ fn public_base64(pem: &Path) -> String {
         .filter(|l| !l.is_empty() && !l.starts_with("-----"))
         .collect()
 }
+
+/// A test certificate authority (P-256), for WebPKI checks (`verify`,
+/// MTA-STS) and DANE-TA.
+pub struct TestCa {
+    pub cert: PathBuf,
+    key: PathBuf,
+    dir: PathBuf,
+}
+
+/// A certificate issued by a [`TestCa`].
+pub struct Issued {
+    /// The leaf alone, PEM.
+    pub leaf: PathBuf,
+    /// Leaf then CA, PEM: what a server sends.
+    pub chain: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    /// A new CA named `cn`, files under `dir/<stem>`.
+    pub fn new(dir: &Path, stem: &str, cn: &str) -> TestCa {
+        let dir = dir.join(stem);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        tools::run_ok(
+            OPENSSL
+                .command()
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                ])
+                .args(["-nodes", "-days", "2", "-subj", &format!("/CN={cn}")])
+                .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+                .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+            "openssl req (test CA)",
+        );
+        TestCa { cert, key, dir }
+    }
+
+    /// A server certificate for `names` (subjectAltName DNS entries).
+    pub fn issue(&self, stem: &str, names: &[&str]) -> Issued {
+        let (key, csr, leaf, chain, ext) = (
+            self.dir.join(format!("{stem}.key")),
+            self.dir.join(format!("{stem}.csr")),
+            self.dir.join(format!("{stem}.pem")),
+            self.dir.join(format!("{stem}.chain.pem")),
+            self.dir.join(format!("{stem}.ext")),
+        );
+        let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+                san.join(",")
+            ),
+        )
+        .unwrap();
+        tools::run_ok(
+            OPENSSL
+                .command()
+                .args([
+                    "req",
+                    "-new",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                ])
+                .args(["-nodes", "-subj", &format!("/CN={}", names[0])])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&csr),
+            "openssl req (server key)",
+        );
+        tools::run_ok(
+            OPENSSL
+                .command()
+                .args(["x509", "-req", "-days", "2", "-set_serial"])
+                .arg(format!("{}", rand_serial()))
+                .arg("-in")
+                .arg(&csr)
+                .arg("-CA")
+                .arg(&self.cert)
+                .arg("-CAkey")
+                .arg(&self.key)
+                .arg("-extfile")
+                .arg(&ext)
+                .arg("-out")
+                .arg(&leaf),
+            "openssl x509 (issue)",
+        );
+        let mut both = std::fs::read(&leaf).unwrap();
+        both.extend(std::fs::read(&self.cert).unwrap());
+        std::fs::write(&chain, both).unwrap();
+        Issued { leaf, chain, key }
+    }
+}
+
+fn rand_serial() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    n % 1_000_000_000_000 + 1000
+}
+
+/// The DER of the certificate in `pem`.
+pub fn cert_der(pem: &Path) -> Vec<u8> {
+    tools::run_ok(
+        OPENSSL
+            .command()
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(pem),
+        "openssl x509 -outform DER",
+    )
+    .stdout
+}
+
+/// The DER SubjectPublicKeyInfo of the certificate in `pem`.
+pub fn cert_spki(pem: &Path) -> Vec<u8> {
+    let out = tools::run_ok(
+        OPENSSL
+            .command()
+            .args(["x509", "-noout", "-pubkey", "-in"])
+            .arg(pem),
+        "openssl x509 -pubkey",
+    );
+    let b64: String = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("-----"))
+        .collect();
+    postern_core::base64::base64_decode(b64.as_bytes()).unwrap()
+}
+
+/// SHA2-256 of `data`.
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}

@@ -36,6 +36,13 @@ pub struct Zone {
     records: HashMap<(String, RecordType), Vec<Record>>,
     names: std::collections::HashSet<String>,
     hostile: HashMap<String, Hostile>,
+    /// After [`Zone::sign`]: RRSIGs by the (name, type) they cover.
+    sigs: HashMap<(String, RecordType), Vec<Record>>,
+    /// After [`Zone::sign`]: the NSEC record (and its RRSIG) of each signed
+    /// name, for NODATA proofs.
+    nsec: HashMap<String, Vec<Record>>,
+    /// After [`Zone::sign`]: the root SOA and its RRSIG, for NODATA.
+    soa: Vec<Record>,
 }
 
 fn key(name: &str) -> String {
@@ -95,6 +102,26 @@ impl Zone {
         )
     }
 
+    /// A TLSA record at `_<port>._tcp.<host>`.
+    pub fn tlsa(
+        self,
+        host: &str,
+        port: u16,
+        usage: u8,
+        selector: u8,
+        matching: u8,
+        data: &[u8],
+    ) -> Zone {
+        use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector, TLSA};
+        let rdata = RData::TLSA(TLSA::new(
+            CertUsage::from(usage),
+            Selector::from(selector),
+            Matching::from(matching),
+            data.to_vec(),
+        ));
+        self.add(&format!("_{port}._tcp.{host}"), RecordType::TLSA, rdata)
+    }
+
     /// Makes every query for `name` misbehave.
     pub fn hostile(mut self, name: &str, how: Hostile) -> Zone {
         self.hostile.insert(key(name), how);
@@ -138,6 +165,9 @@ impl Zone {
         match self.records.get(&(name.clone(), q.query_type())) {
             Some(rs) => {
                 resp.add_answers(rs.clone());
+                if let Some(sig) = self.sigs.get(&(name.clone(), q.query_type())) {
+                    resp.add_answers(sig.clone());
+                }
             }
             None if self
                 .records
@@ -160,12 +190,169 @@ impl Zone {
                     }
                 }
             }
-            None if self.names.contains(&name) => {}
+            None if self.names.contains(&name) => {
+                // NODATA; in a signed zone proven by the name's NSEC.
+                if let Some(nsec) = self.nsec.get(&name) {
+                    resp.add_authorities(self.soa.clone());
+                    resp.add_authorities(nsec.clone());
+                }
+            }
             None => {
                 resp.metadata.response_code = ResponseCode::NXDomain;
             }
         }
         resp
+    }
+
+    /// Signs the zone as the root zone "." with `key` (DNSSEC): an RRSIG
+    /// for every record set, an NSEC for every name (NODATA proofs), the
+    /// root SOA, NS and DNSKEY. Names at or under an entry of `unsigned`
+    /// are an unsigned delegation (an NS record at the cut, no DS: the
+    /// NSEC at the cut proves it), so their answers are insecure. The
+    /// RRSIGs of names in `bogus` are corrupted. NXDOMAIN answers carry no
+    /// proof: tests ask only for names that exist.
+    pub fn sign(mut self, signing: &TestKey, unsigned: &[&str], bogus: &[&str]) -> Zone {
+        use hickory_proto::dnssec::rdata::{DNSSECRData, NSEC, RRSIG};
+        use hickory_proto::rr::rdata::{NS, SOA};
+        use hickory_proto::rr::{DNSClass, RecordSet};
+        let root = Name::root();
+        let ns = Name::from_str("ns.root.test.").unwrap();
+        let soa = SOA::new(
+            ns.clone(),
+            Name::from_str("admin.root.test.").unwrap(),
+            1,
+            3600,
+            600,
+            86400,
+            60,
+        );
+        self = self.add(".", RecordType::SOA, RData::SOA(soa));
+        self = self.add(".", RecordType::NS, RData::NS(NS(ns)));
+        self = self.add(
+            ".",
+            RecordType::DNSKEY,
+            RData::DNSSEC(DNSSECRData::DNSKEY(signing.dnskey())),
+        );
+        for cut in unsigned {
+            self = self.add(
+                cut,
+                RecordType::NS,
+                RData::NS(NS(Name::from_str("ns.root.test.").unwrap())),
+            );
+        }
+        let under = |name: &str, cuts: &[&str]| {
+            cuts.iter()
+                .any(|c| name == key_of(c) || name.ends_with(&format!(".{}", key_of(c))))
+        };
+        let is_cut = |name: &str| unsigned.iter().any(|c| name == key_of(c));
+        let now = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        let sign_set = |name: &str, rt: RecordType, records: &[Record]| -> Record {
+            let mut set = RecordSet::new(Name::from_str(name).unwrap(), rt, 0);
+            for r in records {
+                set.insert(r.clone(), 0);
+            }
+            let rrsig = RRSIG::from_rrset(&set, DNSClass::IN, now, &signing.signer).unwrap();
+            let rrsig = if bogus.iter().any(|b| key_of(b) == name) {
+                let mut sig = rrsig.sig().to_vec();
+                sig[0] ^= 0xff;
+                RRSIG::from_sig(rrsig.input().clone(), sig)
+            } else {
+                rrsig
+            };
+            Record::from_rdata(
+                Name::from_str(name).unwrap(),
+                60,
+                RData::DNSSEC(DNSSECRData::RRSIG(rrsig)),
+            )
+        };
+        let mut sigs = HashMap::new();
+        for ((name, rt), records) in &self.records {
+            // Inside an unsigned delegation nothing is signed; at the cut
+            // the parent signs only the NSEC (its NS is not authoritative).
+            if under(name, unsigned) {
+                continue;
+            }
+            sigs.insert((name.clone(), *rt), vec![sign_set(name, *rt, records)]);
+        }
+        let mut names: Vec<Name> = self
+            .names
+            .iter()
+            .filter(|n| !under(n, unsigned) || is_cut(n))
+            .map(|n| Name::from_str(n).unwrap())
+            .collect();
+        names.sort();
+        let mut nsec = HashMap::new();
+        for (i, n) in names.iter().enumerate() {
+            let next = names.get(i + 1).cloned().unwrap_or_else(Name::root);
+            let name = key(&n.to_ascii());
+            let types: Vec<RecordType> = if is_cut(&name) {
+                vec![RecordType::NS]
+            } else {
+                self.records
+                    .keys()
+                    .filter(|(k, _)| *k == name)
+                    .map(|(_, t)| *t)
+                    .collect()
+            };
+            let rdata = RData::DNSSEC(DNSSECRData::NSEC(NSEC::new_cover_self(next, types)));
+            let rec = Record::from_rdata(n.clone(), 60, rdata);
+            let sig = sign_set(&name, RecordType::NSEC, std::slice::from_ref(&rec));
+            nsec.insert(name, vec![rec, sig]);
+        }
+        let root_key = key_of(".");
+        let mut soa = self.records[&(root_key.clone(), RecordType::SOA)].clone();
+        soa.extend(sigs[&(root_key, RecordType::SOA)].clone());
+        let _ = root;
+        self.sigs = sigs;
+        self.nsec = nsec;
+        self.soa = soa;
+        self
+    }
+}
+
+fn key_of(name: &str) -> String {
+    if name == "." {
+        ".".to_string()
+    } else {
+        key(name)
+    }
+}
+
+/// A DNSSEC key for a test's own root zone, and the trust anchor text that
+/// makes Postern trust it.
+pub struct TestKey {
+    signer: hickory_proto::dnssec::DnssecSigner,
+}
+
+impl TestKey {
+    /// A new Ed25519 key (algorithm 15).
+    pub fn generate() -> TestKey {
+        use hickory_proto::dnssec::crypto::Ed25519SigningKey;
+        use hickory_proto::dnssec::rdata::DNSKEY;
+        use hickory_proto::dnssec::{DnssecSigner, SigningKey};
+        let pkcs8 = Ed25519SigningKey::generate_pkcs8().unwrap();
+        let key = Ed25519SigningKey::from_pkcs8(&pkcs8).unwrap();
+        let public = key.to_public_key().unwrap();
+        let dnskey = DNSKEY::from_key(&public);
+        let signer = DnssecSigner::new(
+            dnskey,
+            Box::new(key),
+            Name::root(),
+            std::time::Duration::from_secs(2 * 86_400),
+        );
+        TestKey { signer }
+    }
+
+    fn dnskey(&self) -> hickory_proto::dnssec::rdata::DNSKEY {
+        self.signer.to_dnskey()
+    }
+
+    /// The key as a trust anchor file line: `. 3600 IN DNSKEY 257 3 15 <key>`.
+    pub fn trust_anchor(&self) -> String {
+        use hickory_proto::dnssec::PublicKey;
+        let dnskey = self.dnskey();
+        let b64 = postern_core::base64::base64(dnskey.public_key().public_bytes());
+        format!(". 3600 IN DNSKEY {} 3 15 {b64}\n", dnskey.flags())
     }
 }
 

@@ -259,7 +259,8 @@ impl Gateway {
         self.with_config("trace", args)
     }
 
-    fn with_config(&self, subcommand: &str, args: &[&str]) -> std::process::Output {
+    /// `postern <subcommand> --config <this config> <args>`.
+    pub fn with_config(&self, subcommand: &str, args: &[&str]) -> std::process::Output {
         let cfg = self.config.display().to_string();
         let mut all = vec![subcommand, "--config", &cfg];
         all.extend_from_slice(args);

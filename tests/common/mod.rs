@@ -21,6 +21,7 @@
 pub mod certs;
 pub mod dns;
 pub mod gateway;
+pub mod https;
 pub mod memory;
 pub mod sink;
 pub mod swaks;

@@ -17,6 +17,32 @@ pub struct SinkMsg {
     pub from: String,
     pub to: Vec<String>,
     pub data: String,
+    /// It came over TLS (after STARTTLS).
+    pub tls: bool,
+}
+
+/// The TLS server configuration a sink offers STARTTLS with (none: no
+/// STARTTLS); shared so a test can change it while the sink runs.
+type TlsSlot = Arc<Mutex<Option<Arc<rustls::ServerConfig>>>>;
+
+/// A rustls server configuration from PEM files (chain first the leaf).
+pub fn server_config(chain: &std::path::Path, key: &std::path::Path) -> Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    )
 }
 
 #[derive(Clone)]
@@ -28,6 +54,8 @@ pub struct Sink {
     task: Arc<tokio::task::JoinHandle<()>>,
     /// Every session's task, for [`Sink::stop`].
     sessions: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// What STARTTLS offers (none: not offered).
+    tls: TlsSlot,
 }
 
 impl Drop for Sink {
@@ -49,6 +77,18 @@ impl Sink {
         Self::start_with(bind, false).await
     }
 
+    /// A sink offering STARTTLS with the certificate chain and key given.
+    pub async fn start_tls(bind: &str, chain: &std::path::Path, key: &std::path::Path) -> Sink {
+        let s = Self::start_with(bind, true).await;
+        s.set_tls(Some(server_config(chain, key)));
+        s
+    }
+
+    /// Changes what STARTTLS offers from now on (`None`: no STARTTLS).
+    pub fn set_tls(&self, config: Option<Arc<rustls::ServerConfig>>) {
+        *self.tls.lock().unwrap() = config;
+    }
+
     async fn start_with(bind: &str, eight_bit: bool) -> Sink {
         let l = TcpListener::bind(bind).await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -57,11 +97,14 @@ impl Sink {
         let (m, s) = (msgs.clone(), seen.clone());
         let sessions = Arc::new(Mutex::new(Vec::new()));
         let all = sessions.clone();
+        let tls: TlsSlot = Arc::new(Mutex::new(None));
+        let tls_now = tls.clone();
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = l.accept().await {
                 let (m, s) = (m.clone(), s.clone());
+                let offer = tls_now.lock().unwrap().clone();
                 let t = tokio::spawn(async move {
-                    let _ = session(sock, m, s, eight_bit).await;
+                    let _ = session(sock, m, s, eight_bit, offer).await;
                 });
                 all.lock().unwrap().push(t.abort_handle());
             }
@@ -72,6 +115,7 @@ impl Sink {
             seen,
             task: Arc::new(task),
             sessions,
+            tls,
         }
     }
 
@@ -115,28 +159,54 @@ impl Sink {
     }
 }
 
+/// What a session reads from and writes to: TCP, or TLS after STARTTLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 async fn session(
     sock: tokio::net::TcpStream,
     msgs: Arc<Mutex<Vec<SinkMsg>>>,
     seen: Arc<Mutex<HashMap<String, u32>>>,
     eight_bit: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<()> {
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    w.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
+    let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(sock));
+    let mut secure = false;
+    io.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
     let (mut from, mut to) = (String::new(), Vec::<String>::new());
     let mut line = String::new();
     loop {
         line.clear();
-        if r.read_line(&mut line).await? == 0 {
+        if io.read_line(&mut line).await? == 0 {
             return Ok(());
         }
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
+        let starttls = if tls.is_some() && !secure {
+            "250-STARTTLS\r\n"
+        } else {
+            ""
+        };
         let reply: String = if upper.starts_with("EHLO") && eight_bit {
-            "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n".into()
+            format!("250-sink.test\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
         } else if upper.starts_with("EHLO") {
-            "250-sink.test\r\n250-PIPELINING\r\n250 SIZE 100000000\r\n".into()
+            format!("250-sink.test\r\n{starttls}250-PIPELINING\r\n250 SIZE 100000000\r\n")
+        } else if upper == "STARTTLS" && !starttls.is_empty() {
+            io.write_all(b"220 2.0.0 go ahead\r\n").await?;
+            let Some(config) = tls.clone() else {
+                return Ok(());
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            // Nothing may follow STARTTLS before the handshake.
+            let plain = io.into_inner();
+            let Ok(stream) = acceptor.accept(plain).await else {
+                return Ok(());
+            };
+            io = BufReader::new(Box::new(stream));
+            secure = true;
+            from.clear();
+            to.clear();
+            continue;
         } else if upper.starts_with("HELO") || upper.starts_with("NOOP") {
             "250 ok\r\n".into()
         } else if upper.starts_with("RSET") {
@@ -153,24 +223,25 @@ async fn session(
             if to.is_empty() {
                 "554 no valid recipients\r\n".into()
             } else {
-                w.write_all(b"354 go ahead\r\n").await?;
-                let Some(data) = receive_data(&mut r, eight_bit).await? else {
+                io.write_all(b"354 go ahead\r\n").await?;
+                let Some(data) = receive_data(&mut io, eight_bit).await? else {
                     return Ok(());
                 };
                 msgs.lock().unwrap().push(SinkMsg {
                     from: from.clone(),
                     to: std::mem::take(&mut to),
                     data,
+                    tls: secure,
                 });
                 "250 2.0.0 stored\r\n".into()
             }
         } else if upper.starts_with("QUIT") {
-            w.write_all(b"221 bye\r\n").await?;
+            io.write_all(b"221 bye\r\n").await?;
             return Ok(());
         } else {
             "502 5.5.1 not here\r\n".into()
         };
-        w.write_all(reply.as_bytes()).await?;
+        io.write_all(reply.as_bytes()).await?;
     }
 }
 
@@ -197,7 +268,7 @@ fn rcpt_reply(seen: &Mutex<HashMap<String, u32>>, rcpt: String, to: &mut Vec<Str
 /// The message after `354`, up to the lone dot, dots un-stuffed; `None`
 /// when the client hangs up first. A 7-bit sink marks 8-bit lines.
 async fn receive_data(
-    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    r: &mut (impl tokio::io::AsyncBufRead + Unpin),
     eight_bit: bool,
 ) -> std::io::Result<Option<String>> {
     let mut data = String::new();

@@ -121,6 +121,47 @@ pub struct TlsNote {
     pub result: &'static str,
 }
 
+/// What applies to one next hop of a destination, and why: for
+/// `postern tls-policy check`.
+#[derive(Debug, Clone)]
+pub struct HopPolicy {
+    /// Host name (or address literal).
+    pub host: String,
+    /// Its addresses with the port.
+    pub addrs: Vec<SocketAddr>,
+    /// An MX host (or the implicit MX), not a static route.
+    pub mx: bool,
+    /// The MX answer was DNSSEC-validated.
+    pub dnssec: bool,
+    /// The TLSA records at `_<port>._tcp.<host>` ("secure", "insecure",
+    /// "none", or the lookup's failure) and the records.
+    pub tlsa_status: String,
+    /// The records, presentation form.
+    pub tlsa: Vec<String>,
+    /// The policy that applies: none, may, encrypt, verify, mta-sts,
+    /// mta-sts-testing, dane.
+    pub policy: &'static str,
+    /// What a connection must achieve, in words.
+    pub requirement: String,
+    /// Why the hop is not used, when it is not (a 4.7.5 reason).
+    pub refused: Option<String>,
+}
+
+/// What applies to a destination: for `postern tls-policy check`.
+#[derive(Debug, Clone)]
+pub struct PolicyReport {
+    /// The static level (a `[[tls_policy]]` entry or the default).
+    pub level: TlsLevel,
+    /// `match` names of a `verify` entry.
+    pub match_names: Vec<String>,
+    /// The MTA-STS answer, when MTA-STS applies to the destination.
+    pub sts: Option<StsAnswer>,
+    /// Each next hop in order.
+    pub hops: Vec<HopPolicy>,
+    /// Why there are no hops (no route, DNS failure...).
+    pub error: Option<String>,
+}
+
 /// The TLS plan of one destination: its level and its MTA-STS policy.
 struct DomainTls {
     level: TlsLevel,
@@ -218,6 +259,66 @@ impl<R: Resolver> Deliverer<R> {
             .map(|e| e.match_names.clone())
             .unwrap_or_default();
         (self.tls.table.level(domain), names)
+    }
+
+    /// Works out what applies to `domain` now, as delivery would (routes,
+    /// MX, static level, MTA-STS, TLSA), without connecting.
+    pub async fn explain(&self, domain: &str) -> PolicyReport {
+        let domain = domain.to_ascii_lowercase();
+        let (level, match_names) = self.static_level(&domain);
+        let hops = match next_hops(&domain, &self.routes, &self.resolver, &self.hop_limits).await {
+            Ok(h) => h,
+            Err(r) => {
+                return PolicyReport {
+                    level,
+                    match_names,
+                    sts: None,
+                    hops: Vec::new(),
+                    error: Some(r.to_string()),
+                }
+            }
+        };
+        let plan = self.tls_plan(&domain, &hops).await;
+        let mut out = Vec::new();
+        for hop in &hops {
+            let port = hop.addrs.first().map_or(self.hop_limits.port, |a| a.port());
+            let (tlsa_status, tlsa) = if hop.mx {
+                match self.resolver.tlsa(&hop.name, port).await {
+                    Ok(a) => (
+                        if a.secure { "secure" } else { "insecure" }.to_string(),
+                        a.records.iter().map(|t| t.to_string()).collect(),
+                    ),
+                    Err(DnsError::NoData) | Err(DnsError::NxDomain) => {
+                        ("none".to_string(), Vec::new())
+                    }
+                    Err(e) => (e.to_string(), Vec::new()),
+                }
+            } else {
+                ("not looked up (static route)".to_string(), Vec::new())
+            };
+            let (policy, requirement, refused) = match self.require_for(&domain, hop, &plan).await {
+                Ok((req, source)) => (source.label(), req.describe(), None),
+                Err(f) => ("refused", String::new(), Some(f.reason.to_string())),
+            };
+            out.push(HopPolicy {
+                host: hop.name.clone(),
+                addrs: hop.addrs.clone(),
+                mx: hop.mx,
+                dnssec: hop.secure,
+                tlsa_status,
+                tlsa,
+                policy,
+                requirement,
+                refused,
+            });
+        }
+        PolicyReport {
+            level,
+            match_names: plan.match_names,
+            sts: plan.sts,
+            hops: out,
+            error: None,
+        }
     }
 
     /// Fetches again cached MTA-STS policies past half their max_age.

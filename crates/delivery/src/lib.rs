@@ -40,7 +40,7 @@ mod smtp;
 mod tls;
 
 pub use config::{split_host_port, DeliveryConfig, HostPortError, Route};
-pub use deliverer::{ConnEvent, ConnectHook, Deliverer, TlsNote};
+pub use deliverer::{ConnEvent, ConnectHook, Deliverer, HopPolicy, PolicyReport, TlsNote};
 pub use myself::Myself;
 pub use resolve::{
     DnsConfig, DnsError, HickoryResolver, MxRecord, Resolver, ResolverBuildError, ResolverFailure,

@@ -349,6 +349,27 @@ impl Require {
         }
     }
 
+    /// The requirement in words.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Require::Plain => "no TLS (STARTTLS is not used)".into(),
+            Require::May => "TLS when offered, any certificate; plain text otherwise".into(),
+            Require::Encrypt => "TLS required, any certificate".into(),
+            Require::Pki {
+                names,
+                enforce: true,
+            } => format!("TLS required with a WebPKI-valid certificate for {}", names.join(" or ")),
+            Require::Pki { names, .. } => format!(
+                "TLS when offered; a certificate not valid for {} is reported, not enforced (testing)",
+                names.join(" or ")
+            ),
+            Require::Dane { tlsa, .. } => format!(
+                "TLS required with a certificate matching {} TLSA record(s)",
+                tlsa.len()
+            ),
+        }
+    }
+
     /// Distinguishes pooled connections made under different requirements.
     pub(crate) fn tag(&self) -> String {
         match self {
