@@ -191,9 +191,15 @@ pub(crate) struct FetchParams {
     pub(crate) max_size: usize,
 }
 
+/// How long a failed fetch is not tried again for the same policy id (each
+/// delivery to the domain would otherwise wait for it).
+const FETCH_BACKOFF: Duration = Duration::from_secs(300);
+
 /// Policies in memory, backed by an [`StsStore`].
 pub struct StsCache {
     mem: Mutex<HashMap<String, Arc<StsEntry>>>,
+    /// Domain → (policy id, when a fetch of it failed, why).
+    failed: Mutex<HashMap<String, (String, std::time::Instant, (TlsFailure, String))>>,
     store: Option<Arc<dyn StsStore>>,
     fetch: FetchParams,
 }
@@ -250,6 +256,7 @@ impl StsCache {
         }
         StsCache {
             mem: Mutex::new(mem),
+            failed: Mutex::new(HashMap::new()),
             store,
             fetch,
         }
@@ -307,8 +314,26 @@ impl StsCache {
                 };
             }
         }
+        let recent_failure = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&domain)
+            .filter(|(fid, at, _)| *fid == id && at.elapsed() < FETCH_BACKOFF)
+            .map(|(_, _, why)| why.clone());
+        if let Some(problem) = recent_failure {
+            return StsAnswer {
+                source: if cached.is_some() { "cache" } else { "none" },
+                entry: cached,
+                problem: Some(problem),
+            };
+        }
         match self.fetch_policy(&domain, resolver, checker).await {
             Ok(policy) => {
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&domain);
                 let e = self.keep(
                     &domain,
                     StsEntry {
@@ -325,6 +350,10 @@ impl StsCache {
             }
             Err(problem) => {
                 tracing::info!(%domain, error = %problem.1, "MTA-STS policy fetch failed");
+                self.failed.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                    domain.clone(),
+                    (id, std::time::Instant::now(), problem.clone()),
+                );
                 StsAnswer {
                     source: if cached.is_some() { "cache" } else { "none" },
                     entry: cached,
