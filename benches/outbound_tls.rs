@@ -105,7 +105,10 @@ async fn session(
         expect(&mut s, "250").await?;
         expect(&mut s, "250").await?;
         expect(&mut s, "354").await?;
-        s.get_mut().write_all(msg).await.map_err(|e| e.to_string())?;
+        s.get_mut()
+            .write_all(msg)
+            .await
+            .map_err(|e| e.to_string())?;
         expect(&mut s, "250").await?;
     }
     let _ = s.get_mut().write_all(b"QUIT\r\n").await;
@@ -126,7 +129,13 @@ async fn lab() -> Lab {
     let ca = certs::TestCa::new(dir.path(), "ca", "Postern Bench CA");
     let mx = ca.issue(
         "mx",
-        &["mx.none.test", "mx.may.test", "mx.verify.test", "mx.sts.test", "mx.dane.test"],
+        &[
+            "mx.none.test",
+            "mx.may.test",
+            "mx.verify.test",
+            "mx.sts.test",
+            "mx.dane.test",
+        ],
     );
     let web = ca.issue("web", &["mta-sts.sts.test"]);
     std::fs::copy(&ca.cert, dir.path().join("ca.pem")).expect("ca");
@@ -147,7 +156,14 @@ async fn lab() -> Lab {
     let zone = zone
         .txt("_mta-sts.sts.test", "v=STSv1; id=1")
         .a("mta-sts.sts.test", "127.0.0.1")
-        .tlsa("mx.dane.test", port, 3, 1, 1, &certs::sha256(&certs::cert_spki(&mx.leaf)))
+        .tlsa(
+            "mx.dane.test",
+            port,
+            3,
+            1,
+            1,
+            &certs::sha256(&certs::cert_spki(&mx.leaf)),
+        )
         .sign(&key, &[], &[]);
     std::fs::write(dir.path().join("anchor.txt"), key.trust_anchor()).expect("anchor");
     let dns_server = dns::DnsServer::start(zone).await;
@@ -162,7 +178,14 @@ async fn lab() -> Lab {
 }
 
 /// Runs one gateway for `policy`: (delivered/s, CPU ms per message).
-fn run(rt: &tokio::runtime::Runtime, lab: &Lab, policy: &str, per_conn: usize, n: usize, c: usize) -> (f64, f64) {
+fn run(
+    rt: &tokio::runtime::Runtime,
+    lab: &Lab,
+    policy: &str,
+    per_conn: usize,
+    n: usize,
+    c: usize,
+) -> (f64, f64) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let d = lab.dir.path().join(format!("{policy}-{per_conn}"));
     std::fs::create_dir_all(&d).expect("dir");
@@ -248,9 +271,15 @@ fn run(rt: &tokio::runtime::Runtime, lab: &Lab, policy: &str, per_conn: usize, n
     if delivered < n {
         eprintln!("{policy}: only {delivered} of {n} delivered");
     }
-    let tls_seen = lab.sink.all()[before_sink..].iter().filter(|m| m.tls).count();
+    let tls_seen = lab.sink.all()[before_sink..]
+        .iter()
+        .filter(|m| m.tls)
+        .count();
     if policy != "none" && tls_seen < delivered {
-        eprintln!("{policy}: {} of {delivered} without TLS", delivered - tls_seen);
+        eprintln!(
+            "{policy}: {} of {delivered} without TLS",
+            delivered - tls_seen
+        );
     }
     // SAFETY: signalling our own child's process group.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
@@ -283,14 +312,24 @@ fn main() {
     for per_conn in [100, 1] {
         println!(
             "\n{} (delivery.max_messages_per_connection = {per_conn})",
-            if per_conn == 1 { "one message per outbound connection" } else { "connection reuse" }
+            if per_conn == 1 {
+                "one message per outbound connection"
+            } else {
+                "connection reuse"
+            }
         );
-        println!("{:<8} {:>12} {:>14} {:>12}", "policy", "delivered/s", "CPU ms/msg", "CPU vs may");
+        println!(
+            "{:<8} {:>12} {:>14} {:>12}",
+            "policy", "delivered/s", "CPU ms/msg", "CPU vs may"
+        );
         let mut results = Vec::new();
         for policy in ["none", "may", "verify", "mta-sts", "dane"] {
             results.push((policy, run(&rt, &lab, policy, per_conn, n, c)));
         }
-        let may = results.iter().find(|r| r.0 == "may").map_or(1.0, |r| r.1 .1);
+        let may = results
+            .iter()
+            .find(|r| r.0 == "may")
+            .map_or(1.0, |r| r.1 .1);
         for (policy, (rate, ms)) in results {
             println!("{policy:<8} {rate:>12.0} {ms:>14.3} {:>11.2}x", ms / may);
         }

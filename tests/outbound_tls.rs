@@ -266,8 +266,16 @@ async fn dane_ee_and_ta_match_and_mismatch_bogus_defers_and_insecure_falls_back(
             .starts_with("3 1 1 "),
         "{v}"
     );
+    for d in ["ee.test", "eebad.test", "plainonly.test"] {
+        let out = gw.with_config("tls-policy", &["check", d]);
+        println!(
+            "$ postern tls-policy check {d}\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
     let plain = gw.with_config("tls-policy", &["check", "plain.test"]);
     let text = String::from_utf8_lossy(&plain.stdout).to_string();
+    println!("$ postern tls-policy check plain.test\n{text}");
     assert!(text.contains("insecure") && text.contains("may"), "{text}");
 }
 
@@ -325,6 +333,7 @@ async fn mta_sts_enforce_defers_until_the_hop_is_fixed_and_the_cache_survives_a_
         why.starts_with("451 4.7.5") && why.contains("STARTTLS not offered"),
         "{why}"
     );
+    println!("attempt line: {a}\nqueue reason: {why}");
     // The MX host is not in its domain's policy: deferred.
     let a = attempt_with(&gw, "u@badmx.test", "validation-failure").await;
     assert_eq!(a["result"], "deferred", "{a}");
@@ -366,6 +375,11 @@ async fn mta_sts_enforce_defers_until_the_hop_is_fixed_and_the_cache_survives_a_
     assert_eq!(a["tls_policy"], "mta-sts", "{a}");
     assert_eq!(sink.count(), 1);
     // The operator's view: the policy, its id and mode.
+    let text = gw.with_config("tls-policy", &["check", "sts.test"]);
+    println!(
+        "$ postern tls-policy check sts.test\n{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
     let check = gw.with_config("tls-policy", &["check", "sts.test", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap_or_default();
     assert_eq!(v["mta_sts"]["mode"], "enforce", "{v}");

@@ -71,7 +71,10 @@ pub async fn run(
     if json {
         println!("{}", escape_json_controls(&value.to_string()));
     } else {
-        print!("{}", escape_controls(&to_text(&mut value)));
+        // Line by line: the line ends are ours, the rest may come from DNS.
+        for line in to_text(&mut value).lines() {
+            println!("{}", escape_controls(line));
+        }
     }
     Ok(())
 }

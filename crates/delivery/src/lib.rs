@@ -19,13 +19,23 @@
 //!   [`split_host_port`] reads a route's host ([`HostPortError`]).
 //! - [`Downgrade`] is the 8-bit to 7-bit conversion the binary provides for
 //!   hops without 8BITMIME; it fails with a [`DowngradeError`].
+//! - Outbound TLS: [`OutboundTlsConfig`], [`TlsPolicyEntry`] and
+//!   [`TlsLevel`] are the `[outbound_tls]` and `[[tls_policy]]` settings;
+//!   [`Checker`] holds the TLS client configuration and roots; MTA-STS
+//!   policies ([`StsPolicy`], [`StsMode`], cached as [`StsEntry`] in an
+//!   [`StsStore`]); DANE records ([`Tlsa`], [`TlsaAnswer`]); each session's
+//!   result is a [`TlsEvent`] ([`TlsFailure`], [`PolicySource`]) through
+//!   [`ConnectHook`], and each attempt's a [`TlsNote`];
+//!   [`Deliverer::explain`] tells what applies to a destination
+//!   ([`PolicyReport`], [`HopPolicy`]).
 //!
 //! Inside, private: `nexthop` (static routes, address literals, MX order,
 //! implicit and null MX), `myself` (loop detection, pure and table-tested),
 //! `smtp` (the I/O shell over lettre, reading replies through a bounded
 //! stream, `smtp::bounded`) with its pure halves `smtp::plan` (the
 //! transaction plan) and `smtp::reply` (reply classification), both
-//! table-tested, and `pool` (idle connections). No hickory or lettre type
+//! table-tested, `pool` (idle connections, kept apart by TLS requirement)
+//! and `tls` (levels, `tls::dane`, `tls::sts`, the certificate checks). No hickory or lettre type
 //! appears in the public API.
 
 #![warn(missing_docs)]

@@ -1,10 +1,15 @@
 //! One outbound SMTP connection and transaction: the thin I/O shell over
 //! lettre's connection-level API.
 //!
-//! [`connect`] opens a connection (greeting, EHLO) and upgrades it with
-//! STARTTLS when offered and enabled (opportunistic: certificates are not
-//! verified, as between MX hosts without DANE or MTA-STS; if the upgrade
-//! fails the connection is reopened in plain text). [`transact`] carries one
+//! [`connect`] opens a connection (greeting, EHLO) and, unless the
+//! connection's [`Require`] is plain text, upgrades it with STARTTLS done
+//! here (`upgrade`): the command, then a tokio-rustls handshake over the
+//! stream taken back from lettre's slot (bytes the server sent after its 220
+//! are dropped with lettre's buffer), then the chain checked against the
+//! requirement (WebPKI or DANE, `crate::tls`) before anything else is sent.
+//! A requirement that is not met is a [`Failed`] with its TLS failure
+//! (451 4.7.5); under `may` a failed upgrade reopens the connection in plain
+//! text. [`transact`] carries one
 //! transaction's bytes and decides nothing itself: [`plan`] says whether and
 //! in what form the message can go (converting it to 7 bit through the
 //! binary's [`Downgrade`] when needed) and which commands to send, all in one
@@ -216,8 +221,11 @@ fn policy_failed(host: &str, addr: SocketAddr, policy: &str, f: TlsFailure, why:
         addr.ip(),
         f.result_type()
     );
+    let mut reason = Reason::local(451, "4.7.5", text);
+    // The host answered (its greeting and EHLO): the tracking line's hop.
+    reason.remote = Some(host.to_string());
     Failed {
-        reason: Reason::local(451, "4.7.5", text),
+        reason,
         tls: Some((f, why)),
     }
 }

@@ -4,12 +4,13 @@
 //! lettre's reply reader is an unbounded `read_line`: a next hop that sends
 //! `220-` and then bytes without a line feed would grow our memory without
 //! end. lettre takes any stream ([`AsyncTokioStream`]), so it gets a
-//! [`Bounded`] TCP stream instead of the bare one: before each step the
+//! [`Wire`] over a [`Bounded`] TCP stream instead of the bare one (plain,
+//! then TLS over the same [`Bounded`] after STARTTLS): before each step the
 //! shell says how many replies it awaits ([`ReplyBudget::expect`]), and once
 //! the next hop has sent more than `max_reply_size` octets per awaited reply
 //! every read fails with an I/O error, which lettre reports as a failed
-//! read. The budget is counted on the wire, below TLS (STARTTLS wraps this
-//! stream), so it bounds an encrypted flood just the same; it includes what
+//! read. The budget is counted on the wire, below TLS (STARTTLS wraps the
+//! [`Bounded`] stream), so it bounds an encrypted flood just the same; it includes what
 //! lettre's buffer reads ahead (at most one read, a few KiB).
 //!
 //! Failure modes: an exhausted budget is sticky ([`ReplyBudget::is_over`]):
@@ -153,12 +154,6 @@ impl AsyncWrite for Bounded {
 
     fn is_write_vectored(&self) -> bool {
         self.tcp.is_write_vectored()
-    }
-}
-
-impl AsyncTokioStream for Bounded {
-    fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp.peer_addr()
     }
 }
 

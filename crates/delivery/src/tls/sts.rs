@@ -350,10 +350,13 @@ impl StsCache {
             }
             Err(problem) => {
                 tracing::info!(%domain, error = %problem.1, "MTA-STS policy fetch failed");
-                self.failed.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                    domain.clone(),
-                    (id, std::time::Instant::now(), problem.clone()),
-                );
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(
+                        domain.clone(),
+                        (id, std::time::Instant::now(), problem.clone()),
+                    );
                 StsAnswer {
                     source: if cached.is_some() { "cache" } else { "none" },
                     entry: cached,
