@@ -288,7 +288,14 @@ fn policy(mode: &str, mx: &str) -> String {
 async fn mta_sts_enforce_defers_until_the_hop_is_fixed_and_the_cache_survives_a_restart() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let ca = TestCa::new(dir.path(), "ca", "Postern Test CA");
-    let web = ca.issue("web", &["mta-sts.sts.test", "mta-sts.badmx.test"]);
+    let web = ca.issue(
+        "web",
+        &[
+            "mta-sts.sts.test",
+            "mta-sts.badmx.test",
+            "mta-sts.nopolicy.test",
+        ],
+    );
     let right = ca.issue("right", &["mx.sts.test"]);
     let wrong = ca.issue("wrong", &["wrong.test"]);
     let server = PolicyServer::start(server_config(&web.chain, &web.key)).await;
@@ -308,7 +315,12 @@ async fn mta_sts_enforce_defers_until_the_hop_is_fixed_and_the_cache_survives_a_
         .mx("badmx.test", 10, "mx.badmx.test")
         .a("mx.badmx.test", "127.0.0.1")
         .txt("_mta-sts.badmx.test", "v=STSv1; id=1")
-        .a("mta-sts.badmx.test", "127.0.0.1");
+        .a("mta-sts.badmx.test", "127.0.0.1")
+        // A TXT record but no policy file (404): no policy, as opportunistic.
+        .mx("nopolicy.test", 10, "mx.nopolicy.test")
+        .a("mx.nopolicy.test", "127.0.0.1")
+        .txt("_mta-sts.nopolicy.test", "v=STSv1; id=1")
+        .a("mta-sts.nopolicy.test", "127.0.0.1");
     let dns = DnsServer::start(zone).await;
     let extra = format!(
         "{}[outbound_tls]\nca_file = \"{}\"\nmta_sts_port = {}\n",
@@ -321,6 +333,27 @@ async fn mta_sts_enforce_defers_until_the_hop_is_fixed_and_the_cache_survives_a_
     assert!(send(&gw, "u@badmx.test", "elsewhere")
         .await
         .starts_with("250"));
+    assert!(send(&gw, "u@nopolicy.test", "no policy file")
+        .await
+        .starts_with("250"));
+    wait_until(
+        Duration::from_secs(20),
+        "delivered without a policy",
+        || sink.with("no policy file").len() == 1,
+    )
+    .await;
+    let a = attempt_with(&gw, "u@nopolicy.test", "ok").await;
+    assert_eq!(a["tls_policy"], "may", "{a}");
+    let fetch_errors = [("policy", "may"), ("result", "sts-policy-fetch-error")];
+    assert!(
+        metric(&gw, "postern_delivery_tls_total", &fetch_errors) >= 1,
+        "{}",
+        gw.admin_get("/metrics")
+            .lines()
+            .filter(|l| l.contains("tls_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     // Plain text only: deferred, never sent without TLS.
     let a = attempt_with(&gw, "u@sts.test", "starttls-not-supported").await;
     assert_eq!(
@@ -343,14 +376,14 @@ async fn mta_sts_enforce_defers_until_the_hop_is_fixed_and_the_cache_survives_a_
     // A certificate for another name: still deferred.
     sink.set_tls(Some(server_config(&wrong.chain, &wrong.key)));
     attempt_with(&gw, "u@sts.test", "certificate-host-mismatch").await;
-    assert_eq!(sink.count(), 0, "sent in spite of the policy");
+    assert_eq!(sink.with("first").len(), 0, "sent in spite of the policy");
     // Fixed: delivered over TLS at the next retry.
     sink.set_tls(Some(server_config(&right.chain, &right.key)));
     wait_until(Duration::from_secs(20), "delivered once fixed", || {
-        sink.count() == 1
+        sink.with("first").len() == 1
     })
     .await;
-    assert!(sink.all()[0].tls);
+    assert!(sink.with("first")[0].tls);
     let a = attempt_with(&gw, "u@sts.test", "ok").await;
     assert_eq!(a["result"], "delivered", "{a}");
     assert!(
@@ -373,7 +406,7 @@ async fn mta_sts_enforce_defers_until_the_hop_is_fixed_and_the_cache_survives_a_
         .starts_with("250"));
     let a = attempt_with(&gw, "v@sts.test", "starttls-not-supported").await;
     assert_eq!(a["tls_policy"], "mta-sts", "{a}");
-    assert_eq!(sink.count(), 1);
+    assert_eq!(sink.with("after restart").len(), 0);
     // The operator's view: the policy, its id and mode.
     let text = gw.with_config("tls-policy", &["check", "sts.test"]);
     println!(
@@ -408,7 +441,10 @@ async fn mta_sts_testing_delivers_and_the_tls_report_passes_a_schema_check() {
         .a("mta-sts.testing.test", "127.0.0.1")
         .txt(
             "_smtp._tls.testing.test",
-            "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test",
+            &format!(
+                "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test,https://mta-sts.testing.test:{}/tlsrpt",
+                server.addr.port()
+            ),
         );
     let dns = DnsServer::start(zone).await;
     let gw = Gateway::start_in(
@@ -484,6 +520,17 @@ async fn mta_sts_testing_delivers_and_the_tls_report_passes_a_schema_check() {
     assert_eq!(f["receiving-ip"], "127.0.0.1");
     assert_eq!(report["organization-name"], "Postern Test");
     assert!(metric(&gw, "postern_tls_reports_total", &[("result", "sent")]) >= 1);
+    // The same report was POSTed to the https: address, gzipped.
+    let posted = server.posted();
+    assert_eq!(
+        posted.len(),
+        1,
+        "{:?}",
+        posted.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+    assert_eq!(posted[0].0, "/tlsrpt");
+    assert_eq!(posted[0].1, "application/tlsrpt+gzip");
+    assert_eq!(posted[0].2[..2], [0x1f, 0x8b], "not gzip");
 }
 
 /// The decoded `application/tlsrpt+gzip` part of a report mail.

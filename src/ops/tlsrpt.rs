@@ -422,7 +422,7 @@ impl Reporter {
                     continue;
                 }
                 let result = self
-                    .send_one(domain, &period, policies, &targets, checker)
+                    .send_one(domain, &period, policies, &targets, resolver, checker)
                     .await;
                 let label = if result.is_ok() { "sent" } else { "failed" };
                 self.sent.with_label_values(&[label]).inc();
@@ -435,12 +435,13 @@ impl Reporter {
         }
     }
 
-    async fn send_one(
+    async fn send_one<R: Resolver>(
         &self,
         domain: &str,
         period: &Period,
         policies: &[PolicyCounts],
         targets: &[String],
+        resolver: &R,
         checker: &Checker,
     ) -> anyhow::Result<()> {
         let json = report_json(
@@ -459,7 +460,7 @@ impl Reporter {
                 // A mailto URI may carry ?query parts; the address is before.
                 let addr = addr.split('?').next().unwrap_or("");
                 mail_to.push(addr.to_string());
-            } else if let Err(e) = post(t, &gz, checker).await {
+            } else if let Err(e) = post(t, &gz, resolver, checker).await {
                 errors.push(format!("{t}: {e}"));
             }
         }
@@ -498,8 +499,14 @@ impl Reporter {
     }
 }
 
-/// POSTs a gzipped report to an `https:` URL (section 5.4).
-async fn post(url: &str, gz: &[u8], checker: &Checker) -> anyhow::Result<()> {
+/// POSTs a gzipped report to an `https:` URL (section 5.4), its host
+/// resolved by delivery's resolver.
+async fn post<R: Resolver>(
+    url: &str,
+    gz: &[u8],
+    resolver: &R,
+    checker: &Checker,
+) -> anyhow::Result<()> {
     let rest = url
         .strip_prefix("https://")
         .ok_or_else(|| anyhow::anyhow!("not https"))?;
@@ -509,7 +516,15 @@ async fn post(url: &str, gz: &[u8], checker: &Checker) -> anyhow::Result<()> {
     };
     let (host, port) = postern_delivery::split_host_port(authority, 443)?;
     let work = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        let ip = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => *resolver
+                .addrs(&host)
+                .await?
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("{host} has no address"))?,
+        };
+        let tcp = tokio::net::TcpStream::connect((ip, port)).await?;
         let name = rustls_pki_types::ServerName::try_from(host.clone())?;
         let tls = tokio_rustls::TlsConnector::from(checker.https_config())
             .connect(name, tcp)

@@ -195,11 +195,14 @@ pub(crate) struct FetchParams {
 /// delivery to the domain would otherwise wait for it).
 const FETCH_BACKOFF: Duration = Duration::from_secs(300);
 
+/// A fetch that failed: the policy id it was for, when, and why.
+type FailedFetch = (String, std::time::Instant, (TlsFailure, String));
+
 /// Policies in memory, backed by an [`StsStore`].
 pub struct StsCache {
     mem: Mutex<HashMap<String, Arc<StsEntry>>>,
-    /// Domain → (policy id, when a fetch of it failed, why).
-    failed: Mutex<HashMap<String, (String, std::time::Instant, (TlsFailure, String))>>,
+    /// Domain → the last failed fetch.
+    failed: Mutex<HashMap<String, FailedFetch>>,
     store: Option<Arc<dyn StsStore>>,
     fetch: FetchParams,
 }
