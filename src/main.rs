@@ -59,6 +59,29 @@ enum Command {
         #[arg(long)]
         ready: bool,
     },
+    /// Stop taking new mail (new connections get 421 4.3.2, /readyz 503)
+    /// while delivery goes on; with --wait, until nothing waits. Exit 3
+    /// when --timeout passes first.
+    Drain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Wait until no message waits or is being delivered.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+        /// One JSON object per progress line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take new mail again after `drain`.
+    Undrain {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the outbound TLS policy of a destination (static level,
     /// MTA-STS, DANE) and why.
     TlsPolicy {
@@ -136,6 +159,15 @@ fn main() -> ExitCode {
         ),
         Command::Queue { config, cmd } => cli::queue_command(config.config.as_deref(), cmd),
         Command::Health { config, ready } => cli::health(config.config.as_deref(), ready),
+        Command::Drain {
+            config,
+            wait,
+            timeout,
+            json,
+        } => cli::drain_command(config.config.as_deref(), true, wait, &timeout, json),
+        Command::Undrain { config, json } => {
+            cli::drain_command(config.config.as_deref(), false, false, "0s", json)
+        }
         Command::TlsPolicy { config, cmd } => {
             cli::tls_policy_command(config.config.as_deref(), cmd)
         }
@@ -250,6 +282,22 @@ fn serve(path: Option<PathBuf>, supervised: bool) -> ExitCode {
         }
         gateway::wiring::run_until(loaded, signals).await
     })
+}
+
+/// [`block_on`] for work that chooses its own exit code.
+pub(crate) fn block_on_code<F: std::future::Future<Output = anyhow::Result<ExitCode>>>(
+    f: F,
+) -> ExitCode {
+    let code = std::sync::Mutex::new(ExitCode::SUCCESS);
+    let done = block_on(async {
+        let c = f.await?;
+        *code.lock().unwrap_or_else(|p| p.into_inner()) = c;
+        Ok(())
+    });
+    if done != ExitCode::SUCCESS {
+        return done;
+    }
+    code.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(crate) fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {

@@ -11,6 +11,7 @@
 //! may come from clients: it is printed through [`escape_controls`] (or
 //! [`escape_json_controls`] as JSON), never raw to the terminal.
 
+pub mod fleet;
 pub mod queue;
 pub mod tls_policy;
 pub mod trace;
@@ -91,6 +92,32 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
     }
 }
 
+/// `postern drain` (on) and `postern undrain` (off) on the running daemon.
+pub fn drain_command(
+    path: Option<&Path>,
+    on: bool,
+    wait: bool,
+    timeout: &str,
+    json: bool,
+) -> ExitCode {
+    let timeout = match postern_core::units::parse_duration(timeout) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("--timeout: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match admin_target(path) {
+        Ok((admin, token)) => crate::block_on_code(async move {
+            fleet::drain(admin, token, on, wait, timeout, json).await
+        }),
+        Err(e) => {
+            eprintln!("{}", escape_controls(crate::error_text(&e).trim_end()));
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// `postern tls-policy ...`.
 pub fn tls_policy_command(path: Option<&Path>, cmd: tls_policy::TlsPolicyCmd) -> ExitCode {
     match crate::config::load(path) {
@@ -114,6 +141,45 @@ pub fn queue_command(path: Option<&Path>, cmd: queue::QueueCmd) -> ExitCode {
     } = &cmd
     {
         return salvage(queue_dir, out_dir, *json);
+    }
+    if let queue::QueueCmd::Transfer {
+        to,
+        domain,
+        state,
+        quarantine,
+        queue_dir,
+        concurrency,
+        json,
+    } = cmd
+    {
+        let loaded = match crate::config::load(path) {
+            Ok(l) => l,
+            Err(e) => {
+                eprint!("{e}");
+                return ExitCode::from(1);
+            }
+        };
+        let req = crate::gateway::transfer::Request {
+            to,
+            domain,
+            state,
+            quarantine,
+            concurrency: concurrency.unwrap_or(loaded.config.fleet.transfer_concurrency),
+        };
+        return match queue_dir {
+            Some(dir) => crate::block_on_code(async move {
+                fleet::transfer_offline(&loaded.config, &dir, &req, json).await
+            }),
+            None => match admin_target(path) {
+                Ok((admin, token)) => crate::block_on_code(async move {
+                    fleet::transfer_via_daemon(admin, token, &req, json).await
+                }),
+                Err(e) => {
+                    eprintln!("{}", escape_controls(crate::error_text(&e).trim_end()));
+                    ExitCode::from(1)
+                }
+            },
+        };
     }
     match admin_target(path) {
         Ok((admin, token)) => block_on(async move { queue::run(admin, token, cmd).await }),

@@ -105,6 +105,35 @@ pub enum QueueCmd {
     Retry(Target),
     /// Delete a message from the queue.
     Delete { id: String },
+    /// Hand every waiting message (ready, deferred, held; quarantined with
+    /// --quarantine) to a peer gateway over SMTP, with its history; a
+    /// message leaves this queue after the peer's 250. Through the running
+    /// daemon, or with --queue-dir straight from a queue directory no
+    /// daemon holds (a leftover volume). Exit 0 when all went, 3 when the
+    /// peer refused some (they stay), 1 on errors.
+    Transfer {
+        /// The peer gateway, HOST[:PORT] (port 25 by default).
+        #[arg(long)]
+        to: String,
+        /// Only messages with a pending recipient in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only this state (ready, deferred, held, quarantine).
+        #[arg(long)]
+        state: Option<String>,
+        /// Quarantined messages too.
+        #[arg(long)]
+        quarantine: bool,
+        /// Work on this queue directory instead of through the daemon.
+        #[arg(long)]
+        queue_dir: Option<std::path::PathBuf>,
+        /// Messages relayed at once (default: fleet.transfer_concurrency).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// One JSON object per progress line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Save every intact message body of a queue directory that cannot be
     /// opened (moved aside) as DIR_OUT/<id>.eml, reading its body segments
     /// directly; the gateway need not run. Exit 0 when nothing was damaged,
@@ -184,7 +213,7 @@ fn route(cmd: &QueueCmd) -> Option<(&'static str, String)> {
         QueueCmd::Hold(t) => ("POST", one_or_all(t, "hold")),
         QueueCmd::Retry(t) => ("POST", one_or_all(t, "retry")),
         QueueCmd::Delete { id } => ("DELETE", format!("/queue/{id}")),
-        QueueCmd::Salvage { .. } => return None,
+        QueueCmd::Salvage { .. } | QueueCmd::Transfer { .. } => return None,
     })
 }
 

@@ -54,6 +54,35 @@ pub struct Config {
     pub tls_policies: Vec<TlsPolicyEntry>,
     /// `[tls_report]`: TLS-RPT (RFC 8460) aggregate reports.
     pub tls_report: TlsReportConfig,
+    /// `[fleet]`: several gateways side by side (drain, queue hand-over).
+    pub fleet: FleetConfig,
+}
+
+/// `[fleet]`: what a gateway accepts from its peers and how it leaves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Networks of peer gateways whose transferred messages keep their
+    /// history (arrival time, attempts, delay notices, trust) and skip
+    /// content processing. Empty: no peer; the history field is removed
+    /// from every message.
+    pub peers: Vec<IpNet>,
+    /// On SIGTERM, drain first (421 to new connections, `/readyz` 503,
+    /// delivery goes on) until nothing waits or this much time passes,
+    /// then stop. "0s": stop at once.
+    pub drain_on_stop: HumanDuration,
+    /// Messages relayed at once by `postern queue transfer`.
+    pub transfer_concurrency: usize,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig {
+            peers: Vec::new(),
+            drain_on_stop: HumanDuration(Duration::ZERO),
+            transfer_concurrency: 8,
+        }
+    }
 }
 
 /// `[tls_report]`: daily TLS-RPT reports to the domains that ask for them
@@ -440,6 +469,11 @@ pub struct QueueConfig {
     pub retry_intervals: Vec<HumanDuration>,
     /// After this long undelivered, recipients bounce with a DSN.
     pub max_age: HumanDuration,
+    /// Delay notices (DSN `Action: delayed`): after each of these ages a
+    /// message still waiting gets one notice to its sender (per recipient
+    /// whose NOTIFY allows DELAY; never for a DSN). Empty: none, as
+    /// Postfix's default; e.g. `["4h"]` as Exchange.
+    pub delay_warning: Vec<HumanDuration>,
     /// How long a delivery lease lasts before the message is due again.
     pub lease: HumanDuration,
     /// sled page cache size.
@@ -466,6 +500,7 @@ impl Default for QueueConfig {
             path: PathBuf::from("data/queue"),
             retry_intervals: vec![m(1), m(5), m(15), m(60), m(240)],
             max_age: HumanDuration(Duration::from_secs(5 * 86400)),
+            delay_warning: Vec::new(),
             lease: HumanDuration(Duration::from_secs(15 * 60)),
             cache_size: ByteSize(64 * 1024 * 1024),
             max_messages: 100_000,

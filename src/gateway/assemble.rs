@@ -26,7 +26,13 @@ pub fn validate(cfg: &Config) -> anyhow::Result<()> {
     let conversion = Conversion::from_config(cfg)?;
     let limiter = postern_listener::AuthLimiter::new(cfg.auth.max_failures);
     let budget = postern_listener::DataBudget::new();
-    session_configs(cfg, Arc::new(AtomicU8::new(0)), limiter, budget)?;
+    session_configs(
+        cfg,
+        Arc::new(AtomicU8::new(0)),
+        Arc::default(),
+        limiter,
+        budget,
+    )?;
     let metrics = Arc::new(Metrics::new()?);
     deliverer(cfg, &conversion, &metrics, &TlsWiring::default())?;
     Ok(())
@@ -51,6 +57,7 @@ pub fn relay_policy(cfg: &Config) -> RelayPolicy {
 pub fn session_configs(
     cfg: &Config,
     pressure: Arc<AtomicU8>,
+    draining: Arc<std::sync::atomic::AtomicBool>,
     auth_limiter: Arc<postern_listener::AuthLimiter>,
     data_budget: Arc<postern_listener::DataBudget>,
 ) -> anyhow::Result<(Arc<SessionConfig>, Arc<SessionConfig>)> {
@@ -76,6 +83,7 @@ pub fn session_configs(
         max_hops: s.max_hops,
         max_auth_verifies: cfg.auth.max_concurrent_verifies,
         pressure,
+        draining,
         users: match &cfg.auth.users_file {
             Some(f) => Some(Arc::new(
                 postern_listener::UserDb::load(f).context("auth.users_file")?,
@@ -223,6 +231,11 @@ pub fn policy(cfg: &Config) -> Policy {
         accepted_domains: relay_policy(cfg).accepted_domains,
         poison_threshold: cfg.workers.poison_threshold,
         delivery_deadline: cfg.workers.delivery_deadline.0,
+        delay_warning: {
+            let mut v: Vec<Duration> = cfg.queue.delay_warning.iter().map(|d| d.0).collect();
+            v.sort();
+            v
+        },
     }
 }
 
@@ -239,6 +252,7 @@ pub fn intake_policy(
         conversion,
         receive_deadline: cfg.workers.message_deadline.0 + Duration::from_secs(5),
         write_timeout: cfg.queue.write_timeout.0,
+        fleet_peers: cfg.fleet.peers.clone(),
     }
 }
 

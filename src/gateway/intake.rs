@@ -55,6 +55,9 @@ pub struct IntakePolicy {
     pub receive_deadline: Duration,
     /// `queue.write_timeout`: the deadline of the queue write.
     pub write_timeout: Duration,
+    /// `fleet.peers`: clients whose transferred messages keep their
+    /// history.
+    pub fleet_peers: Vec<ipnet::IpNet>,
 }
 
 /// How the receive stage ended.
@@ -318,6 +321,46 @@ impl Intake {
         Reply::new(250, "2.0.0", format!("queued as {id}"))
     }
 
+    /// Queues a message a peer gateway handed over, as it came (it was
+    /// converted there), with its arrival time, attempts, delay notices and
+    /// trust, so its life continues here.
+    async fn store_transferred(
+        &self,
+        msg: ReceivedMessage,
+        h: crate::gateway::transfer::History,
+    ) -> Reply {
+        let mut envelope = msg.envelope;
+        envelope.message_id = Message::parse(&msg.body).message_id();
+        envelope.received_ms = h.received_ms;
+        envelope.trusted = h.trusted;
+        envelope.size = msg.body.len() as u64;
+        let id = envelope.id;
+        let tracked = self.tracker.subject(&envelope);
+        self.metrics.messages.received.inc();
+        if let Err(e) = self
+            .queue
+            .enqueue_transferred(envelope, &msg.body, h.attempts)
+            .await
+        {
+            tracing::error!(%id, error = %e, "queue write failed; transferred message refused");
+            return self.queue_failed(&tracked, &e);
+        }
+        if h.delayed > 0 {
+            crate::gateway::delay::record(&self.queue, id, h.delayed);
+        }
+        self.metrics.process.transfers_received.inc();
+        self.tracker.event(
+            "queued",
+            &tracked,
+            serde_json::json!({
+                "size": msg.body.len(), "transferred_from": h.from, "original_id": h.id,
+                "attempts": h.attempts,
+            }),
+        );
+        tracing::info!(%id, from = %h.from, original = %h.id, attempts = h.attempts, "taken over from a peer");
+        Reply::new(250, "2.0.0", format!("queued as {id}"))
+    }
+
     /// Counts and tracks a refusal at the end of DATA; returns the reply.
     fn refuse(&self, env: &Subject, reply: Reply) -> Reply {
         self.metrics
@@ -378,11 +421,27 @@ impl Intake {
 
 impl MessageSink for Intake {
     async fn accept(&self, mut msg: ReceivedMessage) -> Reply {
+        let p = self.policy.get();
+        // A message handed over by a peer gateway carries its history in
+        // a field right below our trace: honoured from fleet peers only,
+        // removed from every message.
+        if let Some(history) = crate::gateway::transfer::take_history(&mut msg.body, msg.trace_len)
+        {
+            let from_peer = msg
+                .envelope
+                .client
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| p.fleet_peers.iter().any(|n| n.contains(&ip)));
+            match history {
+                Some(h) if from_peer => return self.store_transferred(msg, h).await,
+                _ => tracing::warn!(client = %msg.envelope.client,
+                    "a transfer history field from a client outside fleet.peers (or unreadable) was removed"),
+            }
+        }
         // Parsed once: the Message-ID, the fault check and the content
         // stage all take this view.
         let view = Message::parse(&msg.body);
         msg.envelope.message_id = view.message_id();
-        let p = self.policy.get();
         self.metrics.messages.received.inc();
         let received = self.tracker.subject(&msg.envelope);
         self.tracker.event(

@@ -15,6 +15,7 @@
 
 pub mod assemble;
 pub mod crash;
+pub mod delay;
 pub mod dns;
 pub mod intake;
 pub mod live;
@@ -23,4 +24,5 @@ pub mod private;
 pub mod reload;
 pub mod scheduler;
 pub mod settle;
+pub mod transfer;
 pub mod wiring;

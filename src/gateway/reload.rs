@@ -40,6 +40,8 @@ pub struct Reloader {
     pub running: Mutex<Config>,
     pub metrics: Arc<Metrics>,
     pub pressure: Arc<AtomicU8>,
+    /// Drain mode, kept across reloads.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     pub auth_limiter: Arc<postern_listener::AuthLimiter>,
     pub data_budget: Arc<postern_listener::DataBudget>,
     pub smtp: watch::Sender<Arc<SessionConfig>>,
@@ -70,6 +72,7 @@ impl Reloader {
         let (smtp, submission) = assemble::session_configs(
             &cfg,
             self.pressure.clone(),
+            self.draining.clone(),
             self.auth_limiter.clone(),
             self.data_budget.clone(),
         )?;

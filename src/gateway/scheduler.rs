@@ -40,7 +40,7 @@ use crate::gateway::settle::{
 use crate::ops::metrics::Metrics;
 use crate::ops::tracking::Tracker;
 use postern_convert::{build_dsn, DsnInput, DsnRecipient};
-use postern_core::{Envelope, Outcome, QueueId, Reason, Recipient};
+use postern_core::{Envelope, Outcome, QueueId, Reason, Recipient, RecipientStatus};
 use postern_delivery::{Deliverer, DnsError, HickoryResolver, Resolver, TlsNote};
 use postern_queue::{Queue, QueueError, Record, State};
 use rand::Rng;
@@ -66,6 +66,9 @@ pub struct Policy {
     pub poison_threshold: u32,
     /// In-flight deadline of one attempt (then the gateway counts as hung).
     pub delivery_deadline: Duration,
+    /// `queue.delay_warning`: ages at which a waiting message's sender
+    /// gets a delay notice, ascending.
+    pub delay_warning: Vec<Duration>,
 }
 
 impl Policy {
@@ -368,6 +371,7 @@ impl Scheduler {
         } = settled.next
         else {
             tracing::info!(%id, "done; removed from queue");
+            crate::gateway::delay::forget(&self.queue, id);
             return self.queue.remove(id);
         };
         let env = settled.envelope;
@@ -390,7 +394,59 @@ impl Scheduler {
             r.last_error = last_error.clone();
             Ok(())
         })?;
+        self.delay_notice(&env, &settled.dsn_rule, &policy, original, now)
+            .await;
         Ok(())
+    }
+
+    /// RFC 3464 `Action: delayed`: once per `queue.delay_warning` threshold
+    /// a waiting message has passed, a notice to its sender about the
+    /// pending recipients whose NOTIFY allows it (no NOTIFY, or one naming
+    /// DELAY); never about a DSN (null sender).
+    async fn delay_notice(
+        &self,
+        env: &Envelope,
+        rule: &DsnRule,
+        policy: &Policy,
+        original: &[u8],
+        now: u64,
+    ) {
+        if policy.delay_warning.is_empty() || env.sender.is_none() {
+            return;
+        }
+        let age = Duration::from_millis(now.saturating_sub(env.received_ms));
+        let sent = crate::gateway::delay::notices_sent(&self.queue, env.id);
+        let Some(passed) = crate::gateway::delay::due(&policy.delay_warning, age, sent) else {
+            return;
+        };
+        crate::gateway::delay::record(&self.queue, env.id, passed);
+        let notices: Vec<Notice> = env
+            .pending()
+            .filter(|(_, r)| wants_delay_notice(r.notify.as_deref()))
+            .map(|(_, r)| Notice {
+                address: r.address.clone(),
+                reason: match &r.status {
+                    RecipientStatus::Pending { last: Some(reason) } => reason.clone(),
+                    _ => Reason::local(451, "4.4.7", "delivery delayed"),
+                },
+                orcpt: r.orcpt.clone(),
+            })
+            .collect();
+        if notices.is_empty() {
+            return;
+        }
+        if self
+            .send_dsn_as(env, &notices, rule, policy, original, Some("delayed"))
+            .await
+            .is_some()
+        {
+            self.metrics.process.delay_notices.inc();
+            self.tracker.event(
+                "delay_notice",
+                &self.tracker.subject(env),
+                serde_json::json!({ "threshold": passed, "age_s": age.as_secs() }),
+            );
+        }
     }
 
     /// Logs, counts and tracks each recipient attempted.
@@ -481,6 +537,21 @@ impl Scheduler {
         policy: &Policy,
         original: &[u8],
     ) -> Option<QueueId> {
+        self.send_dsn_as(env, notices, rule, policy, original, None)
+            .await
+    }
+
+    /// [`Self::send_dsn`] with every recipient's action given (`delayed`),
+    /// or worked out from its reply code (relayed or failed).
+    async fn send_dsn_as(
+        &self,
+        env: &Envelope,
+        notices: &[Notice],
+        rule: &DsnRule,
+        policy: &Policy,
+        original: &[u8],
+        action: Option<&'static str>,
+    ) -> Option<QueueId> {
         let hostname = policy.hostname.as_str();
         let Some(to) = env.sender.clone() else {
             tracing::info!(id = %env.id, "not bouncing a bounce");
@@ -512,11 +583,11 @@ impl Scheduler {
                     address: &n.address,
                     reason: &n.reason,
                     orcpt: n.orcpt.as_deref(),
-                    action: if n.reason.code < 300 {
+                    action: action.unwrap_or(if n.reason.code < 300 {
                         "relayed"
                     } else {
                         "failed"
-                    },
+                    }),
                 })
                 .collect(),
             original,
@@ -557,6 +628,13 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// Whether a recipient's NOTIFY allows a delay notice: none given (the
+/// default is ours to choose, and Postfix and Exchange send them), or one
+/// naming DELAY (NEVER excludes it).
+fn wants_delay_notice(notify: Option<&str>) -> bool {
+    notify.is_none_or(|n| n.split(',').any(|k| k.trim().eq_ignore_ascii_case("DELAY")))
 }
 
 /// Whether a DSN may go under `rule`: `Ok(return the whole message)`, or

@@ -123,6 +123,73 @@ impl postern_delivery::Resolver for ResolverOf {
     }
 }
 
+/// `fleet.drain_on_stop`: new connections get 421 and `/readyz` 503 while
+/// delivery goes on, until nothing waits or `limit` has passed.
+async fn drain_before_stop(common: &Common, limit: Duration) {
+    common
+        .draining
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    common.metrics.process.draining.set(1);
+    let end = std::time::Instant::now() + limit;
+    let mut last_said = std::time::Instant::now() - Duration::from_secs(10);
+    loop {
+        let c = common.queue.counts();
+        let left = c.ready_or_deferred + c.leased;
+        if left == 0 || std::time::Instant::now() >= end {
+            tracing::info!(left, "drain before stop done");
+            return;
+        }
+        if last_said.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(
+                waiting = c.ready_or_deferred,
+                delivering = c.leased,
+                "draining before stop"
+            );
+            last_said = std::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The daemon's transfer manager: a deliverer whose only route is the
+/// peer, built per transfer from the running configuration.
+fn transfers(
+    cfg: &Config,
+    common: &Common,
+    conversion: Arc<Conversion>,
+) -> Arc<crate::gateway::transfer::Transfers> {
+    let base = cfg.clone();
+    let metrics = common.metrics.clone();
+    let make = Box::new(move |to: &str| peer_deliverer(&base, &conversion, &metrics, to));
+    Arc::new(crate::gateway::transfer::Transfers::new(
+        common.queue.clone(),
+        common.tracker.clone(),
+        common.metrics.clone(),
+        cfg.server.hostname.clone(),
+        make,
+    ))
+}
+
+/// A deliverer that sends everything to `to` (`host[:port]`): the
+/// configuration's delivery settings, one `*` route, opportunistic TLS.
+pub fn peer_deliverer(
+    cfg: &Config,
+    conversion: &Conversion,
+    metrics: &Arc<crate::ops::metrics::Metrics>,
+    to: &str,
+) -> anyhow::Result<postern_delivery::Deliverer<crate::gateway::scheduler::Dns>> {
+    postern_delivery::split_host_port(to, 25).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
+    let mut c = cfg.clone();
+    c.routes = vec![postern_delivery::Route {
+        domain: "*".into(),
+        hosts: vec![to.to_string()],
+    }];
+    c.tls_policies = Vec::new();
+    c.outbound_tls.mta_sts = false;
+    c.outbound_tls.level = postern_delivery::TlsLevel::May;
+    assemble::deliverer(&c, conversion, metrics, &assemble::TlsWiring::default())
+}
+
 /// File in the queue directory holding the admin endpoint's bound address.
 pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 
@@ -148,6 +215,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         reporter: reporter.enabled().then(|| reporter.clone()),
     };
     let deliverer = assemble::deliverer(&cfg, &conversion, &common.metrics, &tls_wiring)?;
+    let transfers = transfers(&cfg, &common, conversion.clone());
     let front = Front::build(&cfg, &common, conversion, loaded.path.as_deref()).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (smtp_l, smtps_l, submission_l, admin_l) = listeners(&cfg)?;
@@ -186,6 +254,8 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         tracker: common.tracker.clone(),
         token: admin_token,
         explain: Some(explain),
+        draining: common.draining.clone(),
+        transfer: Some(transfers),
     };
     let admin_addr = start_admin(admin_l, admin_state, &cfg.queue.path, &stop_rx)?;
     let report_checker = postern_delivery::Checker::new(cfg.outbound_tls.ca_file.as_deref())
@@ -201,6 +271,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         pid = std::process::id(),
         "postern ready"
     );
+    let drain_on_stop = cfg.fleet.drain_on_stop.0;
     let stop = Drain {
         timeout: cfg.server.shutdown_timeout.0,
         max_concurrency: cfg.delivery.max_concurrency,
@@ -211,6 +282,7 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         running: std::sync::Mutex::new(cfg),
         metrics: common.metrics.clone(),
         pressure: common.pressure.clone(),
+        draining: common.draining.clone(),
         auth_limiter: front.auth_limiter,
         data_budget: front.data_budget,
         smtp: front.smtp,
@@ -224,6 +296,9 @@ pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<(
         _ = common.reopen.notified() => true,
     };
     drop(reloader);
+    if !reopen && !drain_on_stop.is_zero() {
+        drain_before_stop(&common, drain_on_stop).await;
+    }
     let _ = stop_tx.send(true);
     stop.drain(smtp.tasks, sched_task, &common.metrics).await;
     // The report counts are saved on the way out.
@@ -262,6 +337,8 @@ struct Common {
     gate: Arc<Gate>,
     /// The back-pressure level, set by the watcher, read by sessions.
     pressure: Arc<AtomicU8>,
+    /// Drain mode (`postern drain`), read by sessions and `/readyz`.
+    draining: Arc<std::sync::atomic::AtomicBool>,
     /// Told by the watcher when the queue store fails for good: the
     /// gateway stops in order and exits to be started on a reopened store.
     reopen: Arc<tokio::sync::Notify>,
@@ -293,6 +370,7 @@ impl Common {
             inflight,
             gate: Arc::new(Gate::default()),
             pressure,
+            draining: Arc::default(),
             reopen,
         })
     }
@@ -325,6 +403,7 @@ impl Front {
         let (smtp_cfg, sub_cfg) = assemble::session_configs(
             cfg,
             c.pressure.clone(),
+            c.draining.clone(),
             auth_limiter.clone(),
             data_budget.clone(),
         )?;

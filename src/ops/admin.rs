@@ -65,6 +65,12 @@ pub struct AdminState {
     /// `GET /tls-policy/<domain>`: what outbound TLS applies, worked out
     /// by the running deliverer (with its MTA-STS cache).
     pub explain: Option<Explain>,
+    /// Drain mode: `POST /drain` sets it, `POST /undrain` clears it; while
+    /// set, new SMTP connections get 421 and `/readyz` 503.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// `POST /queue/transfer` starts a hand-over to a peer; `GET
+    /// /queue/transfer` says how it goes.
+    pub transfer: Option<Arc<crate::gateway::transfer::Transfers>>,
 }
 
 /// Works out a destination's TLS policy as JSON.
@@ -245,6 +251,19 @@ async fn handle(
             return Ok(r);
         }
     }
+    if let Some(answer) = drain_api(&st, &method, &path) {
+        return Ok(answer);
+    }
+    if path == "/queue/transfer" {
+        if let Some(t) = &st.transfer {
+            let query = req.uri().query().map(str::to_string);
+            let (code, body) = t.api(&method, query.as_deref());
+            return Ok(json(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+                body,
+            ));
+        }
+    }
     if let (Some(domain), "GET", Some(explain)) = (
         path.strip_prefix("/tls-policy/"),
         method.as_str(),
@@ -285,6 +304,10 @@ async fn handle(
             r
         }
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" if st.draining.load(std::sync::atomic::Ordering::Relaxed) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: not taking new mail\n".into(),
+        ),
         "/readyz" => {
             let _ = st.queue.next_due_ms();
             match st.pressure.load(std::sync::atomic::Ordering::Relaxed) {
@@ -297,6 +320,42 @@ async fn handle(
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     })
+}
+
+/// `GET /drain` (the state and what is left to deliver), `POST /drain`,
+/// `POST /undrain`.
+fn drain_api(st: &AdminState, method: &str, path: &str) -> Option<Response<Full<Bytes>>> {
+    use std::sync::atomic::Ordering;
+    let set = match (method, path) {
+        ("GET", "/drain") => None,
+        ("POST", "/drain") => Some(true),
+        ("POST", "/undrain") => Some(false),
+        _ => return None,
+    };
+    if let Some(on) = set {
+        let was = st.draining.swap(on, Ordering::SeqCst);
+        st.metrics.process.draining.set(i64::from(on));
+        if was != on {
+            tracing::warn!(
+                draining = on,
+                "drain mode {}",
+                if on {
+                    "on: new connections get 421"
+                } else {
+                    "off"
+                }
+            );
+        }
+    }
+    let c = st.queue.counts();
+    let body = serde_json::json!({
+        "draining": st.draining.load(Ordering::SeqCst),
+        "waiting": c.ready_or_deferred,
+        "delivering": c.leased,
+        "held": c.held,
+        "quarantine": c.quarantine,
+    });
+    Some(json(StatusCode::OK, body.to_string()))
 }
 
 /// Serves the admin endpoint until shutdown.

@@ -104,6 +104,17 @@ pub struct ProcessMetrics {
     pub config_reloads: IntCounterVec,
     /// Tracking lines dropped because the writer fell behind.
     pub tracking_dropped: IntCounter,
+    /// 1 while the gateway is draining (`postern drain`).
+    pub draining: IntGauge,
+    /// Messages handed to a peer gateway, by result (sent: offered to the
+    /// peer; accepted: the peer said 250 and the message left this queue;
+    /// failed: it stays here).
+    pub transfers: IntCounterVec,
+    /// Messages taken over from a peer gateway (accepted with their
+    /// history).
+    pub transfers_received: IntCounter,
+    /// Delay notices (DSN `Action: delayed`) sent.
+    pub delay_notices: IntCounter,
 }
 
 /// Registers `c` and hands it back.
@@ -291,6 +302,27 @@ impl ProcessMetrics {
                     &["cause"],
                 )?,
             )?,
+            draining: gauge(
+                r,
+                "postern_draining",
+                "1 while the gateway is draining: new connections get 421 4.3.2, /readyz answers 503, delivery goes on.",
+            )?,
+            transfers: counter_vec(
+                r,
+                "postern_transfers_total",
+                "Messages handed to a peer gateway by postern queue transfer, by result (sent, accepted, failed).",
+                &["result"],
+            )?,
+            transfers_received: counter(
+                r,
+                "postern_transfers_received_total",
+                "Messages taken over from a peer gateway with their arrival time and attempt history.",
+            )?,
+            delay_notices: counter(
+                r,
+                "postern_delay_notices_total",
+                "Delay notices (DSN Action: delayed) sent to senders.",
+            )?,
             back_pressure: gauge(
                 r,
                 "postern_back_pressure",
@@ -375,6 +407,9 @@ impl Metrics {
         }
         for result in ["sent", "failed"] {
             d.tls_reports.with_label_values(&[result]);
+        }
+        for result in ["sent", "accepted", "failed"] {
+            p.transfers.with_label_values(&[result]);
         }
         for stage in ["receive", "content", "queue", "delivery"] {
             self.messages.quarantined.with_label_values(&[stage]);

@@ -118,6 +118,8 @@ fn write_notice(m: &mut String, input: &DsnInput<'_>, boundary: &str) {
         host = input.reporting_mta,
         subject = if input.failed.iter().all(|f| f.action == "relayed") {
             "Delivery Status Notification (relayed)"
+        } else if input.failed.iter().all(|f| f.action == "delayed") {
+            "Delayed Mail (still being retried)"
         } else {
             "Undelivered Mail Returned to Sender"
         },

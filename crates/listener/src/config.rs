@@ -78,6 +78,10 @@ pub struct SessionConfig {
     /// Back pressure set by the gateway: 0 none, 1 refuse untrusted
     /// clients, 2 refuse everyone (452 4.3.1 at MAIL).
     pub pressure: Arc<AtomicU8>,
+    /// Drain mode, set by the operator (`postern drain`): new connections
+    /// are answered 421 4.3.2 and closed, so clients and load balancers
+    /// move on; sessions already open finish.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Users for AUTH; AUTH is offered on encrypted sessions when set.
     pub users: Option<Arc<UserDb>>,
     /// Failed AUTH attempts per client and per user, shared by every
@@ -118,6 +122,7 @@ pub(crate) fn test_config() -> Arc<SessionConfig> {
         max_hops: 50,
         max_auth_verifies: 4,
         pressure: Arc::new(AtomicU8::new(0)),
+        draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         users: None,
         auth_limiter: AuthLimiter::new(5),
         require_auth: false,

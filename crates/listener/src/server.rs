@@ -169,6 +169,17 @@ async fn session_task<S: MessageSink>(
             return;
         }
     };
+    if cfg.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        let r = Reply::plain(
+            421,
+            vec![format!(
+                "4.3.2 {} is draining; please try another server",
+                cfg.hostname
+            )],
+        );
+        refuse(sink, &mut stream, &r).await;
+        return;
+    }
     sink.session_opened(shared.name);
     let _open = OpenSession(sink);
     let stop = shared.stop.clone();

@@ -520,6 +520,23 @@ impl Queue {
         self.store_new(r, body).await
     }
 
+    /// Stores a message taken over from a peer gateway: due now, with the
+    /// attempts it already had (its envelope keeps its arrival time), so
+    /// the retry schedule and `max_age` continue.
+    pub async fn enqueue_transferred(
+        &self,
+        envelope: Envelope,
+        body: &[u8],
+        attempts: u32,
+    ) -> Result<(), QueueError> {
+        let mut r = Record::new(envelope, postern_core::now_ms());
+        r.attempts = attempts;
+        if attempts > 0 {
+            r.state = State::Deferred;
+        }
+        self.store_new(r, body).await
+    }
+
     /// Stores a new message durably in the held state (policy holds).
     pub async fn enqueue_held(&self, envelope: Envelope, body: &[u8]) -> Result<(), QueueError> {
         let mut r = Record::new(envelope, postern_core::now_ms());
@@ -617,7 +634,7 @@ impl Queue {
                 Err(e) => return Err(e),
             }
         }
-        if r.state == State::Ready {
+        if matches!(r.state, State::Ready | State::Deferred) {
             i.wake.notify_one();
         }
         Ok(())
