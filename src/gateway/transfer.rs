@@ -338,7 +338,13 @@ async fn one<R: Resolver>(
         tracing::warn!(%id, reason = %why, "transfer refused; the message stays");
         return Some(Err(why));
     }
-    if let Err(e) = queue.remove(id) {
+    // Durably gone before the next one goes (one group commit shared by
+    // the transfers in flight): a kill now duplicates at most those.
+    let removed = match queue.remove(id) {
+        Ok(()) => queue.flush().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
         tracing::error!(%id, error = %e, "transferred, but cannot remove it here: it may be sent twice");
     }
     crate::gateway::delay::forget(queue, id);

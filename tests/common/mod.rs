@@ -181,6 +181,22 @@ impl RawClient {
         Self::connect_from(addr, None).await
     }
 
+    /// Connects; `Err` holds the greeting when it is not 220 (a 421 from
+    /// a draining or full gateway). A refused connection panics.
+    pub async fn try_connect(addr: SocketAddr) -> Result<RawClient, String> {
+        let stream = connect_tcp(addr, None).await;
+        let mut c = RawClient {
+            stream,
+            buf: Vec::new(),
+        };
+        let greeting = c.reply().await;
+        if greeting.starts_with("220") {
+            Ok(c)
+        } else {
+            Err(greeting)
+        }
+    }
+
     /// Connects from a chosen loopback source address (e.g. 127.0.0.5).
     pub async fn connect_from(addr: SocketAddr, src: Option<&str>) -> RawClient {
         let stream = connect_tcp(addr, src).await;

@@ -19,6 +19,10 @@ pub struct SinkMsg {
     pub data: String,
     /// It came over TLS (after STARTTLS).
     pub tls: bool,
+    /// The MAIL command line as sent (with its parameters).
+    pub mail: String,
+    /// The accepted RCPT command lines as sent.
+    pub rcpts: Vec<String>,
 }
 
 /// The TLS server configuration a sink offers STARTTLS with (none: no
@@ -174,6 +178,7 @@ async fn session(
     let mut secure = false;
     io.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
     let (mut from, mut to) = (String::new(), Vec::<String>::new());
+    let (mut mail, mut rcpts) = (String::new(), Vec::<String>::new());
     let mut line = String::new();
     loop {
         line.clear();
@@ -188,7 +193,7 @@ async fn session(
             ""
         };
         let reply: String = if upper.starts_with("EHLO") && eight_bit {
-            format!("250-sink.test\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
+            format!("250-sink.test\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n250 SIZE 100000000\r\n")
         } else if upper.starts_with("EHLO") {
             format!("250-sink.test\r\n{starttls}250-PIPELINING\r\n250 SIZE 100000000\r\n")
         } else if upper == "STARTTLS" && !starttls.is_empty() {
@@ -215,10 +220,17 @@ async fn session(
             "250 reset\r\n".into()
         } else if upper.starts_with("MAIL FROM:") {
             from = path(&cmd[10..]);
+            mail = cmd.clone();
             to.clear();
+            rcpts.clear();
             "250 2.1.0 ok\r\n".into()
         } else if upper.starts_with("RCPT TO:") {
-            rcpt_reply(&seen, path(&cmd[8..]), &mut to)
+            let before = to.len();
+            let r = rcpt_reply(&seen, path(&cmd[8..]), &mut to);
+            if to.len() > before {
+                rcpts.push(cmd.clone());
+            }
+            r
         } else if upper == "DATA" {
             if to.is_empty() {
                 "554 no valid recipients\r\n".into()
@@ -232,6 +244,8 @@ async fn session(
                     to: std::mem::take(&mut to),
                     data,
                     tls: secure,
+                    mail: std::mem::take(&mut mail),
+                    rcpts: std::mem::take(&mut rcpts),
                 });
                 "250 2.0.0 stored\r\n".into()
             }
