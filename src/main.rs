@@ -71,6 +71,16 @@ enum Command {
         /// How long --wait waits.
         #[arg(long, default_value = "10m")]
         timeout: String,
+        /// Then hand every waiting message to this peer gateway
+        /// (HOST[:PORT]), as `postern queue transfer --to` does: what a
+        /// Kubernetes preStop hook runs.
+        #[arg(long)]
+        transfer_to: Option<String>,
+        /// Before the transfer, wait this long (for load balancers and
+        /// Service endpoints to drop this node, so the peer name no longer
+        /// leads back here).
+        #[arg(long, default_value = "0s")]
+        settle: String,
         /// One JSON object per progress line.
         #[arg(long)]
         json: bool,
@@ -163,11 +173,31 @@ fn main() -> ExitCode {
             config,
             wait,
             timeout,
+            transfer_to,
+            settle,
             json,
-        } => cli::drain_command(config.config.as_deref(), true, wait, &timeout, json),
-        Command::Undrain { config, json } => {
-            cli::drain_command(config.config.as_deref(), false, false, "0s", json)
-        }
+        } => cli::drain_command(
+            config.config.as_deref(),
+            cli::DrainArgs {
+                on: true,
+                wait,
+                timeout,
+                transfer_to,
+                settle,
+                json,
+            },
+        ),
+        Command::Undrain { config, json } => cli::drain_command(
+            config.config.as_deref(),
+            cli::DrainArgs {
+                on: false,
+                wait: false,
+                timeout: "0s".into(),
+                transfer_to: None,
+                settle: "0s".into(),
+                json,
+            },
+        ),
         Command::TlsPolicy { config, cmd } => {
             cli::tls_policy_command(config.config.as_deref(), cmd)
         }

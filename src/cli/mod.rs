@@ -92,24 +92,49 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
     }
 }
 
+/// The options of `postern drain` and `undrain`.
+pub struct DrainArgs {
+    /// Drain (true) or undrain.
+    pub on: bool,
+    /// Wait until nothing waits.
+    pub wait: bool,
+    /// How long `wait` waits.
+    pub timeout: String,
+    /// Then transfer the queue to this peer.
+    pub transfer_to: Option<String>,
+    /// Wait before the transfer.
+    pub settle: String,
+    /// JSON progress lines.
+    pub json: bool,
+}
+
 /// `postern drain` (on) and `postern undrain` (off) on the running daemon.
-pub fn drain_command(
-    path: Option<&Path>,
-    on: bool,
-    wait: bool,
-    timeout: &str,
-    json: bool,
-) -> ExitCode {
-    let timeout = match postern_core::units::parse_duration(timeout) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("--timeout: {e}");
-            return ExitCode::from(1);
-        }
+pub fn drain_command(path: Option<&Path>, a: DrainArgs) -> ExitCode {
+    let parse = |what: &str, v: &str| {
+        postern_core::units::parse_duration(v).map_err(|e| eprintln!("{what}: {e}"))
     };
+    let (Ok(timeout), Ok(settle)) = (parse("--timeout", &a.timeout), parse("--settle", &a.settle))
+    else {
+        return ExitCode::from(1);
+    };
+    let concurrency = crate::config::load(path)
+        .map(|l| l.config.fleet.transfer_concurrency)
+        .unwrap_or(8);
     match admin_target(path) {
         Ok((admin, token)) => crate::block_on_code(async move {
-            fleet::drain(admin, token, on, wait, timeout, json).await
+            let code = fleet::drain(admin, token.clone(), a.on, a.wait, timeout, a.json).await?;
+            let Some(to) = a.transfer_to.filter(|_| a.on) else {
+                return Ok(code);
+            };
+            tokio::time::sleep(settle).await;
+            let req = crate::gateway::transfer::Request {
+                to,
+                domain: None,
+                state: None,
+                quarantine: false,
+                concurrency,
+            };
+            fleet::transfer_via_daemon(admin, token, &req, a.json).await
         }),
         Err(e) => {
             eprintln!("{}", escape_controls(crate::error_text(&e).trim_end()));

@@ -579,6 +579,20 @@ impl Config {
                     .into(),
             );
         }
+        if self.fleet.transfer_concurrency == 0 {
+            errs.push("fleet.transfer_concurrency must be at least 1".into());
+        }
+        if let Some(w) = self
+            .queue
+            .delay_warning
+            .iter()
+            .find(|w| w.0.is_zero() || w.0 >= self.queue.max_age.0)
+        {
+            errs.push(format!(
+                "queue.delay_warning: {:?} must be above 0 and below queue.max_age",
+                w.0
+            ));
+        }
         let r = &self.tls_report;
         if r.organization.is_empty() != r.contact.is_empty() {
             errs.push("tls_report: set both organization and contact (or neither)".into());
