@@ -330,10 +330,12 @@ async fn a_transfer_cut_by_sigkill_loses_nothing() {
         moved < 400,
         "the transfer finished before the kill: {moved}"
     );
-    // Restarted on its queue: the rest (held ones included) goes again.
+    // Restarted on its queue: the rest (held ones included) goes again,
+    // this time as a Kubernetes preStop hook does it: drain, then transfer.
     let a = start(&da, &text_a);
-    let out = a.queue(&["transfer", "--to", &to]);
+    let out = a.with_config("drain", &["--settle", "1s", "--transfer-to", &to]);
     assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("0 failed"), "{}", stdout(&out));
     let left = drain_state(&a);
     assert_eq!(
         (left["waiting"].as_u64(), left["held"].as_u64()),
