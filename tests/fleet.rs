@@ -484,3 +484,77 @@ async fn drain_under_live_load_refuses_no_connection() {
     let out = a.with_config("drain", &["--wait", "--timeout", "20s"]);
     assert!(out.status.success(), "{}", stdout(&out));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leftover_volume_is_handed_over_without_a_daemon() {
+    let hop = free_port();
+    let senders = Sink::start("127.0.0.1:0").await;
+    let (da, db) = (
+        Arc::new(tempfile::tempdir().unwrap()),
+        Arc::new(tempfile::tempdir().unwrap()),
+    );
+    let mut a = start(
+        &da,
+        &config(
+            da.path(),
+            hop,
+            senders.addr,
+            "retry_intervals = [\"10m\"]",
+            "",
+        ),
+    );
+    let b = start(
+        &db,
+        &config(
+            db.path(),
+            hop,
+            senders.addr,
+            "retry_intervals = [\"1s\"]",
+            "",
+        ),
+    );
+    load(a.smtp, "volume", 50, 5).await;
+    settled(&a, 50).await;
+    // The pod is gone; its volume is left. No daemon holds the queue.
+    assert!(a.stop().success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["queue", "--config"])
+        .arg(&a.config)
+        .args(["transfer", "--queue-dir"])
+        .arg(da.path().join("queue"))
+        .args(["--to", &b.smtp.to_string(), "--json"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    let last: serde_json::Value =
+        serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_default();
+    assert_eq!(
+        (last["accepted"].as_u64(), last["failed"].as_u64()),
+        (Some(50), Some(0)),
+        "{text}"
+    );
+    assert_eq!(metric(&b, "postern_transfers_received_total"), 50);
+    let sink = Sink::start(&format!("127.0.0.1:{hop}")).await;
+    wait_until(Duration::from_secs(60), "50 delivered", || {
+        received(&sink, "volume").0.len() == 50
+    })
+    .await;
+    // The volume's queue is empty now: a gateway started on it has nothing.
+    let a = start(
+        &da,
+        &config(
+            da.path(),
+            hop,
+            senders.addr,
+            "retry_intervals = [\"10m\"]",
+            "",
+        ),
+    );
+    let left = drain_state(&a);
+    assert_eq!(
+        (left["waiting"].as_u64(), left["held"].as_u64()),
+        (Some(0), Some(0)),
+        "{left}"
+    );
+}
