@@ -242,7 +242,7 @@ async fn a_drained_node_hands_its_queue_to_a_peer_and_every_message_arrives_once
     assert_eq!(metric(&b, "postern_transfers_received_total"), 1001);
 
     // The hop comes up: B delivers each message once.
-    let sink = Sink::start(&format!("127.0.0.1:{hop}")).await;
+    let sink = Sink::start_dsn(&format!("127.0.0.1:{hop}")).await;
     wait_until(Duration::from_secs(120), "1001 delivered", || {
         sink.count() >= 1001
     })

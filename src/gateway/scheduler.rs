@@ -345,6 +345,7 @@ impl Scheduler {
                     &settled.dsn_rule,
                     &policy,
                     original,
+                    None,
                 )
                 .await
             }
@@ -436,7 +437,7 @@ impl Scheduler {
             return;
         }
         if self
-            .send_dsn_as(env, &notices, rule, policy, original, Some("delayed"))
+            .send_dsn(env, &notices, rule, policy, original, Some("delayed"))
             .await
             .is_some()
         {
@@ -528,22 +529,9 @@ impl Scheduler {
     }
 
     /// Queues a DSN to the original sender about `notices`, as `rule`
-    /// allows; its queue ID.
+    /// allows; its queue ID. `action` is every recipient's action (`delayed`), or `None`: each
+    /// one's is worked out from its reply code (relayed or failed).
     async fn send_dsn(
-        &self,
-        env: &Envelope,
-        notices: &[Notice],
-        rule: &DsnRule,
-        policy: &Policy,
-        original: &[u8],
-    ) -> Option<QueueId> {
-        self.send_dsn_as(env, notices, rule, policy, original, None)
-            .await
-    }
-
-    /// [`Self::send_dsn`] with every recipient's action given (`delayed`),
-    /// or worked out from its reply code (relayed or failed).
-    async fn send_dsn_as(
         &self,
         env: &Envelope,
         notices: &[Notice],

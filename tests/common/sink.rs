@@ -93,7 +93,17 @@ impl Sink {
         *self.tls.lock().unwrap() = config;
     }
 
+    /// A sink that offers DSN (RFC 3461), so the parameters of MAIL and
+    /// RCPT reach it (recorded in [`SinkMsg::mail`] and `rcpts`).
+    pub async fn start_dsn(bind: &str) -> Sink {
+        Self::start_full(bind, true, true).await
+    }
+
     async fn start_with(bind: &str, eight_bit: bool) -> Sink {
+        Self::start_full(bind, eight_bit, false).await
+    }
+
+    async fn start_full(bind: &str, eight_bit: bool, dsn: bool) -> Sink {
         let l = TcpListener::bind(bind).await.unwrap();
         let addr = l.local_addr().unwrap();
         let msgs = Arc::new(Mutex::new(Vec::new()));
@@ -108,7 +118,7 @@ impl Sink {
                 let (m, s) = (m.clone(), s.clone());
                 let offer = tls_now.lock().unwrap().clone();
                 let t = tokio::spawn(async move {
-                    let _ = session(sock, m, s, eight_bit, offer).await;
+                    let _ = session(sock, m, s, eight_bit, offer, dsn).await;
                 });
                 all.lock().unwrap().push(t.abort_handle());
             }
@@ -173,6 +183,7 @@ async fn session(
     seen: Arc<Mutex<HashMap<String, u32>>>,
     eight_bit: bool,
     tls: Option<Arc<rustls::ServerConfig>>,
+    offer_dsn: bool,
 ) -> std::io::Result<()> {
     let mut io: BufReader<Box<dyn Io>> = BufReader::new(Box::new(sock));
     let mut secure = false;
@@ -187,13 +198,14 @@ async fn session(
         }
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
+        let dsn = if offer_dsn { "250-DSN\r\n" } else { "" };
         let starttls = if tls.is_some() && !secure {
             "250-STARTTLS\r\n"
         } else {
             ""
         };
         let reply: String = if upper.starts_with("EHLO") && eight_bit {
-            format!("250-sink.test\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n250 SIZE 100000000\r\n")
+            format!("250-sink.test\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n{dsn}250 SIZE 100000000\r\n")
         } else if upper.starts_with("EHLO") {
             format!("250-sink.test\r\n{starttls}250-PIPELINING\r\n250 SIZE 100000000\r\n")
         } else if upper == "STARTTLS" && !starttls.is_empty() {
