@@ -337,16 +337,29 @@ impl Intake {
         let id = envelope.id;
         let tracked = self.tracker.subject(&envelope);
         self.metrics.messages.received.inc();
-        if let Err(e) = self
-            .queue
-            .enqueue_transferred(envelope, &msg.body, h.attempts)
-            .await
-        {
+        // Written before the message, so the 250 never precedes it.
+        if h.delayed > 0 {
+            crate::gateway::delay::record(&self.queue, id, h.delayed);
+        }
+        // Held or quarantined there: held here, never delivered unreviewed.
+        let stored = if h.held {
+            self.queue.enqueue_held(envelope, &msg.body).await
+        } else {
+            self.queue
+                .enqueue_transferred(envelope, &msg.body, h.attempts)
+                .await
+        };
+        if let Err(e) = stored {
+            crate::gateway::delay::forget(&self.queue, id);
             tracing::error!(%id, error = %e, "queue write failed; transferred message refused");
             return self.queue_failed(&tracked, &e);
         }
-        if h.delayed > 0 {
-            crate::gateway::delay::record(&self.queue, id, h.delayed);
+        if h.held {
+            self.tracker.event(
+                "held",
+                &tracked,
+                serde_json::json!({ "by": "policy", "reason": format!("held or quarantined at {}", h.from) }),
+            );
         }
         self.metrics.process.transfers_received.inc();
         self.tracker.event(
@@ -431,7 +444,10 @@ impl MessageSink for Intake {
                 .envelope
                 .client
                 .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| p.fleet_peers.iter().any(|n| n.contains(&ip)));
+                .is_ok_and(|ip| {
+                    let ip = ip.to_canonical();
+                    p.fleet_peers.iter().any(|n| n.contains(&ip))
+                });
             match history {
                 Some(h) if from_peer => return self.store_transferred(msg, h).await,
                 _ => tracing::warn!(client = %msg.envelope.client,

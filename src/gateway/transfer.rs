@@ -53,6 +53,9 @@ pub struct History {
     pub delayed: u32,
     /// The original client was trusted (success DSNs, whole returns).
     pub trusted: bool,
+    /// It was held (by an operator or a policy) or quarantined: the peer
+    /// keeps it held, never delivers it unreviewed.
+    pub held: bool,
     /// The gateway it came from.
     pub from: String,
 }
@@ -61,13 +64,14 @@ impl History {
     /// The header line (with CRLF).
     pub fn line(&self) -> String {
         format!(
-            "{HEADER}: v=1; from={}; id={}; received={}; attempts={}; delayed={}; trusted={}\r\n",
+            "{HEADER}: v=1; from={}; id={}; received={}; attempts={}; delayed={}; trusted={}; held={}\r\n",
             self.from,
             self.id,
             self.received_ms,
             self.attempts,
             self.delayed,
-            u8::from(self.trusted)
+            u8::from(self.trusted),
+            u8::from(self.held)
         )
     }
 
@@ -80,6 +84,7 @@ impl History {
             attempts: 0,
             delayed: 0,
             trusted: false,
+            held: false,
             from: String::new(),
         };
         let mut version = false;
@@ -94,6 +99,7 @@ impl History {
                 "attempts" => h.attempts = v.parse().ok()?,
                 "delayed" => h.delayed = v.parse().ok()?,
                 "trusted" => h.trusted = v == "1",
+                "held" => h.held = v == "1",
                 _ => {}
             }
         }
@@ -113,22 +119,52 @@ pub fn take_history(body: &mut Vec<u8>, at: usize) -> Option<Option<History>> {
     {
         return None;
     }
-    // The field with its folded continuation lines.
+    // The field with its folded continuation lines (to the end of the
+    // message if no line end follows).
     let mut end = 0;
     loop {
-        let line_end = memchr_crlf(&rest[end..])?;
-        end += line_end + 2;
+        match memchr_crlf(&rest[end..]) {
+            Some(line_end) => end += line_end + 2,
+            None => {
+                end = rest.len();
+                break;
+            }
+        }
         if !matches!(rest.get(end), Some(b' ' | b'\t')) {
             break;
         }
     }
-    let value = String::from_utf8_lossy(&rest[name.len() + 1..end]).replace("\r\n", "");
+    let value =
+        String::from_utf8_lossy(rest.get(name.len() + 1..end).unwrap_or(&[])).replace("\r\n", "");
     body.drain(at..at + end);
     Some(History::parse(&value))
 }
 
 fn memchr_crlf(b: &[u8]) -> Option<usize> {
     b.windows(2).position(|w| w == b"\r\n")
+}
+
+/// State-tree prefix marking messages a transfer held (they were waiting):
+/// an interrupted transfer's holds are released at the next start.
+const HELD_BY_TRANSFER: &str = "transfer/";
+
+/// Releases the messages an interrupted transfer had held (the process
+/// died mid-transfer): they wait again. Returns how many.
+pub fn release_interrupted(queue: &Queue) -> usize {
+    let mut n = 0;
+    for key in queue.state_keys(HELD_BY_TRANSFER).unwrap_or_default() {
+        if let Some(id) = key.strip_prefix(HELD_BY_TRANSFER).and_then(QueueId::parse) {
+            if queue.release(id).is_ok() {
+                n += 1;
+            }
+        }
+        let _ = queue.state_remove(&key);
+    }
+    n
+}
+
+fn held_key(id: QueueId) -> String {
+    format!("{HELD_BY_TRANSFER}{id}")
 }
 
 /// What to transfer and where.
@@ -205,7 +241,10 @@ pub async fn transfer<R: Resolver>(
         ..Progress::default()
     });
     let mut tried: std::collections::HashSet<QueueId> = std::collections::HashSet::new();
-    for _pass in 0..5 {
+    // Messages being delivered now are taken once they settle: passes go
+    // on while some are, for at most two minutes.
+    let deadline = started + std::time::Duration::from_secs(120);
+    loop {
         let ids: Vec<QueueId> = match queue.page(None, usize::MAX, &|r| wanted(r, req)) {
             Ok((page, _)) => page
                 .into_iter()
@@ -220,7 +259,11 @@ pub async fn transfer<R: Resolver>(
             }
         };
         if ids.is_empty() {
-            break;
+            if queue.counts().leased == 0 || std::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            continue;
         }
         lock(&progress).found += ids.len();
         tried.extend(ids.iter().copied());
@@ -277,10 +320,20 @@ async fn one<R: Resolver>(
     metrics: Option<&Metrics>,
 ) -> Option<Result<(), String>> {
     let rec = queue.get(id).ok()?;
-    let was = rec.state;
-    match was {
+    let by_transfer = queue.state_get(&held_key(id)).ok().flatten().is_some();
+    // Held by an earlier, interrupted transfer: it was waiting.
+    let was = if by_transfer {
+        State::Deferred
+    } else {
+        rec.state
+    };
+    match rec.state {
         State::Ready | State::Deferred => {
-            queue.hold(id).ok()?;
+            queue.state_put(&held_key(id), b"").ok()?;
+            if queue.hold(id).is_err() {
+                let _ = queue.state_remove(&held_key(id));
+                return None;
+            }
         }
         State::Held | State::Quarantine => {}
         State::Leased => return None,
@@ -289,6 +342,7 @@ async fn one<R: Resolver>(
         if matches!(was, State::Ready | State::Deferred) {
             let _ = queue.release(id);
         }
+        let _ = queue.state_remove(&held_key(id));
     };
     let body = match queue.body(id) {
         Ok(b) => b,
@@ -304,6 +358,7 @@ async fn one<R: Resolver>(
         attempts: rec.attempts,
         delayed: crate::gateway::delay::notices_sent(queue, id),
         trusted: env.trusted,
+        held: matches!(was, State::Held | State::Quarantine),
         from: hostname.to_string(),
     };
     let mut text = history.line().into_bytes();
@@ -327,6 +382,25 @@ async fn one<R: Resolver>(
         .map(|(_, o, _)| o.reason().to_string())
         .unwrap_or_default();
     if !refused.is_empty() || outcomes.is_empty() {
+        // Recipients the peer took are done here (one transaction per
+        // domain: some may have gone): never sent twice.
+        let taken: Vec<(usize, postern_core::Reason)> = outcomes
+            .iter()
+            .filter_map(|(i, o, _)| match o {
+                Outcome::Delivered(r) | Outcome::Relayed(r) => Some((*i, r.clone())),
+                _ => None,
+            })
+            .collect();
+        if !taken.is_empty() {
+            let _ = queue.update(id, &|r| {
+                for (i, reason) in &taken {
+                    if let Some(rc) = r.envelope.recipients.get_mut(*i) {
+                        rc.status = postern_core::RecipientStatus::Delivered(reason.clone());
+                    }
+                }
+                Ok(())
+            });
+        }
         restore(queue);
         if let Some(m) = metrics {
             m.process.transfers.with_label_values(&["failed"]).inc();
@@ -348,6 +422,7 @@ async fn one<R: Resolver>(
         tracing::error!(%id, error = %e, "transferred, but cannot remove it here: it may be sent twice");
     }
     crate::gateway::delay::forget(queue, id);
+    let _ = queue.state_remove(&held_key(id));
     if let Some(m) = metrics {
         m.process.transfers.with_label_values(&["accepted"]).inc();
     }
@@ -421,9 +496,6 @@ impl Transfers {
                 let Some(to) = q.get("to").cloned().filter(|t| !t.is_empty()) else {
                     return err(400, "to=HOST[:PORT] is required".into());
                 };
-                if lock(&self.state).as_ref().is_some_and(|p| p.running) {
-                    return err(409, "a transfer is already running".into());
-                }
                 let deliverer = match (self.make)(&to) {
                     Ok(d) => d,
                     Err(e) => return err(400, format!("{e:#}")),
@@ -438,11 +510,18 @@ impl Transfers {
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(8),
                 };
-                *lock(&self.state) = Some(Progress {
-                    to,
-                    running: true,
-                    ..Progress::default()
-                });
+                {
+                    // Checked and claimed under one lock: one at a time.
+                    let mut state = lock(&self.state);
+                    if state.as_ref().is_some_and(|p| p.running) {
+                        return err(409, "a transfer is already running".into());
+                    }
+                    *state = Some(Progress {
+                        to,
+                        running: true,
+                        ..Progress::default()
+                    });
+                }
                 let me = self.clone();
                 tokio::spawn(async move {
                     let state = me.state.clone();
@@ -479,6 +558,7 @@ mod tests {
             attempts: 3,
             delayed: 1,
             trusted: false,
+            held: true,
             from: "gw-a.test".into(),
         };
         let line = h.line();
@@ -502,6 +582,10 @@ mod tests {
         ]
         .concat();
         assert_eq!(take_history(&mut bad, trace.len()), Some(None));
-        assert_eq!(bad, [trace, b"S: 1\r\n".to_vec()].concat());
+        assert_eq!(bad, [trace.clone(), b"S: 1\r\n".to_vec()].concat());
+        // A field without a line end (the whole message) is removed too.
+        let mut bare = [trace.clone(), format!("{HEADER}: v=1").into_bytes()].concat();
+        assert_eq!(take_history(&mut bare, trace.len()), Some(None));
+        assert_eq!(bare, trace);
     }
 }

@@ -178,11 +178,27 @@ pub fn peer_deliverer(
     metrics: &Arc<crate::ops::metrics::Metrics>,
     to: &str,
 ) -> anyhow::Result<postern_delivery::Deliverer<crate::gateway::scheduler::Dns>> {
-    postern_delivery::split_host_port(to, 25).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
+    let (host, port) =
+        postern_delivery::split_host_port(to, 25).map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?;
+    // Every address of the peer name but our own (a Service name may
+    // still list this node while it leaves): each one a host of the route.
+    use std::net::ToSocketAddrs;
+    let our_ports: Vec<u16> = cfg.server.listen.iter().map(|a| a.port()).collect();
+    let is_us = |a: &std::net::SocketAddr| {
+        our_ports.contains(&a.port()) && std::net::UdpSocket::bind((a.ip(), 0)).is_ok()
+    };
+    let addrs: Vec<std::net::SocketAddr> = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("--to {to}: {e}"))?
+        .filter(|a| !is_us(a))
+        .collect();
+    if addrs.is_empty() {
+        anyhow::bail!("--to {to}: no address but this gateway's own");
+    }
     let mut c = cfg.clone();
     c.routes = vec![postern_delivery::Route {
         domain: "*".into(),
-        hosts: vec![to.to_string()],
+        hosts: addrs.iter().map(|a| a.to_string()).collect(),
     }];
     c.tls_policies = Vec::new();
     c.outbound_tls.mta_sts = false;
@@ -198,6 +214,13 @@ pub const ADMIN_ADDR_FILE: &str = "admin.addr";
 pub async fn run_until(loaded: Loaded, mut signals: Signals) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let common = Common::open(&cfg).await?;
+    let released = crate::gateway::transfer::release_interrupted(&common.queue);
+    if released > 0 {
+        tracing::warn!(
+            released,
+            "messages held by an interrupted queue transfer wait again"
+        );
+    }
     let admin_token = crate::config::admin_token(&cfg)?;
     // Built once: its limits serve the delivery-time downgrade, its policy
     // the intake (and in-process content processing).
