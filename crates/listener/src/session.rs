@@ -476,6 +476,15 @@ impl Session {
                 "IP-literal senders are not accepted from this client",
             ));
         }
+        // Draining: a session opened before finishes the transaction it
+        // was in, but starts no other; the client goes to another server.
+        if self.cfg.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Action::Close(Reply::new(
+                421,
+                "4.3.2",
+                "this server is draining; please try another server",
+            ));
+        }
         let pressure = self.cfg.pressure.load(std::sync::atomic::Ordering::Relaxed);
         if pressure >= 2 || (pressure == 1 && !self.cfg.relay.is_trusted(self.peer)) {
             return Action::Reply(Reply::new(
@@ -957,6 +966,22 @@ mod tests {
     /// The codes of the replies waiting for the loop.
     fn codes(s: &mut Session) -> Vec<u16> {
         s.take_replies().map(|r| r.code).collect()
+    }
+
+    #[test]
+    fn a_draining_server_finishes_the_transaction_but_starts_no_other() {
+        let c = cfg();
+        let mut s = Session::new(c.clone(), "127.0.0.1".parse().unwrap());
+        s.command(b"EHLO c.test");
+        assert_eq!(code(s.command(b"MAIL FROM:<a@b.test>")), 250);
+        c.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+        // The transaction under way goes on.
+        assert_eq!(code(s.command(b"RCPT TO:<x@example.test>")), 250);
+        s.command(b"RSET");
+        let Action::Close(r) = s.command(b"MAIL FROM:<a@b.test>") else {
+            panic!("a new transaction while draining must be refused and closed")
+        };
+        assert_eq!((r.code, r.status), (421, Some("4.3.2")));
     }
 
     #[test]
