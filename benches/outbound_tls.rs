@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncWriteExt, BufReader};
 
 #[path = "../tests/common/certs.rs"]
 #[allow(dead_code)]
@@ -39,6 +39,9 @@ mod https;
 #[path = "../tests/common/sink.rs"]
 #[allow(dead_code)]
 mod sink;
+#[path = "support.rs"]
+mod support;
+use support::expect;
 #[path = "../tests/common/tools.rs"]
 #[allow(dead_code)]
 mod tools;
@@ -60,21 +63,6 @@ fn cpu_ticks(pgid: u32) -> u64 {
             Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
         })
         .sum()
-}
-
-async fn expect<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, code: &str) -> Result<(), String> {
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
-            return Err("closed".into());
-        }
-        if !line.starts_with(code) {
-            return Err(line);
-        }
-        if line.as_bytes().get(3) == Some(&b' ') {
-            return Ok(());
-        }
-    }
 }
 
 /// One inbound session sending messages to `rcpt` while `next` says so.

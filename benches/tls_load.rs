@@ -20,26 +20,14 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 mod certs;
 #[path = "../tests/common/memory.rs"]
 mod memory;
+#[path = "support.rs"]
+mod support;
 #[path = "../tests/common/tls_client.rs"]
 mod tls_client;
+use support::expect;
 #[path = "../tests/common/tools.rs"]
 #[allow(dead_code)]
 mod tools;
-
-async fn expect<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, code: &str) -> Result<(), String> {
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
-            return Err("closed".into());
-        }
-        if !line.starts_with(code) {
-            return Err(line);
-        }
-        if line.as_bytes().get(3) == Some(&b' ') {
-            return Ok(());
-        }
-    }
-}
 
 async fn transaction<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     s: S,

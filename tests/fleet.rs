@@ -33,13 +33,7 @@ fn free_port() -> u16 {
 
 /// A gateway of the fleet: trusts 127.0.0.1 as client and as peer; mail
 /// for inside.test goes to `hop`, DSNs for example.test to `senders`.
-fn config(
-    dir: &std::path::Path,
-    hop: u16,
-    senders: SocketAddr,
-    queue: &str,
-    fleet: &str,
-) -> String {
+fn config(dir: &std::path::Path, hop: u16, senders: SocketAddr, queue: &str) -> String {
     format!(
         r#"
 [server]
@@ -63,7 +57,6 @@ connect_timeout = "2s"
 
 [fleet]
 peers = ["127.0.0.1/32"]
-{fleet}
 
 [[route]]
 domain = "inside.test"
@@ -80,6 +73,24 @@ hosts = ["{senders}"]
 
 fn start(dir: &Arc<tempfile::TempDir>, text: &str) -> Gateway {
     Gateway::start_config(dir.clone(), text)
+}
+
+/// The source A, which keeps its queue (retry in 10 minutes), and the peer
+/// B, which retries every second: each with its directory.
+fn source_and_peer(
+    hop: u16,
+    senders: SocketAddr,
+) -> (
+    (Arc<tempfile::TempDir>, Gateway),
+    (Arc<tempfile::TempDir>, Gateway),
+) {
+    let one = |retry: &str| {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let queue = format!("retry_intervals = [\"{retry}\"]");
+        let gw = start(&dir, &config(dir.path(), hop, senders, &queue));
+        (dir, gw)
+    };
+    (one("10m"), one("1s"))
 }
 
 /// The admin endpoint's view of the drain state and the queue.
@@ -168,31 +179,8 @@ fn received(sink: &Sink, tag: &str) -> (HashSet<String>, usize) {
 async fn a_drained_node_hands_its_queue_to_a_peer_and_every_message_arrives_once() {
     let hop = free_port();
     let senders = Sink::start("127.0.0.1:0").await;
-    let (da, db) = (
-        Arc::new(tempfile::tempdir().unwrap()),
-        Arc::new(tempfile::tempdir().unwrap()),
-    );
     // A retries in 10 minutes (so its queue stays put); B every second.
-    let a = start(
-        &da,
-        &config(
-            da.path(),
-            hop,
-            senders.addr,
-            "retry_intervals = [\"10m\"]",
-            "",
-        ),
-    );
-    let b = start(
-        &db,
-        &config(
-            db.path(),
-            hop,
-            senders.addr,
-            "retry_intervals = [\"1s\"]",
-            "",
-        ),
-    );
+    let ((da, a), (_db, b)) = source_and_peer(hop, senders.addr);
     load(a.smtp, "fleet", 1000, 10).await;
     // One message with every DSN parameter.
     let mut c = RawClient::connect(a.smtp).await;
@@ -289,23 +277,11 @@ async fn a_transfer_cut_by_sigkill_loses_nothing() {
         Arc::new(tempfile::tempdir().unwrap()),
         Arc::new(tempfile::tempdir().unwrap()),
     );
-    let text_a = config(
-        da.path(),
-        hop,
-        senders.addr,
-        "retry_intervals = [\"10m\"]",
-        "",
-    );
+    let text_a = config(da.path(), hop, senders.addr, "retry_intervals = [\"10m\"]");
     let mut a = start(&da, &text_a);
     let c = start(
         &dc,
-        &config(
-            dc.path(),
-            hop,
-            senders.addr,
-            "retry_intervals = [\"1s\"]",
-            "",
-        ),
+        &config(dc.path(), hop, senders.addr, "retry_intervals = [\"1s\"]"),
     );
     load(a.smtp, "cut", 400, 8).await;
     settled(&a, 400).await;
@@ -367,8 +343,8 @@ async fn arrival_time_travels_so_max_age_and_delay_notices_continue_at_the_peer(
         Arc::new(tempfile::tempdir().unwrap()),
     );
     let queue = "retry_intervals = [\"1s\"]\nmax_age = \"16s\"\ndelay_warning = [\"3s\"]";
-    let a = start(&da, &config(da.path(), hop, senders.addr, queue, ""));
-    let b = start(&db, &config(db.path(), hop, senders.addr, queue, ""));
+    let a = start(&da, &config(da.path(), hop, senders.addr, queue));
+    let b = start(&db, &config(db.path(), hop, senders.addr, queue));
     let sent = Instant::now();
     let mut c = RawClient::connect(a.smtp).await;
     c.cmd("EHLO client.test").await;
@@ -425,10 +401,7 @@ async fn drain_under_live_load_refuses_no_connection() {
     let hop = Sink::start("127.0.0.1:0").await;
     let senders = Sink::start("127.0.0.1:0").await;
     let da = Arc::new(tempfile::tempdir().unwrap());
-    let a = start(
-        &da,
-        &config(da.path(), hop.addr.port(), senders.addr, "", ""),
-    );
+    let a = start(&da, &config(da.path(), hop.addr.port(), senders.addr, ""));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
     for k in 0..4 {
@@ -499,30 +472,7 @@ async fn drain_under_live_load_refuses_no_connection() {
 async fn a_leftover_volume_is_handed_over_without_a_daemon() {
     let hop = free_port();
     let senders = Sink::start("127.0.0.1:0").await;
-    let (da, db) = (
-        Arc::new(tempfile::tempdir().unwrap()),
-        Arc::new(tempfile::tempdir().unwrap()),
-    );
-    let mut a = start(
-        &da,
-        &config(
-            da.path(),
-            hop,
-            senders.addr,
-            "retry_intervals = [\"10m\"]",
-            "",
-        ),
-    );
-    let b = start(
-        &db,
-        &config(
-            db.path(),
-            hop,
-            senders.addr,
-            "retry_intervals = [\"1s\"]",
-            "",
-        ),
-    );
+    let ((da, mut a), (_db, b)) = source_and_peer(hop, senders.addr);
     load(a.smtp, "volume", 50, 5).await;
     settled(&a, 50).await;
     // The pod is gone; its volume is left. No daemon holds the queue.
@@ -553,13 +503,7 @@ async fn a_leftover_volume_is_handed_over_without_a_daemon() {
     // The volume's queue is empty now: a gateway started on it has nothing.
     let a = start(
         &da,
-        &config(
-            da.path(),
-            hop,
-            senders.addr,
-            "retry_intervals = [\"10m\"]",
-            "",
-        ),
+        &config(da.path(), hop, senders.addr, "retry_intervals = [\"10m\"]"),
     );
     let left = drain_state(&a);
     assert_eq!(

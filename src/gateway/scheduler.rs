@@ -372,7 +372,10 @@ impl Scheduler {
         } = settled.next
         else {
             tracing::info!(%id, "done; removed from queue");
-            crate::gateway::delay::forget(&self.queue, id);
+            // One read per removed message, only where notices are kept.
+            if !policy.delay_warning.is_empty() {
+                crate::gateway::delay::forget(&self.queue, id);
+            }
             return self.queue.remove(id);
         };
         let env = settled.envelope;

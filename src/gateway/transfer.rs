@@ -491,7 +491,9 @@ impl Transfers {
                     .unwrap_or("")
                     .split('&')
                     .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.replace("%3A", ":").replace("%3a", ":")))
+                    .filter_map(|(k, v)| {
+                        Some((k.to_string(), crate::ops::queue_api::percent_decode(v)?))
+                    })
                     .collect();
                 let Some(to) = q.get("to").cloned().filter(|t| !t.is_empty()) else {
                     return err(400, "to=HOST[:PORT] is required".into());

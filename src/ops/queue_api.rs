@@ -145,7 +145,7 @@ impl Filter {
 
 /// Decodes `%XX` escapes (and `+` as space); `None` on a broken escape or
 /// invalid UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

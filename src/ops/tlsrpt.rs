@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// State-tree key of the period being counted.
 const CURRENT: &str = "tlsrpt/current";
@@ -283,9 +283,7 @@ fn report_mail(
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    postern_core::now_ms() / 1000
 }
 
 /// Counts TLS sessions and sends the reports.

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Longest `max_age` a policy may have (section 3.2: one year).
 const MAX_AGE_LIMIT: u64 = 31_557_600;
@@ -208,10 +208,7 @@ pub struct StsCache {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    postern_core::now_ms() / 1000
 }
 
 /// The `id` of the one valid `v=STSv1` TXT record, if exactly one
